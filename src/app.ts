@@ -1,0 +1,67 @@
+/**
+ * createApp(deps) → the Hono app. Knows no runtime and no driver: the database backend, the
+ * stats registry and (at the edge) the handler for transactional routes are passed in.
+ */
+import { Hono, type Handler } from 'hono';
+import type { Database } from './db/types.js';
+import { AppError, describeError, toAppError } from './errors.js';
+import type { Drain } from './lifecycle/drain.js';
+import { connStats, requestIdOf } from './middleware/conn-stats.js';
+import { fitnessRoutes, type AppEnv, type RouteSpec } from './routes/fitness.js';
+import { opsRoutes } from './routes/ops.js';
+import type { StatsRegistry } from './stats/registry.js';
+
+export interface AppDeps {
+  database: Database;
+  registry: StatsRegistry;
+  bodyLimitBytes: number;
+  readyTimeoutMs?: number;
+  drain?: Drain;
+  log?: (line: string) => void;
+  /**
+   * How a transactional route is served. Omitted on Node (the route runs here, on the pool);
+   * the edge passes the signed forwarder.
+   */
+  transactional?: (route: RouteSpec) => Handler<AppEnv>;
+}
+
+export function createApp(deps: AppDeps): Hono<AppEnv> {
+  const log = deps.log ?? (() => {});
+  const app = new Hono<AppEnv>();
+
+  app.use('*', connStats({ registry: deps.registry, database: deps.database }));
+  if (deps.drain) app.use('*', deps.drain.middleware);
+  app.use('*', async (c, next) => {
+    c.set('bodyLimitBytes', deps.bodyLimitBytes);
+    await next();
+  });
+
+  app.route('/', opsRoutes({ database: deps.database, registry: deps.registry, drain: deps.drain, readyTimeoutMs: deps.readyTimeoutMs ?? 1000 }));
+
+  for (const route of fitnessRoutes) {
+    const handler: Handler<AppEnv> = route.kind === 'transactional' && deps.transactional ? deps.transactional(route) : route.handler;
+    app.on(
+      route.method,
+      route.path,
+      async (c, next) => {
+        c.set('routePattern', route.path);
+        await next();
+      },
+      handler,
+    );
+  }
+
+  app.notFound((c) => new AppError(404, 'route_not_found', `No route for ${c.req.method} ${c.req.path}.`).toResponse(requestIdOf(c)));
+
+  app.onError((err, c) => {
+    const appErr = toAppError(err);
+    if (appErr.status >= 500) {
+      const cause = appErr.extra.cause ?? err;
+      const detail = cause instanceof Error && !('code' in cause) ? `${cause.name}: ${cause.message}` : describeError(cause);
+      log(`request ${requestIdOf(c)} ${c.req.method} ${c.get('routePattern') ?? c.req.path} → ${appErr.status} ${appErr.code} (${detail})`);
+    }
+    return appErr.toResponse(requestIdOf(c));
+  });
+
+  return app;
+}

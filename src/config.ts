@@ -1,0 +1,132 @@
+/**
+ * Configuration from the environment, parsed and validated once at start-up.
+ * A bad value stops start-up with one line naming the variable; the connection string is kept
+ * non-enumerable so it never reaches logs, JSON dumps or error messages.
+ */
+
+export interface PoolConfig {
+  max: number;
+  min: number;
+  idleTimeoutMs: number;
+  /** How long establishing one new connection may take. */
+  connectionTimeoutMs: number;
+  /** How long a request may wait for a free connection before it gets "pool exhausted". */
+  acquireTimeoutMs: number;
+  /** Requests allowed to wait for a connection at once; beyond that they are refused at once. */
+  queueMax: number;
+  /** Server-side `statement_timeout`. */
+  statementTimeoutMs: number;
+  /** Client-side timeout, a little longer than the statement timeout. */
+  queryTimeoutMs: number;
+  applicationName: string;
+}
+
+export interface Config {
+  /** postgres:// URL, or undefined to run on the embedded database. Non-enumerable. */
+  readonly databaseUrl: string | undefined;
+  port: number;
+  host: string;
+  pool: PoolConfig;
+  /** Largest request body accepted, in bytes. */
+  bodyLimitBytes: number;
+  /** How long graceful shutdown waits for in-flight requests. */
+  shutdownTimeoutMs: number;
+  /** Folder of the embedded database's data files. */
+  embeddedDataDir: string;
+  logLevel: 'silent' | 'info' | 'debug';
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+  constructor(
+    readonly variable: string,
+    message: string,
+  ) {
+    super(`${variable}: ${message}`);
+  }
+}
+
+type Env = Record<string, string | undefined>;
+
+function int(env: Env, name: string, fallback: number, min: number, max: number): number {
+  const raw = env[name];
+  if (raw === undefined || raw.trim() === '') return fallback;
+  if (!/^\d+$/.test(raw.trim())) throw new ConfigError(name, `must be a whole number, got "${raw}"`);
+  const value = Number(raw);
+  if (value < min || value > max) throw new ConfigError(name, `must be between ${min} and ${max}, got ${value}`);
+  return value;
+}
+
+/** Checks a postgres URL without ever echoing it (it may hold a password). */
+export function validateDatabaseUrl(name: string, raw: string): string {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new ConfigError(name, 'is not a valid URL (expected postgres://user:password@host:port/database)');
+  }
+  if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') {
+    throw new ConfigError(name, `must start with postgres:// or postgresql://, got "${url.protocol}//…"`);
+  }
+  if (!url.hostname) throw new ConfigError(name, 'has no host');
+  return raw;
+}
+
+/**
+ * Parses the environment. Throws ConfigError naming the first bad variable.
+ * @example const config = parseConfig(process.env);
+ */
+export function parseConfig(env: Env): Config {
+  const rawUrl = env.DATABASE_URL?.trim() || undefined;
+  const databaseUrl = rawUrl === undefined ? undefined : validateDatabaseUrl('DATABASE_URL', rawUrl);
+
+  const max = int(env, 'POOL_MAX', 20, 1, 1000);
+  const min = int(env, 'POOL_MIN', Math.min(2, max), 0, 1000);
+  if (min > max) throw new ConfigError('POOL_MIN', `must not exceed POOL_MAX (${max}), got ${min}`);
+  const statementTimeoutMs = int(env, 'STATEMENT_TIMEOUT_MS', 30_000, 1, 3_600_000);
+  const applicationName = env.APPLICATION_NAME?.trim() || 'poolgate';
+  if (!/^[\x20-\x7e]{1,63}$/.test(applicationName)) {
+    throw new ConfigError('APPLICATION_NAME', 'must be 1 to 63 printable ASCII characters');
+  }
+  const logLevel = (env.LOG_LEVEL?.trim() || 'info') as Config['logLevel'];
+  if (!['silent', 'info', 'debug'].includes(logLevel)) {
+    throw new ConfigError('LOG_LEVEL', `must be silent, info or debug, got "${logLevel}"`);
+  }
+
+  const config: Config = {
+    databaseUrl: undefined,
+    port: int(env, 'PORT', 8787, 0, 65535),
+    host: env.HOST?.trim() || '127.0.0.1',
+    pool: {
+      max,
+      min,
+      idleTimeoutMs: int(env, 'POOL_IDLE_TIMEOUT_MS', 30_000, 0, 86_400_000),
+      connectionTimeoutMs: int(env, 'POOL_CONNECTION_TIMEOUT_MS', 5_000, 1, 600_000),
+      acquireTimeoutMs: int(env, 'POOL_ACQUIRE_TIMEOUT_MS', 5_000, 1, 600_000),
+      queueMax: int(env, 'POOL_QUEUE_MAX', max * 50, 0, 1_000_000),
+      statementTimeoutMs,
+      queryTimeoutMs: int(env, 'QUERY_TIMEOUT_MS', statementTimeoutMs + 1_000, 1, 3_700_000),
+      applicationName,
+    },
+    bodyLimitBytes: int(env, 'BODY_LIMIT_BYTES', 64 * 1024, 1, 64 * 1024 * 1024),
+    shutdownTimeoutMs: int(env, 'SHUTDOWN_TIMEOUT_MS', 10_000, 0, 600_000),
+    embeddedDataDir: env.EMBEDDED_DATA_DIR?.trim() || '.data/pglite',
+    logLevel,
+  };
+  if (config.pool.queryTimeoutMs <= statementTimeoutMs) {
+    throw new ConfigError('QUERY_TIMEOUT_MS', `must be longer than STATEMENT_TIMEOUT_MS (${statementTimeoutMs})`);
+  }
+  Object.defineProperty(config, 'databaseUrl', { value: databaseUrl, enumerable: false, writable: false });
+  return config;
+}
+
+/** What is safe to print about where the database is: never user, password or host. */
+export function describeDatabase(url: string | undefined): string {
+  if (!url) return 'embedded PGlite';
+  try {
+    const u = new URL(url);
+    return `postgres database "${decodeURIComponent(u.pathname.slice(1)) || '(default)'}"`;
+  } catch {
+    return 'postgres database';
+  }
+}

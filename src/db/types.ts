@@ -1,0 +1,83 @@
+/**
+ * The driver contract the routes are written against. Every backend (the `pg` Pool on Node,
+ * Neon HTTP and Neon WebSocket at the edge) implements `Database`; routes only ever see `Db`,
+ * a per-request view that reports acquire waits and query times to that request's observer.
+ */
+
+export type ClientKind = 'pg-pool' | 'neon-http' | 'neon-ws' | 'forwarded';
+
+export type Row = Record<string, unknown>;
+
+export interface QueryResult<R = Row> {
+  rows: R[];
+  rowCount: number | null;
+}
+
+export interface Statement {
+  text: string;
+  params?: readonly unknown[];
+}
+
+export interface Queryable {
+  /** Parameterised SQL only: values always travel in `params`, never in `text`. */
+  query<R = Row>(text: string, params?: readonly unknown[]): Promise<QueryResult<R>>;
+}
+
+export interface TxOptions {
+  isolation?: 'read committed' | 'repeatable read' | 'serializable';
+  readOnly?: boolean;
+}
+
+/** What a route handler gets: one-shot reads, snapshot read batches, and transactions. */
+export interface Db extends Queryable {
+  readonly kind: ClientKind;
+  /** Independent read statements seen from one snapshot, in one round trip where the driver can. */
+  readBatch(statements: readonly Statement[]): Promise<QueryResult[]>;
+  /** Checks out one connection, runs BEGIN … COMMIT around `fn`, rolls back on any error, always releases. */
+  transaction<T>(fn: (tx: Queryable) => Promise<T>, options?: TxOptions): Promise<T>;
+}
+
+/** Receives what one request did with the database (the stats middleware implements it). */
+export interface QueryObserver {
+  /** A connection was obtained after `waitMs`; `opened` when it had to be newly opened. */
+  acquired(waitMs: number, opened: boolean): void;
+  /** One statement (or one batch round trip) took `durationMs`. */
+  queried(durationMs: number, statements?: number): void;
+  /** Which client served the request. */
+  served(kind: ClientKind): void;
+}
+
+export interface PoolStats {
+  max: number;
+  total: number;
+  active: number;
+  idle: number;
+  waiting: number;
+  openedCount: number;
+  closedCount: number;
+  acquisitionCount: number;
+  /** Share of acquisitions that did not have to open a connection (1 when none yet). */
+  reuseRate: number;
+  errorCount: number;
+  acquireTimeoutCount: number;
+  queueRejectedCount: number;
+}
+
+export interface ReadyReport {
+  ok: boolean;
+  latencyMs: number;
+  /** A stable reason code when not ok; never a driver message. */
+  reason?: string;
+}
+
+/** A backend shared by all requests of a process (or isolate). */
+export interface Database {
+  readonly kind: ClientKind;
+  forRequest(observer: QueryObserver): Db;
+  /** A cheap round trip with a short timeout, for readiness checks. */
+  ping(timeoutMs: number): Promise<ReadyReport>;
+  /** Pool-level figures, where the backend has a pool. */
+  stats(): PoolStats | undefined;
+  /** Ends the backend once; a second call returns the same promise. */
+  close(): Promise<void>;
+}

@@ -1,0 +1,149 @@
+/**
+ * One error class for everything the API answers with, and the one place that maps database
+ * and driver errors onto it. Responses never carry a stack, a driver message or a connection
+ * string: only a stable `code`, a sentence we wrote, and the request id.
+ */
+
+export type ErrorCode =
+  | 'validation_failed'
+  | 'invalid_json'
+  | 'not_found'
+  | 'route_not_found'
+  | 'method_not_allowed'
+  | 'conflict'
+  | 'payload_too_large'
+  | 'unsupported_media_type'
+  | 'pool_exhausted'
+  | 'overloaded'
+  | 'database_unavailable'
+  | 'shutting_down'
+  | 'timeout'
+  | 'internal';
+
+export interface FieldError {
+  path: string;
+  message: string;
+}
+
+export class AppError extends Error {
+  override name = 'AppError';
+  constructor(
+    readonly status: number,
+    readonly code: ErrorCode,
+    message: string,
+    readonly extra: { fields?: FieldError[]; retryAfterSec?: number; cause?: unknown } = {},
+  ) {
+    super(message, extra.cause === undefined ? undefined : { cause: extra.cause });
+  }
+
+  /** The JSON body and headers of this error's response. */
+  toResponse(requestId: string): Response {
+    const body = {
+      error: {
+        code: this.code,
+        message: this.message,
+        requestId,
+        ...(this.extra.fields ? { fields: this.extra.fields } : {}),
+      },
+    };
+    const headers = new Headers({ 'content-type': 'application/json; charset=utf-8' });
+    if (this.extra.retryAfterSec !== undefined) headers.set('retry-after', String(this.extra.retryAfterSec));
+    return new Response(JSON.stringify(body), { status: this.status, headers });
+  }
+}
+
+/** Raised by the connection gate when no connection frees up within the acquire timeout. */
+export class PoolExhaustedError extends AppError {
+  constructor(waitedMs: number) {
+    super(503, 'pool_exhausted', `No database connection became free within ${Math.round(waitedMs)} ms; try again shortly.`, {
+      retryAfterSec: 1,
+    });
+  }
+}
+
+/** Raised at once when too many requests already wait for a connection. */
+export class OverloadedError extends AppError {
+  constructor() {
+    super(503, 'overloaded', 'The server is at capacity; try again shortly.', { retryAfterSec: 1 });
+  }
+}
+
+export const notFound = (what: string, id: string) => new AppError(404, 'not_found', `${what} ${id} was not found.`);
+
+/** SQLSTATE classes and driver errors that mean "the database was not reachable / not usable". */
+const CONNECTION_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EPIPE',
+  'EAI_AGAIN',
+  '57P01', // admin_shutdown (pg_terminate_backend)
+  '57P02', // crash_shutdown
+  '57P03', // cannot_connect_now
+  '53300', // too_many_connections
+  '53000', // insufficient_resources
+]);
+
+interface DriverError {
+  code?: unknown;
+  message?: unknown;
+  constraint?: unknown;
+}
+
+/** True when the error says the connection itself failed (not the SQL). */
+export function isConnectionError(err: unknown): boolean {
+  if (!err || typeof err !== 'object') return false;
+  const e = err as DriverError;
+  const code = typeof e.code === 'string' ? e.code : '';
+  if (CONNECTION_CODES.has(code) || code.startsWith('08')) return true;
+  const msg = typeof e.message === 'string' ? e.message : '';
+  return /Connection terminated|connection timeout|Client has encountered a connection error|Connection ended|not queryable|timeout expired/i.test(
+    msg,
+  );
+}
+
+/** True when a statement or query timed out (server-side cancel or client-side timeout). */
+export function isTimeoutError(err: unknown): boolean {
+  if (!err || typeof err !== 'object') return false;
+  const e = err as DriverError;
+  return e.code === '57014' || (typeof e.message === 'string' && /Query read timeout/.test(e.message));
+}
+
+/** Maps anything thrown while serving a request onto an AppError. */
+export function toAppError(err: unknown): AppError {
+  if (err instanceof AppError) return err;
+  const e = (err && typeof err === 'object' ? err : {}) as DriverError;
+  const code = typeof e.code === 'string' ? e.code : '';
+  if (isTimeoutError(err)) {
+    return new AppError(504, 'timeout', 'The database did not answer in time; the statement was cancelled.', { cause: err });
+  }
+  if (isConnectionError(err)) {
+    return new AppError(503, 'database_unavailable', 'The database is unavailable right now; try again shortly.', {
+      retryAfterSec: 2,
+      cause: err,
+    });
+  }
+  if (code === '40001' || code === '40P01') {
+    return new AppError(503, 'database_unavailable', 'A concurrent update conflicted with this one; try again.', {
+      retryAfterSec: 1,
+      cause: err,
+    });
+  }
+  if (code === '23505') return new AppError(409, 'conflict', 'A record with the same unique value already exists.', { cause: err });
+  if (code === '23503') return new AppError(404, 'not_found', 'A record this request refers to was not found.', { cause: err });
+  if (code.startsWith('22') || code === '23514' || code === '23502') {
+    return new AppError(400, 'validation_failed', 'A value was out of range or malformed.', { cause: err });
+  }
+  return new AppError(500, 'internal', 'Something went wrong on our side.', { cause: err });
+}
+
+/** A log-safe description of a driver error: its code and class, never its message (which can echo the host or user). */
+export function describeError(err: unknown): string {
+  const e = err as { code?: unknown; name?: unknown } | undefined;
+  const code = typeof e?.code === 'string' ? e.code : undefined;
+  const name = typeof e?.name === 'string' ? e.name : 'Error';
+  return code ? `${name} ${code}` : name;
+}

@@ -1,0 +1,51 @@
+/**
+ * Request shapes of the fitness API. Objects are strict (unknown keys are refused, so a typo
+ * never silently drops data) and every string, array and number has a bound.
+ */
+import { z } from 'zod';
+
+const text = (max: number) => z.string().trim().min(1).max(max);
+const int = (min: number, max: number) => z.number().int().min(min).max(max);
+
+export const uuid = z.uuid({ message: 'must be a UUID' });
+
+export const preferencesInput = z.strictObject({
+  units: z.enum(['metric', 'imperial']),
+  weeklyGoal: int(0, 100).nullable().optional(),
+});
+
+export const createUserInput = z.strictObject({
+  email: z.email({ message: 'must be an email address' }).max(254),
+  name: text(200),
+  preferences: preferencesInput.optional(),
+});
+
+export const patchPreferencesInput = z
+  .strictObject({
+    units: z.enum(['metric', 'imperial']).optional(),
+    weeklyGoal: int(0, 100).nullable().optional(),
+  })
+  .refine((v) => v.units !== undefined || v.weeklyGoal !== undefined, { message: 'give units or weeklyGoal' });
+
+export const workoutSetInput = z.strictObject({
+  exercise: text(100),
+  reps: int(0, 10_000),
+  weightKg: z.number().min(0).max(10_000).optional(),
+});
+
+export const createWorkoutInput = z.strictObject({
+  userId: uuid,
+  kind: text(50),
+  startedAt: z.iso.datetime({ offset: true, message: 'must be an ISO 8601 date-time' }),
+  durationSeconds: int(0, 7 * 24 * 3600).optional(),
+  sets: z.array(workoutSetInput).max(200),
+});
+
+export const listQuery = z.strictObject({
+  limit: z.coerce.number().int().min(1).max(100).default(20),
+  cursor: z.string().max(200).optional(),
+});
+
+export type CreateUserInput = z.infer<typeof createUserInput>;
+export type PatchPreferencesInput = z.infer<typeof patchPreferencesInput>;
+export type CreateWorkoutInput = z.infer<typeof createWorkoutInput>;

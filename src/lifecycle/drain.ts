@@ -1,0 +1,52 @@
+/**
+ * Graceful drain, runtime-independent: counts requests in flight, refuses new ones once
+ * draining starts (503 + Connection: close, so keep-alive clients reconnect elsewhere), and lets
+ * shutdown wait, with a deadline, until the last in-flight request has finished.
+ */
+import type { MiddlewareHandler } from 'hono';
+import { AppError } from '../errors.js';
+
+export class Drain {
+  #inFlight = 0;
+  #draining = false;
+  #idle: (() => void)[] = [];
+
+  get inFlight(): number {
+    return this.#inFlight;
+  }
+
+  get draining(): boolean {
+    return this.#draining;
+  }
+
+  readonly middleware: MiddlewareHandler = async (c, next) => {
+    if (this.#draining) {
+      const res = new AppError(503, 'shutting_down', 'The server is shutting down; retry on another instance.', {
+        retryAfterSec: 1,
+      }).toResponse((c.get('requestId' as never) as string | undefined) ?? 'unknown');
+      res.headers.set('connection', 'close');
+      c.res = res;
+      return;
+    }
+    this.#inFlight++;
+    try {
+      await next();
+    } finally {
+      this.#inFlight--;
+      if (this.#inFlight === 0) for (const f of this.#idle.splice(0)) f();
+    }
+  };
+
+  /** Starts draining; resolves true when nothing is in flight, false if `timeoutMs` ran out first. */
+  start(timeoutMs: number): Promise<boolean> {
+    this.#draining = true;
+    if (this.#inFlight === 0) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(false), timeoutMs);
+      this.#idle.push(() => {
+        clearTimeout(timer);
+        resolve(true);
+      });
+    });
+  }
+}

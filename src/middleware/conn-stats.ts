@@ -1,0 +1,95 @@
+/**
+ * Per-request connection stats. Gives the request its request id and its `Db` view (so every
+ * acquire and query is attributed to it), then records one sample per request against the
+ * route pattern and answers with a `Server-Timing` header of that request's own figures.
+ */
+import type { Context, MiddlewareHandler } from 'hono';
+import type { ClientKind, Database, Db, QueryObserver } from '../db/types.js';
+import { now } from '../stats/clock.js';
+import type { StatsRegistry } from '../stats/registry.js';
+
+export interface RequestMetrics extends QueryObserver {
+  readonly startedAt: number;
+  dbMs: number;
+  acquireMs: number;
+  queries: number;
+  client: ClientKind | 'none';
+  /** Extra Server-Timing entries (e.g. the forward hop at the edge). */
+  timings: { name: string; durMs: number; desc?: string }[];
+}
+
+export interface ConnStatsVariables {
+  requestId: string;
+  db: Db;
+  metrics: RequestMetrics;
+  /** Set by the route table: the pattern that matched, for per-route stats. */
+  routePattern: string;
+}
+
+export interface ConnStatsOptions {
+  registry: StatsRegistry;
+  database: Database;
+}
+
+const REQUEST_ID = /^[\w.:-]{1,128}$/;
+
+export function newMetrics(): RequestMetrics {
+  return {
+    startedAt: now(),
+    dbMs: 0,
+    acquireMs: 0,
+    queries: 0,
+    client: 'none',
+    timings: [],
+    acquired(waitMs) {
+      this.acquireMs += waitMs;
+    },
+    queried(durationMs, statements = 1) {
+      this.dbMs += durationMs;
+      this.queries += statements;
+    },
+    served(kind) {
+      this.client = kind;
+    },
+  };
+}
+
+/** The request id of `c`, whether or not connStats ran (error paths use it). */
+export const requestIdOf = (c: Context): string => (c.get('requestId' as never) as string | undefined) ?? 'unknown';
+
+const ms = (x: number) => x.toFixed(2);
+
+export const connStats = ({ registry, database }: ConnStatsOptions): MiddlewareHandler<{ Variables: ConnStatsVariables }> =>
+  async function connStats(c, next) {
+    if (c.get('metrics')) return next(); // installed twice: the outer one records
+    const incoming = c.req.header('x-request-id');
+    const requestId = incoming && REQUEST_ID.test(incoming) ? incoming : crypto.randomUUID();
+    const metrics = newMetrics();
+    c.set('requestId', requestId);
+    c.set('metrics', metrics);
+    c.set('db', database.forRequest(metrics));
+    try {
+      await next();
+    } finally {
+      const totalMs = now() - metrics.startedAt;
+      const res = c.res;
+      registry.record({
+        method: c.req.method,
+        route: c.get('routePattern') ?? '(unmatched)',
+        status: res.status,
+        totalMs,
+        dbMs: metrics.dbMs,
+        acquireMs: metrics.acquireMs,
+        queries: metrics.queries,
+        client: metrics.client,
+      });
+      const timing = [
+        ...metrics.timings.map((t) => `${t.name};dur=${ms(t.durMs)}${t.desc ? `;desc="${t.desc}"` : ''}`),
+        `acquire;dur=${ms(metrics.acquireMs)}`,
+        `db;dur=${ms(metrics.dbMs)};desc="${metrics.client} ${metrics.queries}q"`,
+        `total;dur=${ms(totalMs)}`,
+      ].join(', ');
+      res.headers.set('server-timing', timing);
+      res.headers.set('x-request-id', requestId);
+    }
+  };

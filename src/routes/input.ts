@@ -1,0 +1,69 @@
+/**
+ * Reading and validating request input. The body is read as a stream with a byte cap, so a
+ * chunked body or a lying Content-Length cannot get past the limit; then it must be JSON of the
+ * right content type, then it must pass the route's schema. Each failure has its own status.
+ */
+import type { Context } from 'hono';
+import type { z } from 'zod';
+import { AppError, type FieldError } from '../errors.js';
+
+export function fieldsOf(error: z.ZodError): FieldError[] {
+  return error.issues.map((i) => ({ path: i.path.map(String).join('.') || '(root)', message: i.message }));
+}
+
+export function invalid(fields: FieldError[]): AppError {
+  return new AppError(400, 'validation_failed', `Invalid input: ${fields.map((f) => f.path).join(', ')}.`, { fields });
+}
+
+export function parseWith<S extends z.ZodType>(schema: S, value: unknown): z.infer<S> {
+  const result = schema.safeParse(value);
+  if (!result.success) throw invalid(fieldsOf(result.error));
+  return result.data;
+}
+
+async function readLimited(req: Request, limit: number): Promise<string> {
+  const declared = req.headers.get('content-length');
+  const tooLarge = () => new AppError(413, 'payload_too_large', `The request body must not exceed ${limit} bytes.`);
+  if (declared !== null && Number(declared) > limit) throw tooLarge();
+  if (!req.body) return '';
+  const reader = req.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    size += value.byteLength;
+    if (size > limit) {
+      await reader.cancel().catch(() => {});
+      throw tooLarge();
+    }
+    chunks.push(value);
+  }
+  const all = new Uint8Array(size);
+  let offset = 0;
+  for (const c of chunks) {
+    all.set(c, offset);
+    offset += c.byteLength;
+  }
+  try {
+    return new TextDecoder('utf-8', { fatal: true }).decode(all);
+  } catch {
+    throw new AppError(400, 'invalid_json', 'The request body is not valid UTF-8.');
+  }
+}
+
+/** The validated JSON body of `c`, or an AppError with 400/413/415. */
+export async function jsonBody<S extends z.ZodType>(c: Context, schema: S, limitBytes: number): Promise<z.infer<S>> {
+  const type = c.req.header('content-type') ?? '';
+  if (!/^application\/(?:[\w.+-]+\+)?json\s*(?:;|$)/i.test(type)) {
+    throw new AppError(415, 'unsupported_media_type', 'Send the body as JSON with Content-Type: application/json.');
+  }
+  const text = await readLimited(c.req.raw, limitBytes);
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    throw new AppError(400, 'invalid_json', 'The request body is not valid JSON.');
+  }
+  return parseWith(schema, value);
+}

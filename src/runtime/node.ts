@@ -1,0 +1,142 @@
+/**
+ * The standalone Node gateway: config → database (embedded PGlite when DATABASE_URL is unset)
+ * → migrations (+ demo seed on the embedded default) → warm pg Pool → Hono app on
+ * @hono/node-server, with graceful shutdown on SIGTERM/SIGINT.
+ *
+ * Run: `npm run start:node` (or `tsx src/runtime/node.ts`). Import `startGateway` to embed it.
+ */
+import { serve, type ServerType } from '@hono/node-server';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { pathToFileURL } from 'node:url';
+import pg from 'pg';
+import { createApp } from '../app.js';
+import { ConfigError, describeDatabase, parseConfig, type Config } from '../config.js';
+import { createPgPoolDatabase, type PgPoolDatabase } from '../db/pg-pool.js';
+import type { Queryable } from '../db/types.js';
+import { describeError, isConnectionError } from '../errors.js';
+import { migrate } from '../fitness/migrations.js';
+import { DEMO_USER_ID, seed } from '../fitness/seed.js';
+import { Drain } from '../lifecycle/drain.js';
+import { startEmbeddedPostgres, type EmbeddedPostgres } from '../local/embedded.js';
+import { StatsRegistry } from '../stats/registry.js';
+
+export interface Gateway {
+  readonly url: string;
+  readonly port: number;
+  readonly config: Config;
+  readonly database: PgPoolDatabase;
+  readonly registry: StatsRegistry;
+  /** Drains in-flight requests (up to the shutdown timeout), ends the pool, stops the embedded DB. Idempotent. */
+  close(): Promise<{ drained: boolean }>;
+}
+
+export interface GatewayOptions {
+  log?: (line: string) => void;
+}
+
+/** Start-up failures that deserve one clear line rather than a stack. */
+export class StartupError extends Error {
+  override name = 'StartupError';
+}
+
+export async function startGateway(env: Record<string, string | undefined>, options: GatewayOptions = {}): Promise<Gateway> {
+  const log = options.log ?? ((line: string) => console.log(line));
+  const config = parseConfig(env);
+
+  let embedded: EmbeddedPostgres | undefined;
+  let connectionString = config.databaseUrl;
+  if (!connectionString) {
+    embedded = await startEmbeddedPostgres({ dataDir: config.embeddedDataDir });
+    connectionString = embedded.url;
+    log(`poolgate: embedded PGlite on 127.0.0.1:${embedded.port} (data in ${config.embeddedDataDir})`);
+  }
+
+  const database = createPgPoolDatabase({ ...config.pool, connectionString }, { Pool: pg.Pool, log });
+  const registry = new StatsRegistry({ scope: 'node', pool: () => database.stats() });
+  const drain = new Drain();
+  let server: ServerType | undefined;
+
+  try {
+    const setup = database.forRequest({ acquired() {}, queried() {}, served() {} });
+    const runTx = <T>(fn: (tx: Queryable) => Promise<T>) => setup.transaction(fn);
+    const applied = await migrate(runTx);
+    if (applied.length) log(`poolgate: applied migrations ${applied.join(', ')}`);
+    if (embedded || env.SEED === 'true') {
+      if (await seed(runTx)) log(`poolgate: seeded demo data (user ${DEMO_USER_ID})`);
+    }
+    await database.warm();
+
+    const app = createApp({ database, registry, drain, bodyLimitBytes: config.bodyLimitBytes, log });
+    server = await new Promise<ServerType>((resolve, reject) => {
+      const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s));
+      s.once('error', reject);
+    });
+    // Slow clients must not hold sockets forever (slowloris); keep-alive a little above typical LB idle.
+    const http = server as Server;
+    http.headersTimeout = 10_000;
+    http.requestTimeout = 30_000;
+    http.keepAliveTimeout = 65_000;
+  } catch (err) {
+    await database.close().catch(() => {});
+    await embedded?.stop();
+    if (err instanceof ConfigError) throw err;
+    if (isConnectionError(err)) throw new StartupError(`cannot reach the ${describeDatabase(config.databaseUrl)} (${describeError(err)}); check DATABASE_URL`);
+    if ((err as { code?: string }).code === 'EADDRINUSE') throw new StartupError(`port ${config.port} on ${config.host} is in use; set PORT`);
+    if ((err as { code?: string }).code === '28P01' || (err as { code?: string }).code === '28000') {
+      throw new StartupError(`the database refused the credentials (${describeError(err)}); check DATABASE_URL`);
+    }
+    throw new StartupError(`start-up failed (${describeError(err)})`);
+  }
+
+  const port = (server.address() as AddressInfo).port;
+  const url = `http://${config.host}:${port}`;
+  log(`poolgate: Node gateway on ${url} → ${describeDatabase(config.databaseUrl)} (pool max ${config.pool.max}, ${config.pool.min} warm)`);
+
+  let closing: Promise<{ drained: boolean }> | undefined;
+  const close = () =>
+    (closing ??= (async () => {
+      const stopped = new Promise<void>((resolve) => server!.close(() => resolve()));
+      const drained = await drain.start(config.shutdownTimeoutMs);
+      (server as Server).closeAllConnections();
+      await stopped;
+      await database.close();
+      await embedded?.stop();
+      return { drained };
+    })());
+
+  return { url, port, config, database, registry, close };
+}
+
+async function main(): Promise<void> {
+  let gateway: Gateway;
+  try {
+    gateway = await startGateway(process.env);
+  } catch (err) {
+    const line = err instanceof ConfigError ? `invalid configuration: ${err.message}` : err instanceof StartupError ? err.message : `start-up failed (${describeError(err)})`;
+    console.error(`poolgate: ${line}`);
+    process.exit(1);
+  }
+  let signals = 0;
+  const onSignal = (signal: string) => {
+    if (signals++ > 0) {
+      console.log(`poolgate: ${signal} again; already shutting down`);
+      return;
+    }
+    console.log(`poolgate: ${signal}, draining (up to ${gateway.config.shutdownTimeoutMs} ms)`);
+    gateway.close().then(
+      ({ drained }) => {
+        console.log(`poolgate: stopped${drained ? '' : ' (drain deadline passed)'}`);
+        process.exit(0);
+      },
+      (err) => {
+        console.error(`poolgate: shutdown failed (${describeError(err)})`);
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
+  process.on('SIGINT', () => onSignal('SIGINT'));
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) void main();

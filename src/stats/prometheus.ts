@@ -1,0 +1,70 @@
+/** Renders a stats snapshot in the Prometheus text exposition format (version 0.0.4). */
+import type { StatsSnapshot } from './registry.js';
+
+const esc = (v: string) => v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
+const labels = (l: Record<string, string>) =>
+  `{${Object.entries(l)
+    .map(([k, v]) => `${k}="${esc(v)}"`)
+    .join(',')}}`;
+
+export const PROMETHEUS_CONTENT_TYPE = 'text/plain; version=0.0.4; charset=utf-8';
+
+export function renderPrometheus(snap: StatsSnapshot): string {
+  const out: string[] = [];
+  const family = (name: string, type: string, help: string, rows: [Record<string, string>, number][]) => {
+    out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+    for (const [l, v] of rows) out.push(`${name}${Object.keys(l).length ? labels(l) : ''} ${Number.isFinite(v) ? v : 0}`);
+  };
+  const scope = { scope: snap.scope };
+  const per = <T>(f: (r: StatsSnapshot['routes'][number]) => T) => snap.routes.map((r) => [{ ...scope, method: r.method, route: r.route }, f(r)] as const);
+
+  family(
+    'poolgate_http_requests_total',
+    'counter',
+    'Requests served, by route pattern, status class and the database client that served them.',
+    snap.routes.flatMap((r) =>
+      Object.entries(r.statusClasses).map(([cls, n]) => [{ ...scope, method: r.method, route: r.route, status_class: cls }, n] as [Record<string, string>, number]),
+    ),
+  );
+  family(
+    'poolgate_http_requests_by_client_total',
+    'counter',
+    'Requests by the database client that served them (pg-pool, neon-http, neon-ws, forwarded, none).',
+    snap.routes.flatMap((r) =>
+      Object.entries(r.clients).map(([client, n]) => [{ ...scope, method: r.method, route: r.route, client }, n ?? 0] as [Record<string, string>, number]),
+    ),
+  );
+  out.push('# HELP poolgate_http_request_duration_seconds Request latency over the most recent requests of each route.');
+  out.push('# TYPE poolgate_http_request_duration_seconds summary');
+  for (const r of snap.routes) {
+    const base = { ...scope, method: r.method, route: r.route };
+    for (const [q, v] of [['0.5', r.latencyMs.p50], ['0.95', r.latencyMs.p95], ['0.99', r.latencyMs.p99]] as const) {
+      out.push(`poolgate_http_request_duration_seconds${labels({ ...base, quantile: q })} ${v / 1000}`);
+    }
+    out.push(`poolgate_http_request_duration_seconds_sum${labels(base)} ${r.latencyMs.sum / 1000}`);
+    out.push(`poolgate_http_request_duration_seconds_count${labels(base)} ${r.count}`);
+  }
+  family('poolgate_db_time_seconds_total', 'counter', 'Time spent in database statements.', per((r) => r.dbTimeMs.sum / 1000) as never);
+  family('poolgate_db_acquire_wait_seconds_total', 'counter', 'Time spent waiting for a database connection.', per((r) => r.acquireWaitMs.sum / 1000) as never);
+  family('poolgate_db_queries_total', 'counter', 'Database statements run.', per((r) => r.queries.sum) as never);
+
+  const p = snap.pool;
+  if (p) {
+    family('poolgate_pool_max_connections', 'gauge', 'Configured pool size.', [[scope, p.max]]);
+    family('poolgate_pool_connections', 'gauge', 'Pool connections by state.', [
+      [{ ...scope, state: 'active' }, p.active],
+      [{ ...scope, state: 'idle' }, p.idle],
+      [{ ...scope, state: 'total' }, p.total],
+    ]);
+    family('poolgate_pool_waiting', 'gauge', 'Requests waiting for a connection.', [[scope, p.waiting]]);
+    family('poolgate_pool_connections_opened_total', 'counter', 'Connections opened.', [[scope, p.openedCount]]);
+    family('poolgate_pool_connections_closed_total', 'counter', 'Connections closed.', [[scope, p.closedCount]]);
+    family('poolgate_pool_acquisitions_total', 'counter', 'Connections handed to requests.', [[scope, p.acquisitionCount]]);
+    family('poolgate_pool_reuse_ratio', 'gauge', 'Share of acquisitions that did not open a connection.', [[scope, p.reuseRate]]);
+    family('poolgate_pool_errors_total', 'counter', 'Connection errors seen by the pool.', [[scope, p.errorCount]]);
+    family('poolgate_pool_acquire_timeouts_total', 'counter', 'Requests that gave up waiting for a connection.', [[scope, p.acquireTimeoutCount]]);
+    family('poolgate_pool_queue_rejected_total', 'counter', 'Requests refused at once because the wait queue was full.', [[scope, p.queueRejectedCount]]);
+  }
+  family('poolgate_uptime_seconds', 'gauge', 'Seconds since this process or isolate started.', [[scope, snap.uptimeSeconds]]);
+  return out.join('\n') + '\n';
+}

@@ -1,0 +1,131 @@
+/**
+ * Per-route connection stats. One registry per process (or per isolate at the edge): the
+ * middleware records one sample per request, `/stats` reads `snapshot()`, `/metrics` renders the
+ * same snapshot as Prometheus text. Latency quantiles come from the most recent samples of each
+ * route (a fixed ring), so memory stays bounded however long the process runs.
+ */
+import type { ClientKind, PoolStats } from '../db/types.js';
+
+export interface RequestSample {
+  method: string;
+  /** The route pattern (`/api/users/:id`), never the raw URL. */
+  route: string;
+  status: number;
+  totalMs: number;
+  dbMs: number;
+  acquireMs: number;
+  queries: number;
+  client: ClientKind | 'none';
+}
+
+export interface RouteSnapshot {
+  method: string;
+  route: string;
+  count: number;
+  statusClasses: Record<string, number>;
+  errorCount: number;
+  latencyMs: { p50: number; p95: number; p99: number; max: number; sum: number };
+  dbTimeMs: { sum: number; mean: number };
+  acquireWaitMs: { sum: number; mean: number; max: number };
+  queries: { sum: number; perRequest: number };
+  clients: Partial<Record<ClientKind | 'none', number>>;
+}
+
+export interface StatsSnapshot {
+  /** Whose figures these are: a process, or one edge isolate. */
+  scope: string;
+  startedAt: string;
+  uptimeSeconds: number;
+  routes: RouteSnapshot[];
+  pool?: PoolStats;
+}
+
+const RING = 1024;
+
+class RouteStats {
+  count = 0;
+  readonly statusClasses: Record<string, number> = {};
+  errorCount = 0;
+  latencySum = 0;
+  latencyMax = 0;
+  dbSum = 0;
+  acquireSum = 0;
+  acquireMax = 0;
+  querySum = 0;
+  readonly clients: Partial<Record<ClientKind | 'none', number>> = {};
+  readonly #ring = new Float64Array(RING);
+
+  constructor(
+    readonly method: string,
+    readonly route: string,
+  ) {}
+
+  add(s: RequestSample): void {
+    this.#ring[this.count % RING] = s.totalMs;
+    this.count++;
+    const cls = `${Math.floor(s.status / 100)}xx`;
+    this.statusClasses[cls] = (this.statusClasses[cls] ?? 0) + 1;
+    if (s.status >= 400) this.errorCount++;
+    this.latencySum += s.totalMs;
+    this.latencyMax = Math.max(this.latencyMax, s.totalMs);
+    this.dbSum += s.dbMs;
+    this.acquireSum += s.acquireMs;
+    this.acquireMax = Math.max(this.acquireMax, s.acquireMs);
+    this.querySum += s.queries;
+    this.clients[s.client] = (this.clients[s.client] ?? 0) + 1;
+  }
+
+  snapshot(): RouteSnapshot {
+    const recent = Array.from(this.#ring.subarray(0, Math.min(this.count, RING))).sort((a, b) => a - b);
+    const q = (p: number) => (recent.length === 0 ? 0 : round(recent[Math.min(recent.length - 1, Math.ceil(p * recent.length) - 1)]!));
+    const n = Math.max(this.count, 1);
+    return {
+      method: this.method,
+      route: this.route,
+      count: this.count,
+      statusClasses: { ...this.statusClasses },
+      errorCount: this.errorCount,
+      latencyMs: { p50: q(0.5), p95: q(0.95), p99: q(0.99), max: round(this.latencyMax), sum: round(this.latencySum) },
+      dbTimeMs: { sum: round(this.dbSum), mean: round(this.dbSum / n) },
+      acquireWaitMs: { sum: round(this.acquireSum), mean: round(this.acquireSum / n), max: round(this.acquireMax) },
+      queries: { sum: this.querySum, perRequest: round(this.querySum / n) },
+      clients: { ...this.clients },
+    };
+  }
+}
+
+const round = (x: number) => Math.round(x * 1000) / 1000;
+
+export interface StatsRegistryOptions {
+  scope: string;
+  /** Pool-level figures, read at snapshot time. */
+  pool?: () => PoolStats | undefined;
+}
+
+export class StatsRegistry {
+  readonly #routes = new Map<string, RouteStats>();
+  readonly #started = Date.now();
+
+  constructor(readonly options: StatsRegistryOptions) {}
+
+  record(sample: RequestSample): void {
+    const key = `${sample.method} ${sample.route}`;
+    let stats = this.#routes.get(key);
+    if (!stats) {
+      stats = new RouteStats(sample.method, sample.route);
+      this.#routes.set(key, stats);
+    }
+    stats.add(sample);
+  }
+
+  snapshot(): StatsSnapshot {
+    const pool = this.options.pool?.();
+    return {
+      scope: this.options.scope,
+      startedAt: new Date(this.#started).toISOString(),
+      uptimeSeconds: Math.round((Date.now() - this.#started) / 1000),
+      routes: [...this.#routes.values()].map((r) => r.snapshot()),
+      ...(pool ? { pool } : {}),
+    };
+  }
+}
