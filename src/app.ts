@@ -2,7 +2,7 @@
  * createApp(deps) → the Hono app. Knows no runtime and no driver: the database backend, the
  * stats registry and (at the edge) the handler for transactional routes are passed in.
  */
-import { Hono, type Handler } from 'hono';
+import { Hono, type Handler, type MiddlewareHandler } from 'hono';
 import type { Database } from './db/types.js';
 import { AppError, describeError, toAppError } from './errors.js';
 import type { Drain } from './lifecycle/drain.js';
@@ -23,6 +23,8 @@ export interface AppDeps {
    * the edge passes the signed forwarder.
    */
   transactional?: (route: RouteSpec) => Handler<AppEnv>;
+  /** Runs before every API route (the Node function's forward-signature check). */
+  verify?: MiddlewareHandler<AppEnv>;
 }
 
 export function createApp(deps: AppDeps): Hono<AppEnv> {
@@ -47,6 +49,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
         c.set('routePattern', route.path);
         await next();
       },
+      ...(deps.verify ? [deps.verify] : []),
       handler,
     );
   }

@@ -3,6 +3,7 @@
  * A bad value stops start-up with one line naming the variable; the connection string is kept
  * non-enumerable so it never reaches logs, JSON dumps or error messages.
  */
+import { MIN_SECRET_LENGTH } from './security/forward-signature.js';
 
 export interface PoolConfig {
   max: number;
@@ -34,6 +35,8 @@ export interface Config {
   /** Folder of the embedded database's data files. */
   embeddedDataDir: string;
   logLevel: 'silent' | 'info' | 'debug';
+  /** When set, API routes only accept requests signed by the edge with this secret. Non-enumerable. */
+  readonly forwardSecret: string | undefined;
 }
 
 export class ConfigError extends Error {
@@ -95,6 +98,7 @@ export function parseConfig(env: Env): Config {
 
   const config: Config = {
     databaseUrl: undefined,
+    forwardSecret: undefined,
     port: int(env, 'PORT', 8787, 0, 65535),
     host: env.HOST?.trim() || '127.0.0.1',
     pool: {
@@ -117,6 +121,71 @@ export function parseConfig(env: Env): Config {
     throw new ConfigError('QUERY_TIMEOUT_MS', `must be longer than STATEMENT_TIMEOUT_MS (${statementTimeoutMs})`);
   }
   Object.defineProperty(config, 'databaseUrl', { value: databaseUrl, enumerable: false, writable: false });
+  Object.defineProperty(config, 'forwardSecret', { value: secret(env, isDevelopment(env), false), enumerable: false, writable: false });
+  return config;
+}
+
+export const isDevelopment = (env: Env) => (env.POOLGATE_ENV ?? env.NODE_ENV ?? '').trim() === 'development';
+
+/** FORWARD_SECRET, checked for length; required unless `optional`, and only ever short in development. */
+function secret(env: Env, development: boolean, required: boolean): string | undefined {
+  const value = env.FORWARD_SECRET?.trim() || undefined;
+  if (value === undefined) {
+    if (required && !development) throw new ConfigError('FORWARD_SECRET', 'is required (a random string of at least 32 characters shared by the edge and the Node function)');
+    return undefined;
+  }
+  if (value.length < MIN_SECRET_LENGTH && !development) {
+    throw new ConfigError('FORWARD_SECRET', `must be at least ${MIN_SECRET_LENGTH} characters long`);
+  }
+  return value;
+}
+
+/** Configuration of the edge app (workerd, Netlify Edge), read from that runtime's env. */
+export interface EdgeConfig {
+  /** The Neon (or local proxy's) database URL. Non-enumerable. */
+  readonly databaseUrl: string;
+  /** Base URL of the Node function that runs transactional routes. */
+  nodeFunctionUrl: string;
+  /** Shared HMAC secret for forwards. Non-enumerable. */
+  readonly forwardSecret: string;
+  /** Local development only: a Neon-compatible proxy to send the driver to. */
+  neonProxyUrl: string | undefined;
+  forwardTimeoutMs: number;
+  queryTimeoutMs: number;
+  bodyLimitBytes: number;
+  development: boolean;
+}
+
+export function parseEdgeConfig(env: Env): EdgeConfig {
+  const development = isDevelopment(env);
+  const rawUrl = env.DATABASE_URL?.trim();
+  if (!rawUrl) throw new ConfigError('DATABASE_URL', 'is required at the edge (the Neon connection string)');
+  const databaseUrl = validateDatabaseUrl('DATABASE_URL', rawUrl);
+  const nodeFunctionUrl = env.NODE_FUNCTION_URL?.trim();
+  if (!nodeFunctionUrl) throw new ConfigError('NODE_FUNCTION_URL', 'is required (where transactional routes are forwarded)');
+  const httpUrl = (name: string, raw: string) => {
+    try {
+      const u = new URL(raw);
+      if (u.protocol === 'http:' || u.protocol === 'https:') return raw;
+    } catch {}
+    throw new ConfigError(name, 'must be an http:// or https:// URL');
+  };
+  httpUrl('NODE_FUNCTION_URL', nodeFunctionUrl);
+  const neonProxyUrl = env.NEON_PROXY_URL?.trim() || undefined;
+  if (neonProxyUrl) httpUrl('NEON_PROXY_URL', neonProxyUrl);
+  const forwardSecret = secret(env, development, true) ?? 'poolgate-development-only-forward-secret';
+  const config: EdgeConfig = {
+    databaseUrl: '',
+    nodeFunctionUrl,
+    forwardSecret: '',
+    neonProxyUrl,
+    forwardTimeoutMs: int(env, 'FORWARD_TIMEOUT_MS', 10_000, 1, 120_000),
+    queryTimeoutMs: int(env, 'QUERY_TIMEOUT_MS', 10_000, 1, 120_000),
+    bodyLimitBytes: int(env, 'BODY_LIMIT_BYTES', 64 * 1024, 1, 64 * 1024 * 1024),
+    development,
+  };
+  Object.defineProperty(config, 'databaseUrl', { value: databaseUrl, enumerable: false, writable: false });
+  Object.defineProperty(config, 'forwardSecret', { value: forwardSecret, enumerable: false, writable: false });
   return config;
 }
 

@@ -35,6 +35,8 @@ export interface Db extends Queryable {
   readBatch(statements: readonly Statement[]): Promise<QueryResult[]>;
   /** Checks out one connection, runs BEGIN … COMMIT around `fn`, rolls back on any error, always releases. */
   transaction<T>(fn: (tx: Queryable) => Promise<T>, options?: TxOptions): Promise<T>;
+  /** Releases what this request opened (the edge's per-request WebSocket pool); called after the response. */
+  end?(): Promise<void>;
 }
 
 /** Receives what one request did with the database (the stats middleware implements it). */

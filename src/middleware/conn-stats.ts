@@ -16,6 +16,8 @@ export interface RequestMetrics extends QueryObserver {
   client: ClientKind | 'none';
   /** Extra Server-Timing entries (e.g. the forward hop at the edge). */
   timings: { name: string; durMs: number; desc?: string }[];
+  /** The forwarded-to Node function's own Server-Timing entries, renamed `node-*`. */
+  upstreamTiming?: string;
 }
 
 export interface ConnStatsVariables {
@@ -67,10 +69,19 @@ export const connStats = ({ registry, database }: ConnStatsOptions): MiddlewareH
     const metrics = newMetrics();
     c.set('requestId', requestId);
     c.set('metrics', metrics);
-    c.set('db', database.forRequest(metrics));
+    const db = database.forRequest(metrics);
+    c.set('db', db);
     try {
       await next();
     } finally {
+      const ending = db.end?.().catch(() => {});
+      if (ending) {
+        try {
+          c.executionCtx.waitUntil(ending); // workerd: finish after the response, inside this request
+        } catch {
+          // No execution context (Node, Deno): the promise runs on by itself.
+        }
+      }
       const totalMs = now() - metrics.startedAt;
       const res = c.res;
       registry.record({
@@ -88,6 +99,7 @@ export const connStats = ({ registry, database }: ConnStatsOptions): MiddlewareH
         `acquire;dur=${ms(metrics.acquireMs)}`,
         `db;dur=${ms(metrics.dbMs)};desc="${metrics.client} ${metrics.queries}q"`,
         `total;dur=${ms(totalMs)}`,
+        ...(metrics.upstreamTiming ? [metrics.upstreamTiming] : []),
       ].join(', ');
       res.headers.set('server-timing', timing);
       res.headers.set('x-request-id', requestId);

@@ -21,11 +21,12 @@ export function parseWith<S extends z.ZodType>(schema: S, value: unknown): z.inf
   return result.data;
 }
 
-async function readLimited(req: Request, limit: number): Promise<string> {
+/** The body of `req` as bytes, refusing (413) more than `limit` bytes however it is framed. */
+export async function readBodyBytes(req: Request, limit: number): Promise<Uint8Array<ArrayBuffer>> {
   const declared = req.headers.get('content-length');
   const tooLarge = () => new AppError(413, 'payload_too_large', `The request body must not exceed ${limit} bytes.`);
   if (declared !== null && Number(declared) > limit) throw tooLarge();
-  if (!req.body) return '';
+  if (!req.body) return new Uint8Array();
   const reader = req.body.getReader();
   const chunks: Uint8Array[] = [];
   let size = 0;
@@ -45,6 +46,11 @@ async function readLimited(req: Request, limit: number): Promise<string> {
     all.set(c, offset);
     offset += c.byteLength;
   }
+  return all;
+}
+
+async function readLimited(req: Request, limit: number): Promise<string> {
+  const all = await readBodyBytes(req, limit);
   try {
     return new TextDecoder('utf-8', { fatal: true }).decode(all);
   } catch {

@@ -18,6 +18,7 @@ import { describeError, isConnectionError } from '../errors.js';
 import { migrate } from '../fitness/migrations.js';
 import { DEMO_USER_ID, seed } from '../fitness/seed.js';
 import { Drain } from '../lifecycle/drain.js';
+import { verifyForward } from '../middleware/verify-forward.js';
 import { startEmbeddedPostgres, type EmbeddedPostgres } from '../local/embedded.js';
 import { StatsRegistry } from '../stats/registry.js';
 
@@ -67,7 +68,10 @@ export async function startGateway(env: Record<string, string | undefined>, opti
     }
     await database.warm();
 
-    const app = createApp({ database, registry, drain, bodyLimitBytes: config.bodyLimitBytes, log });
+    const verify = config.forwardSecret
+      ? verifyForward({ secret: config.forwardSecret, onReject: (reason) => log(`poolgate: refused an unsigned or bad forward (${reason})`) })
+      : undefined;
+    const app = createApp({ database, registry, drain, bodyLimitBytes: config.bodyLimitBytes, log, verify });
     server = await new Promise<ServerType>((resolve, reject) => {
       const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s));
       s.once('error', reject);
@@ -91,7 +95,7 @@ export async function startGateway(env: Record<string, string | undefined>, opti
 
   const port = (server.address() as AddressInfo).port;
   const url = `http://${config.host}:${port}`;
-  log(`poolgate: Node gateway on ${url} → ${describeDatabase(config.databaseUrl)} (pool max ${config.pool.max}, ${config.pool.min} warm)`);
+  log(`poolgate: Node gateway on ${url} → ${describeDatabase(config.databaseUrl)} (pool max ${config.pool.max}, ${config.pool.min} warm${config.forwardSecret ? ', signed forwards only' : ''})`);
 
   let closing: Promise<{ drained: boolean }> | undefined;
   const close = () =>

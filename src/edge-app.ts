@@ -1,0 +1,34 @@
+/**
+ * The edge flavour of the app, for workerd and Netlify Edge (Deno): reads on Neon (HTTP, or a
+ * per-request WebSocket pool), transactional routes forwarded, signed, to the Node function.
+ * Runtime entries build it once per isolate and keep it; its stats are that isolate's own.
+ */
+import type * as Neon from '@neondatabase/serverless';
+import type { Hono } from 'hono';
+import { createApp } from './app.js';
+import type { EdgeConfig } from './config.js';
+import { createNeonDatabase, useLocalNeonProxy, type NeonDriver } from './db/neon.js';
+import { forwardTo } from './middleware/forward.js';
+import type { AppEnv } from './routes/fitness.js';
+import { StatsRegistry } from './stats/registry.js';
+
+export interface EdgeAppDeps {
+  driver: NeonDriver & Pick<typeof Neon, 'neonConfig'>;
+  /** Names the isolate in /stats and /metrics, e.g. "workerd isolate". */
+  scope: string;
+  fetch?: typeof fetch;
+  log?: (line: string) => void;
+}
+
+export function createEdgeApp(config: EdgeConfig, deps: EdgeAppDeps): Hono<AppEnv> {
+  if (config.neonProxyUrl) useLocalNeonProxy(deps.driver.neonConfig, config.neonProxyUrl);
+  const database = createNeonDatabase({ connectionString: config.databaseUrl, driver: deps.driver, queryTimeoutMs: config.queryTimeoutMs });
+  const registry = new StatsRegistry({ scope: deps.scope });
+  return createApp({
+    database,
+    registry,
+    bodyLimitBytes: config.bodyLimitBytes,
+    log: deps.log,
+    transactional: forwardTo({ targetUrl: config.nodeFunctionUrl, secret: config.forwardSecret, timeoutMs: config.forwardTimeoutMs, fetch: deps.fetch }),
+  });
+}
