@@ -112,7 +112,7 @@ export async function startGateway(env: Record<string, string | undefined>, opti
   return { url, port, config, database, registry, close };
 }
 
-async function main(): Promise<void> {
+export async function main(): Promise<void> {
   let gateway: Gateway;
   try {
     gateway = await startGateway(process.env);

@@ -1,0 +1,51 @@
+/**
+ * Bundles the edge entries with esbuild: the worker (for miniflare/workerd), the Netlify Edge
+ * function (for Deno) and the Netlify Node function. `npm run build` writes all three to dist/;
+ * the local topology and the runtime tests build the same way, so what is tested is what ships.
+ */
+import { build, type BuildOptions } from 'esbuild';
+import { fileURLToPath } from 'node:url';
+
+const root = fileURLToPath(new URL('../../', import.meta.url));
+
+const edge: BuildOptions = {
+  bundle: true,
+  format: 'esm',
+  platform: 'neutral',
+  mainFields: ['browser', 'module', 'main'],
+  conditions: ['workerd', 'worker', 'browser'],
+  target: 'es2022',
+  logLevel: 'warning',
+  legalComments: 'none',
+};
+
+export async function buildWorker(outfile = `${root}dist/worker/worker.js`): Promise<string> {
+  await build({ ...edge, entryPoints: [`${root}src/runtime/worker.ts`], outfile });
+  return outfile;
+}
+
+export async function buildNetlifyEdge(outfile = `${root}dist/netlify/edge-functions/poolgate.js`): Promise<string> {
+  await build({ ...edge, conditions: ['deno', 'worker', 'browser'], entryPoints: [`${root}src/runtime/netlify-edge.ts`], outfile });
+  return outfile;
+}
+
+export async function buildNetlifyFunction(outfile = `${root}dist/netlify/functions/gateway.mjs`): Promise<string> {
+  await build({
+    entryPoints: [`${root}src/runtime/netlify-function.ts`],
+    outfile,
+    bundle: true,
+    format: 'esm',
+    platform: 'node',
+    target: 'node20',
+    logLevel: 'warning',
+    // pg requires CommonJS modules at run time; give the ESM bundle a require().
+    banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
+    external: ['pg-native'],
+  });
+  return outfile;
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  const out = await Promise.all([buildWorker(), buildNetlifyEdge(), buildNetlifyFunction()]);
+  for (const f of out) console.log(`built ${f.replace(root, '')}`);
+}

@@ -1,0 +1,112 @@
+/**
+ * `npm start`: the whole edge topology on one machine, offline.
+ *   database   embedded PGlite (or DATABASE_URL)
+ *   :4444      local Neon-compatible proxy (HTTP /sql + WebSocket) in front of it
+ *   :8788      Node gateway (pg Pool), accepting only signed forwards
+ *   :8787      the edge app in workerd (miniflare): reads via Neon, writes forwarded to :8788
+ * Ports come from EDGE_PORT, NODE_PORT, NEON_PROXY_PORT. Ctrl-C stops everything.
+ */
+import { randomBytes } from 'node:crypto';
+import { Miniflare } from 'miniflare';
+import { ConfigError } from '../config.js';
+import { describeError } from '../errors.js';
+import { startGateway, StartupError, type Gateway } from '../runtime/node.js';
+import { buildWorker } from './build.js';
+import { startEmbeddedPostgres, type EmbeddedPostgres } from './embedded.js';
+import { startNeonProxy, type NeonProxy } from './neon-proxy/index.js';
+
+export interface Topology {
+  edgeUrl: string;
+  nodeUrl: string;
+  proxyUrl: string;
+  close(): Promise<void>;
+}
+
+type Env = Record<string, string | undefined>;
+
+const port = (env: Env, name: string, fallback: number) => {
+  const raw = env[name];
+  if (raw === undefined || raw === '') return fallback;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new ConfigError(name, `must be a port number, got "${raw}"`);
+  return n;
+};
+
+export async function startTopology(env: Env, log: (line: string) => void = console.log): Promise<Topology> {
+  const edgePort = port(env, 'EDGE_PORT', 8787);
+  const nodePort = port(env, 'NODE_PORT', 8788);
+  const proxyPort = port(env, 'NEON_PROXY_PORT', 4444);
+  const forwardSecret = env.FORWARD_SECRET || randomBytes(32).toString('base64url');
+
+  const stops: (() => Promise<unknown>)[] = [];
+  const close = async () => {
+    for (const stop of stops.splice(0).reverse()) await stop().catch(() => {});
+  };
+  try {
+    let databaseUrl = env.DATABASE_URL;
+    if (!databaseUrl) {
+      const dataDir = env.EMBEDDED_DATA_DIR || '.data/pglite';
+      const embedded: EmbeddedPostgres = await startEmbeddedPostgres({ dataDir });
+      stops.push(() => embedded.stop());
+      databaseUrl = embedded.url;
+      log(`poolgate: embedded PGlite on 127.0.0.1:${embedded.port} (data in ${dataDir})`);
+    }
+
+    const gateway: Gateway = await startGateway(
+      { ...env, DATABASE_URL: databaseUrl, PORT: String(nodePort), FORWARD_SECRET: forwardSecret, SEED: env.DATABASE_URL ? env.SEED : 'true' },
+      { log },
+    );
+    stops.push(() => gateway.close());
+
+    const proxy: NeonProxy = await startNeonProxy({ databaseUrls: [databaseUrl], port: proxyPort, host: '127.0.0.1', log });
+    stops.push(() => proxy.close());
+    log(`poolgate: local Neon proxy on ${proxy.url}`);
+
+    const scriptPath = await buildWorker();
+    const mf = new Miniflare({
+      modules: true,
+      scriptPath,
+      compatibilityDate: '2026-04-26',
+      compatibilityFlags: ['nodejs_compat'],
+      host: '127.0.0.1',
+      port: edgePort,
+      bindings: {
+        DATABASE_URL: databaseUrl,
+        NODE_FUNCTION_URL: gateway.url,
+        NEON_PROXY_URL: proxy.url,
+        FORWARD_SECRET: forwardSecret,
+        POOLGATE_ENV: 'development',
+      },
+    });
+    stops.push(() => mf.dispose());
+    const edgeUrl = (await mf.ready).toString().replace(/\/$/, '');
+    log(`poolgate: edge app (workerd) on ${edgeUrl} → reads via Neon proxy, writes forwarded to ${gateway.url}`);
+    return { edgeUrl, nodeUrl: gateway.url, proxyUrl: proxy.url, close };
+  } catch (err) {
+    await close();
+    throw err;
+  }
+}
+
+export async function main(): Promise<void> {
+  let topology: Topology;
+  try {
+    topology = await startTopology(process.env);
+  } catch (err) {
+    const line = err instanceof ConfigError ? `invalid configuration: ${err.message}` : err instanceof StartupError ? err.message : `start-up failed (${describeError(err)})`;
+    console.error(`poolgate: ${line}`);
+    process.exit(1);
+  }
+  console.log(`poolgate: try  curl ${topology.edgeUrl}/api/users/00000000-0000-4000-8000-000000000001`);
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    console.log(`poolgate: ${signal}, stopping`);
+    topology.close().then(() => process.exit(0), () => process.exit(1));
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+}
+
+if (process.argv[1] && import.meta.url.endsWith(process.argv[1].replace(/\\/g, '/'))) void main();

@@ -1,0 +1,38 @@
+/**
+ * Netlify Edge Functions entry (Deno). Built by `npm run build` into
+ * dist/netlify/edge-functions/poolgate.js, which netlify.toml maps onto the API paths. Env comes
+ * from `Netlify.env` on Netlify, or `Deno.env` when run under plain Deno (tests, local).
+ */
+import * as driver from '@neondatabase/serverless';
+import type { Hono } from 'hono';
+import { handle } from 'hono/netlify';
+import { ConfigError, parseEdgeConfig } from '../config.js';
+import { createEdgeApp } from '../edge-app.js';
+import { AppError } from '../errors.js';
+import type { AppEnv } from '../routes/fitness.js';
+
+declare const Netlify: { env: { toObject(): Record<string, string> } } | undefined;
+declare const Deno: { env: { toObject(): Record<string, string> } } | undefined;
+
+function readEnv(): Record<string, string> {
+  if (typeof Netlify !== 'undefined') return Netlify.env.toObject();
+  if (typeof Deno !== 'undefined') return Deno.env.toObject();
+  return {};
+}
+
+let handler: ReturnType<typeof handle> | undefined;
+
+export default function poolgate(request: Request, context: unknown): Response | Promise<Response> {
+  if (!handler) {
+    let app: Hono<AppEnv>;
+    try {
+      app = createEdgeApp(parseEdgeConfig(readEnv()), { driver, scope: 'netlify-edge isolate', log: (line) => console.log(line) });
+    } catch (err) {
+      const message = err instanceof ConfigError ? `poolgate is misconfigured: ${err.message}` : 'poolgate failed to start.';
+      console.error(message);
+      return new AppError(500, 'internal', message).toResponse(request.headers.get('x-request-id') ?? 'unknown');
+    }
+    handler = handle(app as never);
+  }
+  return handler(request, context as never);
+}
