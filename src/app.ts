@@ -7,7 +7,9 @@ import type { Database } from './db/types.js';
 import { AppError, describeError, toAppError } from './errors.js';
 import type { Drain } from './lifecycle/drain.js';
 import { connStats, requestIdOf } from './middleware/conn-stats.js';
-import { fitnessRoutes, type AppEnv, type RouteSpec } from './routes/fitness.js';
+import { checkKey, IDEMPOTENCY_HEADER, REPLAYED_HEADER, requestHash, runIdempotent } from './idempotency/idempotency.js';
+import { fitnessRoutes, type AppEnv, type RouteResult, type RouteSpec } from './routes/fitness.js';
+import { readBodyBytes } from './routes/input.js';
 import { opsRoutes } from './routes/ops.js';
 import type { StatsRegistry } from './stats/registry.js';
 
@@ -25,6 +27,32 @@ export interface AppDeps {
   transactional?: (route: RouteSpec) => Handler<AppEnv>;
   /** Runs before every API route (the Node function's forward-signature check). */
   verify?: MiddlewareHandler<AppEnv>;
+  /** How long an idempotency record is kept (default 24 h). */
+  idempotencyTtlMs?: number;
+}
+
+/** Runs a route here, on this process's database; transactional routes honour Idempotency-Key. */
+function runHere(route: RouteSpec, ttlMs: number): Handler<AppEnv> {
+  return async function runRoute(c) {
+    const key = route.kind === 'transactional' ? c.req.header(IDEMPOTENCY_HEADER) : undefined;
+    let result: RouteResult;
+    let replayed = false;
+    if (key === undefined) {
+      result = await route.run(c, c.get('db'));
+    } else {
+      checkKey(key);
+      const raw = await readBodyBytes(c.req.raw, c.get('bodyLimitBytes'));
+      c.req.raw = new Request(c.req.raw, { body: raw.byteLength ? raw : null });
+      const url = new URL(c.req.url);
+      const hash = await requestHash(c.req.method, url.pathname + url.search, raw);
+      const out = await runIdempotent(c.get('db'), { key, hash, ttlMs }, (db) => route.run(c, db));
+      replayed = out.replayed;
+      result = out;
+    }
+    const res = result.status === 204 ? c.body(null, 204) : c.json(result.body as object, result.status);
+    if (replayed) res.headers.set(REPLAYED_HEADER, 'true');
+    return res;
+  };
 }
 
 export function createApp(deps: AppDeps): Hono<AppEnv> {
@@ -41,7 +69,8 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   app.route('/', opsRoutes({ database: deps.database, registry: deps.registry, drain: deps.drain, readyTimeoutMs: deps.readyTimeoutMs ?? 1000 }));
 
   for (const route of fitnessRoutes) {
-    const handler: Handler<AppEnv> = route.kind === 'transactional' && deps.transactional ? deps.transactional(route) : route.handler;
+    const handler: Handler<AppEnv> =
+      route.kind === 'transactional' && deps.transactional ? deps.transactional(route) : runHere(route, deps.idempotencyTtlMs ?? 86_400_000);
     app.on(
       route.method,
       route.path,

@@ -32,6 +32,8 @@ export interface Config {
   bodyLimitBytes: number;
   /** How long graceful shutdown waits for in-flight requests. */
   shutdownTimeoutMs: number;
+  /** How long an Idempotency-Key's stored response is kept. */
+  idempotencyTtlMs: number;
   /** Folder of the embedded database's data files. */
   embeddedDataDir: string;
   logLevel: 'silent' | 'info' | 'debug';
@@ -114,6 +116,7 @@ export function parseConfig(env: Env): Config {
     },
     bodyLimitBytes: int(env, 'BODY_LIMIT_BYTES', 64 * 1024, 1, 64 * 1024 * 1024),
     shutdownTimeoutMs: int(env, 'SHUTDOWN_TIMEOUT_MS', 10_000, 0, 600_000),
+    idempotencyTtlMs: int(env, 'IDEMPOTENCY_TTL_MS', 86_400_000, 60_000, 30 * 86_400_000),
     embeddedDataDir: env.EMBEDDED_DATA_DIR?.trim() || '.data/pglite',
     logLevel,
   };

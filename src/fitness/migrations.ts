@@ -47,6 +47,21 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
+  {
+    id: 2,
+    name: 'idempotency keys',
+    sql: `
+      CREATE TABLE idempotency_keys (
+        key text PRIMARY KEY,
+        request_hash text NOT NULL,
+        status integer NOT NULL,
+        body text, -- the JSON exactly as first sent, so a replay is byte-identical
+        created_at timestamptz NOT NULL DEFAULT now(),
+        expires_at timestamptz NOT NULL
+      );
+      CREATE INDEX idempotency_keys_expires ON idempotency_keys (expires_at);
+    `,
+  },
 ];
 
 const LOCK_KEY = 0x706f6f6c; // 'pool'

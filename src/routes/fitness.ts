@@ -6,6 +6,7 @@
 import type { Context } from 'hono';
 import * as repo from '../fitness/repo.js';
 import { createUserInput, createWorkoutInput, listQuery, patchPreferencesInput, uuid } from '../fitness/schema.js';
+import type { Db } from '../db/types.js';
 import type { ConnStatsVariables } from '../middleware/conn-stats.js';
 import { invalid, jsonBody, parseWith } from './input.js';
 
@@ -15,11 +16,18 @@ export interface AppEnv {
   Variables: ConnStatsVariables & { bodyLimitBytes: number };
 }
 
+/** What a route produces: a status and a JSON body (none for 204). Kept as data so an idempotent replay can store it. */
+export interface RouteResult {
+  status: 200 | 201 | 204;
+  body?: unknown;
+}
+
 export interface RouteSpec {
   method: 'GET' | 'POST' | 'PATCH' | 'DELETE';
   path: string;
   kind: RouteKind;
-  handler: (c: Context<AppEnv>) => Promise<Response>;
+  /** Runs the route against `db` (the request's Db, or one bound to an idempotency transaction). */
+  run: (c: Context<AppEnv>, db: Db) => Promise<RouteResult>;
 }
 
 const idParam = (c: Context<AppEnv>, name = 'id'): string => {
@@ -35,58 +43,58 @@ export const fitnessRoutes: readonly RouteSpec[] = [
     method: 'POST',
     path: '/api/users',
     kind: 'transactional',
-    handler: async (c) => c.json(await repo.createUser(c.get('db'), await body(c, createUserInput)), 201),
+    run: async (c, db) => ({ status: 201, body: await repo.createUser(db, await body(c, createUserInput)) }),
   },
   {
     method: 'GET',
     path: '/api/users/:id',
     kind: 'read',
-    handler: async (c) => c.json(await repo.getUser(c.get('db'), idParam(c))),
+    run: async (c, db) => ({ status: 200, body: await repo.getUser(db, idParam(c)) }),
   },
   {
     method: 'PATCH',
     path: '/api/users/:id/preferences',
     kind: 'transactional',
-    handler: async (c) => {
+    run: async (c, db) => {
       const id = idParam(c);
-      return c.json(await repo.patchPreferences(c.get('db'), id, await body(c, patchPreferencesInput)));
+      return { status: 200, body: await repo.patchPreferences(db, id, await body(c, patchPreferencesInput)) };
     },
   },
   {
     method: 'GET',
     path: '/api/users/:id/workouts',
     kind: 'read',
-    handler: async (c) => {
+    run: async (c, db) => {
       const id = idParam(c);
       const q = parseWith(listQuery, c.req.query());
-      return c.json(await repo.listWorkouts(c.get('db'), id, q.limit, q.cursor));
+      return { status: 200, body: await repo.listWorkouts(db, id, q.limit, q.cursor) };
     },
   },
   {
     method: 'GET',
     path: '/api/users/:id/summary',
     kind: 'read',
-    handler: async (c) => c.json(await repo.summary(c.get('db'), idParam(c))),
+    run: async (c, db) => ({ status: 200, body: await repo.summary(db, idParam(c)) }),
   },
   {
     method: 'POST',
     path: '/api/workouts',
     kind: 'transactional',
-    handler: async (c) => c.json(await repo.createWorkout(c.get('db'), await body(c, createWorkoutInput)), 201),
+    run: async (c, db) => ({ status: 201, body: await repo.createWorkout(db, await body(c, createWorkoutInput)) }),
   },
   {
     method: 'GET',
     path: '/api/workouts/:id',
     kind: 'read',
-    handler: async (c) => c.json(await repo.getWorkout(c.get('db'), idParam(c))),
+    run: async (c, db) => ({ status: 200, body: await repo.getWorkout(db, idParam(c)) }),
   },
   {
     method: 'DELETE',
     path: '/api/workouts/:id',
     kind: 'transactional',
-    handler: async (c) => {
-      await repo.deleteWorkout(c.get('db'), idParam(c));
-      return c.body(null, 204);
+    run: async (c, db) => {
+      await repo.deleteWorkout(db, idParam(c));
+      return { status: 204 };
     },
   },
 ];

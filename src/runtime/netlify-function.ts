@@ -26,7 +26,7 @@ function build(): Hono<AppEnv> {
   const database = createPgPoolDatabase({ ...config.pool, connectionString: config.databaseUrl }, { Pool: pg.Pool, log });
   const registry = new StatsRegistry({ scope: 'netlify-function instance', pool: () => database.stats() });
   const verify = verifyForward({ secret: config.forwardSecret, onReject: (reason) => log(`poolgate: refused forward (${reason})`) });
-  return createApp({ database, registry, bodyLimitBytes: config.bodyLimitBytes, log, verify });
+  return createApp({ database, registry, bodyLimitBytes: config.bodyLimitBytes, idempotencyTtlMs: config.idempotencyTtlMs, log, verify });
 }
 
 export default async function gateway(request: Request): Promise<Response> {

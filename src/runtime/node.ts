@@ -71,7 +71,7 @@ export async function startGateway(env: Record<string, string | undefined>, opti
     const verify = config.forwardSecret
       ? verifyForward({ secret: config.forwardSecret, onReject: (reason) => log(`poolgate: refused an unsigned or bad forward (${reason})`) })
       : undefined;
-    const app = createApp({ database, registry, drain, bodyLimitBytes: config.bodyLimitBytes, log, verify });
+    const app = createApp({ database, registry, drain, bodyLimitBytes: config.bodyLimitBytes, idempotencyTtlMs: config.idempotencyTtlMs, log, verify });
     server = await new Promise<ServerType>((resolve, reject) => {
       const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s));
       s.once('error', reject);
