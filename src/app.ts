@@ -29,6 +29,8 @@ export interface AppDeps {
   verify?: MiddlewareHandler<AppEnv>;
   /** How long an idempotency record is kept (default 24 h). */
   idempotencyTtlMs?: number;
+  /** Each request's deadline (default 15 s). */
+  requestTimeoutMs?: number;
 }
 
 /** Runs a route here, on this process's database; transactional routes honour Idempotency-Key. */
@@ -47,6 +49,7 @@ function runHere(route: RouteSpec, ttlMs: number): Handler<AppEnv> {
       const hash = await requestHash(c.req.method, url.pathname + url.search, raw);
       const out = await runIdempotent(c.get('db'), { key, hash, ttlMs }, (db) => route.run(c, db));
       replayed = out.replayed;
+      c.get('metrics').replayed = replayed;
       result = out;
     }
     const res = result.status === 204 ? c.body(null, 204) : c.json(result.body as object, result.status);
@@ -59,7 +62,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   const log = deps.log ?? (() => {});
   const app = new Hono<AppEnv>();
 
-  app.use('*', connStats({ registry: deps.registry, database: deps.database }));
+  app.use('*', connStats({ registry: deps.registry, database: deps.database, requestTimeoutMs: deps.requestTimeoutMs ?? 15_000 }));
   if (deps.drain) app.use('*', deps.drain.middleware);
   app.use('*', async (c, next) => {
     c.set('bodyLimitBytes', deps.bodyLimitBytes);

@@ -8,7 +8,7 @@ import type { Hono } from 'hono';
 import { createApp } from './app.js';
 import type { EdgeConfig } from './config.js';
 import { createNeonDatabase, useLocalNeonProxy, type NeonDriver } from './db/neon.js';
-import { forwardTo } from './middleware/forward.js';
+import { createForwardBreaker, forwardTo } from './middleware/forward.js';
 import type { AppEnv } from './routes/fitness.js';
 import { StatsRegistry } from './stats/registry.js';
 
@@ -23,12 +23,14 @@ export interface EdgeAppDeps {
 export function createEdgeApp(config: EdgeConfig, deps: EdgeAppDeps): Hono<AppEnv> {
   if (config.neonProxyUrl) useLocalNeonProxy(deps.driver.neonConfig, config.neonProxyUrl);
   const database = createNeonDatabase({ connectionString: config.databaseUrl, driver: deps.driver, queryTimeoutMs: config.queryTimeoutMs });
-  const registry = new StatsRegistry({ scope: deps.scope });
+  const forwarder = createForwardBreaker();
+  const registry = new StatsRegistry({ scope: deps.scope, breakers: () => [...database.breakers(), forwarder.snapshot()] });
   return createApp({
     database,
     registry,
     bodyLimitBytes: config.bodyLimitBytes,
+    requestTimeoutMs: config.requestTimeoutMs,
     log: deps.log,
-    transactional: forwardTo({ targetUrl: config.nodeFunctionUrl, secret: config.forwardSecret, timeoutMs: config.forwardTimeoutMs, fetch: deps.fetch }),
+    transactional: forwardTo({ targetUrl: config.nodeFunctionUrl, secret: config.forwardSecret, timeoutMs: config.forwardTimeoutMs, fetch: deps.fetch, breaker: forwarder }),
   });
 }

@@ -6,7 +6,8 @@
  * The driver module is passed in: the core never imports it.
  */
 import type * as Neon from '@neondatabase/serverless';
-import { AppError } from '../errors.js';
+import { AppError, isConnectionError } from '../errors.js';
+import { createBreaker } from '../resilience/breaker.js';
 import { now } from '../stats/clock.js';
 import type { Database, Db, QueryObserver, QueryResult, Queryable, ReadyReport, Statement, TxOptions } from './types.js';
 
@@ -42,13 +43,20 @@ const ISOLATION: Record<NonNullable<TxOptions['isolation']>, 'ReadCommitted' | '
  */
 export function createNeonDatabase(options: NeonDatabaseOptions): NeonDatabase {
   const sql = options.driver.neon(options.connectionString, { fullResults: true });
+  const breaker = createBreaker('neon-http', { isFailure: isConnectionError });
 
-  /** Runs `run` with an abort signal bounded by the query timeout; an abort becomes a 504. */
-  async function bounded<T>(run: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  /**
+   * Runs `run` through the breaker with an abort signal bounded by the query timeout and the
+   * request's deadline; an abort becomes a 504. HTTP queries are not retried here: a fetch that
+   * failed may still have run its statement.
+   */
+  async function bounded<T>(observer: QueryObserver, run: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    const left = observer.deadline === undefined ? Infinity : observer.deadline - now();
+    if (left <= 0) throw new AppError(504, 'timeout', 'The request ran out of time before reaching the database.');
     const controller = new AbortController();
-    const timer = setTimeout(() => controller.abort(), options.queryTimeoutMs);
+    const timer = setTimeout(() => controller.abort(), Math.min(options.queryTimeoutMs, left));
     try {
-      return await run(controller.signal);
+      return await breaker.execute(() => run(controller.signal));
     } catch (err) {
       if (controller.signal.aborted) {
         throw new AppError(504, 'timeout', 'The database did not answer in time; the request was abandoned.', { cause: err });
@@ -104,7 +112,7 @@ export function createNeonDatabase(options: NeonDatabaseOptions): NeonDatabase {
         observer.served('neon-http');
         const t0 = now();
         try {
-          const res = await bounded((signal) => sql.query(text, params as unknown[], { fullResults: true, fetchOptions: { signal } }));
+          const res = await bounded(observer, (signal) => sql.query(text, params as unknown[], { fullResults: true, fetchOptions: { signal } }));
           return { rows: res.rows as R[], rowCount: res.rowCount ?? null };
         } finally {
           observer.queried(now() - t0);
@@ -114,7 +122,7 @@ export function createNeonDatabase(options: NeonDatabaseOptions): NeonDatabase {
         observer.served('neon-http');
         const t0 = now();
         try {
-          const results = await bounded((signal) =>
+          const results = await bounded(observer, (signal) =>
             sql.transaction(
               statements.map((s) => sql.query(s.text, s.params as unknown[])),
               { isolationLevel: 'RepeatableRead', readOnly: true, fullResults: true, fetchOptions: { signal } },
@@ -153,6 +161,7 @@ export function createNeonDatabase(options: NeonDatabaseOptions): NeonDatabase {
     forRequest,
     ping,
     stats: () => undefined,
+    breakers: () => [breaker.snapshot()],
     close: async () => {},
   };
 }

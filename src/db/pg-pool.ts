@@ -2,13 +2,16 @@
  * The Node backend: a `pg` Pool behind a bounded gate, with the guide's defaults and the parts
  * the guide forgot: `min` connections actually opened (pg's `min` only stops the idle reaper),
  * an 'error' listener on the pool and on every client (a terminated backend must never crash the
- * process), connections that failed mid-use are destroyed rather than reused, and figures for
- * reuse rate and acquire waits. The `pg` module is passed in, so this file imports no driver.
+ * process), connections that failed mid-use destroyed rather than reused, a breaker on
+ * connecting, retries only where src/resilience/retry.ts allows them, and request deadlines that
+ * cancel the statement on the server. The `pg` module is passed in: this file imports no driver.
  */
 import type pg from 'pg';
 import type { PoolConfig } from '../config.js';
-import { AppError, describeError, isConnectionError, isTimeoutError } from '../errors.js';
+import { AppError, describeError, isConnectionError } from '../errors.js';
+import { createBreaker, type Breaker } from '../resilience/breaker.js';
 import { Gate } from '../resilience/gate.js';
+import { RetryBudget, withRetry } from '../resilience/retry.js';
 import { now } from '../stats/clock.js';
 import type { Database, Db, PoolStats, QueryObserver, QueryResult, Queryable, ReadyReport, Statement, TxOptions } from './types.js';
 
@@ -18,7 +21,11 @@ export interface PgPoolDatabaseOptions extends PoolConfig {
 
 export interface PgPoolDeps {
   Pool: new (config: pg.PoolConfig) => pg.Pool;
+  /** Used for out-of-band cancels (pg_cancel_backend) when a deadline passes mid-statement. */
+  Client?: new (config: pg.ClientConfig) => pg.Client;
   log?: (line: string) => void;
+  breaker?: Breaker;
+  budget?: RetryBudget;
 }
 
 export interface PgPoolDatabase extends Database {
@@ -29,10 +36,20 @@ export interface PgPoolDatabase extends Database {
 }
 
 const NO_OBSERVER: QueryObserver = { acquired() {}, queried() {}, served() {} };
+const READ_ONLY_SQL = /^\s*(SELECT|WITH|VALUES|SHOW|TABLE)\b/i;
+const WRITES = /\b(INSERT|UPDATE|DELETE|MERGE|CREATE|ALTER|DROP|TRUNCATE|LOCK|FOR\s+UPDATE|FOR\s+SHARE|nextval|setval|pg_advisory)\b/i;
+
+/** A deadline tighter than the statement timeout cuts it; an expired one fails at once. */
+function remainingMs(observer: QueryObserver): number | undefined {
+  if (observer.deadline === undefined) return undefined;
+  const left = observer.deadline - now();
+  if (left <= 0) throw new AppError(504, 'timeout', 'The request ran out of time before reaching the database.');
+  return left;
+}
 
 /**
  * @example
- * const db = createPgPoolDatabase({ ...config.pool, connectionString }, { Pool: pg.Pool });
+ * const db = createPgPoolDatabase({ ...config.pool, connectionString }, { Pool: pg.Pool, Client: pg.Client });
  * await db.warm();
  * const rows = (await db.forRequest(observer).query('SELECT 1 AS x')).rows;
  */
@@ -50,6 +67,8 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
     keepAlive: true,
   });
   const gate = new Gate({ permits: options.max, queueMax: options.queueMax, timeoutMs: options.acquireTimeoutMs });
+  const breaker = deps.breaker ?? createBreaker('postgres', { isFailure: isConnectionError });
+  const budget = deps.budget ?? new RetryBudget();
 
   const fresh = new WeakSet<pg.PoolClient>();
   let openedCount = 0;
@@ -57,6 +76,7 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
   let acquisitionCount = 0;
   let openedOnAcquireCount = 0;
   let errorCount = 0;
+  let cancelledCount = 0;
 
   pool.on('connect', (client) => {
     openedCount++;
@@ -65,7 +85,7 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
     // error on a checked-out client (backend terminated mid-request) would otherwise be unhandled.
     client.on('error', (err) => {
       errorCount++;
-      log(`db client error (${describeError(err)}); the connection will be discarded`);
+      log(`poolgate: db client error (${describeError(err)}); the connection will be discarded`);
     });
   });
   pool.on('remove', () => {
@@ -73,7 +93,7 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
   });
   pool.on('error', (err) => {
     errorCount++;
-    log(`db idle client error (${describeError(err)}); removed from pool`);
+    log(`poolgate: db idle client error (${describeError(err)}); removed from pool`);
   });
 
   interface Lease {
@@ -83,10 +103,17 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
 
   async function checkout(observer: QueryObserver, timeoutMs?: number, counted = true): Promise<Lease> {
     const started = now();
-    const releasePermit = await gate.acquire(timeoutMs);
+    const left = remainingMs(observer);
+    const releasePermit = await gate.acquire(Math.min(timeoutMs ?? options.acquireTimeoutMs, left ?? Infinity));
     let client: pg.PoolClient;
     try {
-      client = await pool.connect();
+      client = await withRetry(() => breaker.execute(() => pool.connect()), {
+        scope: 'connect',
+        budget,
+        deadline: observer.deadline,
+        now,
+        onRetry: () => observer.retried?.(),
+      });
     } catch (err) {
       releasePermit();
       throw err;
@@ -109,16 +136,39 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
     };
   }
 
-  /** Connection failures and client-side timeouts leave a connection in an unknown state. */
-  const mustDestroy = (err: unknown) => isConnectionError(err) || isTimeoutError(err);
+  /** Broken connections and client-side timeouts (the server may still be busy) are not reused. */
+  const mustDestroy = (err: unknown) =>
+    isConnectionError(err) || /Query read timeout/.test(String((err as { message?: unknown } | undefined)?.message));
 
-  function instrument(client: Queryable, observer: QueryObserver): Queryable {
+  /**
+   * Cancels the client's running statement on the server once `ms` pass: a new connection sends
+   * pg_cancel_backend, the statement fails with 57014 and the connection stays usable.
+   */
+  function cancelAfter(client: pg.PoolClient, ms: number): () => void {
+    const pid = (client as unknown as { processID?: number }).processID;
+    if (!deps.Client || !pid) return () => {};
+    const Client = deps.Client;
+    const timer = setTimeout(() => {
+      cancelledCount++;
+      const canceller = new Client({ connectionString: options.connectionString, application_name: `${options.applicationName}-cancel`, connectionTimeoutMillis: 2_000 });
+      canceller.on('error', () => {});
+      canceller
+        .connect()
+        .then(() => canceller.query('SELECT pg_cancel_backend($1)', [pid]))
+        .catch((err) => log(`poolgate: could not cancel a statement past its deadline (${describeError(err)})`))
+        .finally(() => canceller.end().catch(() => {}));
+    }, ms);
+    (timer as { unref?: () => void }).unref?.();
+    return () => clearTimeout(timer);
+  }
+
+  function instrument(client: pg.PoolClient, observer: QueryObserver): Queryable {
     return {
       async query<R>(text: string, params?: readonly unknown[]) {
         const started = now();
         try {
-          const res = await client.query<R>(text, params);
-          return { rows: res.rows, rowCount: res.rowCount ?? null };
+          const res = await client.query(text, params as unknown[]);
+          return { rows: res.rows as R[], rowCount: res.rowCount ?? null };
         } finally {
           observer.queried(now() - started);
         }
@@ -126,12 +176,17 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
     };
   }
 
-  async function transaction<T>(observer: QueryObserver, fn: (tx: Queryable) => Promise<T>, opts: TxOptions = {}): Promise<T> {
+  async function transactionOnce<T>(observer: QueryObserver, fn: (tx: Queryable) => Promise<T>, opts: TxOptions): Promise<T> {
     const lease = await checkout(observer);
-    const tx = instrument(lease.client as unknown as Queryable, observer);
+    const tx = instrument(lease.client, observer);
     let destroy = false;
     try {
       await tx.query(beginStatement(opts));
+      const left = remainingMs(observer);
+      if (left !== undefined && left < options.statementTimeoutMs) {
+        // The request's deadline becomes this transaction's statement timeout, enforced by the server.
+        await tx.query(`SET LOCAL statement_timeout = ${Math.max(1, Math.floor(left))}`);
+      }
       const result = await fn(tx);
       await tx.query('COMMIT');
       return result;
@@ -150,6 +205,34 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
     }
   }
 
+  function transaction<T>(observer: QueryObserver, fn: (tx: Queryable) => Promise<T>, opts: TxOptions = {}): Promise<T> {
+    // A whole transaction may run again on 40001/40P01: the server rolled it back, nothing applied.
+    return withRetry(() => transactionOnce(observer, fn, opts), {
+      scope: 'transaction',
+      budget,
+      deadline: observer.deadline,
+      now,
+      onRetry: () => observer.retried?.(),
+    });
+  }
+
+  async function queryOnce<R>(observer: QueryObserver, text: string, params?: readonly unknown[]): Promise<QueryResult<R>> {
+    const lease = await checkout(observer);
+    let destroy = false;
+    let disarm = () => {};
+    try {
+      const left = remainingMs(observer);
+      if (left !== undefined && left < options.statementTimeoutMs) disarm = cancelAfter(lease.client, left);
+      return await instrument(lease.client, observer).query<R>(text, params);
+    } catch (err) {
+      destroy = mustDestroy(err);
+      throw err;
+    } finally {
+      disarm();
+      lease.release(destroy);
+    }
+  }
+
   function forRequest(observer: QueryObserver): Db {
     let servedReported = false;
     const served = () => {
@@ -160,20 +243,19 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
     };
     return {
       kind: 'pg-pool',
-      async query<R>(text: string, params?: readonly unknown[]): Promise<QueryResult<R>> {
+      query<R>(text: string, params?: readonly unknown[]): Promise<QueryResult<R>> {
         served();
-        const lease = await checkout(observer);
-        let destroy = false;
-        try {
-          return await instrument(lease.client as unknown as Queryable, observer).query<R>(text, params);
-        } catch (err) {
-          destroy = mustDestroy(err);
-          throw err;
-        } finally {
-          lease.release(destroy);
-        }
+        const readOnly = READ_ONLY_SQL.test(text) && !WRITES.test(text);
+        if (!readOnly) return queryOnce<R>(observer, text, params);
+        return withRetry(() => queryOnce<R>(observer, text, params), {
+          scope: 'read',
+          budget,
+          deadline: observer.deadline,
+          now,
+          onRetry: () => observer.retried?.(),
+        });
       },
-      async readBatch(statements: readonly Statement[]) {
+      readBatch(statements: readonly Statement[]) {
         served();
         return transaction(
           observer,
@@ -194,9 +276,10 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
 
   async function ping(timeoutMs: number): Promise<ReadyReport> {
     const started = now();
+    const observer: QueryObserver = { ...NO_OBSERVER, deadline: now() + timeoutMs };
     let timer: ReturnType<typeof setTimeout> | undefined;
     const attempt = (async () => {
-      const lease = await checkout(NO_OBSERVER, timeoutMs, false);
+      const lease = await checkout(observer, timeoutMs, false);
       let destroy = false;
       try {
         await lease.client.query('SELECT 1');
@@ -240,6 +323,9 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
       errorCount,
       acquireTimeoutCount: gate.timedOutCount,
       queueRejectedCount: gate.rejectedCount,
+      retryCount: budget.retriedCount,
+      retryDeniedCount: budget.deniedCount,
+      cancelledCount,
     };
   }
 
@@ -256,6 +342,7 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
     forRequest,
     ping,
     stats,
+    breakers: () => [breaker.snapshot()],
     warm,
     close() {
       closing ??= (async () => {

@@ -3,6 +3,7 @@
  * Neon HTTP and Neon WebSocket at the edge) implements `Database`; routes only ever see `Db`,
  * a per-request view that reports acquire waits and query times to that request's observer.
  */
+import type { BreakerSnapshot } from '../resilience/breaker.js';
 
 export type ClientKind = 'pg-pool' | 'neon-http' | 'neon-ws' | 'forwarded';
 
@@ -47,6 +48,10 @@ export interface QueryObserver {
   queried(durationMs: number, statements?: number): void;
   /** Which client served the request. */
   served(kind: ClientKind): void;
+  /** When the request must be finished by (the clock's ms); work is cut short to meet it. */
+  readonly deadline?: number;
+  /** A statement or connect was retried (counted in the stats). */
+  retried?(): void;
 }
 
 export interface PoolStats {
@@ -63,6 +68,11 @@ export interface PoolStats {
   errorCount: number;
   acquireTimeoutCount: number;
   queueRejectedCount: number;
+  /** Attempts made again under the retry rules, and retries the budget refused. */
+  retryCount: number;
+  retryDeniedCount: number;
+  /** Statements cancelled on the server because their request's deadline passed. */
+  cancelledCount: number;
 }
 
 export interface ReadyReport {
@@ -80,6 +90,8 @@ export interface Database {
   ping(timeoutMs: number): Promise<ReadyReport>;
   /** Pool-level figures, where the backend has a pool. */
   stats(): PoolStats | undefined;
+  /** Circuit breakers guarding this backend's upstreams. */
+  breakers(): BreakerSnapshot[];
   /** Ends the backend once; a second call returns the same promise. */
   close(): Promise<void>;
 }

@@ -18,6 +18,10 @@ export interface RequestMetrics extends QueryObserver {
   timings: { name: string; durMs: number; desc?: string }[];
   /** The forwarded-to Node function's own Server-Timing entries, renamed `node-*`. */
   upstreamTiming?: string;
+  deadline?: number;
+  retries: number;
+  /** The response is a stored idempotent replay. */
+  replayed: boolean;
 }
 
 export interface ConnStatsVariables {
@@ -31,13 +35,22 @@ export interface ConnStatsVariables {
 export interface ConnStatsOptions {
   registry: StatsRegistry;
   database: Database;
+  /** Every request's deadline; database work is cut short (and cancelled on the server) to meet it. */
+  requestTimeoutMs?: number;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
 
-export function newMetrics(): RequestMetrics {
+export function newMetrics(requestTimeoutMs?: number): RequestMetrics {
+  const startedAt = now();
   return {
-    startedAt: now(),
+    startedAt,
+    deadline: requestTimeoutMs === undefined ? undefined : startedAt + requestTimeoutMs,
+    retries: 0,
+    replayed: false,
+    retried() {
+      this.retries++;
+    },
     dbMs: 0,
     acquireMs: 0,
     queries: 0,
@@ -61,12 +74,12 @@ export const requestIdOf = (c: Context): string => (c.get('requestId' as never) 
 
 const ms = (x: number) => x.toFixed(2);
 
-export const connStats = ({ registry, database }: ConnStatsOptions): MiddlewareHandler<{ Variables: ConnStatsVariables }> =>
+export const connStats = ({ registry, database, requestTimeoutMs }: ConnStatsOptions): MiddlewareHandler<{ Variables: ConnStatsVariables }> =>
   async function connStats(c, next) {
     if (c.get('metrics')) return next(); // installed twice: the outer one records
     const incoming = c.req.header('x-request-id');
     const requestId = incoming && REQUEST_ID.test(incoming) ? incoming : crypto.randomUUID();
-    const metrics = newMetrics();
+    const metrics = newMetrics(requestTimeoutMs);
     c.set('requestId', requestId);
     c.set('metrics', metrics);
     const db = database.forRequest(metrics);
@@ -93,6 +106,8 @@ export const connStats = ({ registry, database }: ConnStatsOptions): MiddlewareH
         acquireMs: metrics.acquireMs,
         queries: metrics.queries,
         client: metrics.client,
+        retries: metrics.retries,
+        replayed: metrics.replayed,
       });
       const timing = [
         ...metrics.timings.map((t) => `${t.name};dur=${ms(t.durMs)}${t.desc ? `;desc="${t.desc}"` : ''}`),

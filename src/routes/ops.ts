@@ -30,14 +30,17 @@ export function opsRoutes({ database, registry, drain, readyTimeoutMs }: OpsOpti
     if (drain?.draining) return c.json({ status: 'draining', database: { ok: false, reason: 'shutting_down' } }, 503);
     const db = await database.ping(readyTimeoutMs);
     const pool = database.stats();
+    const breakers = registry.snapshot().breakers;
+    const ok = db.ok && !breakers.some((b) => b.state === 'open');
     const body = {
-      status: db.ok ? 'ready' : 'unavailable',
+      status: ok ? 'ready' : 'unavailable',
       client: database.kind,
       database: { ok: db.ok, latencyMs: Math.round(db.latencyMs * 100) / 100, ...(db.reason ? { reason: db.reason } : {}) },
       ...(pool ? { pool: { max: pool.max, total: pool.total, active: pool.active, idle: pool.idle, waiting: pool.waiting } } : {}),
+      breakers: breakers.map((b) => ({ upstream: b.name, state: b.state })),
     };
-    if (!db.ok) c.header('retry-after', '2');
-    return c.json(body, db.ok ? 200 : 503);
+    if (!ok) c.header('retry-after', '2');
+    return c.json(body, ok ? 200 : 503);
   });
 
   ops.get('/stats', pattern('/stats'), (c) => c.json(registry.snapshot()));

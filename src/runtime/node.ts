@@ -53,8 +53,8 @@ export async function startGateway(env: Record<string, string | undefined>, opti
     log(`poolgate: embedded PGlite on 127.0.0.1:${embedded.port} (data in ${config.embeddedDataDir})`);
   }
 
-  const database = createPgPoolDatabase({ ...config.pool, connectionString }, { Pool: pg.Pool, log });
-  const registry = new StatsRegistry({ scope: 'node', pool: () => database.stats() });
+  const database = createPgPoolDatabase({ ...config.pool, connectionString }, { Pool: pg.Pool, Client: pg.Client, log });
+  const registry = new StatsRegistry({ scope: 'node', pool: () => database.stats(), breakers: () => database.breakers() });
   const drain = new Drain();
   let server: ServerType | undefined;
 
@@ -71,7 +71,7 @@ export async function startGateway(env: Record<string, string | undefined>, opti
     const verify = config.forwardSecret
       ? verifyForward({ secret: config.forwardSecret, onReject: (reason) => log(`poolgate: refused an unsigned or bad forward (${reason})`) })
       : undefined;
-    const app = createApp({ database, registry, drain, bodyLimitBytes: config.bodyLimitBytes, idempotencyTtlMs: config.idempotencyTtlMs, log, verify });
+    const app = createApp({ database, registry, drain, bodyLimitBytes: config.bodyLimitBytes, idempotencyTtlMs: config.idempotencyTtlMs, requestTimeoutMs: config.requestTimeoutMs, log, verify });
     server = await new Promise<ServerType>((resolve, reject) => {
       const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s));
       s.once('error', reject);

@@ -16,7 +16,8 @@ export function renderPrometheus(snap: StatsSnapshot): string {
     for (const [l, v] of rows) out.push(`${name}${Object.keys(l).length ? labels(l) : ''} ${Number.isFinite(v) ? v : 0}`);
   };
   const scope = { scope: snap.scope };
-  const per = <T>(f: (r: StatsSnapshot['routes'][number]) => T) => snap.routes.map((r) => [{ ...scope, method: r.method, route: r.route }, f(r)] as const);
+  type Row = [Record<string, string>, number];
+  const per = (f: (r: StatsSnapshot['routes'][number]) => number) => snap.routes.map((r): Row => [{ ...scope, method: r.method, route: r.route }, f(r)]);
 
   family(
     'poolgate_http_requests_total',
@@ -44,9 +45,9 @@ export function renderPrometheus(snap: StatsSnapshot): string {
     out.push(`poolgate_http_request_duration_seconds_sum${labels(base)} ${r.latencyMs.sum / 1000}`);
     out.push(`poolgate_http_request_duration_seconds_count${labels(base)} ${r.count}`);
   }
-  family('poolgate_db_time_seconds_total', 'counter', 'Time spent in database statements.', per((r) => r.dbTimeMs.sum / 1000) as never);
-  family('poolgate_db_acquire_wait_seconds_total', 'counter', 'Time spent waiting for a database connection.', per((r) => r.acquireWaitMs.sum / 1000) as never);
-  family('poolgate_db_queries_total', 'counter', 'Database statements run.', per((r) => r.queries.sum) as never);
+  family('poolgate_db_time_seconds_total', 'counter', 'Time spent in database statements.', per((r) => r.dbTimeMs.sum / 1000));
+  family('poolgate_db_acquire_wait_seconds_total', 'counter', 'Time spent waiting for a database connection.', per((r) => r.acquireWaitMs.sum / 1000));
+  family('poolgate_db_queries_total', 'counter', 'Database statements run.', per((r) => r.queries.sum));
 
   const p = snap.pool;
   if (p) {
@@ -65,6 +66,23 @@ export function renderPrometheus(snap: StatsSnapshot): string {
     family('poolgate_pool_acquire_timeouts_total', 'counter', 'Requests that gave up waiting for a connection.', [[scope, p.acquireTimeoutCount]]);
     family('poolgate_pool_queue_rejected_total', 'counter', 'Requests refused at once because the wait queue was full.', [[scope, p.queueRejectedCount]]);
   }
+  family('poolgate_retries_total', 'counter', 'Attempts repeated under the retry rules, by route.', per((r) => r.retryCount));
+  family('poolgate_idempotent_replays_total', 'counter', 'Responses served from a stored Idempotency-Key record.', per((r) => r.replayCount));
+  if (p) {
+    family('poolgate_pool_retries_total', 'counter', 'Retries made by the pool layer.', [[scope, p.retryCount]]);
+    family('poolgate_pool_retries_denied_total', 'counter', 'Retries the retry budget refused.', [[scope, p.retryDeniedCount]]);
+    family('poolgate_pool_statements_cancelled_total', 'counter', 'Statements cancelled on the server at their deadline.', [[scope, p.cancelledCount]]);
+  }
+  family(
+    'poolgate_breaker_state',
+    'gauge',
+    'Circuit breaker state per upstream (1 for the current state).',
+    snap.breakers.flatMap((b) =>
+      (['closed', 'open', 'half-open'] as const).map((st) => [{ ...scope, upstream: b.name, state: st }, b.state === st ? 1 : 0] as [Record<string, string>, number]),
+    ),
+  );
+  family('poolgate_breaker_opened_total', 'counter', 'Times a breaker opened.', snap.breakers.map((b) => [{ ...scope, upstream: b.name }, b.openedCount]));
+  family('poolgate_breaker_rejected_total', 'counter', 'Calls refused at once by an open breaker.', snap.breakers.map((b) => [{ ...scope, upstream: b.name }, b.rejectedCount]));
   family('poolgate_uptime_seconds', 'gauge', 'Seconds since this process or isolate started.', [[scope, snap.uptimeSeconds]]);
   return out.join('\n') + '\n';
 }

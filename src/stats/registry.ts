@@ -5,6 +5,7 @@
  * route (a fixed ring), so memory stays bounded however long the process runs.
  */
 import type { ClientKind, PoolStats } from '../db/types.js';
+import type { BreakerSnapshot } from '../resilience/breaker.js';
 
 export interface RequestSample {
   method: string;
@@ -16,6 +17,8 @@ export interface RequestSample {
   acquireMs: number;
   queries: number;
   client: ClientKind | 'none';
+  retries?: number;
+  replayed?: boolean;
 }
 
 export interface RouteSnapshot {
@@ -29,6 +32,8 @@ export interface RouteSnapshot {
   acquireWaitMs: { sum: number; mean: number; max: number };
   queries: { sum: number; perRequest: number };
   clients: Partial<Record<ClientKind | 'none', number>>;
+  retryCount: number;
+  replayCount: number;
 }
 
 export interface StatsSnapshot {
@@ -38,6 +43,7 @@ export interface StatsSnapshot {
   uptimeSeconds: number;
   routes: RouteSnapshot[];
   pool?: PoolStats;
+  breakers: BreakerSnapshot[];
 }
 
 const RING = 1024;
@@ -52,6 +58,8 @@ class RouteStats {
   acquireSum = 0;
   acquireMax = 0;
   querySum = 0;
+  retryCount = 0;
+  replayCount = 0;
   readonly clients: Partial<Record<ClientKind | 'none', number>> = {};
   readonly #ring = new Float64Array(RING);
 
@@ -73,6 +81,8 @@ class RouteStats {
     this.acquireMax = Math.max(this.acquireMax, s.acquireMs);
     this.querySum += s.queries;
     this.clients[s.client] = (this.clients[s.client] ?? 0) + 1;
+    this.retryCount += s.retries ?? 0;
+    if (s.replayed) this.replayCount++;
   }
 
   snapshot(): RouteSnapshot {
@@ -90,6 +100,8 @@ class RouteStats {
       acquireWaitMs: { sum: round(this.acquireSum), mean: round(this.acquireSum / n), max: round(this.acquireMax) },
       queries: { sum: this.querySum, perRequest: round(this.querySum / n) },
       clients: { ...this.clients },
+      retryCount: this.retryCount,
+      replayCount: this.replayCount,
     };
   }
 }
@@ -100,6 +112,8 @@ export interface StatsRegistryOptions {
   scope: string;
   /** Pool-level figures, read at snapshot time. */
   pool?: () => PoolStats | undefined;
+  /** Circuit breakers to report, read at snapshot time. */
+  breakers?: () => BreakerSnapshot[];
 }
 
 export class StatsRegistry {
@@ -126,6 +140,7 @@ export class StatsRegistry {
       uptimeSeconds: Math.round((Date.now() - this.#started) / 1000),
       routes: [...this.#routes.values()].map((r) => r.snapshot()),
       ...(pool ? { pool } : {}),
+      breakers: this.options.breakers?.() ?? [],
     };
   }
 }

@@ -1,0 +1,105 @@
+/**
+ * The one retry decision, shared by every path. A retry is allowed only when the request
+ * provably never reached the database (connect refused or timed out, no free connection,
+ * too many connections, server starting up), or for a whole transaction that the server aborted
+ * as a serialization failure or deadlock, or for a read-only statement. Never for a caller's
+ * mistake, a statement timeout, an open breaker, or past the request's deadline; and only while
+ * the process-wide retry budget allows (so retries stop adding load when most calls fail).
+ */
+import { AppError } from '../errors.js';
+
+export type RetryScope =
+  /** Getting a connection; nothing was sent yet. */
+  | 'connect'
+  /** A whole transaction, re-run from BEGIN. */
+  | 'transaction'
+  /** A single read-only statement. */
+  | 'read';
+
+const NEVER_REACHED = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', '53300', '57P03']);
+const TX_RETRYABLE = new Set(['40001', '40P01']);
+
+function codeOf(err: unknown): string {
+  const c = (err as { code?: unknown } | undefined)?.code;
+  return typeof c === 'string' ? c : '';
+}
+
+/** True when `err` in `scope` may be retried (before budget and deadline checks). */
+export function isRetryable(err: unknown, scope: RetryScope): boolean {
+  if (err instanceof AppError) return err.code === 'pool_exhausted' && scope === 'connect';
+  const code = codeOf(err);
+  if (code === '57014') return false; // statement timeout / cancel: the work may have run
+  const msg = (err as { message?: unknown } | undefined)?.message;
+  const connectTimeout = typeof msg === 'string' && /timeout expired|connection timeout/i.test(msg);
+  if (NEVER_REACHED.has(code) || (scope === 'connect' && connectTimeout)) return true;
+  if (scope === 'transaction') return TX_RETRYABLE.has(code);
+  if (scope === 'read') {
+    // A read that failed on a dropped connection has no effect to repeat.
+    return TX_RETRYABLE.has(code) || code === '57P01' || code === 'ECONNRESET' || /Connection terminated/i.test(String(msg));
+  }
+  return false;
+}
+
+/** Capped exponential backoff with full jitter: uniform in [0, min(cap, base·2^attempt)). */
+export function backoffMs(attempt: number, baseMs = 25, capMs = 1_000, random: () => number = Math.random): number {
+  return Math.floor(random() * Math.min(capMs, baseMs * 2 ** attempt));
+}
+
+/**
+ * Process-wide budget: each first attempt deposits `ratio` of a token, each retry spends one.
+ * With ratio 0.1, retries can add at most ~10% load (plus a small floor for quiet periods).
+ */
+export class RetryBudget {
+  #tokens: number;
+  retriedCount = 0;
+  deniedCount = 0;
+  constructor(
+    readonly ratio = 0.1,
+    readonly maxTokens = 20,
+  ) {
+    this.#tokens = maxTokens;
+  }
+  deposit(): void {
+    this.#tokens = Math.min(this.maxTokens, this.#tokens + this.ratio);
+  }
+  trySpend(): boolean {
+    if (this.#tokens >= 1) {
+      this.#tokens -= 1;
+      this.retriedCount++;
+      return true;
+    }
+    this.deniedCount++;
+    return false;
+  }
+}
+
+export interface RetryOptions {
+  scope: RetryScope;
+  budget: RetryBudget;
+  maxAttempts?: number;
+  /** Absolute deadline (the clock's ms) after which no new attempt starts. */
+  deadline?: number;
+  now: () => number;
+  sleep?: (ms: number) => Promise<void>;
+  onRetry?: (err: unknown, attempt: number) => void;
+}
+
+const defaultSleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** Runs `fn`, retrying per the rules above. */
+export async function withRetry<T>(fn: (attempt: number) => Promise<T>, opts: RetryOptions): Promise<T> {
+  const maxAttempts = opts.maxAttempts ?? 3;
+  opts.budget.deposit();
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await fn(attempt);
+    } catch (err) {
+      if (attempt + 1 >= maxAttempts || !isRetryable(err, opts.scope)) throw err;
+      const wait = backoffMs(attempt);
+      if (opts.deadline !== undefined && opts.now() + wait >= opts.deadline) throw err;
+      if (!opts.budget.trySpend()) throw err;
+      opts.onRetry?.(err, attempt + 1);
+      await (opts.sleep ?? defaultSleep)(wait);
+    }
+  }
+}
