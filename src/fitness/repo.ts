@@ -180,7 +180,10 @@ export async function listWorkouts(
     { text: 'SELECT 1 FROM users WHERE id = $1', params: [userId] },
     {
       text: `SELECT w.id, w.user_id, w.kind, w.started_at, w.duration_seconds, w.created_at,
-               (SELECT count(*)::int FROM workout_sets s WHERE s.workout_id = w.id) AS set_count
+               (SELECT count(*)::int FROM workout_sets s WHERE s.workout_id = w.id) AS set_count,
+               -- The cursor needs started_at to the microsecond: a millisecond ISO string would skip
+               -- rows that start later within the same millisecond.
+               to_char(w.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS cursor_at
              FROM workouts w
              WHERE w.user_id = $1 AND ($2::timestamptz IS NULL OR (w.started_at, w.id) < ($2::timestamptz, $3::uuid))
              ORDER BY w.started_at DESC, w.id DESC
@@ -189,13 +192,13 @@ export async function listWorkouts(
     },
   ]);
   if (u!.rows.length === 0) throw notFound('User', userId);
-  const rows = page!.rows as (WorkoutRow & { set_count: number })[];
+  const rows = page!.rows as (WorkoutRow & { set_count: number; cursor_at: string })[];
   const items = rows.slice(0, limit).map((r) => {
     const { sets: _sets, ...rest } = toWorkout(r, []);
     return { ...rest, setCount: r.set_count };
   });
-  const last = items[items.length - 1];
-  return { items, nextCursor: rows.length > limit && last ? encodeCursor(last.startedAt, last.id) : null };
+  const last = rows[limit - 1];
+  return { items, nextCursor: rows.length > limit && last ? encodeCursor(last.cursor_at, last.id) : null };
 }
 
 export interface Summary {
