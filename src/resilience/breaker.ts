@@ -1,12 +1,16 @@
 /**
- * A circuit breaker per upstream (the pg Pool, Neon HTTP, the edge → Node forwarder), on
- * cockatiel (pure JS: runs on Node, workerd and Deno). It counts only connection-class failures
- * (a constraint violation says nothing about the upstream's health), opens after a burst of
- * them, answers 503 + Retry-After at once while open, lets one probe through after
- * `halfOpenAfterMs`, and closes again on its success.
+ * A circuit breaker per upstream (the pg Pool, Neon HTTP, the edge → Node forwarder). It counts
+ * only failures `isFailure` accepts — connection-class ones: a constraint violation says nothing
+ * about the upstream's health — opens after `threshold` of them in a row, answers 503 +
+ * Retry-After at once while open, lets one probe through after `halfOpenAfterMs`, and closes
+ * again when the probe succeeds (or re-opens when it fails).
+ *
+ * Home-made on purpose: cockatiel 3.x calls AbortController.abort() at module scope, which
+ * workerd forbids ("Disallowed operation called within global scope"), so the worker would not
+ * even load. This is the small part of it poolgate needs, with an injectable clock for tests.
  */
-import { BrokenCircuitError, CircuitState, circuitBreaker, ConsecutiveBreaker, handleWhen, IsolatedCircuitError } from 'cockatiel';
 import { AppError } from '../errors.js';
+import { now as monotonic } from '../stats/clock.js';
 
 export type BreakerState = 'closed' | 'open' | 'half-open';
 
@@ -16,6 +20,7 @@ export interface BreakerOptions {
   /** Consecutive counted failures that open the breaker. */
   threshold?: number;
   halfOpenAfterMs?: number;
+  now?: () => number;
 }
 
 export interface BreakerSnapshot {
@@ -32,38 +37,58 @@ export interface Breaker {
   snapshot(): BreakerSnapshot;
 }
 
-const STATE: Record<CircuitState, BreakerState> = {
-  [CircuitState.Closed]: 'closed',
-  [CircuitState.Open]: 'open',
-  [CircuitState.HalfOpen]: 'half-open',
-  [CircuitState.Isolated]: 'open',
-};
-
 export function createBreaker(name: string, options: BreakerOptions): Breaker {
+  const threshold = options.threshold ?? 5;
   const halfOpenAfterMs = options.halfOpenAfterMs ?? 5_000;
-  const policy = circuitBreaker(handleWhen(options.isFailure), {
-    halfOpenAfter: halfOpenAfterMs,
-    breaker: new ConsecutiveBreaker(options.threshold ?? 5),
-  });
+  const now = options.now ?? monotonic;
+  const retryAfterSec = Math.max(1, Math.ceil(halfOpenAfterMs / 1000));
+
+  let failures = 0;
+  let openedAt: number | undefined; // set while open or half-open
+  let probing = false;
   let openedCount = 0;
   let rejectedCount = 0;
-  policy.onBreak(() => openedCount++);
-  const retryAfterSec = Math.max(1, Math.ceil(halfOpenAfterMs / 1000));
+
+  const state = (): BreakerState => {
+    if (openedAt === undefined) return 'closed';
+    return now() - openedAt >= halfOpenAfterMs ? 'half-open' : 'open';
+  };
+
+  const open = () => {
+    openedAt = now();
+    openedCount++;
+  };
 
   return {
     name,
     async execute<T>(fn: () => Promise<T>): Promise<T> {
+      const s = state();
+      if (s === 'open' || (s === 'half-open' && probing)) {
+        rejectedCount++;
+        throw new AppError(503, 'circuit_open', `The ${name} upstream is failing; not trying it for a moment.`, { retryAfterSec });
+      }
+      const probe = s === 'half-open';
+      if (probe) probing = true;
       try {
-        return await policy.execute(fn);
+        const result = await fn();
+        failures = 0;
+        openedAt = undefined;
+        return result;
       } catch (err) {
-        if (err instanceof BrokenCircuitError || err instanceof IsolatedCircuitError) {
-          rejectedCount++;
-          throw new AppError(503, 'circuit_open', `The ${name} upstream is failing; not trying it for a moment.`, { retryAfterSec, cause: err });
+        if (options.isFailure(err)) {
+          failures++;
+          if (probe || (openedAt === undefined && failures >= threshold)) open();
+        } else if (probe) {
+          // The upstream answered (with an error of the caller's making): it is reachable.
+          failures = 0;
+          openedAt = undefined;
         }
         throw err;
+      } finally {
+        if (probe) probing = false;
       }
     },
-    state: () => STATE[policy.state],
-    snapshot: () => ({ name, state: STATE[policy.state], openedCount, rejectedCount }),
+    state,
+    snapshot: () => ({ name, state: state(), openedCount, rejectedCount }),
   };
 }
