@@ -9,6 +9,7 @@ import type * as Neon from '@neondatabase/serverless';
 import { AppError, isConnectionError } from '../errors.js';
 import { createBreaker } from '../resilience/breaker.js';
 import { now } from '../stats/clock.js';
+import { beginStatement, instrument } from './sql.js';
 import type { Database, Db, QueryObserver, QueryResult, Queryable, ReadyReport, Statement, TxOptions } from './types.js';
 
 export type NeonDriver = Pick<typeof Neon, 'neon' | 'Pool'>;
@@ -76,23 +77,10 @@ export function createNeonDatabase(options: NeonDatabaseOptions): NeonDatabase {
       pool ??= new options.driver.Pool({ connectionString: options.connectionString, max: 1 });
       const client = await pool.connect();
       observer.acquired(now() - started, true);
-      const tx: Queryable = {
-        async query<R>(text: string, params?: readonly unknown[]): Promise<QueryResult<R>> {
-          const t0 = now();
-          try {
-            const res = await client.query(text, params as unknown[]);
-            return { rows: res.rows as R[], rowCount: res.rowCount ?? null };
-          } finally {
-            observer.queried(now() - t0);
-          }
-        },
-      };
+      const tx = instrument(client, observer);
       let broken = false;
       try {
-        let begin = 'BEGIN';
-        if (opts.isolation) begin += ` ISOLATION LEVEL ${opts.isolation.toUpperCase()}`;
-        if (opts.readOnly) begin += ' READ ONLY';
-        await tx.query(begin);
+        await tx.query(beginStatement(opts));
         const result = await fn(tx);
         await tx.query('COMMIT');
         return result;

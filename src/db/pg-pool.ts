@@ -13,6 +13,7 @@ import { createBreaker, type Breaker } from '../resilience/breaker.js';
 import { Gate } from '../resilience/gate.js';
 import { RetryBudget, withRetry } from '../resilience/retry.js';
 import { now } from '../stats/clock.js';
+import { beginStatement, instrument } from './sql.js';
 import type { Database, Db, PoolStats, QueryObserver, QueryResult, Queryable, ReadyReport, Statement, TxOptions } from './types.js';
 
 export interface PgPoolDatabaseOptions extends PoolConfig {
@@ -92,7 +93,7 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
     closedCount++;
   });
   pool.on('error', (err) => {
-    errorCount++;
+    // Not counted here: the client's own listener above has already counted this error.
     log(`poolgate: db idle client error (${describeError(err)}); removed from pool`);
   });
 
@@ -160,20 +161,6 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
     }, ms);
     (timer as { unref?: () => void }).unref?.();
     return () => clearTimeout(timer);
-  }
-
-  function instrument(client: pg.PoolClient, observer: QueryObserver): Queryable {
-    return {
-      async query<R>(text: string, params?: readonly unknown[]) {
-        const started = now();
-        try {
-          const res = await client.query(text, params as unknown[]);
-          return { rows: res.rows as R[], rowCount: res.rowCount ?? null };
-        } finally {
-          observer.queried(now() - started);
-        }
-      },
-    };
   }
 
   async function transactionOnce<T>(observer: QueryObserver, fn: (tx: Queryable) => Promise<T>, opts: TxOptions): Promise<T> {
@@ -352,11 +339,4 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
       return closing;
     },
   };
-}
-
-function beginStatement(opts: TxOptions): string {
-  let sql = 'BEGIN';
-  if (opts.isolation) sql += ` ISOLATION LEVEL ${opts.isolation.toUpperCase()}`;
-  if (opts.readOnly) sql += ' READ ONLY';
-  return sql;
 }

@@ -9,8 +9,7 @@
 import { randomBytes } from 'node:crypto';
 import { Miniflare } from 'miniflare';
 import { ConfigError } from '../config.js';
-import { describeError } from '../errors.js';
-import { startGateway, StartupError, type Gateway } from '../runtime/node.js';
+import { startGateway, startupErrorLine, type Gateway } from '../runtime/node.js';
 import { buildWorker } from './build.js';
 import { startEmbeddedPostgres, type EmbeddedPostgres } from './embedded.js';
 import { startNeonProxy, type NeonProxy } from './neon-proxy/index.js';
@@ -93,8 +92,7 @@ export async function main(): Promise<void> {
   try {
     topology = await startTopology(process.env);
   } catch (err) {
-    const line = err instanceof ConfigError ? `invalid configuration: ${err.message}` : err instanceof StartupError ? err.message : `start-up failed (${describeError(err)})`;
-    console.error(`poolgate: ${line}`);
+    console.error(startupErrorLine(err));
     process.exit(1);
   }
   console.log(`poolgate: try  curl ${topology.edgeUrl}/api/users/00000000-0000-4000-8000-000000000001`);

@@ -112,13 +112,19 @@ export async function startGateway(env: Record<string, string | undefined>, opti
   return { url, port, config, database, registry, close };
 }
 
+/** The one line printed when start-up fails: names the variable or the cause, never a secret. */
+export function startupErrorLine(err: unknown): string {
+  if (err instanceof ConfigError) return `poolgate: invalid configuration: ${err.message}`;
+  if (err instanceof StartupError) return `poolgate: ${err.message}`;
+  return `poolgate: start-up failed (${describeError(err)})`;
+}
+
 export async function main(): Promise<void> {
   let gateway: Gateway;
   try {
     gateway = await startGateway(process.env);
   } catch (err) {
-    const line = err instanceof ConfigError ? `invalid configuration: ${err.message}` : err instanceof StartupError ? err.message : `start-up failed (${describeError(err)})`;
-    console.error(`poolgate: ${line}`);
+    console.error(startupErrorLine(err));
     process.exit(1);
   }
   let signals = 0;
