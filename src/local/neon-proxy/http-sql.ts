@@ -1,0 +1,271 @@
+/**
+ * `POST /sql`: Neon's SQL-over-HTTP, answered with `pg`. The driver sends the connection string
+ * in a header and a JSON body, and expects node-postgres-shaped results with every value as
+ * Postgres text (it parses types itself from `dataTypeID`). Statements run with the extended
+ * protocol, as Neon runs them, so one request is one statement. Errors keep the Postgres fields
+ * the driver copies onto `NeonDbError`; statuses follow Neon's proxy (400 SQL/input, 413 request
+ * too large, 507 response too large).
+ */
+import type { IncomingMessage } from 'node:http';
+import pg, { DatabaseError } from 'pg';
+import type { PoolRegistry } from './pools.js';
+import { TargetError, describeTarget, isAllowed, parseConnectionString, type ConnectionInfo, type Target } from './targets.js';
+
+export interface SqlContext {
+  allowed: Target[];
+  pools: PoolRegistry;
+  maxRequestBytes: number;
+  maxResponseBytes: number;
+}
+
+export interface SqlResponse {
+  status: number;
+  body: string;
+  headers: Record<string, string>;
+  /** `user@host:port/db` for the log line, once known; never the password. */
+  target?: string;
+}
+
+/** A failure with its HTTP status; the message is safe to show (no credentials). */
+export class ProxyError extends Error {
+  override name = 'ProxyError';
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+interface Statement {
+  query: string;
+  params: unknown[];
+  arrayMode: boolean | undefined;
+}
+
+type Payload = { statement: Statement } | { batch: Statement[] };
+
+const ISOLATION_LEVELS: Record<string, string> = {
+  ReadUncommitted: 'READ UNCOMMITTED',
+  ReadCommitted: 'READ COMMITTED',
+  RepeatableRead: 'REPEATABLE READ',
+  Serializable: 'SERIALIZABLE',
+};
+
+/** The Postgres error fields Neon forwards, in its order; absent ones are sent as null. */
+const ERROR_FIELDS = [
+  'code', 'detail', 'hint', 'position', 'internalPosition', 'internalQuery', 'severity', 'where',
+  'table', 'column', 'schema', 'dataType', 'constraint', 'file', 'line', 'routine',
+] as const;
+
+export async function handleSql(req: IncomingMessage, ctx: SqlContext): Promise<SqlResponse> {
+  let target: string | undefined;
+  try {
+    const info = connectionInfo(req, ctx.allowed);
+    target = `${info.user}@${describeTarget(info)}/${info.database}`;
+    const options = batchOptions(req);
+    const payload = parsePayload(await readBody(req, ctx.maxRequestBytes));
+    const arrayMode = header(req, 'neon-array-mode') === 'true';
+    const budget = { left: ctx.maxResponseBytes, limit: ctx.maxResponseBytes };
+    const client = await ctx.pools.connect(info);
+    let discard = false;
+    try {
+      if ('statement' in payload) {
+        const body = await runStatement(client, payload.statement, arrayMode, budget);
+        return { status: 200, body, headers: {}, target };
+      }
+      const results = await runBatch(client, payload.batch, options.begin, arrayMode, budget);
+      return { status: 200, body: `{"results":[${results.join(',')}]}`, headers: options.echo, target };
+    } catch (err) {
+      discard = !(err instanceof DatabaseError) || err.severity === 'FATAL' || err.severity === 'PANIC';
+      throw err;
+    } finally {
+      // A connection left inside a transaction (a lone BEGIN, a failed ROLLBACK) is not reusable.
+      client.release(discard || client.getTransactionStatus() !== 'I');
+    }
+  } catch (err) {
+    return { ...errorResponse(err), headers: {}, target };
+  }
+}
+
+function connectionInfo(req: IncomingMessage, allowed: Target[]): ConnectionInfo {
+  const raw = header(req, 'neon-connection-string');
+  if (!raw) throw new ProxyError(400, 'missing the Neon-Connection-String header');
+  let info: ConnectionInfo;
+  try {
+    info = parseConnectionString(raw);
+  } catch (err) {
+    if (err instanceof TargetError) throw new ProxyError(400, `invalid connection string: ${err.message}`);
+    throw err;
+  }
+  if (!info.user) throw new ProxyError(400, 'invalid connection string: missing username');
+  if (!info.database) throw new ProxyError(400, 'invalid connection string: missing database name');
+  if (!isAllowed(allowed, info)) throw new ProxyError(403, `this proxy does not serve ${describeTarget(info)}`);
+  return info;
+}
+
+/** Batch headers as Neon reads them: an unknown isolation level is an error, a flag is on only when exactly "true". */
+function batchOptions(req: IncomingMessage): { begin: string; echo: Record<string, string> } {
+  const isolation = header(req, 'neon-batch-isolation-level');
+  const readOnly = header(req, 'neon-batch-read-only') === 'true';
+  const deferrable = header(req, 'neon-batch-deferrable') === 'true';
+  const echo: Record<string, string> = {};
+  let begin = 'BEGIN';
+  if (isolation !== undefined) {
+    if (!Object.hasOwn(ISOLATION_LEVELS, isolation)) throw new ProxyError(400, 'invalid isolation level');
+    begin += ` ISOLATION LEVEL ${ISOLATION_LEVELS[isolation]}`;
+    echo['Neon-Batch-Isolation-Level'] = isolation;
+  }
+  if (readOnly) {
+    begin += ' READ ONLY';
+    echo['Neon-Batch-Read-Only'] = 'true';
+  }
+  if (deferrable) {
+    begin += ' DEFERRABLE';
+    echo['Neon-Batch-Deferrable'] = 'true';
+  }
+  return { begin, echo };
+}
+
+/**
+ * Reads the whole body, keeping at most `limit` bytes. An oversized body is still drained
+ * (and discarded) before the 413 goes out, so the client is not cut off mid-upload and
+ * actually receives the answer.
+ */
+function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= limit) chunks.push(chunk);
+      else chunks.length = 0;
+    });
+    req.on('end', () => {
+      if (size > limit) reject(new ProxyError(413, `request is too large (max is ${limit} bytes)`));
+      else resolve(Buffer.concat(chunks));
+    });
+    req.on('error', reject);
+  });
+}
+
+function parsePayload(body: Buffer): Payload {
+  let json: unknown;
+  try {
+    json = JSON.parse(body.toString('utf8'));
+  } catch (err) {
+    throw new ProxyError(400, `could not parse the HTTP request body: ${(err as Error).message}`);
+  }
+  if (isObject(json) && Array.isArray(json.queries)) return { batch: json.queries.map((q, i) => statement(q, `queries[${i}]`)) };
+  return { statement: statement(json, 'the body') };
+}
+
+function statement(value: unknown, where: string): Statement {
+  const bad = (what: string) => new ProxyError(400, `could not parse the HTTP request body: ${where} ${what}`);
+  if (!isObject(value)) throw bad('must be an object with "query" and "params" (or "queries")');
+  if (typeof value.query !== 'string') throw bad('needs "query" as a string');
+  if (value.params !== undefined && !Array.isArray(value.params)) throw bad('needs "params" as an array');
+  if (value.arrayMode !== undefined && typeof value.arrayMode !== 'boolean') throw bad('needs "arrayMode" as a boolean');
+  // Params arrive as text (or null) from the driver; pg turns any other JSON value into text too.
+  return { query: value.query, params: (value.params as unknown[] | undefined) ?? [], arrayMode: value.arrayMode as boolean | undefined };
+}
+
+async function runBatch(client: pg.PoolClient, batch: Statement[], begin: string, arrayMode: boolean, budget: Budget): Promise<string[]> {
+  await client.query(begin);
+  try {
+    const results: string[] = [];
+    for (const stmt of batch) results.push(await runStatement(client, stmt, arrayMode, budget));
+    await client.query('COMMIT');
+    return results;
+  } catch (err) {
+    // After a 507 the connection is mid-result and gets discarded, which aborts the transaction.
+    if (!(err instanceof ProxyError)) await client.query('ROLLBACK').catch(() => {});
+    throw err;
+  }
+}
+
+interface Budget {
+  left: number;
+  limit: number;
+}
+
+interface RawResult {
+  command: string | null;
+  rowCount: number | null;
+  fields: pg.FieldDef[];
+}
+
+/**
+ * Runs one statement and returns its JSON result text. Rows are serialized as they arrive and
+ * counted against the response budget; past it the statement is abandoned with a 507 (the
+ * caller discards the connection, which stops the backend) instead of buffering the whole result.
+ */
+function runStatement(client: pg.PoolClient, stmt: Statement, defaultArrayMode: boolean, budget: Budget): Promise<string> {
+  const arrayMode = stmt.arrayMode ?? defaultArrayMode;
+  return new Promise((resolve, reject) => {
+    const rows: string[] = [];
+    let settled = false;
+    const config = { text: stmt.query, values: stmt.params, rowMode: 'array', queryMode: 'extended' };
+    const query = new pg.Query(config as pg.QueryConfig);
+    query.on('row', (row: (string | null)[], result?: { fields: pg.FieldDef[] }) => {
+      if (settled) return;
+      const json = JSON.stringify(arrayMode ? row : Object.fromEntries(row.map((v, i) => [result?.fields[i]?.name ?? String(i), v])));
+      budget.left -= Buffer.byteLength(json) + 1;
+      if (budget.left < 0) {
+        settled = true;
+        reject(new ProxyError(507, `response is too large (max is ${budget.limit} bytes)`));
+        return;
+      }
+      rows.push(json);
+    });
+    query.on('error', (err: Error) => {
+      if (!settled) reject(err);
+      settled = true;
+    });
+    query.on('end', (result: RawResult) => {
+      if (settled) return;
+      settled = true;
+      const fields = result.fields.map((f) => ({
+        name: f.name,
+        dataTypeID: f.dataTypeID,
+        tableID: f.tableID,
+        columnID: f.columnID,
+        dataTypeSize: f.dataTypeSize,
+        dataTypeModifier: f.dataTypeModifier,
+        format: 'text',
+      }));
+      const head = JSON.stringify({ command: result.command ?? '', rowCount: result.rowCount ?? null, rowAsArray: arrayMode, fields });
+      resolve(`${head.slice(0, -1)},"rows":[${rows.join(',')}]}`);
+    });
+    client.query(query);
+  });
+}
+
+/** Neon's error body: the message plus every Postgres field (null when absent). */
+function errorResponse(err: unknown): { status: number; body: string } {
+  const body: Record<string, unknown> = { message: '' };
+  for (const field of ERROR_FIELDS) body[field] = null;
+  let status: number;
+  if (err instanceof ProxyError) {
+    status = err.status;
+    body.message = err.message;
+  } else if (err instanceof DatabaseError) {
+    status = 400;
+    body.message = err.message;
+    for (const field of ERROR_FIELDS) body[field] = err[field] ?? null;
+  } else {
+    // Could not connect, or the connection died mid-statement: the database, not the request, failed.
+    status = 502;
+    body.message = `database connection failed: ${err instanceof Error ? err.message : String(err)}`;
+  }
+  return { status, body: JSON.stringify(body) };
+}
+
+function header(req: IncomingMessage, name: string): string | undefined {
+  const value = req.headers[name];
+  return Array.isArray(value) ? value[0] : value;
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}

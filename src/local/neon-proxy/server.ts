@@ -1,0 +1,184 @@
+/**
+ * A local stand-in for Neon's serverless proxy, so the real `@neondatabase/serverless` driver
+ * (HTTP `neon()` and WebSocket `Pool`) runs offline against any Postgres — PostgreSQL or the
+ * embedded PGlite. Node-only (node:http, ws, pg); nothing in the core imports it.
+ *
+ * Routes: `POST /sql` (see http-sql.ts), WebSocket `/v2?address=host:port` (see ws-pipe.ts),
+ * `OPTIONS *` (CORS preflight); anything else is a 404 in Neon's JSON error shape.
+ */
+import { createServer, type IncomingMessage } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { now } from '../../stats/clock.js';
+import { handleSql, type SqlResponse } from './http-sql.js';
+import { PoolRegistry } from './pools.js';
+import { parseAllowedTargets } from './targets.js';
+import { WsPipes } from './ws-pipe.js';
+
+export interface NeonProxyOptions {
+  /** The database(s) this proxy may connect to (postgres:// URLs); only their host:port matter. */
+  databaseUrls: string[];
+  /** Default 4444; 0 picks a free port. */
+  port?: number;
+  /** Default 127.0.0.1. */
+  host?: string;
+  /** Request bodies above this get 413 (Neon's default cap: 10 MiB). */
+  maxRequestBytes?: number;
+  /** Results above this get 507 "response is too large (max is N bytes)" (default 10 MiB). */
+  maxResponseBytes?: number;
+  /** pg pool size per (server, database, user) key; default 10. */
+  poolMaxPerTarget?: number;
+  /** One line per request and connection event; never given a password or connection string. */
+  log?: (line: string) => void;
+}
+
+export interface NeonProxyStats {
+  httpRequestCount: number;
+  /** HTTP answers with status ≥ 400 (SQL errors included). */
+  httpErrorCount: number;
+  /** HTTP requests and WebSocket upgrades refused because the target is not allowed. */
+  refusedCount: number;
+  wsOpenedCount: number;
+  wsActiveCount: number;
+  poolCount: number;
+}
+
+export interface NeonProxy {
+  /** `http://host:port` */
+  readonly url: string;
+  readonly port: number;
+  readonly host: string;
+  /** Stops listening, drops WebSockets, waits briefly for in-flight HTTP requests, ends the pools. Idempotent. */
+  close(): Promise<void>;
+  stats(): NeonProxyStats;
+}
+
+const MiB = 1024 * 1024;
+/** How long close() lets in-flight HTTP requests finish before cutting their connections. */
+const CLOSE_GRACE_MS = 5_000;
+
+const CORS_HEADERS = {
+  'Access-Control-Allow-Origin': '*',
+  'Access-Control-Allow-Methods': 'POST, OPTIONS',
+  'Access-Control-Allow-Headers': [
+    'Authorization', 'Content-Type', 'Neon-Connection-String', 'Neon-Raw-Text-Output', 'Neon-Array-Mode',
+    'Neon-Pool-Opt-In', 'Neon-Batch-Isolation-Level', 'Neon-Batch-Read-Only', 'Neon-Batch-Deferrable',
+  ].join(', '),
+  'Access-Control-Max-Age': '86400',
+};
+
+/**
+ * Starts the proxy. Point the driver at it with test/helpers/neon.ts, or by hand:
+ * @example
+ * const proxy = await startNeonProxy({ databaseUrls: [process.env.DATABASE_URL!], port: 0 });
+ * neonConfig.fetchEndpoint = () => `${proxy.url}/sql`;
+ * neonConfig.wsProxy = (host, port) => `${proxy.host}:${proxy.port}/v2?address=${host}:${port}`;
+ * neonConfig.useSecureWebSocket = false; neonConfig.pipelineConnect = false; neonConfig.pipelineTLS = false;
+ * … await proxy.close();
+ */
+export async function startNeonProxy(opts: NeonProxyOptions): Promise<NeonProxy> {
+  const allowed = parseAllowedTargets(opts.databaseUrls);
+  const log = opts.log ?? (() => {});
+  const pools = new PoolRegistry({ maxPerTarget: opts.poolMaxPerTarget ?? 10, log });
+  const pipes = new WsPipes({ allowed, log });
+  const sqlContext = {
+    allowed,
+    pools,
+    maxRequestBytes: opts.maxRequestBytes ?? 10 * MiB,
+    maxResponseBytes: opts.maxResponseBytes ?? 10 * MiB,
+  };
+  const counts = { httpRequestCount: 0, httpErrorCount: 0, refusedCount: 0 };
+  let closing: Promise<void> | undefined;
+
+  const server = createServer((req, res) => {
+    counts.httpRequestCount++;
+    const started = now();
+    const send = (answer: SqlResponse, err?: unknown) => {
+      if (answer.status >= 400) counts.httpErrorCount++;
+      if (answer.status === 403) counts.refusedCount++;
+      const ms = (now() - started).toFixed(1);
+      log(`neon-proxy: ${req.method} ${pathOf(req)} ${answer.status} ${ms}ms${answer.target ? ` ${answer.target}` : ''}${err ? ` (${String(err)})` : ''}`);
+      if (res.headersSent || res.destroyed) return;
+      const body = Buffer.from(answer.body);
+      res.writeHead(answer.status, {
+        ...answer.headers,
+        'Access-Control-Allow-Origin': '*',
+        'Content-Type': 'application/json',
+        'Content-Length': body.length,
+        ...(closing ? { Connection: 'close' } : {}),
+      });
+      res.end(body);
+    };
+    route(req).then(
+      (answer) => send(answer),
+      (err: unknown) => send({ status: 500, body: JSON.stringify({ message: 'internal proxy error' }), headers: {} }, err),
+    );
+  });
+
+  async function route(req: IncomingMessage): Promise<SqlResponse> {
+    const path = pathOf(req);
+    if (req.method === 'OPTIONS') return { status: 204, body: '', headers: CORS_HEADERS };
+    if (path === '/sql' && req.method === 'POST') return handleSql(req, sqlContext);
+    if (path === '/sql') return { status: 405, body: JSON.stringify({ message: 'use POST for /sql' }), headers: { Allow: 'POST, OPTIONS' } };
+    return { status: 404, body: JSON.stringify({ message: `no route for ${req.method} ${path}` }), headers: {} };
+  }
+
+  server.on('upgrade', (req, socket, head) => {
+    if (pathOf(req) === '/v2') return pipes.upgrade(req, socket, head, closing !== undefined);
+    socket.on('error', () => {});
+    socket.end('HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
+  });
+  server.on('clientError', (_err, socket) => {
+    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+    else socket.destroy();
+  });
+
+  const host = opts.host ?? '127.0.0.1';
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port ?? 4444, host, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  const urlHost = host.includes(':') ? `[${host}]` : host;
+
+  return {
+    url: `http://${urlHost}:${port}`,
+    port,
+    host,
+    close() {
+      closing ??= (async () => {
+        const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+        pipes.closeAll();
+        server.closeIdleConnections();
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        const grace = new Promise<void>((resolve) => {
+          timer = setTimeout(resolve, CLOSE_GRACE_MS);
+          timer.unref();
+        });
+        try {
+          await Promise.race([stopped, grace]);
+        } finally {
+          clearTimeout(timer);
+        }
+        server.closeAllConnections();
+        await pools.end();
+      })();
+      return closing;
+    },
+    stats: () => ({
+      ...counts,
+      refusedCount: counts.refusedCount + pipes.refusedCount,
+      wsOpenedCount: pipes.openedCount,
+      wsActiveCount: pipes.activeCount,
+      poolCount: pools.poolCount,
+    }),
+  };
+}
+
+function pathOf(req: IncomingMessage): string {
+  const url = req.url ?? '/';
+  const q = url.indexOf('?');
+  return q === -1 ? url : url.slice(0, q);
+}
