@@ -9,7 +9,7 @@ import type { Drain } from './lifecycle/drain.js';
 import { connStats, requestIdOf } from './middleware/conn-stats.js';
 import { checkKey, IDEMPOTENCY_HEADER, REPLAYED_HEADER, requestHash, runIdempotent } from './idempotency/idempotency.js';
 import { fitnessRoutes, type AppEnv, type RouteResult, type RouteSpec } from './routes/fitness.js';
-import { readBodyBytes } from './routes/input.js';
+import { takeBody } from './routes/input.js';
 import { opsRoutes } from './routes/ops.js';
 import type { StatsRegistry } from './stats/registry.js';
 
@@ -43,8 +43,7 @@ function runHere(route: RouteSpec, ttlMs: number): Handler<AppEnv> {
       result = await route.run(c, c.get('db'));
     } else {
       checkKey(key);
-      const raw = await readBodyBytes(c.req.raw, c.get('bodyLimitBytes'));
-      c.req.raw = new Request(c.req.raw, { body: raw.byteLength ? raw : null });
+      const raw = await takeBody(c);
       const url = new URL(c.req.url);
       const hash = await requestHash(c.req.method, url.pathname + url.search, raw);
       const out = await runIdempotent(c.get('db'), { key, hash, ttlMs }, (db) => route.run(c, db));

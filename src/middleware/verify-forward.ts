@@ -7,7 +7,7 @@ import type { MiddlewareHandler } from 'hono';
 import { AppError } from '../errors.js';
 import { createForwardVerifier, SIGNATURE_HEADER, type VerifierOptions } from '../security/forward-signature.js';
 import type { AppEnv } from '../routes/fitness.js';
-import { readBodyBytes } from '../routes/input.js';
+import { takeBody } from '../routes/input.js';
 
 export interface VerifyForwardOptions extends VerifierOptions {
   /** Called with the reason of each refusal (for logs and stats), never shown to the caller. */
@@ -18,14 +18,12 @@ export const verifyForward = (options: VerifyForwardOptions): MiddlewareHandler<
   const verify = createForwardVerifier(options);
   return async function verifyForward(c, next) {
     const url = new URL(c.req.url);
-    const body = await readBodyBytes(c.req.raw, c.get('bodyLimitBytes'));
+    const body = await takeBody(c);
     const result = await verify({ method: c.req.method, pathWithQuery: url.pathname + url.search, header: c.req.header(SIGNATURE_HEADER), body });
     if (!result.ok) {
       options.onReject?.(result.reason);
       throw new AppError(401, 'unauthorized', 'This endpoint only accepts requests signed by the poolgate edge.');
     }
-    // The body stream is spent; hand the handler an identical request.
-    c.req.raw = new Request(c.req.raw, { body: body.byteLength ? body : null });
     await next();
   };
 };

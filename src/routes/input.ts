@@ -49,6 +49,16 @@ export async function readBodyBytes(req: Request, limit: number): Promise<Uint8A
   return all;
 }
 
+/**
+ * Reads the body once (size-capped) and puts an identical, unread request back in its place,
+ * so later steps (signature check → idempotency hash → the route) each see the same bytes.
+ */
+export async function takeBody(c: Context): Promise<Uint8Array<ArrayBuffer>> {
+  const bytes = await readBodyBytes(c.req.raw, c.get('bodyLimitBytes' as never) as number);
+  if (c.req.raw.bodyUsed) c.req.raw = new Request(c.req.raw, { body: bytes });
+  return bytes;
+}
+
 async function readLimited(req: Request, limit: number): Promise<string> {
   const all = await readBodyBytes(req, limit);
   try {
