@@ -18,7 +18,12 @@ import type { Database, Db, PoolStats, QueryObserver, QueryResult, Queryable, Re
 
 export interface PgPoolDatabaseOptions extends PoolConfig {
   connectionString: string;
+  /** Requests' deadline; the session statement_timeout is never longer. */
+  requestTimeoutMs?: number;
 }
+
+/** How far past the session statement timeout a transaction must already be before it pays for SET LOCAL. */
+const LATE_MS = 500;
 
 export interface PgPoolDeps {
   Pool: new (config: pg.PoolConfig) => pg.Pool;
@@ -56,13 +61,15 @@ function remainingMs(observer: QueryObserver): number | undefined {
  */
 export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoolDeps): PgPoolDatabase {
   const log = deps.log ?? (() => {});
+  // No statement may outlive the request that runs it: a startup parameter, so it costs no round trip.
+  const sessionStatementTimeoutMs = Math.min(options.statementTimeoutMs, options.requestTimeoutMs ?? Infinity);
   const pool = new deps.Pool({
     connectionString: options.connectionString,
     max: options.max,
     min: options.min,
     idleTimeoutMillis: options.idleTimeoutMs,
     connectionTimeoutMillis: options.connectionTimeoutMs,
-    statement_timeout: options.statementTimeoutMs,
+    statement_timeout: sessionStatementTimeoutMs,
     query_timeout: options.queryTimeoutMs,
     application_name: options.applicationName,
     keepAlive: true,
@@ -142,14 +149,20 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
     isConnectionError(err) || /Query read timeout/.test(String((err as { message?: unknown } | undefined)?.message));
 
   /**
-   * Cancels the client's running statement on the server once `ms` pass: a new connection sends
-   * pg_cancel_backend, the statement fails with 57014 and the connection stays usable.
+   * Enforces the request's deadline on the server without a round trip on the fast path: if the
+   * lease is still held when the deadline passes, a separate connection sends pg_cancel_backend
+   * for this backend, so the running statement fails with 57014. `disarm()` says whether that
+   * happened; such a connection is then destroyed rather than reused, so a cancel that lands late
+   * can never hit another request's statement.
    */
-  function cancelAfter(client: pg.PoolClient, ms: number): () => void {
+  function guardDeadline(client: pg.PoolClient, observer: QueryObserver): { disarm(): boolean } {
+    const left = remainingMs(observer);
     const pid = (client as unknown as { processID?: number }).processID;
-    if (!deps.Client || !pid) return () => {};
+    if (left === undefined || !deps.Client || !pid) return { disarm: () => false };
     const Client = deps.Client;
+    let fired = false;
     const timer = setTimeout(() => {
+      fired = true;
       cancelledCount++;
       const canceller = new Client({ connectionString: options.connectionString, application_name: `${options.applicationName}-cancel`, connectionTimeoutMillis: 2_000 });
       canceller.on('error', () => {});
@@ -158,20 +171,27 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
         .then(() => canceller.query('SELECT pg_cancel_backend($1)', [pid]))
         .catch((err) => log(`poolgate: could not cancel a statement past its deadline (${describeError(err)})`))
         .finally(() => canceller.end().catch(() => {}));
-    }, ms);
+    }, left);
     (timer as { unref?: () => void }).unref?.();
-    return () => clearTimeout(timer);
+    return {
+      disarm() {
+        clearTimeout(timer);
+        return fired;
+      },
+    };
   }
 
   async function transactionOnce<T>(observer: QueryObserver, fn: (tx: Queryable) => Promise<T>, opts: TxOptions): Promise<T> {
     const lease = await checkout(observer);
     const tx = instrument(lease.client, observer);
     let destroy = false;
+    let guard: { disarm(): boolean } = { disarm: () => false };
     try {
+      guard = guardDeadline(lease.client, observer);
       await tx.query(beginStatement(opts));
       const left = remainingMs(observer);
-      if (left !== undefined && left < options.statementTimeoutMs) {
-        // The request's deadline becomes this transaction's statement timeout, enforced by the server.
+      if (left !== undefined && left < sessionStatementTimeoutMs - LATE_MS) {
+        // Already late (a long wait for a connection): the server enforces what is left, too.
         await tx.query(`SET LOCAL statement_timeout = ${Math.max(1, Math.floor(left))}`);
       }
       const result = await fn(tx);
@@ -188,7 +208,8 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
       }
       throw err;
     } finally {
-      lease.release(destroy);
+      const cancelled = guard.disarm();
+      lease.release(destroy || cancelled);
     }
   }
 
@@ -206,17 +227,16 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
   async function queryOnce<R>(observer: QueryObserver, text: string, params?: readonly unknown[]): Promise<QueryResult<R>> {
     const lease = await checkout(observer);
     let destroy = false;
-    let disarm = () => {};
+    let guard: { disarm(): boolean } = { disarm: () => false };
     try {
-      const left = remainingMs(observer);
-      if (left !== undefined && left < options.statementTimeoutMs) disarm = cancelAfter(lease.client, left);
+      guard = guardDeadline(lease.client, observer);
       return await instrument(lease.client, observer).query<R>(text, params);
     } catch (err) {
       destroy = mustDestroy(err);
       throw err;
     } finally {
-      disarm();
-      lease.release(destroy);
+      const cancelled = guard.disarm();
+      lease.release(destroy || cancelled);
     }
   }
 

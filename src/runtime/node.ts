@@ -14,7 +14,7 @@ import { createApp } from '../app.js';
 import { ConfigError, describeDatabase, parseConfig, type Config } from '../config.js';
 import { createPgPoolDatabase, type PgPoolDatabase } from '../db/pg-pool.js';
 import type { Queryable } from '../db/types.js';
-import { describeError, isConnectionError } from '../errors.js';
+import { AppError, describeError, isConnectionError } from '../errors.js';
 import { migrate } from '../fitness/migrations.js';
 import { DEMO_USER_ID, seed } from '../fitness/seed.js';
 import { Drain } from '../lifecycle/drain.js';
@@ -53,7 +53,7 @@ export async function startGateway(env: Record<string, string | undefined>, opti
     log(`poolgate: embedded PGlite on 127.0.0.1:${embedded.port} (data in ${config.embeddedDataDir})`);
   }
 
-  const database = createPgPoolDatabase({ ...config.pool, connectionString }, { Pool: pg.Pool, Client: pg.Client, log });
+  const database = createPgPoolDatabase({ ...config.pool, connectionString, requestTimeoutMs: config.requestTimeoutMs }, { Pool: pg.Pool, Client: pg.Client, log });
   const registry = new StatsRegistry({ scope: 'node', pool: () => database.stats(), breakers: () => database.breakers() });
   const drain = new Drain();
   let server: ServerType | undefined;
@@ -85,7 +85,9 @@ export async function startGateway(env: Record<string, string | undefined>, opti
     await database.close().catch(() => {});
     await embedded?.stop();
     if (err instanceof ConfigError) throw err;
-    if (isConnectionError(err)) throw new StartupError(`cannot reach the ${describeDatabase(config.databaseUrl)} (${describeError(err)}); check DATABASE_URL`);
+    // An open breaker at start-up means every connect attempt before it failed: unreachable too.
+    const unreachable = isConnectionError(err) || (err instanceof AppError && err.code === 'circuit_open');
+    if (unreachable) throw new StartupError(`cannot reach the ${describeDatabase(config.databaseUrl)} (${describeError(err)}); check DATABASE_URL`);
     if ((err as { code?: string }).code === 'EADDRINUSE') throw new StartupError(`port ${config.port} on ${config.host} is in use; set PORT`);
     if ((err as { code?: string }).code === '28P01' || (err as { code?: string }).code === '28000') {
       throw new StartupError(`the database refused the credentials (${describeError(err)}); check DATABASE_URL`);
@@ -102,8 +104,11 @@ export async function startGateway(env: Record<string, string | undefined>, opti
     (closing ??= (async () => {
       const stopped = new Promise<void>((resolve) => server!.close(() => resolve()));
       const drained = await drain.start(config.shutdownTimeoutMs);
-      (server as Server).closeAllConnections();
+      // The last responses may not be written yet: they carry Connection: close and end their
+      // sockets themselves. Cut what is left (a client that never finishes its request) after a grace.
+      const cut = setTimeout(() => (server as Server).closeAllConnections(), drained ? 1_000 : 0);
       await stopped;
+      clearTimeout(cut);
       await database.close();
       await embedded?.stop();
       return { drained };
