@@ -62,7 +62,8 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
 
   app.use('*', connStats({ registry: deps.registry, database: deps.database, requestTimeoutMs: deps.requestTimeoutMs ?? 15_000 }));
-  if (deps.drain) app.use('*', deps.drain.middleware);
+  // Health and stats keep answering while draining (readiness then says so); the API refuses.
+  if (deps.drain) app.use('/api/*', deps.drain.middleware);
   app.use('*', async (c, next) => {
     c.set('bodyLimitBytes', deps.bodyLimitBytes);
     await next();

@@ -34,6 +34,9 @@ export class Drain {
     } finally {
       this.#inFlight--;
       if (this.#inFlight === 0) for (const f of this.#idle.splice(0)) f();
+      // Finished while draining: its connection ends once the response is written, so shutdown
+      // need not cut it (the drain ends before the response reaches the socket).
+      if (this.#draining) c.res.headers.set('connection', 'close');
     }
   };
 

@@ -27,7 +27,10 @@ export function opsRoutes({ database, registry, drain, readyTimeoutMs }: OpsOpti
   ops.get('/health', pattern('/health'), (c) => c.json({ status: 'ok' }));
 
   ops.get('/health/ready', pattern('/health/ready'), async (c) => {
-    if (drain?.draining) return c.json({ status: 'draining', database: { ok: false, reason: 'shutting_down' } }, 503);
+    if (drain?.draining) {
+      c.header('retry-after', '1');
+      return c.json({ status: 'draining', database: { ok: false, reason: 'shutting_down' } }, 503);
+    }
     const db = await database.ping(readyTimeoutMs);
     const pool = database.stats();
     const breakers = registry.snapshot().breakers;

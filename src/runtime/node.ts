@@ -42,8 +42,8 @@ export class StartupError extends Error {
 }
 
 export async function startGateway(env: Record<string, string | undefined>, options: GatewayOptions = {}): Promise<Gateway> {
-  const log = options.log ?? ((line: string) => console.log(line));
   const config = parseConfig(env);
+  const log = options.log ?? (config.logLevel === 'silent' ? () => {} : (line: string) => console.log(line));
 
   let embedded: EmbeddedPostgres | undefined;
   let connectionString = config.databaseUrl;

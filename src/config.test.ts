@@ -1,0 +1,174 @@
+/** Configuration parsing: defaults, bounds, one error naming the variable, secrets never enumerable. */
+import { inspect } from 'node:util';
+import { describe, expect, it } from 'vitest';
+import { ConfigError, describeDatabase, parseConfig, parseEdgeConfig, validateDatabaseUrl } from './config.js';
+
+const URL_WITH_SECRET = 'postgres://alice:s3cret@db.internal:5433/fitness';
+
+function configError(fn: () => unknown): ConfigError {
+  try {
+    fn();
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return err as ConfigError;
+  }
+  throw new Error('expected a ConfigError');
+}
+
+describe('parseConfig', () => {
+  it('has working defaults with no environment at all', () => {
+    const c = parseConfig({});
+    expect(c.databaseUrl).toBeUndefined();
+    expect(c.port).toBe(8787);
+    expect(c.host).toBe('127.0.0.1');
+    expect(c.pool).toMatchObject({ max: 20, min: 2, acquireTimeoutMs: 5000, queueMax: 1000, statementTimeoutMs: 30_000, queryTimeoutMs: 31_000, applicationName: 'poolgate' });
+    expect(c.bodyLimitBytes).toBe(64 * 1024);
+    expect(c.logLevel).toBe('info');
+  });
+
+  it('reads every pool variable', () => {
+    const c = parseConfig({
+      DATABASE_URL: URL_WITH_SECRET,
+      PORT: '0',
+      POOL_MAX: '5',
+      POOL_MIN: '0',
+      POOL_IDLE_TIMEOUT_MS: '1000',
+      POOL_CONNECTION_TIMEOUT_MS: '2000',
+      POOL_ACQUIRE_TIMEOUT_MS: '300',
+      POOL_QUEUE_MAX: '7',
+      STATEMENT_TIMEOUT_MS: '1000',
+      QUERY_TIMEOUT_MS: '1500',
+      APPLICATION_NAME: 'poolgate-test',
+      BODY_LIMIT_BYTES: '512',
+    });
+    expect(c.databaseUrl).toBe(URL_WITH_SECRET);
+    expect(c.port).toBe(0);
+    expect(c.pool).toEqual({
+      max: 5,
+      min: 0,
+      idleTimeoutMs: 1000,
+      connectionTimeoutMs: 2000,
+      acquireTimeoutMs: 300,
+      queueMax: 7,
+      statementTimeoutMs: 1000,
+      queryTimeoutMs: 1500,
+      applicationName: 'poolgate-test',
+    });
+    expect(c.bodyLimitBytes).toBe(512);
+  });
+
+  it('derives dependent defaults: min from max, queue from max, query timeout from statement timeout', () => {
+    const c = parseConfig({ POOL_MAX: '1', STATEMENT_TIMEOUT_MS: '500' });
+    expect(c.pool.min).toBe(1);
+    expect(c.pool.queueMax).toBe(50);
+    expect(c.pool.queryTimeoutMs).toBe(1500);
+  });
+
+  it('keeps the connection string out of keys, JSON and inspection', () => {
+    const c = parseConfig({ DATABASE_URL: URL_WITH_SECRET, FORWARD_SECRET: 'x'.repeat(40) });
+    expect(Object.keys(c)).not.toContain('databaseUrl');
+    expect(Object.keys(c)).not.toContain('forwardSecret');
+    for (const text of [JSON.stringify(c), inspect(c, { depth: 5 }), String(Object.entries(c))]) {
+      expect(text).not.toContain('s3cret');
+      expect(text).not.toContain('alice');
+      expect(text).not.toContain('x'.repeat(40));
+    }
+    expect(c.forwardSecret).toBe('x'.repeat(40));
+  });
+
+  it.each([
+    ['POOL_MAX', 'abc'],
+    ['POOL_MAX', '0'],
+    ['POOL_MAX', '-1'],
+    ['POOL_MAX', '1.5'],
+    ['POOL_MAX', '1e3'],
+    ['POOL_MAX', '1001'],
+    ['POOL_MIN', 'x'],
+    ['PORT', '65536'],
+    ['POOL_ACQUIRE_TIMEOUT_MS', '0'],
+    ['BODY_LIMIT_BYTES', 'lots'],
+    ['SHUTDOWN_TIMEOUT_MS', '-5'],
+    ['LOG_LEVEL', 'loud'],
+    ['APPLICATION_NAME', 'x'.repeat(64)],
+    ['APPLICATION_NAME', 'tab\tname'],
+  ])('refuses %s=%j with an error naming it', (name, value) => {
+    const err = configError(() => parseConfig({ [name]: value }));
+    expect(err.variable).toBe(name);
+    expect(err.message.startsWith(`${name}: `)).toBe(true);
+    expect(err.message).not.toContain('\n');
+  });
+
+  it('refuses POOL_MIN above POOL_MAX, and a query timeout not above the statement timeout', () => {
+    expect(configError(() => parseConfig({ POOL_MAX: '2', POOL_MIN: '3' })).variable).toBe('POOL_MIN');
+    expect(configError(() => parseConfig({ STATEMENT_TIMEOUT_MS: '1000', QUERY_TIMEOUT_MS: '1000' })).variable).toBe('QUERY_TIMEOUT_MS');
+  });
+
+  it('treats empty and blank values as unset', () => {
+    const c = parseConfig({ DATABASE_URL: '  ', POOL_MAX: '', PORT: ' ' });
+    expect(c.databaseUrl).toBeUndefined();
+    expect(c.pool.max).toBe(20);
+    expect(c.port).toBe(8787);
+  });
+
+  it('accepts a short FORWARD_SECRET only in development', () => {
+    expect(configError(() => parseConfig({ FORWARD_SECRET: 'short' })).variable).toBe('FORWARD_SECRET');
+    expect(parseConfig({ FORWARD_SECRET: 'short', NODE_ENV: 'development' }).forwardSecret).toBe('short');
+    expect(parseConfig({}).forwardSecret).toBeUndefined();
+  });
+});
+
+describe('DATABASE_URL validation', () => {
+  it.each([
+    ['postgres://alice:s3cret@', 'not a valid URL'],
+    ['postgres://alice:s3cret@ garbage/db', 'not a valid URL'],
+    ['not a url s3cret', 'not a valid URL'],
+    ['mysql://alice:s3cret@host/db', 'must start with postgres://'],
+    ['https://alice:s3cret@host/db', 'must start with postgres://'],
+  ])('refuses %j naming DATABASE_URL and never echoing it', (raw, why) => {
+    const err = configError(() => parseConfig({ DATABASE_URL: raw }));
+    expect(err.variable).toBe('DATABASE_URL');
+    expect(err.message).toContain(why);
+    expect(err.message).not.toContain('s3cret');
+    expect(err.message).not.toContain('alice');
+  });
+
+  it('accepts postgres:// and postgresql:// URLs as given', () => {
+    expect(validateDatabaseUrl('X', URL_WITH_SECRET)).toBe(URL_WITH_SECRET);
+    expect(validateDatabaseUrl('X', 'postgresql://h/db')).toBe('postgresql://h/db');
+  });
+
+  it('describeDatabase names only the database, never user, password or host', () => {
+    expect(describeDatabase(URL_WITH_SECRET)).toBe('postgres database "fitness"');
+    expect(describeDatabase(undefined)).toBe('embedded PGlite');
+    expect(describeDatabase('postgres://u:p@h')).toBe('postgres database "(default)"');
+    expect(describeDatabase('::: s3cret')).toBe('postgres database');
+  });
+});
+
+describe('parseEdgeConfig', () => {
+  const edge = { DATABASE_URL: URL_WITH_SECRET, NODE_FUNCTION_URL: 'https://node.example/fn', FORWARD_SECRET: 'f'.repeat(32) };
+
+  it('reads a complete edge environment and hides its secrets', () => {
+    const c = parseEdgeConfig(edge);
+    expect(c.databaseUrl).toBe(URL_WITH_SECRET);
+    expect(c.forwardSecret).toBe('f'.repeat(32));
+    expect(JSON.stringify(c)).not.toContain('s3cret');
+    expect(JSON.stringify(c)).not.toContain('f'.repeat(32));
+  });
+
+  it.each([
+    ['DATABASE_URL', { ...edge, DATABASE_URL: undefined }],
+    ['NODE_FUNCTION_URL', { ...edge, NODE_FUNCTION_URL: undefined }],
+    ['NODE_FUNCTION_URL', { ...edge, NODE_FUNCTION_URL: 'ftp://x' }],
+    ['FORWARD_SECRET', { ...edge, FORWARD_SECRET: undefined }],
+    ['NEON_PROXY_URL', { ...edge, NEON_PROXY_URL: 'nope' }],
+  ])('refuses a missing or bad %s', (name, env) => {
+    expect(configError(() => parseEdgeConfig(env)).variable).toBe(name);
+  });
+
+  it('uses a development-only forward secret in development', () => {
+    const c = parseEdgeConfig({ ...edge, FORWARD_SECRET: undefined, POOLGATE_ENV: 'development' });
+    expect(c.development).toBe(true);
+    expect(c.forwardSecret.length).toBeGreaterThanOrEqual(32);
+  });
+});
