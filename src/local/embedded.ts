@@ -7,6 +7,7 @@
  * statements, so concurrency works but nothing runs in parallel.
  */
 import { mkdir } from 'node:fs/promises';
+import type { Socket } from 'node:net';
 import { PGlite } from '@electric-sql/pglite';
 import { PGLiteSocketServer } from '@electric-sql/pglite-socket';
 
@@ -41,6 +42,15 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions = {
     port: options.port ?? 0,
     maxConnections: options.maxConnections ?? 64,
   });
+  // Two fixes to pglite-socket 0.2.17 internals (see ExchangeQueue and closeOnTerminate below).
+  // Connections pick up the server's queue when they attach, so swapping it before start() is enough.
+  const internals = server as unknown as { queryQueue: ExchangeQueue; handleConnection(socket: Socket): Promise<void> };
+  internals.queryQueue = new ExchangeQueue(db);
+  const handleConnection = internals.handleConnection.bind(server);
+  internals.handleConnection = (socket) => {
+    closeOnTerminate(socket);
+    return handleConnection(socket);
+  };
   try {
     await server.start();
   } catch (err) {
@@ -67,4 +77,167 @@ function actualPort(server: PGLiteSocketServer, requested: number): number {
   const conn = server.getServerConn();
   const port = Number(conn.slice(conn.lastIndexOf(':') + 1));
   return Number.isInteger(port) && port > 0 ? port : requested;
+}
+
+interface Queued {
+  handlerId: number;
+  message: Uint8Array;
+  onData: (data: Uint8Array) => void;
+  resolve: (bytes: number) => void;
+  reject: (err: unknown) => void;
+}
+
+const SYNC = 0x53; // 'S'
+const QUERY = 0x51; // 'Q'
+const TERMINATE = 0x58; // 'X'
+const PASSWORD = 0x70; // 'p'
+const SYNC_MESSAGE = new Uint8Array([SYNC, 0, 0, 0, 4]);
+const PROTOCOL_3 = 196608;
+
+/**
+ * Ends a connection once its client sends Terminate, as PostgreSQL does. pglite-socket keeps it
+ * open, so a client that waits for the server to hang up (the Neon driver over the local proxy's
+ * WebSocket) held one of `maxConnections` forever: after 63 WebSocket reads, every further one
+ * failed. Watches the message framing only (lengths and type bytes); nothing is buffered beyond
+ * an incomplete header.
+ */
+function closeOnTerminate(socket: Socket): void {
+  let started = false; // past the startup message: typed messages from here on
+  let skip = 0; // bytes left of the current message
+  let pending: Buffer | undefined; // an incomplete header
+  const watch = (chunk: Buffer) => {
+    let buf = pending ? Buffer.concat([pending, chunk]) : chunk;
+    pending = undefined;
+    for (;;) {
+      if (skip >= buf.length) {
+        skip -= buf.length;
+        return;
+      }
+      buf = buf.subarray(skip);
+      skip = 0;
+      const headerLength = started ? 5 : 8;
+      if (buf.length < headerLength) {
+        pending = Buffer.from(buf);
+        return;
+      }
+      if (started && buf[0] === TERMINATE) {
+        socket.off('data', watch);
+        socket.end();
+        return;
+      }
+      skip = started ? 1 + buf.readInt32BE(1) : buf.readInt32BE(0);
+      if (!started && buf.readInt32BE(4) === PROTOCOL_3) started = true;
+      if (skip < headerLength) {
+        socket.off('data', watch); // not the framing we know: leave the connection alone
+        return;
+      }
+    }
+  };
+  socket.on('data', watch);
+}
+
+/**
+ * Stands in for pglite-socket's query queue (0.2.17), which serves connections one protocol
+ * *message* at a time: another connection's Parse could land between a client's Parse and Bind,
+ * replacing its unnamed statement, so concurrent clients got SQLSTATE 26000/34000 errors or
+ * another query's rows. Here a connection keeps the backend for a whole exchange (until its
+ * Sync, simple Query or Terminate has been served) and for as long as its transaction is open;
+ * otherwise connections are served first come, first served. Same methods as the original.
+ */
+class ExchangeQueue {
+  readonly #db: PGlite;
+  #queue: Queued[] = [];
+  /** The connection mid-exchange or mid-transaction: only its messages may run. */
+  #owner: number | null = null;
+  /** The connection whose message is running now. */
+  #current: number | null = null;
+  /** Connections that went away while owning the backend (or running); cleaned up by #run. */
+  readonly #gone = new Set<number>();
+  #running = false;
+
+  constructor(db: PGlite) {
+    this.#db = db;
+  }
+
+  enqueue(handlerId: number, message: Uint8Array, onData: (data: Uint8Array) => void): Promise<number> {
+    return new Promise((resolve, reject) => {
+      this.#queue.push({ handlerId, message, onData, resolve, reject });
+      void this.#run();
+    });
+  }
+
+  /** The one scheduler: serves what may run now; stops when the owner's next message has not arrived. */
+  async #run(): Promise<void> {
+    if (this.#running) return;
+    this.#running = true;
+    try {
+      for (;;) {
+        if (this.#owner !== null && this.#gone.has(this.#owner)) {
+          this.#gone.delete(this.#owner);
+          this.#owner = null;
+          await this.#reset();
+          continue;
+        }
+        const at = this.#owner === null ? 0 : this.#queue.findIndex((q) => q.handlerId === this.#owner);
+        if (at < 0 || at >= this.#queue.length) return;
+        const item = this.#queue.splice(at, 1)[0]!;
+        this.#current = item.handlerId;
+        let bytes = 0;
+        let failed: { err: unknown } | undefined;
+        try {
+          await this.#db.runExclusive(() =>
+            this.#db.execProtocolRawStream(item.message, {
+              onRawData: (data) => {
+                bytes += data.length;
+                item.onData(data);
+              },
+            }),
+          );
+        } catch (err) {
+          failed = { err };
+        } finally {
+          this.#current = null;
+        }
+        const type = item.message[0];
+        // A startup message has no type byte (it starts with its length, so with 0).
+        const exchangeDone = type === SYNC || type === QUERY || type === TERMINATE || type === PASSWORD || type === 0;
+        const keep = this.#gone.has(item.handlerId) || (!failed && (!exchangeDone || this.#db.isInTransaction()));
+        this.#owner = keep ? item.handlerId : null;
+        if (failed) item.reject(failed.err);
+        else item.resolve(bytes);
+      }
+    } finally {
+      this.#running = false;
+    }
+  }
+
+  /** Ends a half-done exchange and rolls back an open transaction. */
+  async #reset(): Promise<void> {
+    try {
+      await this.#db.runExclusive(() => this.#db.execProtocolRawStream(SYNC_MESSAGE, { onRawData: () => {} }));
+      // exec() takes the query lock itself: outside runExclusive, or it would wait on itself.
+      if (this.#db.isInTransaction()) await this.#db.exec('ROLLBACK');
+    } catch {
+      // Left as it is; the next client's own statements report the state.
+    }
+  }
+
+  getQueueLength(): number {
+    return this.#queue.length;
+  }
+
+  clearQueueForHandler(handlerId: number): void {
+    this.#queue = this.#queue.filter((q) => {
+      if (q.handlerId !== handlerId) return true;
+      q.reject(new Error('Handler disconnected'));
+      return false;
+    });
+  }
+
+  /** Called when a connection goes away: if it held the backend, its exchange and transaction are undone. */
+  async clearTransactionIfNeeded(handlerId: number): Promise<void> {
+    if (this.#owner !== handlerId && this.#current !== handlerId) return;
+    this.#gone.add(handlerId);
+    await this.#run();
+  }
 }

@@ -5,12 +5,14 @@
  *   :8788      Node gateway (pg Pool), accepting only signed forwards
  *   :8787      the edge app in workerd (miniflare): reads via Neon, writes forwarded to :8788
  * Ports come from EDGE_PORT, NODE_PORT, NEON_PROXY_PORT. Ctrl-C stops everything.
+ * `npm run dev:edge` (`--edge=wrangler`) serves the edge app with `wrangler dev` instead.
  */
 import { randomBytes } from 'node:crypto';
 import { Miniflare } from 'miniflare';
 import { ConfigError } from '../config.js';
 import { startGateway, startupErrorLine, type Gateway } from '../runtime/node.js';
 import { buildWorker } from './build.js';
+import { startWranglerDev } from './dev-edge.js';
 import { startEmbeddedPostgres, type EmbeddedPostgres } from './embedded.js';
 import { startNeonProxy, type NeonProxy } from './neon-proxy/index.js';
 
@@ -19,6 +21,14 @@ export interface Topology {
   nodeUrl: string;
   proxyUrl: string;
   close(): Promise<void>;
+}
+
+export interface TopologyOptions {
+  /**
+   * What runs the edge app: `miniflare` (default) loads the esbuild bundle of the worker;
+   * `wrangler` runs `wrangler dev` on src/runtime/worker.ts (wrangler.toml), bundled by wrangler.
+   */
+  edge?: 'miniflare' | 'wrangler';
 }
 
 type Env = Record<string, string | undefined>;
@@ -31,7 +41,7 @@ const port = (env: Env, name: string, fallback: number) => {
   return n;
 };
 
-export async function startTopology(env: Env, log: (line: string) => void = console.log): Promise<Topology> {
+export async function startTopology(env: Env, log: (line: string) => void = console.log, options: TopologyOptions = {}): Promise<Topology> {
   const edgePort = port(env, 'EDGE_PORT', 8787);
   const nodePort = port(env, 'NODE_PORT', 8788);
   const proxyPort = port(env, 'NEON_PROXY_PORT', 4444);
@@ -61,25 +71,34 @@ export async function startTopology(env: Env, log: (line: string) => void = cons
     stops.push(() => proxy.close());
     log(`poolgate: local Neon proxy on ${proxy.url}`);
 
-    const scriptPath = await buildWorker();
-    const mf = new Miniflare({
-      modules: true,
-      scriptPath,
-      compatibilityDate: '2026-04-26',
-      compatibilityFlags: ['nodejs_compat'],
-      host: '127.0.0.1',
-      port: edgePort,
-      bindings: {
-        DATABASE_URL: databaseUrl,
-        NODE_FUNCTION_URL: gateway.url,
-        NEON_PROXY_URL: proxy.url,
-        FORWARD_SECRET: forwardSecret,
-        POOLGATE_ENV: 'development',
-      },
-    });
-    stops.push(() => mf.dispose());
-    const edgeUrl = (await mf.ready).toString().replace(/\/$/, '');
-    log(`poolgate: edge app (workerd) on ${edgeUrl} → reads via Neon proxy, writes forwarded to ${gateway.url}`);
+    const bindings = {
+      DATABASE_URL: databaseUrl,
+      NODE_FUNCTION_URL: gateway.url,
+      NEON_PROXY_URL: proxy.url,
+      FORWARD_SECRET: forwardSecret,
+      POOLGATE_ENV: 'development',
+    };
+    let edgeUrl: string;
+    if (options.edge === 'wrangler') {
+      const { DATABASE_URL, FORWARD_SECRET, ...vars } = bindings;
+      const dev = await startWranglerDev({ port: edgePort, host: '127.0.0.1', vars, secrets: { DATABASE_URL, FORWARD_SECRET }, log });
+      stops.push(() => dev.stop());
+      edgeUrl = dev.url;
+    } else {
+      const scriptPath = await buildWorker();
+      const mf = new Miniflare({
+        modules: true,
+        scriptPath,
+        compatibilityDate: '2026-04-26',
+        compatibilityFlags: ['nodejs_compat'],
+        host: '127.0.0.1',
+        port: edgePort,
+        bindings,
+      });
+      stops.push(() => mf.dispose());
+      edgeUrl = (await mf.ready).toString().replace(/\/$/, '');
+    }
+    log(`poolgate: edge app (${options.edge === 'wrangler' ? 'wrangler dev' : 'workerd'}) on ${edgeUrl} → reads via Neon proxy, writes forwarded to ${gateway.url}`);
     return { edgeUrl, nodeUrl: gateway.url, proxyUrl: proxy.url, close };
   } catch (err) {
     await close();
@@ -87,10 +106,15 @@ export async function startTopology(env: Env, log: (line: string) => void = cons
   }
 }
 
-export async function main(): Promise<void> {
+export async function main(argv: string[] = process.argv.slice(2)): Promise<void> {
+  const edgeArg = argv.find((a) => a.startsWith('--edge='))?.slice('--edge='.length) ?? 'miniflare';
+  if (edgeArg !== 'miniflare' && edgeArg !== 'wrangler') {
+    console.error(`poolgate: --edge must be miniflare or wrangler, got "${edgeArg}"`);
+    process.exit(1);
+  }
   let topology: Topology;
   try {
-    topology = await startTopology(process.env);
+    topology = await startTopology(process.env, console.log, { edge: edgeArg });
   } catch (err) {
     console.error(startupErrorLine(err));
     process.exit(1);
