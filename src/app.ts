@@ -95,7 +95,11 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
       const detail = cause instanceof Error && !('code' in cause) ? `${cause.name}: ${cause.message}` : describeError(cause);
       log(`request ${requestIdOf(c)} ${c.req.method} ${c.get('routePattern') ?? c.req.path} → ${appErr.status} ${appErr.code} (${detail})`);
     }
-    return appErr.toResponse(requestIdOf(c));
+    const res = appErr.toResponse(requestIdOf(c));
+    // The rest of an oversized body is never read and the server closes the socket soon after:
+    // a keep-alive client must not send its next request on it (that request would be lost).
+    if (appErr.status === 413) res.headers.set('connection', 'close');
+    return res;
   });
 
   return app;

@@ -123,6 +123,8 @@ export function parseConfig(env: Env): Config {
     embeddedDataDir: env.EMBEDDED_DATA_DIR?.trim() || '.data/pglite',
     logLevel,
   };
+  // A connect must not outlive the request that waits for it.
+  config.pool.connectionTimeoutMs = Math.min(config.pool.connectionTimeoutMs, config.requestTimeoutMs);
   if (config.pool.queryTimeoutMs <= statementTimeoutMs) {
     throw new ConfigError('QUERY_TIMEOUT_MS', `must be longer than STATEMENT_TIMEOUT_MS (${statementTimeoutMs})`);
   }

@@ -25,6 +25,13 @@ export interface PgPoolDatabaseOptions extends PoolConfig {
 /** How far past the session statement timeout a transaction must already be before it pays for SET LOCAL. */
 const LATE_MS = 500;
 
+/**
+ * How long past the deadline the out-of-band cancel gets to end the statement before the
+ * connection is cut on our side. The cancel travels over the network too: when that network is
+ * silent (no reset, nothing answers), only the cut ends the request.
+ */
+const CANCEL_GRACE_MS = 1_000;
+
 export interface PgPoolDeps {
   Pool: new (config: pg.PoolConfig) => pg.Pool;
   /** Used for out-of-band cancels (pg_cancel_backend) when a deadline passes mid-statement. */
@@ -75,7 +82,10 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
     keepAlive: true,
   });
   const gate = new Gate({ permits: options.max, queueMax: options.queueMax, timeoutMs: options.acquireTimeoutMs });
-  const breaker = deps.breaker ?? createBreaker('postgres', { isFailure: isConnectionError });
+  // 53300 while the pool still holds live connections says "no room for one more of ours", not
+  // "the server is down": opening the breaker would shut out requests those connections can serve.
+  const atConnectionLimit = (err: unknown) => (err as { code?: unknown } | undefined)?.code === '53300' && pool.totalCount > 0;
+  const breaker = deps.breaker ?? createBreaker('postgres', { isFailure: (err) => isConnectionError(err) && !atConnectionLimit(err) });
   const budget = deps.budget ?? new RetryBudget();
 
   const fresh = new WeakSet<pg.PoolClient>();
@@ -161,9 +171,14 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
     if (left === undefined || !deps.Client || !pid) return { disarm: () => false };
     const Client = deps.Client;
     let fired = false;
+    let cut: ReturnType<typeof setTimeout> | undefined;
     const timer = setTimeout(() => {
       fired = true;
       cancelledCount++;
+      // Still held CANCEL_GRACE_MS later: the cancel did not get through. Cutting the socket fails
+      // the pending statement as a lost connection (the request ends; the lease is destroyed).
+      cut = setTimeout(() => (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy(), CANCEL_GRACE_MS);
+      (cut as { unref?: () => void }).unref?.();
       const canceller = new Client({ connectionString: options.connectionString, application_name: `${options.applicationName}-cancel`, connectionTimeoutMillis: 2_000 });
       canceller.on('error', () => {});
       canceller
@@ -176,6 +191,7 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
     return {
       disarm() {
         clearTimeout(timer);
+        clearTimeout(cut);
         return fired;
       },
     };

@@ -78,10 +78,10 @@ export function createBreaker(name: string, options: BreakerOptions): Breaker {
         if (options.isFailure(err)) {
           failures++;
           if (probe || (openedAt === undefined && failures >= threshold)) open();
-        } else if (probe) {
+        } else {
           // The upstream answered (with an error of the caller's making): it is reachable.
           failures = 0;
-          openedAt = undefined;
+          if (probe) openedAt = undefined;
         }
         throw err;
       } finally {

@@ -31,7 +31,15 @@ export async function readBodyBytes(req: Request, limit: number): Promise<Uint8A
   const chunks: Uint8Array[] = [];
   let size = 0;
   for (;;) {
-    const { done, value } = await reader.read();
+    let chunk: ReadableStreamReadResult<Uint8Array>;
+    try {
+      chunk = await reader.read();
+    } catch (err) {
+      // The client went away or broke the framing mid-body: its mistake, not the database's
+      // (the stream's ECONNRESET would otherwise be mapped to 503 database_unavailable).
+      throw new AppError(400, 'invalid_json', 'The request body ended before it was complete.', { cause: err });
+    }
+    const { done, value } = chunk;
     if (done) break;
     size += value.byteLength;
     if (size > limit) {

@@ -7,14 +7,14 @@
  */
 import { serve, type ServerType } from '@hono/node-server';
 import type { Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { pathToFileURL } from 'node:url';
 import pg from 'pg';
 import { createApp } from '../app.js';
 import { ConfigError, describeDatabase, parseConfig, type Config } from '../config.js';
 import { createPgPoolDatabase, type PgPoolDatabase } from '../db/pg-pool.js';
 import type { Queryable } from '../db/types.js';
-import { AppError, describeError, isConnectionError } from '../errors.js';
+import { AppError, describeError, isConnectionError, type ErrorCode } from '../errors.js';
 import { migrate } from '../fitness/migrations.js';
 import { DEMO_USER_ID, seed } from '../fitness/seed.js';
 import { Drain } from '../lifecycle/drain.js';
@@ -81,6 +81,7 @@ export async function startGateway(env: Record<string, string | undefined>, opti
     http.headersTimeout = 10_000;
     http.requestTimeout = 30_000;
     http.keepAliveTimeout = 65_000;
+    http.on('clientError', answerClientError);
   } catch (err) {
     await database.close().catch(() => {});
     await embedded?.stop();
@@ -122,6 +123,27 @@ export function startupErrorLine(err: unknown): string {
   if (err instanceof ConfigError) return `poolgate: invalid configuration: ${err.message}`;
   if (err instanceof StartupError) return `poolgate: ${err.message}`;
   return `poolgate: start-up failed (${describeError(err)})`;
+}
+
+const CLIENT_ERRORS: Record<string, [status: number, reason: string, code: ErrorCode, message: string]> = {
+  HPE_HEADER_OVERFLOW: [431, 'Request Header Fields Too Large', 'payload_too_large', 'The request headers are too large.'],
+  HPE_CHUNK_EXTENSIONS_OVERFLOW: [413, 'Payload Too Large', 'payload_too_large', 'The chunk extensions are too large.'],
+  ERR_HTTP_REQUEST_TIMEOUT: [408, 'Request Timeout', 'timeout', 'The request was not received in time.'],
+};
+
+/**
+ * Requests Node's HTTP parser refuses (a bogus Content-Length, broken chunked framing) never reach
+ * the app, and Node would answer them with a bare status line: answer in the API's error shape.
+ * Like Node's own handler, only when no response has started on the socket.
+ */
+function answerClientError(err: NodeJS.ErrnoException, socket: Socket): void {
+  const inFlight = (socket as unknown as { _httpMessage?: { headersSent?: boolean } })._httpMessage;
+  if (socket.writable && !inFlight?.headersSent && err.code !== 'ECONNRESET') {
+    const [status, reason, code, message] = CLIENT_ERRORS[err.code ?? ''] ?? [400, 'Bad Request', 'validation_failed', 'The request is not valid HTTP; check its Content-Length and chunked framing.'];
+    const body = JSON.stringify({ error: { code, message, requestId: crypto.randomUUID() } });
+    socket.write(`HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+  }
+  socket.destroy(err);
 }
 
 export async function main(): Promise<void> {
