@@ -2,11 +2,11 @@
  * createApp(deps) → the Hono app. Knows no runtime and no driver: the database backend, the
  * stats registry and (at the edge) the handler for transactional routes are passed in.
  */
-import { Hono, type Handler, type MiddlewareHandler } from 'hono';
+import { Hono, type Context, type Handler, type MiddlewareHandler } from 'hono';
 import type { Database } from './db/types.js';
 import { AppError, describeError, toAppError } from './errors.js';
 import type { Drain } from './lifecycle/drain.js';
-import { connStats, requestIdOf } from './middleware/conn-stats.js';
+import { connStats, requestIdOf, writeResponseHeaders } from './middleware/conn-stats.js';
 import { checkKey, IDEMPOTENCY_HEADER, REPLAYED_HEADER, requestHash, runIdempotent } from './idempotency/idempotency.js';
 import { fitnessRoutes, type AppEnv, type RouteResult, type RouteSpec } from './routes/fitness.js';
 import { takeBody } from './routes/input.js';
@@ -31,6 +31,8 @@ export interface AppDeps {
   idempotencyTtlMs?: number;
   /** Each request's deadline (default 15 s). */
   requestTimeoutMs?: number;
+  /** A runtime's cheap request-header reader (Node passes one that skips building Headers). */
+  readHeader?: (c: Context, name: string) => string | undefined;
 }
 
 /** Runs a route here, on this process's database; transactional routes honour Idempotency-Key. */
@@ -51,6 +53,7 @@ function runHere(route: RouteSpec, ttlMs: number): Handler<AppEnv> {
       c.get('metrics').replayed = replayed;
       result = out;
     }
+    writeResponseHeaders(c);
     const res = result.status === 204 ? c.body(null, 204) : c.json(result.body as object, result.status);
     if (replayed) res.headers.set(REPLAYED_HEADER, 'true');
     return res;
@@ -61,7 +64,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   const log = deps.log ?? (() => {});
   const app = new Hono<AppEnv>();
 
-  app.use('*', connStats({ registry: deps.registry, database: deps.database, requestTimeoutMs: deps.requestTimeoutMs ?? 15_000 }));
+  app.use('*', connStats({ registry: deps.registry, database: deps.database, requestTimeoutMs: deps.requestTimeoutMs ?? 15_000, readHeader: deps.readHeader }));
   // Health and stats keep answering while draining (readiness then says so); the API refuses.
   if (deps.drain) app.use('/api/*', deps.drain.middleware);
   app.use('*', async (c, next) => {

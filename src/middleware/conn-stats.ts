@@ -22,6 +22,8 @@ export interface RequestMetrics extends QueryObserver {
   retries: number;
   /** The response is a stored idempotent replay. */
   replayed: boolean;
+  /** Server-Timing and x-request-id went out with the handler's response (see writeResponseHeaders). */
+  headersWritten?: boolean;
 }
 
 export interface ConnStatsVariables {
@@ -37,6 +39,8 @@ export interface ConnStatsOptions {
   database: Database;
   /** Every request's deadline; database work is cut short (and cancelled on the server) to meet it. */
   requestTimeoutMs?: number;
+  /** Reads a request header without building a Headers object, where the runtime can (Node). */
+  readHeader?: (c: Context, name: string) => string | undefined;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
@@ -74,10 +78,33 @@ export const requestIdOf = (c: Context): string => (c.get('requestId' as never) 
 
 const ms = (x: number) => x.toFixed(2);
 
-export const connStats = ({ registry, database, requestTimeoutMs }: ConnStatsOptions): MiddlewareHandler<{ Variables: ConnStatsVariables }> =>
+function serverTiming(metrics: RequestMetrics, totalMs: number): string {
+  return [
+    ...metrics.timings.map((t) => `${t.name};dur=${ms(t.durMs)}${t.desc ? `;desc="${t.desc}"` : ''}`),
+    `acquire;dur=${ms(metrics.acquireMs)}`,
+    `db;dur=${ms(metrics.dbMs)};desc="${metrics.client} ${metrics.queries}q"`,
+    `total;dur=${ms(totalMs)}`,
+    ...(metrics.upstreamTiming ? [metrics.upstreamTiming] : []),
+  ].join(', ');
+}
+
+/**
+ * Puts Server-Timing and x-request-id among the headers of the response the handler is about to
+ * build. The fast path: on @hono/node-server a response's headers are plain data until someone
+ * reads `res.headers`, which builds a WHATWG Headers object — measurable on every request.
+ */
+export function writeResponseHeaders(c: Context): void {
+  const metrics = c.get('metrics' as never) as RequestMetrics | undefined;
+  if (!metrics) return;
+  c.header('server-timing', serverTiming(metrics, now() - metrics.startedAt));
+  c.header('x-request-id', requestIdOf(c));
+  metrics.headersWritten = true;
+}
+
+export const connStats = ({ registry, database, requestTimeoutMs, readHeader }: ConnStatsOptions): MiddlewareHandler<{ Variables: ConnStatsVariables }> =>
   async function connStats(c, next) {
     if (c.get('metrics')) return next(); // installed twice: the outer one records
-    const incoming = c.req.header('x-request-id');
+    const incoming = readHeader ? readHeader(c, 'x-request-id') : c.req.header('x-request-id');
     const requestId = incoming && REQUEST_ID.test(incoming) ? incoming : crypto.randomUUID();
     const metrics = newMetrics(requestTimeoutMs);
     c.set('requestId', requestId);
@@ -109,14 +136,10 @@ export const connStats = ({ registry, database, requestTimeoutMs }: ConnStatsOpt
         retries: metrics.retries,
         replayed: metrics.replayed,
       });
-      const timing = [
-        ...metrics.timings.map((t) => `${t.name};dur=${ms(t.durMs)}${t.desc ? `;desc="${t.desc}"` : ''}`),
-        `acquire;dur=${ms(metrics.acquireMs)}`,
-        `db;dur=${ms(metrics.dbMs)};desc="${metrics.client} ${metrics.queries}q"`,
-        `total;dur=${ms(totalMs)}`,
-        ...(metrics.upstreamTiming ? [metrics.upstreamTiming] : []),
-      ].join(', ');
-      res.headers.set('server-timing', timing);
-      res.headers.set('x-request-id', requestId);
+      if (!metrics.headersWritten) {
+        // Errors, ops endpoints, forwarded answers: the response exists already.
+        res.headers.set('server-timing', serverTiming(metrics, totalMs));
+        res.headers.set('x-request-id', requestId);
+      }
     }
   };

@@ -6,7 +6,8 @@
  * Run: `npm run start:node` (or `tsx src/runtime/node.ts`). Import `startGateway` to embed it.
  */
 import { serve, type ServerType } from '@hono/node-server';
-import type { Server } from 'node:http';
+import type { IncomingMessage, Server } from 'node:http';
+import type { Context } from 'hono';
 import type { AddressInfo, Socket } from 'node:net';
 import { pathToFileURL } from 'node:url';
 import pg from 'pg';
@@ -41,6 +42,12 @@ export class StartupError extends Error {
   override name = 'StartupError';
 }
 
+/** @hono/node-server hands the Node request over as `c.env.incoming`: read it without building a Headers object. */
+const readHeader = (c: Context, name: string): string | undefined => {
+  const value = (c.env as { incoming?: IncomingMessage } | undefined)?.incoming?.headers[name];
+  return Array.isArray(value) ? value[0] : value;
+};
+
 export async function startGateway(env: Record<string, string | undefined>, options: GatewayOptions = {}): Promise<Gateway> {
   const config = parseConfig(env);
   const log = options.log ?? (config.logLevel === 'silent' ? () => {} : (line: string) => console.log(line));
@@ -71,7 +78,7 @@ export async function startGateway(env: Record<string, string | undefined>, opti
     const verify = config.forwardSecret
       ? verifyForward({ secret: config.forwardSecret, onReject: (reason) => log(`poolgate: refused an unsigned or bad forward (${reason})`) })
       : undefined;
-    const app = createApp({ database, registry, drain, bodyLimitBytes: config.bodyLimitBytes, idempotencyTtlMs: config.idempotencyTtlMs, requestTimeoutMs: config.requestTimeoutMs, log, verify });
+    const app = createApp({ database, registry, drain, bodyLimitBytes: config.bodyLimitBytes, idempotencyTtlMs: config.idempotencyTtlMs, requestTimeoutMs: config.requestTimeoutMs, log, verify, readHeader });
     server = await new Promise<ServerType>((resolve, reject) => {
       const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s));
       s.once('error', reject);
