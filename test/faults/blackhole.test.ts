@@ -6,11 +6,11 @@
  * requests succeed on fresh connections. Real PostgreSQL only: the pool talks to it through the
  * proxy, and the ledger reads pg_stat_activity.
  */
-import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
-import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js';
-import { json, leaksIn, seenResponses, startTestGateway, waitFor, type TestGateway } from '../helpers/gateway.js';
+import { realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import type { FaultProxy } from '../helpers/fault-proxy.js';
+import { startBehindFaultProxy, type BehindFaultProxy } from '../helpers/fault-gateway.js';
+import { json, leaksIn, seenResponses, waitFor, type TestGateway } from '../helpers/gateway.js';
 import { Ledger, sampleConnections } from '../helpers/ledger.js';
 
 const REQUEST_TIMEOUT_MS = 1_000;
@@ -23,31 +23,22 @@ describe.skipIf(!realPostgresUrl)('blackholed database connection (real PostgreS
   let t: TestGateway;
   let userId: string;
 
+  let env: BehindFaultProxy | undefined;
   beforeAll(async () => {
-    db = await createTestDatabase();
-    const u = new URL(db.url);
-    proxy = await startFaultProxy({ target: { host: u.hostname, port: Number(u.port) } });
     // The statement timeout stays at its 30 s default: only the request deadline can end these requests in time.
-    t = await startTestGateway(
+    env = await startBehindFaultProxy(
       {
-        DATABASE_URL: proxy.urlFor(db.url),
         POOL_MAX: '3',
         POOL_MIN: '2',
         REQUEST_TIMEOUT_MS: String(REQUEST_TIMEOUT_MS),
         POOL_CONNECTION_TIMEOUT_MS: '500',
       },
-      { db },
+      'hole',
     );
-    const res = await json(`${t.url}/api/users`, { method: 'POST', json: { email: `hole-${randomUUID()}@example.com`, name: 'Hole' } });
-    expect(res.status).toBe(201);
-    userId = res.body.id;
+    ({ db, proxy, t, userId } = env);
   });
 
-  afterAll(async () => {
-    await t?.stop();
-    await proxy?.close();
-    await db?.drop();
-  });
+  afterAll(() => env?.stop());
 
   it('requests end by their deadline, stuck connections are discarded, and service resumes after', async () => {
     const ledger = new Ledger({ baseUrl: t.url, userId, requestTimeoutMs: LATEST_MS + 3_000, prefix: 'hole' });

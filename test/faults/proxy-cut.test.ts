@@ -7,11 +7,11 @@
  * breaker's half-open probe), and the ledger is clean. Real PostgreSQL only: the pool connects
  * through the proxy and the ledger reads pg_stat_activity.
  */
-import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
-import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js';
-import { json, leaksIn, seenResponses, startTestGateway, type TestGateway } from '../helpers/gateway.js';
+import { realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import type { FaultProxy } from '../helpers/fault-proxy.js';
+import { startBehindFaultProxy, type BehindFaultProxy } from '../helpers/fault-gateway.js';
+import { json, leaksIn, seenResponses, type TestGateway } from '../helpers/gateway.js';
 import { Ledger, sampleConnections } from '../helpers/ledger.js';
 
 const POOL_MAX = 4;
@@ -28,31 +28,22 @@ describe.skipIf(!realPostgresUrl)('database cut off and back (real PostgreSQL th
   let t: TestGateway;
   let userId: string;
 
+  let env: BehindFaultProxy | undefined;
   beforeAll(async () => {
-    db = await createTestDatabase();
-    const u = new URL(db.url);
-    proxy = await startFaultProxy({ target: { host: u.hostname, port: Number(u.port) } });
-    t = await startTestGateway(
+    env = await startBehindFaultProxy(
       {
-        DATABASE_URL: proxy.urlFor(db.url),
         POOL_MAX: String(POOL_MAX),
         POOL_MIN: '2',
         REQUEST_TIMEOUT_MS: String(REQUEST_TIMEOUT_MS),
         POOL_CONNECTION_TIMEOUT_MS: '1000',
         POOL_ACQUIRE_TIMEOUT_MS: '1000',
       },
-      { db },
+      'cut',
     );
-    const res = await json(`${t.url}/api/users`, { method: 'POST', json: { email: `cut-${randomUUID()}@example.com`, name: 'Cut' } });
-    expect(res.status).toBe(201);
-    userId = res.body.id;
+    ({ db, proxy, t, userId } = env);
   });
 
-  afterAll(async () => {
-    await t?.stop();
-    await proxy?.close();
-    await db?.drop();
-  });
+  afterAll(() => env?.stop());
 
   for (const how of ['refuse', 'reset'] as const) {
     it(`${how === 'refuse' ? 'listener closed (ECONNREFUSED)' : 'every connection reset'}: fast 503s, breaker opens, recovers by itself`, async () => {

@@ -6,11 +6,11 @@
  * must return the stored result with `Idempotent-Replayed: true`, byte for byte.
  * Real PostgreSQL only: the gateway's pool talks to it through the proxy.
  */
-import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
-import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js';
-import { json, leaksIn, seenResponses, startTestGateway, waitFor, type TestGateway } from '../helpers/gateway.js';
+import { realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import type { FaultProxy } from '../helpers/fault-proxy.js';
+import { startBehindFaultProxy, type BehindFaultProxy } from '../helpers/fault-gateway.js';
+import { json, leaksIn, seenResponses, waitFor, type TestGateway } from '../helpers/gateway.js';
 import { Ledger, sampleConnections } from '../helpers/ledger.js';
 
 describe.skipIf(!realPostgresUrl)('reset right after COMMIT (real PostgreSQL: the pool connects through the fault proxy)', () => {
@@ -19,21 +19,13 @@ describe.skipIf(!realPostgresUrl)('reset right after COMMIT (real PostgreSQL: th
   let t: TestGateway;
   let userId: string;
 
+  let env: BehindFaultProxy | undefined;
   beforeAll(async () => {
-    db = await createTestDatabase();
-    const u = new URL(db.url);
-    proxy = await startFaultProxy({ target: { host: u.hostname, port: Number(u.port) } });
-    t = await startTestGateway({ DATABASE_URL: proxy.urlFor(db.url), POOL_MAX: '2', POOL_MIN: '1', REQUEST_TIMEOUT_MS: '5000' }, { db });
-    const res = await json(`${t.url}/api/users`, { method: 'POST', json: { email: `commit-${randomUUID()}@example.com`, name: 'Commit' } });
-    expect(res.status).toBe(201);
-    userId = res.body.id;
+    env = await startBehindFaultProxy({ POOL_MAX: '2', POOL_MIN: '1', REQUEST_TIMEOUT_MS: '5000' }, 'commit');
+    ({ db, proxy, t, userId } = env);
   });
 
-  afterAll(async () => {
-    await t?.stop();
-    await proxy?.close();
-    await db?.drop();
-  });
+  afterAll(() => env?.stop());
 
   for (const forwardCommit of [false, true]) {
     it(`${forwardCommit ? 'COMMIT reply forwarded, ReadyForQuery lost' : 'COMMIT reply lost'}: error, one row, replay with the same key`, async () => {
