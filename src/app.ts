@@ -6,7 +6,7 @@ import { Hono, type Context, type Handler, type MiddlewareHandler } from 'hono';
 import type { Database } from './db/types.js';
 import { AppError, describeError, toAppError } from './errors.js';
 import type { Drain } from './lifecycle/drain.js';
-import { connStats, requestIdOf, writeResponseHeaders } from './middleware/conn-stats.js';
+import { connStats, requestIdOf, responseHeaders } from './middleware/conn-stats.js';
 import { checkKey, IDEMPOTENCY_HEADER, REPLAYED_HEADER, requestHash, runIdempotent } from './idempotency/idempotency.js';
 import { fitnessRoutes, type AppEnv, type RouteResult, type RouteSpec } from './routes/fitness.js';
 import { takeBody } from './routes/input.js';
@@ -53,10 +53,11 @@ function runHere(route: RouteSpec, ttlMs: number): Handler<AppEnv> {
       c.get('metrics').replayed = replayed;
       result = out;
     }
-    writeResponseHeaders(c);
-    const res = result.status === 204 ? c.body(null, 204) : c.json(result.body as object, result.status);
-    if (replayed) res.headers.set(REPLAYED_HEADER, 'true');
-    return res;
+    const headers = responseHeaders(c);
+    if (replayed) headers[REPLAYED_HEADER] = 'true';
+    if (result.status === 204) return new Response(null, { status: 204, headers });
+    headers['content-type'] = 'application/json';
+    return new Response(JSON.stringify(result.body), { status: result.status, headers });
   };
 }
 

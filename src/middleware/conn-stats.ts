@@ -22,7 +22,7 @@ export interface RequestMetrics extends QueryObserver {
   retries: number;
   /** The response is a stored idempotent replay. */
   replayed: boolean;
-  /** Server-Timing and x-request-id went out with the handler's response (see writeResponseHeaders). */
+  /** Server-Timing and x-request-id went out with the handler's response (see responseHeaders). */
   headersWritten?: boolean;
 }
 
@@ -45,33 +45,39 @@ export interface ConnStatsOptions {
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
 
-export function newMetrics(requestTimeoutMs?: number): RequestMetrics {
-  const startedAt = now();
-  return {
-    startedAt,
-    deadline: requestTimeoutMs === undefined ? undefined : startedAt + requestTimeoutMs,
-    retries: 0,
-    replayed: false,
-    retried() {
-      this.retries++;
-    },
-    dbMs: 0,
-    acquireMs: 0,
-    queries: 0,
-    client: 'none',
-    timings: [],
-    acquired(waitMs) {
-      this.acquireMs += waitMs;
-    },
-    queried(durationMs, statements = 1) {
-      this.dbMs += durationMs;
-      this.queries += statements;
-    },
-    served(kind) {
-      this.client = kind;
-    },
-  };
+/** One request's figures; a class so its methods live on the prototype (this runs per request). */
+class Metrics implements RequestMetrics {
+  readonly startedAt = now();
+  readonly deadline: number | undefined;
+  dbMs = 0;
+  acquireMs = 0;
+  queries = 0;
+  retries = 0;
+  replayed = false;
+  client: ClientKind | 'none' = 'none';
+  timings: RequestMetrics['timings'] = [];
+  upstreamTiming?: string;
+  headersWritten?: boolean;
+
+  constructor(requestTimeoutMs?: number) {
+    this.deadline = requestTimeoutMs === undefined ? undefined : this.startedAt + requestTimeoutMs;
+  }
+  acquired(waitMs: number): void {
+    this.acquireMs += waitMs;
+  }
+  queried(durationMs: number, statements = 1): void {
+    this.dbMs += durationMs;
+    this.queries += statements;
+  }
+  served(kind: ClientKind): void {
+    this.client = kind;
+  }
+  retried(): void {
+    this.retries++;
+  }
 }
+
+export const newMetrics = (requestTimeoutMs?: number): RequestMetrics => new Metrics(requestTimeoutMs);
 
 /** The request id of `c`, whether or not connStats ran (error paths use it). */
 export const requestIdOf = (c: Context): string => (c.get('requestId' as never) as string | undefined) ?? 'unknown';
@@ -89,16 +95,16 @@ function serverTiming(metrics: RequestMetrics, totalMs: number): string {
 }
 
 /**
- * Puts Server-Timing and x-request-id among the headers of the response the handler is about to
- * build. The fast path: on @hono/node-server a response's headers are plain data until someone
- * reads `res.headers`, which builds a WHATWG Headers object — measurable on every request.
+ * Server-Timing and x-request-id for the response a handler is about to build, as a plain
+ * object. The fast path: on @hono/node-server a response whose headers are a plain object is
+ * written straight to the socket, while reading `res.headers` (or `c.header()`, which Hono keeps
+ * in a Headers object) builds WHATWG Headers — measurable on every request.
  */
-export function writeResponseHeaders(c: Context): void {
+export function responseHeaders(c: Context): Record<string, string> {
   const metrics = c.get('metrics' as never) as RequestMetrics | undefined;
-  if (!metrics) return;
-  c.header('server-timing', serverTiming(metrics, now() - metrics.startedAt));
-  c.header('x-request-id', requestIdOf(c));
+  if (!metrics) return {};
   metrics.headersWritten = true;
+  return { 'server-timing': serverTiming(metrics, now() - metrics.startedAt), 'x-request-id': requestIdOf(c) };
 }
 
 export const connStats = ({ registry, database, requestTimeoutMs, readHeader }: ConnStatsOptions): MiddlewareHandler<{ Variables: ConnStatsVariables }> =>
