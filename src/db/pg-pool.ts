@@ -109,10 +109,9 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
   pool.on('remove', () => {
     closedCount++;
   });
-  pool.on('error', (err) => {
-    // Not counted here: the client's own listener above has already counted this error.
-    log(`poolgate: db idle client error (${describeError(err)}); removed from pool`);
-  });
+  // Required (pg-pool emits 'error' for idle clients and an unheard emit would crash the process),
+  // but silent: the client's own listener above has already counted and logged the same error.
+  pool.on('error', () => {});
 
   interface Lease {
     client: pg.PoolClient;
