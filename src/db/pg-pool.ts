@@ -136,7 +136,7 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
       throw err;
     }
     const opened = fresh.delete(client);
-    if (counted) {
+    if (counted && !observer.internal) {
       acquisitionCount++;
       if (opened) openedOnAcquireCount++;
     }

@@ -52,6 +52,8 @@ export interface QueryObserver {
   readonly deadline?: number;
   /** A statement or connect was retried (counted in the stats). */
   retried?(): void;
+  /** Work of the process itself (migrations at start), kept out of the acquisition figures. */
+  readonly internal?: boolean;
 }
 
 export interface PoolStats {

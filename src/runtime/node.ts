@@ -66,7 +66,7 @@ export async function startGateway(env: Record<string, string | undefined>, opti
   let server: ServerType | undefined;
 
   try {
-    const setup = database.forRequest({ acquired() {}, queried() {}, served() {} });
+    const setup = database.forRequest({ acquired() {}, queried() {}, served() {}, internal: true });
     const runTx = <T>(fn: (tx: Queryable) => Promise<T>) => setup.transaction(fn);
     const applied = await migrate(runTx);
     if (applied.length) log(`poolgate: applied migrations ${applied.join(', ')}`);
