@@ -9,7 +9,7 @@
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { realPostgresUrl } from '../helpers/db.js';
-import { json, leaksIn, seenResponses, startTestGateway, type TestGateway } from '../helpers/gateway.js';
+import { json, leaksIn, seenResponses, startTestGateway, type TestGateway, catchUnhandled } from '../helpers/gateway.js';
 import { Ledger, sampleConnections } from '../helpers/ledger.js';
 
 const POOL_MAX = 4;
@@ -18,12 +18,11 @@ const KILLS = 4;
 describe.skipIf(!realPostgresUrl)('pool backends terminated repeatedly under load (real PostgreSQL: pg_terminate_backend)', () => {
   let t: TestGateway;
   let userId: string;
-  const unhandled: unknown[] = [];
-  const onUnhandled = (err: unknown) => unhandled.push(err);
+  const watcher = catchUnhandled();
+  const unhandled = watcher.errors;
 
   beforeAll(async () => {
-    process.on('uncaughtException', onUnhandled);
-    process.on('unhandledRejection', onUnhandled);
+    watcher.start();
     t = await startTestGateway({ POOL_MAX: String(POOL_MAX), POOL_MIN: '2', REQUEST_TIMEOUT_MS: '5000' });
     const res = await json(`${t.url}/api/users`, { method: 'POST', json: { email: `kill-${randomUUID()}@example.com`, name: 'Kill' } });
     expect(res.status).toBe(201);
@@ -32,8 +31,7 @@ describe.skipIf(!realPostgresUrl)('pool backends terminated repeatedly under loa
 
   afterAll(async () => {
     await t?.stop();
-    process.off('uncaughtException', onUnhandled);
-    process.off('unhandledRejection', onUnhandled);
+    watcher.stop();
   });
 
   it(`${KILLS} rounds of pg_terminate_backend during load: ledger clean, ≤ ${POOL_MAX} connections, service continues`, async () => {

@@ -5,6 +5,7 @@
  * running side by side, or `npm start`, never overwrite each other's dist/). The runtime itself
  * (miniflare, a Deno process) is the suite's to start and stop, before `stop()`.
  */
+import type { Summary } from '../../src/fitness/repo.js';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
@@ -124,17 +125,8 @@ export interface Athlete {
   email: string;
   strengthWorkoutId: string;
   expectedUser: { id: string; email: string; name: string; preferences: { units: 'imperial'; weeklyGoal: number }; createdAt: string };
-  expectedSummary: {
-    userId: string;
-    workouts: number;
-    sets: number;
-    reps: number;
-    volumeKg: number;
-    durationSeconds: number;
-    firstWorkoutAt: string;
-    lastWorkoutAt: string;
-    byKind: { kind: string; workouts: number }[];
-  };
+  /** The figures GET /api/users/:id/summary must report (the repo's own Summary shape). */
+  expectedSummary: Summary;
 }
 
 export async function insertAthlete(db: TestDatabase): Promise<Athlete> {

@@ -157,3 +157,23 @@ export async function waitFor<T>(
     await new Promise((r) => setTimeout(r, intervalMs));
   }
 }
+
+/**
+ * Collects uncaught exceptions and unhandled rejections while a suite runs (a dropped connection
+ * must never surface as one). Call `start()` in beforeAll and `stop()` in afterAll; assert on `errors`.
+ */
+export function catchUnhandled(): { errors: unknown[]; start(): void; stop(): void } {
+  const errors: unknown[] = [];
+  const record = (err: unknown) => errors.push(err);
+  return {
+    errors,
+    start() {
+      process.on('uncaughtException', record);
+      process.on('unhandledRejection', record);
+    },
+    stop() {
+      process.off('uncaughtException', record);
+      process.off('unhandledRejection', record);
+    },
+  };
+}

@@ -9,18 +9,17 @@ import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { realPostgresUrl } from '../helpers/db.js';
-import { adminClient, backendsOf, json, leaksIn, seenResponses, startTestGateway, waitFor, type TestGateway } from '../helpers/gateway.js';
+import { adminClient, backendsOf, json, leaksIn, seenResponses, startTestGateway, waitFor, type TestGateway, catchUnhandled } from '../helpers/gateway.js';
 
 describe.skipIf(!realPostgresUrl)('pool connections terminated by the server (real PostgreSQL: pg_terminate_backend)', () => {
   const POOL_MAX = 3;
   let t: TestGateway;
   let userId: string;
-  const unhandled: unknown[] = [];
-  const onUnhandled = (err: unknown) => unhandled.push(err);
+  const watcher = catchUnhandled();
+  const unhandled = watcher.errors;
 
   beforeAll(async () => {
-    process.on('uncaughtException', onUnhandled);
-    process.on('unhandledRejection', onUnhandled);
+    watcher.start();
     t = await startTestGateway({ POOL_MAX: String(POOL_MAX), POOL_MIN: String(POOL_MAX) });
     const u = await json(`${t.url}/api/users`, { method: 'POST', json: { email: `term-${randomUUID()}@example.com`, name: 'Term' } });
     expect(u.status).toBe(201);
@@ -29,8 +28,7 @@ describe.skipIf(!realPostgresUrl)('pool connections terminated by the server (re
 
   afterAll(async () => {
     await t?.stop();
-    process.off('uncaughtException', onUnhandled);
-    process.off('unhandledRejection', onUnhandled);
+    watcher.stop();
   });
 
   const terminateAll = async () => {
