@@ -21,28 +21,12 @@ export interface NeonDatabaseOptions {
   queryTimeoutMs: number;
 }
 
-/** A request's Db at the edge also owns the request's WebSocket pool, if it opened one. */
-export interface NeonRequestDb extends Db {
-  /** Ends this request's WebSocket pool; hand the promise to `waitUntil`. */
-  end(): Promise<void>;
-}
-
-export interface NeonDatabase extends Database {
-  forRequest(observer: QueryObserver): NeonRequestDb;
-}
-
-const ISOLATION: Record<NonNullable<TxOptions['isolation']>, 'ReadCommitted' | 'RepeatableRead' | 'Serializable'> = {
-  'read committed': 'ReadCommitted',
-  'repeatable read': 'RepeatableRead',
-  serializable: 'Serializable',
-};
-
 /**
  * @example
  * import * as driver from '@neondatabase/serverless';
  * const database = createNeonDatabase({ connectionString: env.DATABASE_URL, driver, queryTimeoutMs: 10_000 });
  */
-export function createNeonDatabase(options: NeonDatabaseOptions): NeonDatabase {
+export function createNeonDatabase(options: NeonDatabaseOptions): Database {
   const sql = options.driver.neon(options.connectionString, { fullResults: true });
   const breaker = createBreaker('neon-http', { isFailure: isConnectionError });
 
@@ -68,7 +52,8 @@ export function createNeonDatabase(options: NeonDatabaseOptions): NeonDatabase {
     }
   }
 
-  function forRequest(observer: QueryObserver): NeonRequestDb {
+  /** A request's Db also owns the request's WebSocket pool, if it opened one; `end()` (run by connStats via waitUntil) ends it. */
+  function forRequest(observer: QueryObserver): Db {
     let pool: Neon.Pool | undefined;
 
     async function transaction<T>(fn: (tx: Queryable) => Promise<T>, opts: TxOptions = {}): Promise<T> {
