@@ -34,6 +34,8 @@ export interface Config {
   shutdownTimeoutMs: number;
   /** How long an Idempotency-Key's stored response is kept. */
   idempotencyTtlMs: number;
+  /** How often the Node gateway deletes expired Idempotency-Key records. */
+  idempotencyPurgeIntervalMs: number;
   /** Every request's deadline: waits and statements are cut short (and cancelled) to meet it. */
   requestTimeoutMs: number;
   /** Folder of the embedded database's data files. */
@@ -119,6 +121,7 @@ export function parseConfig(env: Env): Config {
     bodyLimitBytes: int(env, 'BODY_LIMIT_BYTES', 64 * 1024, 1, 64 * 1024 * 1024),
     shutdownTimeoutMs: int(env, 'SHUTDOWN_TIMEOUT_MS', 10_000, 0, 600_000),
     idempotencyTtlMs: int(env, 'IDEMPOTENCY_TTL_MS', 86_400_000, 60_000, 30 * 86_400_000),
+    idempotencyPurgeIntervalMs: int(env, 'IDEMPOTENCY_PURGE_INTERVAL_MS', 600_000, 1_000, 86_400_000),
     requestTimeoutMs: int(env, 'REQUEST_TIMEOUT_MS', 15_000, 1, 3_600_000),
     embeddedDataDir: env.EMBEDDED_DATA_DIR?.trim() || '.data/pglite',
     logLevel,

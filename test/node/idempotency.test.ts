@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { realPostgresUrl } from '../helpers/db.js';
-import { adminClient, json, startTestGateway, type TestGateway } from '../helpers/gateway.js';
+import { adminClient, json, startTestGateway, waitFor, type TestGateway } from '../helpers/gateway.js';
 
 let t: TestGateway;
 let userId: string;
@@ -102,6 +102,25 @@ describe('Idempotency-Key', () => {
     });
     expect(p.status).toBe(200);
     expect(p.body.preferences.weeklyGoal).toBe(3);
+  });
+
+  it('purges expired records on its interval and keeps live ones', async () => {
+    const p = await startTestGateway({ IDEMPOTENCY_PURGE_INTERVAL_MS: '1000' }, { db: t.db });
+    try {
+      await t.db.admin(
+        `INSERT INTO idempotency_keys (key, request_hash, status, body, expires_at) VALUES
+           ('purge-old', 'h', 201, NULL, now() - interval '1 minute'),
+           ('purge-live', 'h', 201, NULL, now() + interval '1 hour')`,
+      );
+      await waitFor(async () => Number((await t.db.admin("SELECT count(*) FROM idempotency_keys WHERE key = 'purge-old'")).rows[0].count) === 0, {
+        timeoutMs: 10_000,
+        what: 'the expired record to be purged',
+      });
+      expect(Number((await t.db.admin("SELECT count(*) FROM idempotency_keys WHERE key = 'purge-live'")).rows[0].count)).toBe(1);
+      expect(p.logs.some((l) => /purged \d+ expired idempotency records/.test(l))).toBe(true);
+    } finally {
+      await p.stop();
+    }
   });
 
   it('rejects a malformed key with 400', async () => {
