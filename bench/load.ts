@@ -390,7 +390,12 @@ function pgbenchArgs(t: PgbenchTarget, extra: string[]): { args: string[]; env: 
   return { args: ['-h', t.host, '-p', String(t.port), '-U', t.user, ...extra, t.database], env };
 }
 
-function runProcess(bin: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs: number): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function runProcess(
+  bin: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  timeoutMs: number,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(bin, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
@@ -435,7 +440,20 @@ export async function runPgbench(
   const dir = mkdtempSync(join(tmpdir(), 'poolgate-pgbench-'));
   try {
     const threads = Math.min(opts.clients, 2);
-    const { args, env } = pgbenchArgs(t, ['-n', '-S', '-M', 'extended', '-c', String(opts.clients), '-j', String(threads), '-T', String(seconds), '-l', `--log-prefix=${join(dir, 'tx')}`]);
+    const { args, env } = pgbenchArgs(t, [
+      '-n',
+      '-S',
+      '-M',
+      'extended',
+      '-c',
+      String(opts.clients),
+      '-j',
+      String(threads),
+      '-T',
+      String(seconds),
+      '-l',
+      `--log-prefix=${join(dir, 'tx')}`,
+    ]);
     const r = await runProcess(bin, args, env, seconds * 1000 + 60_000);
     const reportedTps = Number(/tps = ([\d.]+)/.exec(r.stdout)?.[1] ?? NaN);
     const failed = Number(/number of failed transactions: (\d+)/.exec(r.stdout)?.[1] ?? 0);

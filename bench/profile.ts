@@ -40,7 +40,8 @@ export interface ProfileSummary {
 }
 
 /** Native bindings that are socket reads and writes: on a VM their cost is mostly the system call. */
-const NATIVE_IO = /^(writev|writeBuffer|writeUtf8String|writeLatin1String|writeAsciiString|writeUcs2String|readStart|readStop|shutdown|onStreamRead)$/;
+const NATIVE_IO =
+  /^(writev|writeBuffer|writeUtf8String|writeLatin1String|writeAsciiString|writeUcs2String|readStart|readStop|shutdown|onStreamRead)$/;
 
 /** Which package, runtime part or source file a frame belongs to. */
 export function groupOf(functionName: string, url: string): string {
@@ -49,8 +50,16 @@ export function groupOf(functionName: string, url: string): string {
   if (url === '') return NATIVE_IO.test(functionName) ? 'native: socket I/O (syscalls)' : 'V8: builtins';
   if (url.includes('/deps/undici/')) return 'undici (Web Headers/Request/Response)';
   if (url.startsWith('node:')) {
-    const first = url.slice(5).replace(/^internal\//, '').split('/')[0]!;
-    const name = first.startsWith('_http_') || first === 'http' ? 'http' : first === 'streams' || first.startsWith('_stream') || first === 'stream' ? 'streams' : first;
+    const first = url
+      .slice(5)
+      .replace(/^internal\//, '')
+      .split('/')[0]!;
+    const name =
+      first.startsWith('_http_') || first === 'http'
+        ? 'http'
+        : first === 'streams' || first.startsWith('_stream') || first === 'stream'
+          ? 'streams'
+          : first;
     return `node:${name}`;
   }
   const nm = url.lastIndexOf('/node_modules/');
@@ -148,6 +157,11 @@ export function compareProfiles(baseline: ProfileSummary, subject: ProfileSummar
   const names = new Set([...baseline.groups.map((g) => g.group), ...subject.groups.map((g) => g.group)]);
   const us = (s: ProfileSummary, g: string) => s.groups.find((x) => x.group === g)?.usPerRequest ?? 0;
   return [...names]
-    .map((group) => ({ group, baselineUs: us(baseline, group), subjectUs: us(subject, group), extraUs: us(subject, group) - us(baseline, group) }))
+    .map((group) => ({
+      group,
+      baselineUs: us(baseline, group),
+      subjectUs: us(subject, group),
+      extraUs: us(subject, group) - us(baseline, group),
+    }))
     .sort((a, b) => b.extraUs - a.extraUs);
 }

@@ -26,7 +26,10 @@ export const TARGET_INFO: Record<StepTarget, { label: string; what: string }> = 
   'gateway-write': { label: 'Node gateway write', what: 'POST /api/workouts (BEGIN, 2 INSERTs, COMMIT)' },
   'gateway-summary': { label: 'Node gateway summary', what: 'GET /api/users/:id/summary (read-only transaction, 3 queries)' },
   'edge-read-http': { label: 'edge read, Neon HTTP', what: 'workerd → neon() over HTTP → local Neon proxy, GET /api/users/:id' },
-  'edge-read-ws': { label: 'edge read, Neon WebSocket', what: 'workerd → per-request WebSocket Pool → local proxy, GET /api/users/:id/summary' },
+  'edge-read-ws': {
+    label: 'edge read, Neon WebSocket',
+    what: 'workerd → per-request WebSocket Pool → local proxy, GET /api/users/:id/summary',
+  },
   'edge-write': { label: 'edge write, forwarded', what: 'workerd → signed forward → Node gateway, POST /api/workouts' },
 };
 
@@ -132,7 +135,8 @@ export interface BenchResults {
 // ---------------------------------------------------------------------------------------------
 // Derived figures
 
-const stepOf = (r: BenchResults, target: StepTarget, c: number) => r.steps.find((s) => s.target === target && s.connections === c && !s.skipped);
+const stepOf = (r: BenchResults, target: StepTarget, c: number) =>
+  r.steps.find((s) => s.target === target && s.connections === c && !s.skipped);
 
 export interface RatioRow {
   connections: number;
@@ -149,18 +153,49 @@ export function ratioRows(r: BenchResults, subject: StepTarget, baseline: StepTa
     if (s.target !== subject || s.skipped) continue;
     const b = stepOf(r, baseline, s.connections);
     if (!b || !b.rps || s.rps === undefined) continue;
-    rows.push({ connections: s.connections, subject: s, baseline: b, ratio: s.rps / b.rps, p50AddedMs: (s.latencyMs?.p50 ?? NaN) - (b.latencyMs?.p50 ?? NaN) });
+    rows.push({
+      connections: s.connections,
+      subject: s,
+      baseline: b,
+      ratio: s.rps / b.rps,
+      p50AddedMs: (s.latencyMs?.p50 ?? NaN) - (b.latencyMs?.p50 ?? NaN),
+    });
   }
   return rows;
 }
 
 export const RATIO_PAIRS: { title: string; subject: StepTarget; baseline: StepTarget; unit: 'ratio' | 'times' }[] = [
   { title: 'poolgate / ceiling (Node gateway read ÷ bare Hono + pg.Pool)', subject: 'gateway-read', baseline: 'ceiling', unit: 'ratio' },
-  { title: 'poolgate / connect-per-request (Node gateway read ÷ new pg.Client per request)', subject: 'gateway-read', baseline: 'connect', unit: 'times' },
-  { title: 'edge / Node, read (Neon HTTP in workerd ÷ Node gateway, GET /api/users/:id)', subject: 'edge-read-http', baseline: 'gateway-read', unit: 'ratio' },
-  { title: 'edge / Node, interactive read (Neon WebSocket in workerd ÷ Node gateway, /summary)', subject: 'edge-read-ws', baseline: 'gateway-summary', unit: 'ratio' },
-  { title: 'edge / Node, write (forwarded from workerd ÷ Node gateway direct, POST /api/workouts)', subject: 'edge-write', baseline: 'gateway-write', unit: 'ratio' },
-  { title: 'context: ceiling / pgbench -S (HTTP + node-postgres ÷ the database alone)', subject: 'ceiling', baseline: 'pgbench', unit: 'ratio' },
+  {
+    title: 'poolgate / connect-per-request (Node gateway read ÷ new pg.Client per request)',
+    subject: 'gateway-read',
+    baseline: 'connect',
+    unit: 'times',
+  },
+  {
+    title: 'edge / Node, read (Neon HTTP in workerd ÷ Node gateway, GET /api/users/:id)',
+    subject: 'edge-read-http',
+    baseline: 'gateway-read',
+    unit: 'ratio',
+  },
+  {
+    title: 'edge / Node, interactive read (Neon WebSocket in workerd ÷ Node gateway, /summary)',
+    subject: 'edge-read-ws',
+    baseline: 'gateway-summary',
+    unit: 'ratio',
+  },
+  {
+    title: 'edge / Node, write (forwarded from workerd ÷ Node gateway direct, POST /api/workouts)',
+    subject: 'edge-write',
+    baseline: 'gateway-write',
+    unit: 'ratio',
+  },
+  {
+    title: 'context: ceiling / pgbench -S (HTTP + node-postgres ÷ the database alone)',
+    subject: 'ceiling',
+    baseline: 'pgbench',
+    unit: 'ratio',
+  },
 ];
 
 /** The five targets of issue 5, each met or missed with the measured figure. Never throws. */
@@ -174,8 +209,16 @@ export function evaluateTargets(r: BenchResults, poolMax: number): TargetCheck[]
     const b = stepOf(r, 'ceiling', 64);
     if (g?.rps && b?.rps) {
       const ratio = g.rps / b.rps;
-      const cpu = g.serverCpuUsPerRequest && b.serverCpuUsPerRequest ? `; by server CPU per request ${pct(b.serverCpuUsPerRequest / g.serverCpuUsPerRequest)}` : '';
-      checks.push({ id: 'read-vs-ceiling', goal, measured: `${pct(ratio)} (${rps(g.rps)} vs ${rps(b.rps)} req/s${cpu})`, status: ratio >= 0.9 ? 'met' : 'missed' });
+      const cpu =
+        g.serverCpuUsPerRequest && b.serverCpuUsPerRequest
+          ? `; by server CPU per request ${pct(b.serverCpuUsPerRequest / g.serverCpuUsPerRequest)}`
+          : '';
+      checks.push({
+        id: 'read-vs-ceiling',
+        goal,
+        measured: `${pct(ratio)} (${rps(g.rps)} vs ${rps(b.rps)} req/s${cpu})`,
+        status: ratio >= 0.9 ? 'met' : 'missed',
+      });
     } else notMeasured('read-vs-ceiling', goal, 'a step at 64 connections is missing');
   }
   {
@@ -184,7 +227,12 @@ export function evaluateTargets(r: BenchResults, poolMax: number): TargetCheck[]
     const b = stepOf(r, 'ceiling', 1);
     if (g?.latencyMs && b?.latencyMs) {
       const added = g.latencyMs.p50 - b.latencyMs.p50;
-      checks.push({ id: 'p50-added', goal, measured: `${added.toFixed(3)} ms (${g.latencyMs.p50.toFixed(3)} vs ${b.latencyMs.p50.toFixed(3)} ms)`, status: added < 0.3 ? 'met' : 'missed' });
+      checks.push({
+        id: 'p50-added',
+        goal,
+        measured: `${added.toFixed(3)} ms (${g.latencyMs.p50.toFixed(3)} vs ${b.latencyMs.p50.toFixed(3)} ms)`,
+        status: added < 0.3 ? 'met' : 'missed',
+      });
     } else notMeasured('p50-added', goal, 'a step at 1 connection is missing');
   }
   {
@@ -193,7 +241,12 @@ export function evaluateTargets(r: BenchResults, poolMax: number): TargetCheck[]
     const b = stepOf(r, 'connect', 64);
     if (g?.rps && b?.rps) {
       const times = g.rps / b.rps;
-      checks.push({ id: 'vs-connect', goal, measured: `${times.toFixed(1)}× (${rps(g.rps)} vs ${rps(b.rps)} req/s)`, status: times >= 30 ? 'met' : 'missed' });
+      checks.push({
+        id: 'vs-connect',
+        goal,
+        measured: `${times.toFixed(1)}× (${rps(g.rps)} vs ${rps(b.rps)} req/s)`,
+        status: times >= 30 ? 'met' : 'missed',
+      });
     } else notMeasured('vs-connect', goal, 'a step at 64 connections is missing (or was skipped for lack of Postgres connections)');
   }
   {
@@ -201,7 +254,12 @@ export function evaluateTargets(r: BenchResults, poolMax: number): TargetCheck[]
     const g = stepOf(r, 'gateway-read', 1000);
     if (g && g.errors !== undefined && g.pgPeak !== undefined) {
       const ok = g.errors === 0 && g.pgPeak <= poolMax;
-      checks.push({ id: 'c1000', goal, measured: `${g.errors} errors, peak ${g.pgPeak} pool connections (${rps(g.rps ?? 0)} req/s)`, status: ok ? 'met' : 'missed' });
+      checks.push({
+        id: 'c1000',
+        goal,
+        measured: `${g.errors} errors, peak ${g.pgPeak} pool connections (${rps(g.rps ?? 0)} req/s)`,
+        status: ok ? 'met' : 'missed',
+      });
     } else notMeasured('c1000', goal, 'no step at 1000 connections');
   }
   {
@@ -224,7 +282,8 @@ export function evaluateTargets(r: BenchResults, poolMax: number): TargetCheck[]
 
 const rps = (x: number) => Math.round(x).toLocaleString('en-US');
 const pct = (x: number) => `${(x * 100).toFixed(1)}%`;
-const ms = (x: number | undefined) => (x === undefined || Number.isNaN(x) ? '–' : x < 10 ? x.toFixed(2) : x < 100 ? x.toFixed(1) : Math.round(x).toString());
+const ms = (x: number | undefined) =>
+  x === undefined || Number.isNaN(x) ? '–' : x < 10 ? x.toFixed(2) : x < 100 ? x.toFixed(1) : Math.round(x).toString();
 const num = (x: number | undefined, digits = 0) => (x === undefined || Number.isNaN(x) ? '–' : x.toFixed(digits));
 const mark = (s: TargetStatus) => (s === 'met' ? '✅ met' : s === 'missed' ? '❌ missed' : '– not measured');
 
@@ -306,7 +365,9 @@ function profileSection(r: BenchResults): string[] {
   out.push('');
   out.push('| | ceiling | Node gateway |', '| --- | ---: | ---: |');
   out.push(`| requests in the window | ${p.ceiling.requests} | ${p.gateway.requests} |`);
-  out.push(`| main-thread CPU busy | ${pct(p.ceiling.busyMs / (p.ceiling.busyMs + p.ceiling.idleMs))} | ${pct(p.gateway.busyMs / (p.gateway.busyMs + p.gateway.idleMs))} |`);
+  out.push(
+    `| main-thread CPU busy | ${pct(p.ceiling.busyMs / (p.ceiling.busyMs + p.ceiling.idleMs))} | ${pct(p.gateway.busyMs / (p.gateway.busyMs + p.gateway.idleMs))} |`,
+  );
   out.push(`| CPU µs per request | ${num(p.ceiling.busyUsPerRequest)} | ${num(p.gateway.busyUsPerRequest)} |`);
   out.push('');
   out.push('**What holds it back** (from the data):');
@@ -316,7 +377,8 @@ function profileSection(r: BenchResults): string[] {
   out.push('Extra CPU per request, gateway − ceiling, by where it was spent (top 12):');
   out.push('');
   out.push('| where | ceiling µs/req | gateway µs/req | extra µs/req |', '| --- | ---: | ---: | ---: |');
-  for (const d of p.delta.slice(0, 12)) out.push(`| ${d.group} | ${num(d.baselineUs, 1)} | ${num(d.subjectUs, 1)} | ${d.extraUs >= 0 ? '+' : ''}${num(d.extraUs, 1)} |`);
+  for (const d of p.delta.slice(0, 12))
+    out.push(`| ${d.group} | ${num(d.baselineUs, 1)} | ${num(d.subjectUs, 1)} | ${d.extraUs >= 0 ? '+' : ''}${num(d.extraUs, 1)} |`);
   out.push('');
   out.push('Top self-time functions in the gateway:');
   out.push('');
@@ -395,7 +457,9 @@ export function renderMarkdown(r: BenchResults): string {
     for (const n of r.notes) out.push(`- ${n}`);
     out.push('');
   }
-  out.push(`Generated by \`npm run bench${r.mode === 'quick' ? ' -- --quick' : ''}\` (bench/run.ts). Raw figures: the .json next to this file.`);
+  out.push(
+    `Generated by \`npm run bench${r.mode === 'quick' ? ' -- --quick' : ''}\` (bench/run.ts). Raw figures: the .json next to this file.`,
+  );
   out.push('');
   return out.join('\n');
 }

@@ -247,7 +247,11 @@ const liveText = (l: LiveFigures) =>
 const stepLine = (s: StepResult) =>
   s.skipped
     ? `skipped: ${s.skipped}`
-    : `${Math.round(s.rps ?? 0).toLocaleString('en-US').padStart(7)} req/s  p50 ${(s.latencyMs?.p50 ?? NaN).toFixed(2)} ms  p99 ${(s.latencyMs?.p99 ?? NaN).toFixed(2)} ms  errors ${s.errors}  pg ${s.pgPeak}/${s.pgPeakAll}`;
+    : `${Math.round(s.rps ?? 0)
+        .toLocaleString('en-US')
+        .padStart(
+          7,
+        )} req/s  p50 ${(s.latencyMs?.p50 ?? NaN).toFixed(2)} ms  p99 ${(s.latencyMs?.p99 ?? NaN).toFixed(2)} ms  errors ${s.errors}  pg ${s.pgPeak}/${s.pgPeakAll}`;
 
 // ---------------------------------------------------------------------------------------------
 // Database
@@ -295,7 +299,9 @@ async function dropStaleDatabases(admin: pg.Client, source: URL): Promise<string
     }
   };
   const { rows } = await admin.query<{ name: string }>(`SELECT datname AS name FROM pg_database WHERE datname ~ '^poolgate_bench_[0-9]+$'`);
-  const stale = rows.map((r) => r.name).filter((n) => Number(n.slice('poolgate_bench_'.length)) !== process.pid && !alive(Number(n.slice('poolgate_bench_'.length))));
+  const stale = rows
+    .map((r) => r.name)
+    .filter((n) => Number(n.slice('poolgate_bench_'.length)) !== process.pid && !alive(Number(n.slice('poolgate_bench_'.length))));
   for (const n of stale) await admin.query(`DROP DATABASE IF EXISTS ${n} WITH (FORCE)`).catch(() => {});
   return stale;
 }
@@ -335,7 +341,9 @@ async function createBenchDatabase(sourceUrl: string): Promise<BenchDatabase> {
     await admin.query(`CREATE DATABASE ${name}`);
   } catch (err) {
     await admin.end().catch(() => {});
-    throw new BenchError(`cannot create the scratch database ${name} on ${describeUrl(source)} (${(err as Error).message}); the role needs CREATEDB`);
+    throw new BenchError(
+      `cannot create the scratch database ${name} on ${describeUrl(source)} (${(err as Error).message}); the role needs CREATEDB`,
+    );
   }
   const url = new URL(sourceUrl);
   url.pathname = `/${name}`;
@@ -467,7 +475,11 @@ async function segment(
   }
   const server =
     atStart && atEnd
-      ? { cpuMs: atEnd.cpuMs - atStart.cpuMs, readCalls: atEnd.readCalls - atStart.readCalls, writeCalls: atEnd.writeCalls - atStart.writeCalls }
+      ? {
+          cpuMs: atEnd.cpuMs - atStart.cpuMs,
+          readCalls: atEnd.readCalls - atStart.readCalls,
+          writeCalls: atEnd.writeCalls - atStart.writeCalls,
+        }
       : undefined;
   return { load, peaks, ...(server ? { server } : {}) };
 }
@@ -525,16 +537,28 @@ function shapeFor(plan: Plan, c: number): { rounds: number; warmupMs: number; se
   return { rounds, warmupMs: Math.max(plan.warmupMs, 1_500), segmentMs: Math.max(plan.durationMs / rounds, 2_000) };
 }
 
-const failed = (target: StepTarget, c: number, err: unknown): StepResult => ({ target, connections: c, skipped: `failed: ${(err as Error).message.split('\n')[0]}` });
+const failed = (target: StepTarget, c: number, err: unknown): StepResult => ({
+  target,
+  connections: c,
+  skipped: `failed: ${(err as Error).message.split('\n')[0]}`,
+});
 
-async function httpStep(ctx: Context, target: StepTarget, c: number, proc: TargetProcess | undefined, route: RouteSpec): Promise<StepResult> {
+async function httpStep(
+  ctx: Context,
+  target: StepTarget,
+  c: number,
+  proc: TargetProcess | undefined,
+  route: RouteSpec,
+): Promise<StepResult> {
   ctx.progress.begin(`${TARGET_INFO[target].label}  c=${c}`);
   let result: StepResult;
   try {
     if (!proc) throw new Error('its server did not start');
     const skip = await headroomSkip(ctx, target, c);
     const { warmupMs, segmentMs, rounds } = shapeFor(ctx.plan, c);
-    result = skip ? { target, connections: c, skipped: skip } : mergeSegments(target, c, [await segment(ctx, proc, route, c, warmupMs, segmentMs * rounds)]);
+    result = skip
+      ? { target, connections: c, skipped: skip }
+      : mergeSegments(target, c, [await segment(ctx, proc, route, c, warmupMs, segmentMs * rounds)]);
   } catch (err) {
     result = failed(target, c, err);
   }
@@ -585,7 +609,9 @@ async function pairedStep(
 /** Unmeasured load on one route of a fresh server, so no step measures a cold JIT or an empty pool. */
 async function prime(ctx: Context, proc: TargetProcess | undefined, route: RouteSpec, connections: number): Promise<void> {
   if (!proc) return;
-  ctx.progress.aside(`priming ${proc.kind} ${route.method ?? 'GET'} ${route.path.replace(DEMO_USER_ID, ':id')} (c=${connections}, not measured)`);
+  ctx.progress.aside(
+    `priming ${proc.kind} ${route.method ?? 'GET'} ${route.path.replace(DEMO_USER_ID, ':id')} (c=${connections}, not measured)`,
+  );
   await runLoad({
     url: `${proc.urls.url}${route.path}`,
     method: route.method ?? 'GET',
@@ -651,18 +677,56 @@ interface ScenarioDef {
 }
 
 const SCENARIOS: ScenarioDef[] = [
-  { id: 'neon-50', name: '1. 50 concurrent Neon queries', guideClaim: '~200 ms', guideMs: 200, how: '50 × GET /api/users/:id at the edge (workerd → Neon HTTP → local proxy)' },
-  { id: 'pool-20', name: '2. 20 PG pool queries', guideClaim: '~150 ms', guideMs: 150, how: '20 × GET /api/users/:id on the Node gateway (pg Pool)' },
-  { id: 'mixed-50', name: '3. 50 mixed queries', guideClaim: '~300 ms', guideMs: 300, how: '25 edge reads (Neon HTTP) + 25 edge writes forwarded to the Node pool (POST /api/workouts)' },
-  { id: 'stress-100', name: '4. 100 concurrent queries, no exhaustion', guideClaim: 'no exhaustion', how: `100 × GET /api/users/:id on the Node gateway, pool max ${POOL_MAX}` },
+  {
+    id: 'neon-50',
+    name: '1. 50 concurrent Neon queries',
+    guideClaim: '~200 ms',
+    guideMs: 200,
+    how: '50 × GET /api/users/:id at the edge (workerd → Neon HTTP → local proxy)',
+  },
+  {
+    id: 'pool-20',
+    name: '2. 20 PG pool queries',
+    guideClaim: '~150 ms',
+    guideMs: 150,
+    how: '20 × GET /api/users/:id on the Node gateway (pg Pool)',
+  },
+  {
+    id: 'mixed-50',
+    name: '3. 50 mixed queries',
+    guideClaim: '~300 ms',
+    guideMs: 300,
+    how: '25 edge reads (Neon HTTP) + 25 edge writes forwarded to the Node pool (POST /api/workouts)',
+  },
+  {
+    id: 'stress-100',
+    name: '4. 100 concurrent queries, no exhaustion',
+    guideClaim: 'no exhaustion',
+    how: `100 × GET /api/users/:id on the Node gateway, pool max ${POOL_MAX}`,
+  },
 ];
 
-async function scenario(ctx: Context, id: string, requests: BurstRequest[] | undefined, match: (app: string) => boolean, poolMax?: number, unavailable?: string): Promise<ScenarioResult> {
+async function scenario(
+  ctx: Context,
+  id: string,
+  requests: BurstRequest[] | undefined,
+  match: (app: string) => boolean,
+  poolMax?: number,
+  unavailable?: string,
+): Promise<ScenarioResult> {
   const def = SCENARIOS.find((s) => s.id === id)!;
   const base = { id: def.id, name: def.name, guideClaim: def.guideClaim, ...(def.guideMs ? { guideMs: def.guideMs } : {}), how: def.how };
   ctx.progress.begin(`guide scenario ${def.name}`);
   if (!requests) {
-    const r: ScenarioResult = { ...base, runs: [], firstMs: NaN, medianMs: NaN, errors: 0, pgPeak: 0, skipped: unavailable ?? 'its server did not start' };
+    const r: ScenarioResult = {
+      ...base,
+      runs: [],
+      firstMs: NaN,
+      medianMs: NaN,
+      errors: 0,
+      pgPeak: 0,
+      skipped: unavailable ?? 'its server did not start',
+    };
     ctx.progress.end(`skipped: ${r.skipped}`);
     return r;
   }
@@ -688,7 +752,9 @@ async function scenario(ctx: Context, id: string, requests: BurstRequest[] | und
     pgPeak: peaks.peakOf(match),
     ...(poolMax ? { pgPoolMax: poolMax } : {}),
   };
-  ctx.progress.end(`first ${result.firstMs.toFixed(1)} ms, median ${result.medianMs.toFixed(1)} ms (guide: ${def.guideClaim}), errors ${result.errors}, pg ${result.pgPeak}`);
+  ctx.progress.end(
+    `first ${result.firstMs.toFixed(1)} ms, median ${result.medianMs.toFixed(1)} ms (guide: ${def.guideClaim}), errors ${result.errors}, pg ${result.pgPeak}`,
+  );
   return result;
 }
 
@@ -804,18 +870,25 @@ async function profilePhase(ctx: Context): Promise<ProfileReport | { skipped: st
   const grown = delta.reduce((n, d) => n + Math.max(0, d.extraUs), 0);
   const top = delta.filter((d) => d.extraUs > 0).slice(0, 6);
   if (top.length) {
-    findings.push(`Where the gateway spends more (share of all that grew, ${grown.toFixed(0)} µs/request): ${top.map((d) => `${d.group} ${((d.extraUs / Math.max(1, grown)) * 100).toFixed(0)}%`).join('; ')}.`);
+    findings.push(
+      `Where the gateway spends more (share of all that grew, ${grown.toFixed(0)} µs/request): ${top.map((d) => `${d.group} ${((d.extraUs / Math.max(1, grown)) * 100).toFixed(0)}%`).join('; ')}.`,
+    );
   }
   const own = g.summary.groups.filter((x) => x.group.startsWith('poolgate ') || x.group === 'zod');
   if (own.length) {
     const sum = own.reduce((n, x) => n + x.usPerRequest, 0);
-    const fns = g.summary.ownTop.slice(0, 5).map((f) => `${f.fn} (${f.where.replace(/:\d+$/, '')}) ${((f.selfMs * 1000) / Math.max(1, g.summary.requests)).toFixed(1)} µs`);
+    const fns = g.summary.ownTop
+      .slice(0, 5)
+      .map((f) => `${f.fn} (${f.where.replace(/:\d+$/, '')}) ${((f.selfMs * 1000) / Math.max(1, g.summary.requests)).toFixed(1)} µs`);
     const more = (groups: string[]) => delta.filter((d) => groups.includes(d.group)).reduce((n, d) => n + d.extraUs, 0);
     const causes = [
       [['hono', '@hono/node-server'], 'more Hono middleware and adapter work (hono, @hono/node-server)'],
       [['undici (Web Headers/Request/Response)'], 'WHATWG Headers objects for the headers it adds (undici)'],
       [['node:timers'], 'more timers per request (node:timers)'],
-      [['node:http', 'native: socket I/O (syscalls)', 'node:streams'], 'more bytes and header lines to serialise and write (node:http, socket writes)'],
+      [
+        ['node:http', 'native: socket I/O (syscalls)', 'node:streams'],
+        'more bytes and header lines to serialise and write (node:http, socket writes)',
+      ],
       [['pg', 'pg-protocol', 'pg-pool'], 'more node-postgres work per request (pg, pg-protocol, pg-pool)'],
       [['V8: garbage collector'], 'more garbage (GC)'],
     ] as const;
@@ -825,7 +898,14 @@ async function profilePhase(ctx: Context): Promise<ProfileReport | { skipped: st
         (seen.length ? ` The rest is work it causes elsewhere: ${seen.join('; ')}.` : ''),
     );
   }
-  return { step: `GET /api/users/:id at ${PROFILE_CONNECTIONS} connections, ceiling and gateway alternating`, ceiling: base.summary, gateway: g.summary, delta, files: allFiles, findings };
+  return {
+    step: `GET /api/users/:id at ${PROFILE_CONNECTIONS} connections, ceiling and gateway alternating`,
+    ceiling: base.summary,
+    gateway: g.summary,
+    delta,
+    files: allFiles,
+    findings,
+  };
 }
 
 /** Roughly how long a pass takes (for the progress line): steps, priming runs, start-ups, scenarios. */
@@ -885,7 +965,8 @@ function machine(postgres: string, pgbench: string | undefined): BenchResults['m
   };
 }
 
-const localDate = (d = new Date()) => `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, '0')}-${String(d.getDate()).padStart(2, '0')}`;
+const localDate = (d = new Date()) =>
+  `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, '0')}-${String(d.getDate()).padStart(2, '0')}`;
 
 async function pgbenchVersion(bin: string): Promise<string | undefined> {
   const { execFile } = await import('node:child_process');
@@ -895,7 +976,14 @@ async function pgbenchVersion(bin: string): Promise<string | undefined> {
 async function main(): Promise<number> {
   let args;
   try {
-    args = parseArgs({ options: { quick: { type: 'boolean' }, profile: { type: 'boolean' }, 'no-profile': { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } }).values;
+    args = parseArgs({
+      options: {
+        quick: { type: 'boolean' },
+        profile: { type: 'boolean' },
+        'no-profile': { type: 'boolean' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }).values;
   } catch (err) {
     console.error(`bench: ${(err as Error).message}\n${USAGE}`);
     return 2;
@@ -944,7 +1032,15 @@ async function main(): Promise<number> {
   const perStepMs = estimateMs(plan, Boolean(pgbenchBin)) / (stepCount + SCENARIOS.length);
   const progress = new Progress(stepCount + SCENARIOS.length, perStepMs);
   const loadAvgStart = os.loadavg();
-  const ctx: Context = { plan, progress, sampler: new ConnectionSampler(samplerClient, db.name, SAMPLER_INTERVAL_MS), samplerClient, db, steps: [], notes: [] };
+  const ctx: Context = {
+    plan,
+    progress,
+    sampler: new ConnectionSampler(samplerClient, db.name, SAMPLER_INTERVAL_MS),
+    samplerClient,
+    db,
+    steps: [],
+    notes: [],
+  };
   const scenarios: ScenarioResult[] = [];
   let gatewayPool: PoolStats | undefined;
   let edgeNodePool: PoolStats | undefined;
@@ -982,7 +1078,8 @@ async function main(): Promise<number> {
         for (const c of plan.conc.pgbench) await pgbenchStep(ctx, pgbenchBin, c);
       } catch (err) {
         ctx.notes.push(`pgbench could not run: ${(err as Error).message}`);
-        for (const c of plan.conc.pgbench) ctx.steps.push({ target: 'pgbench', connections: c, skipped: `pgbench failed: ${(err as Error).message}` });
+        for (const c of plan.conc.pgbench)
+          ctx.steps.push({ target: 'pgbench', connections: c, skipped: `pgbench failed: ${(err as Error).message}` });
       }
     } else {
       ctx.notes.push('pgbench is not installed (looked on PATH and in /usr/bin): no pgbench baseline.');
@@ -1016,8 +1113,24 @@ async function main(): Promise<number> {
       await prime(ctx, gateway, SUMMARY, 8);
       for (const c of plan.conc['gateway-summary']) await httpStep(ctx, 'gateway-summary', c, gateway, SUMMARY);
       const g = gateway?.urls.url;
-      scenarios.push(await scenario(ctx, 'pool-20', g ? Array.from({ length: 20 }, () => ({ url: `${g}${READ.path}` })) : undefined, MATCH['gateway-read'], POOL_MAX));
-      scenarios.push(await scenario(ctx, 'stress-100', g ? Array.from({ length: 100 }, () => ({ url: `${g}${READ.path}` })) : undefined, MATCH['gateway-read'], POOL_MAX));
+      scenarios.push(
+        await scenario(
+          ctx,
+          'pool-20',
+          g ? Array.from({ length: 20 }, () => ({ url: `${g}${READ.path}` })) : undefined,
+          MATCH['gateway-read'],
+          POOL_MAX,
+        ),
+      );
+      scenarios.push(
+        await scenario(
+          ctx,
+          'stress-100',
+          g ? Array.from({ length: 100 }, () => ({ url: `${g}${READ.path}` })) : undefined,
+          MATCH['gateway-read'],
+          POOL_MAX,
+        ),
+      );
       gatewayPool = await poolStats(g);
       await stop(gateway);
     }
@@ -1032,9 +1145,18 @@ async function main(): Promise<number> {
       await prime(ctx, topo, WRITE, 16);
       for (const c of plan.conc['edge-write']) await httpStep(ctx, 'edge-write', c, topo, WRITE);
       const e = topo?.urls.url;
-      scenarios.push(await scenario(ctx, 'neon-50', e ? Array.from({ length: 50 }, () => ({ url: `${e}${READ.path}` })) : undefined, MATCH['edge-read-http']));
+      scenarios.push(
+        await scenario(
+          ctx,
+          'neon-50',
+          e ? Array.from({ length: 50 }, () => ({ url: `${e}${READ.path}` })) : undefined,
+          MATCH['edge-read-http'],
+        ),
+      );
       const mixed = e
-        ? Array.from({ length: 50 }, (_, i): BurstRequest => (i % 2 === 0 ? { url: `${e}${READ.path}` } : { url: `${e}${WRITE.path}`, method: 'POST', body: WRITE_BODY }))
+        ? Array.from({ length: 50 }, (_, i): BurstRequest =>
+            i % 2 === 0 ? { url: `${e}${READ.path}` } : { url: `${e}${WRITE.path}`, method: 'POST', body: WRITE_BODY },
+          )
         : undefined;
       scenarios.push(await scenario(ctx, 'mixed-50', mixed, (a) => a.startsWith(NEON_APP) || a === APP.edgeNode));
       // Reported in the guide's order.
@@ -1055,7 +1177,14 @@ async function main(): Promise<number> {
       durationSec: progress.elapsedMs / 1000,
       machine: { ...machine(db.postgres, undefined), loadAvg: { start: loadAvgStart, end: os.loadavg() } },
       database: { server: db.server, name: db.name, maxConnections: db.maxConnections },
-      settings: { warmupMs: plan.warmupMs, durationMs: plan.durationMs, pairRounds: plan.pairRounds, samplerIntervalMs: SAMPLER_INTERVAL_MS, poolMax: POOL_MAX, concurrencies: plan.conc },
+      settings: {
+        warmupMs: plan.warmupMs,
+        durationMs: plan.durationMs,
+        pairRounds: plan.pairRounds,
+        samplerIntervalMs: SAMPLER_INTERVAL_MS,
+        poolMax: POOL_MAX,
+        concurrencies: plan.conc,
+      },
       steps: ctx.steps,
       ...(gatewayPool ? { gatewayPool } : {}),
       ...(edgeNodePool ? { edgeNodePool } : {}),
@@ -1068,14 +1197,25 @@ async function main(): Promise<number> {
     const wantProfile = args['no-profile'] ? false : args.profile ? true : mode === 'full' && missed.length > 0;
     if (wantProfile) {
       progress.addSteps(2);
-      progress.note(`  ${missed.length ? `missed: ${missed.map((t) => t.id).join(', ')}; ` : ''}profiling the ceiling and the gateway at ${PROFILE_CONNECTIONS} connections…`);
+      progress.note(
+        `  ${missed.length ? `missed: ${missed.map((t) => t.id).join(', ')}; ` : ''}profiling the ceiling and the gateway at ${PROFILE_CONNECTIONS} connections…`,
+      );
       profile = await profilePhase(ctx);
     } else if (missed.length) {
-      profile = { skipped: args['no-profile'] ? 'disabled with --no-profile' : 'the quick pass does not profile; run the full `npm run bench` (or add --profile)' };
+      profile = {
+        skipped: args['no-profile']
+          ? 'disabled with --no-profile'
+          : 'the quick pass does not profile; run the full `npm run bench` (or add --profile)',
+      };
     }
 
     const d = draft();
-    const results: BenchResults = { ...d, machine: { ...d.machine, ...machine(db.postgres, pgbenchBin ? await pgbenchVersion(pgbenchBin) : undefined) }, targets, ...(profile ? { profile } : {}) };
+    const results: BenchResults = {
+      ...d,
+      machine: { ...d.machine, ...machine(db.postgres, pgbenchBin ? await pgbenchVersion(pgbenchBin) : undefined) },
+      targets,
+      ...(profile ? { profile } : {}),
+    };
     const outDir = fileURLToPath(new URL('./results/', import.meta.url));
     mkdirSync(outDir, { recursive: true });
     const base = join(outDir, mode === 'quick' ? `${results.date}-quick` : results.date);

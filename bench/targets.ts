@@ -108,7 +108,10 @@ export function startConnectPerRequest(cfg: Pick<TargetConfig, 'databaseUrl' | '
     client.on('error', () => {});
     await client.connect();
     try {
-      return await getUser(queryOnlyDb((text, params) => client.query(text, params)), id);
+      return await getUser(
+        queryOnlyDb((text, params) => client.query(text, params)),
+        id,
+      );
     } finally {
       await client.end();
     }
@@ -118,7 +121,12 @@ export function startConnectPerRequest(cfg: Pick<TargetConfig, 'databaseUrl' | '
 
 /** Baseline (b), the ceiling: a pg.Pool and nothing else between the route and the query. */
 export function startCeiling(cfg: Pick<TargetConfig, 'databaseUrl' | 'applicationName' | 'poolMax'>): Promise<BaselineServer> {
-  const pool = new pg.Pool({ connectionString: cfg.databaseUrl, application_name: cfg.applicationName, max: cfg.poolMax, idleTimeoutMillis: 30_000 });
+  const pool = new pg.Pool({
+    connectionString: cfg.databaseUrl,
+    application_name: cfg.applicationName,
+    max: cfg.poolMax,
+    idleTimeoutMillis: 30_000,
+  });
   pool.on('error', () => {});
   const db = queryOnlyDb((text, params) => pool.query(text, params));
   return serveApp(
@@ -132,7 +140,11 @@ export function startCeiling(cfg: Pick<TargetConfig, 'databaseUrl' | 'applicatio
 
 const MARK = '@@bench ';
 
-async function startInChild(kind: TargetKind, cfg: TargetConfig, log: (line: string) => void): Promise<{ urls: TargetUrls; close(): Promise<unknown> }> {
+async function startInChild(
+  kind: TargetKind,
+  cfg: TargetConfig,
+  log: (line: string) => void,
+): Promise<{ urls: TargetUrls; close(): Promise<unknown> }> {
   switch (kind) {
     case 'connect': {
       const s = await startConnectPerRequest(cfg);

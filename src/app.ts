@@ -65,7 +65,15 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   const log = deps.log ?? (() => {});
   const app = new Hono<AppEnv>();
 
-  app.use('*', connStats({ registry: deps.registry, database: deps.database, requestTimeoutMs: deps.requestTimeoutMs ?? 15_000, readHeader: deps.readHeader }));
+  app.use(
+    '*',
+    connStats({
+      registry: deps.registry,
+      database: deps.database,
+      requestTimeoutMs: deps.requestTimeoutMs ?? 15_000,
+      readHeader: deps.readHeader,
+    }),
+  );
   // Health and stats keep answering while draining (readiness then says so); the API refuses.
   if (deps.drain) app.use('/api/*', deps.drain.middleware);
   app.use('*', async (c, next) => {
@@ -73,11 +81,16 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     await next();
   });
 
-  app.route('/', opsRoutes({ database: deps.database, registry: deps.registry, drain: deps.drain, readyTimeoutMs: deps.readyTimeoutMs ?? 1000 }));
+  app.route(
+    '/',
+    opsRoutes({ database: deps.database, registry: deps.registry, drain: deps.drain, readyTimeoutMs: deps.readyTimeoutMs ?? 1000 }),
+  );
 
   for (const route of fitnessRoutes) {
     const handler: Handler<AppEnv> =
-      route.kind === 'transactional' && deps.transactional ? deps.transactional(route) : runHere(route, deps.idempotencyTtlMs ?? 86_400_000);
+      route.kind === 'transactional' && deps.transactional
+        ? deps.transactional(route)
+        : runHere(route, deps.idempotencyTtlMs ?? 86_400_000);
     app.on(
       route.method,
       route.path,

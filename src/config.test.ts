@@ -21,7 +21,15 @@ describe('parseConfig', () => {
     expect(c.databaseUrl).toBeUndefined();
     expect(c.port).toBe(8787);
     expect(c.host).toBe('127.0.0.1');
-    expect(c.pool).toMatchObject({ max: 20, min: 2, acquireTimeoutMs: 5000, queueMax: 1000, statementTimeoutMs: 30_000, queryTimeoutMs: 31_000, applicationName: 'poolgate' });
+    expect(c.pool).toMatchObject({
+      max: 20,
+      min: 2,
+      acquireTimeoutMs: 5000,
+      queueMax: 1000,
+      statementTimeoutMs: 30_000,
+      queryTimeoutMs: 31_000,
+      applicationName: 'poolgate',
+    });
     expect(c.bodyLimitBytes).toBe(64 * 1024);
     expect(c.logLevel).toBe('info');
   });

@@ -142,7 +142,11 @@ export const isDevelopment = (env: Env) => (env.POOLGATE_ENV ?? env.NODE_ENV ?? 
 function secret(env: Env, development: boolean, required: boolean): string | undefined {
   const value = env.FORWARD_SECRET?.trim() || undefined;
   if (value === undefined) {
-    if (required && !development) throw new ConfigError('FORWARD_SECRET', 'is required (a random string of at least 32 characters shared by the edge and the Node function)');
+    if (required && !development)
+      throw new ConfigError(
+        'FORWARD_SECRET',
+        'is required (a random string of at least 32 characters shared by the edge and the Node function)',
+      );
     return undefined;
   }
   if (value.length < MIN_SECRET_LENGTH && !development) {

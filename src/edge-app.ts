@@ -31,6 +31,12 @@ export function createEdgeApp(config: EdgeConfig, deps: EdgeAppDeps): Hono<AppEn
     bodyLimitBytes: config.bodyLimitBytes,
     requestTimeoutMs: config.requestTimeoutMs,
     log: deps.log,
-    transactional: forwardTo({ targetUrl: config.nodeFunctionUrl, secret: config.forwardSecret, timeoutMs: config.forwardTimeoutMs, fetch: deps.fetch, breaker: forwarder }),
+    transactional: forwardTo({
+      targetUrl: config.nodeFunctionUrl,
+      secret: config.forwardSecret,
+      timeoutMs: config.forwardTimeoutMs,
+      fetch: deps.fetch,
+      breaker: forwarder,
+    }),
   });
 }

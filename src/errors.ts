@@ -107,7 +107,11 @@ export function isConnectionError(err: unknown): boolean {
   if (CONNECTION_CODES.has(code) || code.startsWith('08')) return true;
   const msg = typeof e.message === 'string' ? e.message : '';
   // The Neon HTTP driver reports transport failures as a NeonDbError without a SQLSTATE.
-  if ((e as { name?: unknown }).name === 'NeonDbError' && !code && /^(Error connecting to database|Server error \(HTTP status 5)/.test(msg)) {
+  if (
+    (e as { name?: unknown }).name === 'NeonDbError' &&
+    !code &&
+    /^(Error connecting to database|Server error \(HTTP status 5)/.test(msg)
+  ) {
     return true;
   }
   return /Connection terminated|connection timeout|Client has encountered a connection error|Connection ended|not queryable|timeout expired/i.test(

@@ -85,7 +85,9 @@ export function createNeonDatabase(options: NeonDatabaseOptions): Database {
         observer.served('neon-http');
         const t0 = now();
         try {
-          const res = await bounded(observer, (signal) => sql.query(text, params as unknown[], { fullResults: true, fetchOptions: { signal } }));
+          const res = await bounded(observer, (signal) =>
+            sql.query(text, params as unknown[], { fullResults: true, fetchOptions: { signal } }),
+          );
           return { rows: res.rows as R[], rowCount: res.rowCount ?? null };
         } finally {
           observer.queried(now() - t0);

@@ -176,9 +176,16 @@ export function createPgPoolDatabase(options: PgPoolDatabaseOptions, deps: PgPoo
       cancelledCount++;
       // Still held CANCEL_GRACE_MS later: the cancel did not get through. Cutting the socket fails
       // the pending statement as a lost connection (the request ends; the lease is destroyed).
-      cut = setTimeout(() => (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy(), CANCEL_GRACE_MS);
+      cut = setTimeout(
+        () => (client as unknown as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy(),
+        CANCEL_GRACE_MS,
+      );
       (cut as { unref?: () => void }).unref?.();
-      const canceller = new Client({ connectionString: options.connectionString, application_name: `${options.applicationName}-cancel`, connectionTimeoutMillis: 2_000 });
+      const canceller = new Client({
+        connectionString: options.connectionString,
+        application_name: `${options.applicationName}-cancel`,
+        connectionTimeoutMillis: 2_000,
+      });
       canceller.on('error', () => {});
       canceller
         .connect()

@@ -65,7 +65,11 @@ export async function runIdempotent(db: Db, opts: IdempotentOptions, run: (db: D
       if (stored.request_hash !== opts.hash) {
         throw new AppError(422, 'idempotency_key_reused', 'This Idempotency-Key was used for a different request.');
       }
-      return { status: stored.status as RouteResult['status'], body: stored.body === null ? undefined : JSON.parse(stored.body), replayed: true };
+      return {
+        status: stored.status as RouteResult['status'],
+        body: stored.body === null ? undefined : JSON.parse(stored.body),
+        replayed: true,
+      };
     }
     await tx.query('DELETE FROM idempotency_keys WHERE key = $1', [opts.key]); // an expired record, if any
     const result = await run(bindToTransaction(tx, db.kind));

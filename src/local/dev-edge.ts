@@ -43,7 +43,8 @@ export async function startWranglerDev(options: WranglerDevOptions): Promise<Wra
   const host = options.host ?? '127.0.0.1';
   const log = options.log ?? console.log;
   const lines = Object.entries(options.secrets).map(([k, v]) => {
-    if (!SAFE_VALUE.test(v)) throw new Error(`${k} holds a quote, backslash, dollar sign or newline, which cannot be passed to wrangler dev safely`);
+    if (!SAFE_VALUE.test(v))
+      throw new Error(`${k} holds a quote, backslash, dollar sign or newline, which cannot be passed to wrangler dev safely`);
     return `${k}="${v}"`;
   });
   const dir = await mkdtemp(join(tmpdir(), 'poolgate-wrangler-'));
@@ -54,10 +55,14 @@ export async function startWranglerDev(options: WranglerDevOptions): Promise<Wra
   const args = [
     join(root, 'node_modules/wrangler/bin/wrangler.js'),
     'dev',
-    '--config', join(root, 'wrangler.toml'),
-    '--port', String(options.port),
-    '--ip', host,
-    '--env-file', envFile,
+    '--config',
+    join(root, 'wrangler.toml'),
+    '--port',
+    String(options.port),
+    '--ip',
+    host,
+    '--env-file',
+    envFile,
     '--show-interactive-dev-session=false',
     ...Object.entries(options.vars).flatMap(([k, v]) => ['--var', `${k}:${v}`]),
   ];

@@ -62,7 +62,13 @@ export async function startTopology(env: Env, log: (line: string) => void = cons
     }
 
     const gateway: Gateway = await startGateway(
-      { ...env, DATABASE_URL: databaseUrl, PORT: String(nodePort), FORWARD_SECRET: forwardSecret, SEED: env.DATABASE_URL ? env.SEED : 'true' },
+      {
+        ...env,
+        DATABASE_URL: databaseUrl,
+        PORT: String(nodePort),
+        FORWARD_SECRET: forwardSecret,
+        SEED: env.DATABASE_URL ? env.SEED : 'true',
+      },
       { log },
     );
     stops.push(() => gateway.close());
@@ -98,7 +104,9 @@ export async function startTopology(env: Env, log: (line: string) => void = cons
       stops.push(() => mf.dispose());
       edgeUrl = (await mf.ready).toString().replace(/\/$/, '');
     }
-    log(`poolgate: edge app (${options.edge === 'wrangler' ? 'wrangler dev' : 'workerd'}) on ${edgeUrl} → reads via Neon proxy, writes forwarded to ${gateway.url}`);
+    log(
+      `poolgate: edge app (${options.edge === 'wrangler' ? 'wrangler dev' : 'workerd'}) on ${edgeUrl} → reads via Neon proxy, writes forwarded to ${gateway.url}`,
+    );
     return { edgeUrl, nodeUrl: gateway.url, proxyUrl: proxy.url, close };
   } catch (err) {
     await close();
@@ -125,7 +133,10 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<void
     if (stopping) return;
     stopping = true;
     console.log(`poolgate: ${signal}, stopping`);
-    topology.close().then(() => process.exit(0), () => process.exit(1));
+    topology.close().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
   };
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('SIGTERM', () => stop('SIGTERM'));

@@ -107,7 +107,12 @@ export function responseHeaders(c: Context): Record<string, string> {
   return { 'server-timing': serverTiming(metrics, now() - metrics.startedAt), 'x-request-id': requestIdOf(c) };
 }
 
-export const connStats = ({ registry, database, requestTimeoutMs, readHeader }: ConnStatsOptions): MiddlewareHandler<{ Variables: ConnStatsVariables }> =>
+export const connStats = ({
+  registry,
+  database,
+  requestTimeoutMs,
+  readHeader,
+}: ConnStatsOptions): MiddlewareHandler<{ Variables: ConnStatsVariables }> =>
   async function connStats(c, next) {
     if (c.get('metrics')) return next(); // installed twice: the outer one records
     const incoming = readHeader ? readHeader(c, 'x-request-id') : c.req.header('x-request-id');

@@ -58,7 +58,8 @@ export const forwardTo = (options: ForwardOptions) => {
       metrics.served('forwarded');
       const url = new URL(c.req.url);
       const pathWithQuery = url.pathname + url.search;
-      const body = c.req.method === 'GET' || c.req.method === 'HEAD' ? new Uint8Array() : await readBodyBytes(c.req.raw, c.get('bodyLimitBytes'));
+      const body =
+        c.req.method === 'GET' || c.req.method === 'HEAD' ? new Uint8Array() : await readBodyBytes(c.req.raw, c.get('bodyLimitBytes'));
 
       const headers = new Headers();
       for (const name of PASS_REQUEST_HEADERS) {
@@ -77,7 +78,9 @@ export const forwardTo = (options: ForwardOptions) => {
           try {
             // A fresh nonce per attempt: the Node side refuses a signature it has seen.
             headers.set(SIGNATURE_HEADER, await sign({ method: c.req.method, pathWithQuery, body }));
-            return await breaker.execute(() => send(base + pathWithQuery, c.req.method, headers, body, timeoutMs - (now() - started), metrics, doFetch));
+            return await breaker.execute(() =>
+              send(base + pathWithQuery, c.req.method, headers, body, timeoutMs - (now() - started), metrics, doFetch),
+            );
           } catch (err) {
             if (attempt >= 1 || !mayResend(err, hasKey) || now() - started >= timeoutMs || !budget.trySpend()) throw toForwardError(err);
             metrics.retried?.();
@@ -90,13 +93,27 @@ export const forwardTo = (options: ForwardOptions) => {
     };
 };
 
-async function send(url: string, method: string, headers: Headers, body: Uint8Array<ArrayBuffer>, timeoutMs: number, metrics: { upstreamTiming?: string }, doFetch: typeof fetch = fetch): Promise<Response> {
+async function send(
+  url: string,
+  method: string,
+  headers: Headers,
+  body: Uint8Array<ArrayBuffer>,
+  timeoutMs: number,
+  metrics: { upstreamTiming?: string },
+  doFetch: typeof fetch = fetch,
+): Promise<Response> {
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), Math.max(1, timeoutMs));
   try {
     let res: Response;
     try {
-      res = await doFetch(url, { method, headers, body: body.byteLength ? body : undefined, signal: controller.signal, redirect: 'manual' });
+      res = await doFetch(url, {
+        method,
+        headers,
+        body: body.byteLength ? body : undefined,
+        signal: controller.signal,
+        redirect: 'manual',
+      });
     } catch (err) {
       if (controller.signal.aborted) throw new AppError(504, 'upstream_timeout', TIMEOUT_MESSAGE, { cause: err });
       throw new Unreachable('forward failed before a response', { cause: err });
@@ -125,7 +142,10 @@ const TIMEOUT_MESSAGE = 'The transactional backend did not answer in time; the o
 
 function toForwardError(err: unknown): unknown {
   if (err instanceof Unreachable) {
-    return new AppError(503, 'upstream_unavailable', 'The transactional backend is unreachable; try again shortly.', { retryAfterSec: 2, cause: err });
+    return new AppError(503, 'upstream_unavailable', 'The transactional backend is unreachable; try again shortly.', {
+      retryAfterSec: 2,
+      cause: err,
+    });
   }
   return err;
 }

@@ -19,7 +19,12 @@ export const verifyForward = (options: VerifyForwardOptions): MiddlewareHandler<
   return async function verifyForward(c, next) {
     const url = new URL(c.req.url);
     const body = await takeBody(c);
-    const result = await verify({ method: c.req.method, pathWithQuery: url.pathname + url.search, header: c.req.header(SIGNATURE_HEADER), body });
+    const result = await verify({
+      method: c.req.method,
+      pathWithQuery: url.pathname + url.search,
+      header: c.req.header(SIGNATURE_HEADER),
+      body,
+    });
     if (!result.ok) {
       options.onReject?.(result.reason);
       throw new AppError(401, 'unauthorized', 'This endpoint only accepts requests signed by the poolgate edge.');

@@ -41,7 +41,7 @@ describe('isRetryable: the one retry decision', () => {
     for (const scope of SCOPES) expect(isRetryable(pgError('57014', 'canceling statement due to statement timeout'), scope)).toBe(false);
   });
 
-  it("caller mistakes and constraint violations are never retried", () => {
+  it('caller mistakes and constraint violations are never retried', () => {
     for (const code of ['23505', '23503', '22P02', '42P01', '25006']) {
       for (const scope of SCOPES) expect(isRetryable(pgError(code), scope), `${code} ${scope}`).toBe(false);
     }

@@ -23,10 +23,25 @@ function build(): Hono<AppEnv> {
   if (!config.databaseUrl) throw new ConfigError('DATABASE_URL', 'is required for the Node function');
   if (!config.forwardSecret) throw new ConfigError('FORWARD_SECRET', 'is required for the Node function');
   const log = (line: string) => console.log(line);
-  const database = createPgPoolDatabase({ ...config.pool, connectionString: config.databaseUrl, requestTimeoutMs: config.requestTimeoutMs }, { Pool: pg.Pool, Client: pg.Client, log });
-  const registry = new StatsRegistry({ scope: 'netlify-function instance', pool: () => database.stats(), breakers: () => database.breakers() });
+  const database = createPgPoolDatabase(
+    { ...config.pool, connectionString: config.databaseUrl, requestTimeoutMs: config.requestTimeoutMs },
+    { Pool: pg.Pool, Client: pg.Client, log },
+  );
+  const registry = new StatsRegistry({
+    scope: 'netlify-function instance',
+    pool: () => database.stats(),
+    breakers: () => database.breakers(),
+  });
   const verify = verifyForward({ secret: config.forwardSecret, onReject: (reason) => log(`poolgate: refused forward (${reason})`) });
-  return createApp({ database, registry, bodyLimitBytes: config.bodyLimitBytes, idempotencyTtlMs: config.idempotencyTtlMs, requestTimeoutMs: config.requestTimeoutMs, log, verify });
+  return createApp({
+    database,
+    registry,
+    bodyLimitBytes: config.bodyLimitBytes,
+    idempotencyTtlMs: config.idempotencyTtlMs,
+    requestTimeoutMs: config.requestTimeoutMs,
+    log,
+    verify,
+  });
 }
 
 export default async function gateway(request: Request): Promise<Response> {

@@ -61,7 +61,10 @@ export async function startGateway(env: Record<string, string | undefined>, opti
     log(`poolgate: embedded PGlite on 127.0.0.1:${embedded.port} (data in ${config.embeddedDataDir})`);
   }
 
-  const database = createPgPoolDatabase({ ...config.pool, connectionString, requestTimeoutMs: config.requestTimeoutMs }, { Pool: pg.Pool, Client: pg.Client, log });
+  const database = createPgPoolDatabase(
+    { ...config.pool, connectionString, requestTimeoutMs: config.requestTimeoutMs },
+    { Pool: pg.Pool, Client: pg.Client, log },
+  );
   const registry = new StatsRegistry({ scope: 'node', pool: () => database.stats(), breakers: () => database.breakers() });
   const drain = new Drain();
   let server: ServerType | undefined;
@@ -77,9 +80,22 @@ export async function startGateway(env: Record<string, string | undefined>, opti
     await database.warm();
 
     const verify = config.forwardSecret
-      ? verifyForward({ secret: config.forwardSecret, onReject: (reason) => log(`poolgate: refused an unsigned or bad forward (${reason})`) })
+      ? verifyForward({
+          secret: config.forwardSecret,
+          onReject: (reason) => log(`poolgate: refused an unsigned or bad forward (${reason})`),
+        })
       : undefined;
-    const app = createApp({ database, registry, drain, bodyLimitBytes: config.bodyLimitBytes, idempotencyTtlMs: config.idempotencyTtlMs, requestTimeoutMs: config.requestTimeoutMs, log, verify, readHeader });
+    const app = createApp({
+      database,
+      registry,
+      drain,
+      bodyLimitBytes: config.bodyLimitBytes,
+      idempotencyTtlMs: config.idempotencyTtlMs,
+      requestTimeoutMs: config.requestTimeoutMs,
+      log,
+      verify,
+      readHeader,
+    });
     server = await new Promise<ServerType>((resolve, reject) => {
       const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s));
       s.once('error', reject);
@@ -96,8 +112,10 @@ export async function startGateway(env: Record<string, string | undefined>, opti
     if (err instanceof ConfigError) throw err;
     // An open breaker at start-up means every connect attempt before it failed: unreachable too.
     const unreachable = isConnectionError(err) || (err instanceof AppError && err.code === 'circuit_open');
-    if (unreachable) throw new StartupError(`cannot reach the ${describeDatabase(config.databaseUrl)} (${describeError(err)}); check DATABASE_URL`);
-    if ((err as { code?: string }).code === 'EADDRINUSE') throw new StartupError(`port ${config.port} on ${config.host} is in use; set PORT`);
+    if (unreachable)
+      throw new StartupError(`cannot reach the ${describeDatabase(config.databaseUrl)} (${describeError(err)}); check DATABASE_URL`);
+    if ((err as { code?: string }).code === 'EADDRINUSE')
+      throw new StartupError(`port ${config.port} on ${config.host} is in use; set PORT`);
     if ((err as { code?: string }).code === '28P01' || (err as { code?: string }).code === '28000') {
       throw new StartupError(`the database refused the credentials (${describeError(err)}); check DATABASE_URL`);
     }
@@ -106,7 +124,9 @@ export async function startGateway(env: Record<string, string | undefined>, opti
 
   const port = (server.address() as AddressInfo).port;
   const url = `http://${config.host}:${port}`;
-  log(`poolgate: Node gateway on ${url} → ${describeDatabase(config.databaseUrl)} (pool max ${config.pool.max}, ${config.pool.min} warm${config.forwardSecret ? ', signed forwards only' : ''})`);
+  log(
+    `poolgate: Node gateway on ${url} → ${describeDatabase(config.databaseUrl)} (pool max ${config.pool.max}, ${config.pool.min} warm${config.forwardSecret ? ', signed forwards only' : ''})`,
+  );
 
   // Expired idempotency records are ignored already; this only keeps the table from growing.
   const purger = database.forRequest({ acquired() {}, queried() {}, served() {}, internal: true });
@@ -158,9 +178,16 @@ const CLIENT_ERRORS: Record<string, [status: number, reason: string, code: Error
 function answerClientError(err: NodeJS.ErrnoException, socket: Socket): void {
   const inFlight = (socket as unknown as { _httpMessage?: { headersSent?: boolean } })._httpMessage;
   if (socket.writable && !inFlight?.headersSent && err.code !== 'ECONNRESET') {
-    const [status, reason, code, message] = CLIENT_ERRORS[err.code ?? ''] ?? [400, 'Bad Request', 'validation_failed', 'The request is not valid HTTP; check its Content-Length and chunked framing.'];
+    const [status, reason, code, message] = CLIENT_ERRORS[err.code ?? ''] ?? [
+      400,
+      'Bad Request',
+      'validation_failed',
+      'The request is not valid HTTP; check its Content-Length and chunked framing.',
+    ];
     const body = JSON.stringify({ error: { code, message, requestId: crypto.randomUUID() } });
-    socket.write(`HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+    socket.write(
+      `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    );
   }
   socket.destroy(err);
 }

@@ -32,7 +32,13 @@ describe('forward signatures', () => {
   it('refuses a missing or malformed header', async () => {
     const { verify } = setup();
     for (const header of [undefined, null, '']) expect(await verify({ ...req, header })).toEqual({ ok: false, reason: 'missing' });
-    for (const header of ['garbage', 't=1,n=short,v1=x', `t=${T0},n=abcdefgh,v1=${'A'.repeat(42)}`, `t=${T0},n=abc/defgh,v1=${'A'.repeat(43)}`, `n=abcdefgh,t=${T0},v1=${'A'.repeat(43)}`]) {
+    for (const header of [
+      'garbage',
+      't=1,n=short,v1=x',
+      `t=${T0},n=abcdefgh,v1=${'A'.repeat(42)}`,
+      `t=${T0},n=abc/defgh,v1=${'A'.repeat(43)}`,
+      `n=abcdefgh,t=${T0},v1=${'A'.repeat(43)}`,
+    ]) {
       expect(await verify({ ...req, header }), header).toEqual({ ok: false, reason: 'malformed' });
     }
   });
@@ -100,8 +106,12 @@ describe('forward signatures', () => {
           const header = await sign({ method: 'POST', pathWithQuery: '/api/x', body, timestampSec: T0 });
           const tampered = Uint8Array.from(body);
           tampered[i] = tampered[i]! ^ flip;
-          expect(await verify({ method: 'POST', pathWithQuery: '/api/x', body: tampered, header })).toEqual({ ok: false, reason: 'bad_signature' });
-          if (path !== '/api/x') expect(await verify({ method: 'POST', pathWithQuery: path, body, header })).toEqual({ ok: false, reason: 'bad_signature' });
+          expect(await verify({ method: 'POST', pathWithQuery: '/api/x', body: tampered, header })).toEqual({
+            ok: false,
+            reason: 'bad_signature',
+          });
+          if (path !== '/api/x')
+            expect(await verify({ method: 'POST', pathWithQuery: path, body, header })).toEqual({ ok: false, reason: 'bad_signature' });
           expect(await verify({ method: 'POST', pathWithQuery: '/api/x', body, header })).toEqual({ ok: true });
         },
       ),

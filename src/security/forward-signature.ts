@@ -50,7 +50,11 @@ export function createForwardSigner(secret: string): (input: SignInput) => Promi
   return async (input) => {
     const t = input.timestampSec ?? Math.floor(Date.now() / 1000);
     const nonce = input.nonce ?? crypto.randomUUID();
-    const mac = await crypto.subtle.sign('HMAC', await key, (await canonical(t, nonce, input.method, input.pathWithQuery, input.body)) as BufferSource);
+    const mac = await crypto.subtle.sign(
+      'HMAC',
+      await key,
+      (await canonical(t, nonce, input.method, input.pathWithQuery, input.body)) as BufferSource,
+    );
     return `t=${t},n=${nonce},v1=${b64url(mac)}`;
   };
 }
@@ -67,7 +71,9 @@ export interface VerifierOptions {
 export type VerifyResult = { ok: true } | { ok: false; reason: 'missing' | 'malformed' | 'stale' | 'bad_signature' | 'replayed' | 'busy' };
 
 /** Returns a verifier bound to `secret`; it keeps the nonces it has accepted. */
-export function createForwardVerifier(options: VerifierOptions): (req: { method: string; pathWithQuery: string; header: string | null | undefined; body: Uint8Array }) => Promise<VerifyResult> {
+export function createForwardVerifier(
+  options: VerifierOptions,
+): (req: { method: string; pathWithQuery: string; header: string | null | undefined; body: Uint8Array }) => Promise<VerifyResult> {
   const key = importKey(options.secret, 'verify');
   const maxAge = options.maxAgeSec ?? 300;
   const clock = options.clock ?? Date.now;

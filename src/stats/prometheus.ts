@@ -17,14 +17,17 @@ export function renderPrometheus(snap: StatsSnapshot): string {
   };
   const scope = { scope: snap.scope };
   type Row = [Record<string, string>, number];
-  const per = (f: (r: StatsSnapshot['routes'][number]) => number) => snap.routes.map((r): Row => [{ ...scope, method: r.method, route: r.route }, f(r)]);
+  const per = (f: (r: StatsSnapshot['routes'][number]) => number) =>
+    snap.routes.map((r): Row => [{ ...scope, method: r.method, route: r.route }, f(r)]);
 
   family(
     'poolgate_http_requests_total',
     'counter',
     'Requests served, by route pattern, status class and the database client that served them.',
     snap.routes.flatMap((r) =>
-      Object.entries(r.statusClasses).map(([cls, n]) => [{ ...scope, method: r.method, route: r.route, status_class: cls }, n] as [Record<string, string>, number]),
+      Object.entries(r.statusClasses).map(
+        ([cls, n]) => [{ ...scope, method: r.method, route: r.route, status_class: cls }, n] as [Record<string, string>, number],
+      ),
     ),
   );
   family(
@@ -32,22 +35,43 @@ export function renderPrometheus(snap: StatsSnapshot): string {
     'counter',
     'Requests by the database client that served them (pg-pool, neon-http, neon-ws, forwarded, none).',
     snap.routes.flatMap((r) =>
-      Object.entries(r.clients).map(([client, n]) => [{ ...scope, method: r.method, route: r.route, client }, n ?? 0] as [Record<string, string>, number]),
+      Object.entries(r.clients).map(
+        ([client, n]) => [{ ...scope, method: r.method, route: r.route, client }, n ?? 0] as [Record<string, string>, number],
+      ),
     ),
   );
   out.push('# HELP poolgate_http_request_duration_seconds Request latency over the most recent requests of each route.');
   out.push('# TYPE poolgate_http_request_duration_seconds summary');
   for (const r of snap.routes) {
     const base = { ...scope, method: r.method, route: r.route };
-    for (const [q, v] of [['0.5', r.latencyMs.p50], ['0.95', r.latencyMs.p95], ['0.99', r.latencyMs.p99]] as const) {
+    for (const [q, v] of [
+      ['0.5', r.latencyMs.p50],
+      ['0.95', r.latencyMs.p95],
+      ['0.99', r.latencyMs.p99],
+    ] as const) {
       out.push(`poolgate_http_request_duration_seconds${labels({ ...base, quantile: q })} ${v / 1000}`);
     }
     out.push(`poolgate_http_request_duration_seconds_sum${labels(base)} ${r.latencyMs.sum / 1000}`);
     out.push(`poolgate_http_request_duration_seconds_count${labels(base)} ${r.count}`);
   }
-  family('poolgate_db_time_seconds_total', 'counter', 'Time spent in database statements.', per((r) => r.dbTimeMs.sum / 1000));
-  family('poolgate_db_acquire_wait_seconds_total', 'counter', 'Time spent waiting for a database connection.', per((r) => r.acquireWaitMs.sum / 1000));
-  family('poolgate_db_queries_total', 'counter', 'Database statements run.', per((r) => r.queries.sum));
+  family(
+    'poolgate_db_time_seconds_total',
+    'counter',
+    'Time spent in database statements.',
+    per((r) => r.dbTimeMs.sum / 1000),
+  );
+  family(
+    'poolgate_db_acquire_wait_seconds_total',
+    'counter',
+    'Time spent waiting for a database connection.',
+    per((r) => r.acquireWaitMs.sum / 1000),
+  );
+  family(
+    'poolgate_db_queries_total',
+    'counter',
+    'Database statements run.',
+    per((r) => r.queries.sum),
+  );
 
   const p = snap.pool;
   if (p) {
@@ -63,26 +87,54 @@ export function renderPrometheus(snap: StatsSnapshot): string {
     family('poolgate_pool_acquisitions_total', 'counter', 'Connections handed to requests.', [[scope, p.acquisitionCount]]);
     family('poolgate_pool_reuse_ratio', 'gauge', 'Share of acquisitions that did not open a connection.', [[scope, p.reuseRate]]);
     family('poolgate_pool_errors_total', 'counter', 'Connection errors seen by the pool.', [[scope, p.errorCount]]);
-    family('poolgate_pool_acquire_timeouts_total', 'counter', 'Requests that gave up waiting for a connection.', [[scope, p.acquireTimeoutCount]]);
-    family('poolgate_pool_queue_rejected_total', 'counter', 'Requests refused at once because the wait queue was full.', [[scope, p.queueRejectedCount]]);
+    family('poolgate_pool_acquire_timeouts_total', 'counter', 'Requests that gave up waiting for a connection.', [
+      [scope, p.acquireTimeoutCount],
+    ]);
+    family('poolgate_pool_queue_rejected_total', 'counter', 'Requests refused at once because the wait queue was full.', [
+      [scope, p.queueRejectedCount],
+    ]);
   }
-  family('poolgate_retries_total', 'counter', 'Attempts repeated under the retry rules, by route.', per((r) => r.retryCount));
-  family('poolgate_idempotent_replays_total', 'counter', 'Responses served from a stored Idempotency-Key record.', per((r) => r.replayCount));
+  family(
+    'poolgate_retries_total',
+    'counter',
+    'Attempts repeated under the retry rules, by route.',
+    per((r) => r.retryCount),
+  );
+  family(
+    'poolgate_idempotent_replays_total',
+    'counter',
+    'Responses served from a stored Idempotency-Key record.',
+    per((r) => r.replayCount),
+  );
   if (p) {
     family('poolgate_pool_retries_total', 'counter', 'Retries made by the pool layer.', [[scope, p.retryCount]]);
     family('poolgate_pool_retries_denied_total', 'counter', 'Retries the retry budget refused.', [[scope, p.retryDeniedCount]]);
-    family('poolgate_pool_statements_cancelled_total', 'counter', 'Statements cancelled on the server at their deadline.', [[scope, p.cancelledCount]]);
+    family('poolgate_pool_statements_cancelled_total', 'counter', 'Statements cancelled on the server at their deadline.', [
+      [scope, p.cancelledCount],
+    ]);
   }
   family(
     'poolgate_breaker_state',
     'gauge',
     'Circuit breaker state per upstream (1 for the current state).',
     snap.breakers.flatMap((b) =>
-      (['closed', 'open', 'half-open'] as const).map((st) => [{ ...scope, upstream: b.name, state: st }, b.state === st ? 1 : 0] as [Record<string, string>, number]),
+      (['closed', 'open', 'half-open'] as const).map(
+        (st) => [{ ...scope, upstream: b.name, state: st }, b.state === st ? 1 : 0] as [Record<string, string>, number],
+      ),
     ),
   );
-  family('poolgate_breaker_opened_total', 'counter', 'Times a breaker opened.', snap.breakers.map((b) => [{ ...scope, upstream: b.name }, b.openedCount]));
-  family('poolgate_breaker_rejected_total', 'counter', 'Calls refused at once by an open breaker.', snap.breakers.map((b) => [{ ...scope, upstream: b.name }, b.rejectedCount]));
+  family(
+    'poolgate_breaker_opened_total',
+    'counter',
+    'Times a breaker opened.',
+    snap.breakers.map((b) => [{ ...scope, upstream: b.name }, b.openedCount]),
+  );
+  family(
+    'poolgate_breaker_rejected_total',
+    'counter',
+    'Calls refused at once by an open breaker.',
+    snap.breakers.map((b) => [{ ...scope, upstream: b.name }, b.rejectedCount]),
+  );
   family('poolgate_uptime_seconds', 'gauge', 'Seconds since this process or isolate started.', [[scope, snap.uptimeSeconds]]);
   return out.join('\n') + '\n';
 }

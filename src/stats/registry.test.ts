@@ -78,7 +78,11 @@ describe('StatsRegistry', () => {
   it('reads pool figures and breakers at snapshot time, and leaves them out when absent', () => {
     let total = 1;
     const pool = () => ({ max: 5, total, active: 0, idle: total, waiting: 0 }) as unknown as PoolStats;
-    const reg = new StatsRegistry({ scope: 'node', pool, breakers: () => [{ name: 'postgres', state: 'closed', openedCount: 0, rejectedCount: 0 }] });
+    const reg = new StatsRegistry({
+      scope: 'node',
+      pool,
+      breakers: () => [{ name: 'postgres', state: 'closed', openedCount: 0, rejectedCount: 0 }],
+    });
     expect(reg.snapshot().pool).toMatchObject({ total: 1 });
     total = 4;
     expect(reg.snapshot().pool).toMatchObject({ total: 4 });

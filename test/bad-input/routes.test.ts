@@ -55,7 +55,11 @@ let userId: string;
 /** 2xx creations seen, to check the row counts at the end. */
 const created = { users: 1, workouts: 0 };
 
-async function call(method: string, path: string, init: { body?: BodyInit | null; headers?: Record<string, string>; duplex?: 'half' } = {}): Promise<Answer> {
+async function call(
+  method: string,
+  path: string,
+  init: { body?: BodyInit | null; headers?: Record<string, string>; duplex?: 'half' } = {},
+): Promise<Answer> {
   const res = await fetch(`${t.url}${path}`, { method, ...init, signal: AbortSignal.timeout(20_000) } as RequestInit);
   const text = await res.text();
   let body: unknown;
@@ -68,7 +72,11 @@ async function call(method: string, path: string, init: { body?: BodyInit | null
 }
 
 /** The contract every answer keeps: a documented status, the error shape, no internals. */
-function check(a: { status: number; headers: Headers | Map<string, string>; text: string }, allowed: readonly number[], what: string): void {
+function check(
+  a: { status: number; headers: Headers | Map<string, string>; text: string },
+  allowed: readonly number[],
+  what: string,
+): void {
   const ctx = `${what} → ${a.status} ${a.text.slice(0, 300)}`;
   expect(allowed, ctx).toContain(a.status);
   expect(leaksIn(a.text, t.db), ctx).toEqual([]);
@@ -97,7 +105,34 @@ const objectText = (entries: [string, string][]) => `{${entries.map(([k, v]) => 
 
 // ---- arbitraries -------------------------------------------------------------------------------
 
-const SQL_BITS = ["'", '"', ';', '--', '/*', '*/', '\\', '%', '_', '$1', '$$', "E'", "' OR '1'='1", "'); DROP TABLE users; --", 'NULL', '\\x00', '`', '::text', 'é', '🏋️', '\u200b', '中文', ' ', 'a', 'Z', '0'];
+const SQL_BITS = [
+  "'",
+  '"',
+  ';',
+  '--',
+  '/*',
+  '*/',
+  '\\',
+  '%',
+  '_',
+  '$1',
+  '$$',
+  "E'",
+  "' OR '1'='1",
+  "'); DROP TABLE users; --",
+  'NULL',
+  '\\x00',
+  '`',
+  '::text',
+  'é',
+  '🏋️',
+  '\u200b',
+  '中文',
+  ' ',
+  'a',
+  'Z',
+  '0',
+];
 /** Strings rich in SQL metacharacters and unicode (no NUL, no lone surrogates: both tested apart). */
 const sqlish = fc.array(fc.constantFrom(...SQL_BITS), { minLength: 1, maxLength: 8 }).map((parts) => parts.join(''));
 
@@ -106,7 +141,17 @@ const nastyString = fc.oneof(
   sqlish,
   fc.string({ unit: 'grapheme', maxLength: 60 }),
   fc.string({ unit: 'binary', maxLength: 20 }), // lone surrogates and NUL included
-  fc.constantFrom('', ' ', '\u0000', 'x'.repeat(5_000), 'not-a-uuid', '2026-13-45T99:99:99Z', 'metric', 'imperial', '00000000-0000-4000-8000-000000000000'),
+  fc.constantFrom(
+    '',
+    ' ',
+    '\u0000',
+    'x'.repeat(5_000),
+    'not-a-uuid',
+    '2026-13-45T99:99:99Z',
+    'metric',
+    'imperial',
+    '00000000-0000-4000-8000-000000000000',
+  ),
 );
 const nastyValue: fc.Arbitrary<unknown> = fc.oneof(
   nastyString,
@@ -144,7 +189,13 @@ const shapedBody = (fields: string[], good: () => Record<string, unknown>) =>
     });
 
 const goodUser = () => ({ email: `u-${randomUUID()}@example.com`, name: 'Prop', preferences: { units: 'metric', weeklyGoal: 3 } });
-const goodWorkout = () => ({ userId, kind: 'run', startedAt: '2026-11-27T07:00:00Z', durationSeconds: 60, sets: [{ exercise: 'squat', reps: 5, weightKg: 20 }] });
+const goodWorkout = () => ({
+  userId,
+  kind: 'run',
+  startedAt: '2026-11-27T07:00:00Z',
+  durationSeconds: 60,
+  sets: [{ exercise: 'squat', reps: 5, weightKg: 20 }],
+});
 const goodPrefs = () => ({ units: 'imperial', weeklyGoal: 4 });
 
 const contentType = fc.constantFrom(
@@ -161,20 +212,48 @@ const contentType = fc.constantFrom(
 );
 
 const BODY_ROUTES = [
-  { method: 'POST', path: () => '/api/users', pattern: '/api/users', kind: 'users' as const, ok: [201, 409], fields: USER_FIELDS, good: goodUser },
-  { method: 'PATCH', path: () => `/api/users/${userId}/preferences`, pattern: '/api/users/:id/preferences', kind: undefined, ok: [200], fields: PREF_FIELDS, good: goodPrefs },
-  { method: 'POST', path: () => '/api/workouts', pattern: '/api/workouts', kind: 'workouts' as const, ok: [201], fields: WORKOUT_FIELDS, good: goodWorkout },
+  {
+    method: 'POST',
+    path: () => '/api/users',
+    pattern: '/api/users',
+    kind: 'users' as const,
+    ok: [201, 409],
+    fields: USER_FIELDS,
+    good: goodUser,
+  },
+  {
+    method: 'PATCH',
+    path: () => `/api/users/${userId}/preferences`,
+    pattern: '/api/users/:id/preferences',
+    kind: undefined,
+    ok: [200],
+    fields: PREF_FIELDS,
+    good: goodPrefs,
+  },
+  {
+    method: 'POST',
+    path: () => '/api/workouts',
+    pattern: '/api/workouts',
+    kind: 'workouts' as const,
+    ok: [201],
+    fields: WORKOUT_FIELDS,
+    good: goodWorkout,
+  },
 ];
 /** A body route may answer its success, or refuse: 400, 404 (a referenced row is missing), 409, 413, 415. */
 const BODY_ERRORS = [400, 404, 409, 413, 415];
 
-const assertProperty = <T>(prop: fc.IAsyncPropertyWithHooks<T> | fc.IAsyncProperty<T>, numRuns = RUNS) => fc.assert(prop, { seed: SEED, numRuns });
+const assertProperty = <T>(prop: fc.IAsyncPropertyWithHooks<T> | fc.IAsyncProperty<T>, numRuns = RUNS) =>
+  fc.assert(prop, { seed: SEED, numRuns });
 
 // ---- setup ---------------------------------------------------------------------------------------
 
 beforeAll(async () => {
   t = await startTestGateway({ BODY_LIMIT_BYTES: String(BODY_LIMIT), POOL_MAX: '4', POOL_MIN: '1' });
-  const u = await call('POST', '/api/users', { headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: `owner-${randomUUID()}@example.com`, name: 'Owner' }) });
+  const u = await call('POST', '/api/users', {
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ email: `owner-${randomUUID()}@example.com`, name: 'Owner' }),
+  });
   expect(u.status).toBe(201);
   userId = u.body.id;
 });
@@ -206,7 +285,8 @@ describe(`bad input, property-based (seed ${SEED})`, () => {
           check(a, [...route.ok, ...BODY_ERRORS], `${route.method} ${route.path()} ${text.slice(0, 300)}`);
           if (route.kind) count(a, route.kind);
           // A dangerous key never slips through the strict schemas.
-          if (/"(__proto__|constructor|prototype|toString|hasOwnProperty|valueOf|__defineGetter__)"\s*:/.test(text)) expect(a.status, text).toBe(400);
+          if (/"(__proto__|constructor|prototype|toString|hasOwnProperty|valueOf|__defineGetter__)"\s*:/.test(text))
+            expect(a.status, text).toBe(400);
         },
       ),
       200,
@@ -232,7 +312,10 @@ describe(`bad input, property-based (seed ${SEED})`, () => {
           expect(back.body.kind).toBe(kind.trim());
           expect(back.body.sets[0].exercise).toBe(exercise.trim());
         }
-        const u = await call('POST', '/api/users', { headers: { 'content-type': 'application/json' }, body: JSON.stringify({ email: `sql-${randomUUID()}@example.com`, name }) });
+        const u = await call('POST', '/api/users', {
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ email: `sql-${randomUUID()}@example.com`, name }),
+        });
         check(u, [201, 400], `user name=${JSON.stringify(name)}`);
         count(u, 'users');
         if (u.status === 201) {
@@ -260,49 +343,69 @@ describe(`bad input, property-based (seed ${SEED})`, () => {
 
   it('deep nesting anywhere in the body is refused (400, or 413 past the body limit)', async () => {
     await assertProperty(
-      fc.asyncProperty(fc.constantFrom(...BODY_ROUTES), fc.integer({ min: 1, max: 6_000 }), fc.constantFrom('[', '{"a":'), fc.constantFrom('top', 'field'), async (route, depth, open, where) => {
-        const close = open === '[' ? ']' : '}';
-        const deep = `${open.repeat(depth)}1${close.repeat(depth)}`;
-        const text = where === 'top' ? deep : objectText([[route.fields[0]!, deep]]);
-        const a = await call(route.method, route.path(), { headers: { 'content-type': 'application/json' }, body: text });
-        check(a, text.length > BODY_LIMIT ? [413] : [400], `${route.method} depth ${depth} ${where}`);
-      }),
+      fc.asyncProperty(
+        fc.constantFrom(...BODY_ROUTES),
+        fc.integer({ min: 1, max: 6_000 }),
+        fc.constantFrom('[', '{"a":'),
+        fc.constantFrom('top', 'field'),
+        async (route, depth, open, where) => {
+          const close = open === '[' ? ']' : '}';
+          const deep = `${open.repeat(depth)}1${close.repeat(depth)}`;
+          const text = where === 'top' ? deep : objectText([[route.fields[0]!, deep]]);
+          const a = await call(route.method, route.path(), { headers: { 'content-type': 'application/json' }, body: text });
+          check(a, text.length > BODY_LIMIT ? [413] : [400], `${route.method} depth ${depth} ${where}`);
+        },
+      ),
       100,
     );
   }, 120_000);
 
   it('oversized bodies are refused with 413, with a Content-Length or chunked', async () => {
     const answered4xx = async (method: string, pattern: string): Promise<number> =>
-      (await call('GET', '/stats')).body.routes.find((r: { method: string; route: string }) => r.method === method && r.route === pattern)?.statusClasses['4xx'] ?? 0;
+      (await call('GET', '/stats')).body.routes.find((r: { method: string; route: string }) => r.method === method && r.route === pattern)
+        ?.statusClasses['4xx'] ?? 0;
     let cutMidUpload = 0;
     await assertProperty(
-      fc.asyncProperty(fc.constantFrom(...BODY_ROUTES), fc.integer({ min: BODY_LIMIT + 1, max: BODY_LIMIT * 4 }), fc.boolean(), fc.integer({ min: 1, max: 5_000 }), async (route, size, chunked, chunkSize) => {
-        const bytes = new TextEncoder().encode(`{"x":"${'y'.repeat(size)}"}`);
-        const body = chunked
-          ? new ReadableStream<Uint8Array>({
-              start(c) {
-                for (let i = 0; i < bytes.length; i += chunkSize) c.enqueue(bytes.subarray(i, i + chunkSize));
-                c.close();
-              },
-            })
-          : bytes;
-        const what = `${route.method} ${size} bytes ${chunked ? `chunked by ${chunkSize}` : 'with Content-Length'}`;
-        const before = await answered4xx(route.method, route.pattern);
-        let a: Answer;
-        try {
-          a = await call(route.method, route.path(), { headers: { 'content-type': 'application/json' }, body, ...(chunked ? { duplex: 'half' as const } : {}) });
-        } catch (err) {
-          // The gateway answers 413 as soon as the limit is passed and stops reading; a client still
-          // uploading small chunks can see the connection close before it reads that answer.
-          if (!chunked) throw err;
-          cutMidUpload++;
-          const cause = (err as { cause?: { code?: string } }).cause?.code;
-          expect(cause, `${what}: ${String(err)}`).toBe('UND_ERR_SOCKET');
-          await waitFor(async () => (await answered4xx(route.method, route.pattern)) === before + 1, { timeoutMs: 3_000, what: `${what}: the gateway to have answered a 4xx` });
-          return;
-        }
-        check(a, [413], what);
-      }),
+      fc.asyncProperty(
+        fc.constantFrom(...BODY_ROUTES),
+        fc.integer({ min: BODY_LIMIT + 1, max: BODY_LIMIT * 4 }),
+        fc.boolean(),
+        fc.integer({ min: 1, max: 5_000 }),
+        async (route, size, chunked, chunkSize) => {
+          const bytes = new TextEncoder().encode(`{"x":"${'y'.repeat(size)}"}`);
+          const body = chunked
+            ? new ReadableStream<Uint8Array>({
+                start(c) {
+                  for (let i = 0; i < bytes.length; i += chunkSize) c.enqueue(bytes.subarray(i, i + chunkSize));
+                  c.close();
+                },
+              })
+            : bytes;
+          const what = `${route.method} ${size} bytes ${chunked ? `chunked by ${chunkSize}` : 'with Content-Length'}`;
+          const before = await answered4xx(route.method, route.pattern);
+          let a: Answer;
+          try {
+            a = await call(route.method, route.path(), {
+              headers: { 'content-type': 'application/json' },
+              body,
+              ...(chunked ? { duplex: 'half' as const } : {}),
+            });
+          } catch (err) {
+            // The gateway answers 413 as soon as the limit is passed and stops reading; a client still
+            // uploading small chunks can see the connection close before it reads that answer.
+            if (!chunked) throw err;
+            cutMidUpload++;
+            const cause = (err as { cause?: { code?: string } }).cause?.code;
+            expect(cause, `${what}: ${String(err)}`).toBe('UND_ERR_SOCKET');
+            await waitFor(async () => (await answered4xx(route.method, route.pattern)) === before + 1, {
+              timeoutMs: 3_000,
+              what: `${what}: the gateway to have answered a 4xx`,
+            });
+            return;
+          }
+          check(a, [413], what);
+        },
+      ),
       60,
     );
     console.log(`[bad-input] oversized: ${cutMidUpload} chunked uploads saw the connection close before reading their 413`);
@@ -311,7 +414,9 @@ describe(`bad input, property-based (seed ${SEED})`, () => {
   it('small chunked bodies are read whole, however they are split', async () => {
     await assertProperty(
       fc.asyncProperty(fc.integer({ min: 1, max: 40 }), async (chunkSize) => {
-        const bytes = new TextEncoder().encode(JSON.stringify({ userId, kind: 'chunked', startedAt: '2026-11-27T10:00:00Z', sets: [{ exercise: 'row', reps: 3 }] }));
+        const bytes = new TextEncoder().encode(
+          JSON.stringify({ userId, kind: 'chunked', startedAt: '2026-11-27T10:00:00Z', sets: [{ exercise: 'row', reps: 3 }] }),
+        );
         const body = new ReadableStream<Uint8Array>({
           start(c) {
             for (let i = 0; i < bytes.length; i += chunkSize) c.enqueue(bytes.subarray(i, i + chunkSize));
@@ -328,7 +433,16 @@ describe(`bad input, property-based (seed ${SEED})`, () => {
 
   it('junk ids, query strings, methods and paths', async () => {
     const id = fc.oneof(fc.uuid(), fc.string({ maxLength: 40 }), sqlish, fc.constant(randomUUID()));
-    const query = fc.dictionary(fc.constantFrom('limit', 'cursor', 'x', '__proto__', 'limit[]'), fc.oneof(fc.string({ maxLength: 30 }), fc.integer().map(String), sqlish, fc.constantFrom('0', '-1', '101', '1e3', 'NaN', '99999999999999999999', 'MjAyNi0xMS0yN1QwNzowMDowMFp8bm90LWEtdXVpZA')), { maxKeys: 3 });
+    const query = fc.dictionary(
+      fc.constantFrom('limit', 'cursor', 'x', '__proto__', 'limit[]'),
+      fc.oneof(
+        fc.string({ maxLength: 30 }),
+        fc.integer().map(String),
+        sqlish,
+        fc.constantFrom('0', '-1', '101', '1e3', 'NaN', '99999999999999999999', 'MjAyNi0xMS0yN1QwNzowMDowMFp8bm90LWEtdXVpZA'),
+      ),
+      { maxKeys: 3 },
+    );
     await assertProperty(
       fc.asyncProperty(
         fc.constantFrom(
@@ -363,14 +477,20 @@ describe(`bad input, property-based (seed ${SEED})`, () => {
 
   it('junk Idempotency-Keys', async () => {
     await assertProperty(
-      fc.asyncProperty(fc.oneof(fc.string({ minLength: 0, maxLength: 300 }).filter((s) => /^[\x20-\x7e]*$/.test(s)), fc.constantFrom(' ', 'a b', 'x'.repeat(256), "k'; DROP TABLE idempotency_keys; --")), async (key) => {
-        const a = await call('POST', '/api/workouts', {
-          headers: { 'content-type': 'application/json', 'idempotency-key': key },
-          body: JSON.stringify({ userId, kind: 'idem', startedAt: '2026-11-27T11:00:00Z', sets: [] }),
-        });
-        check(a, [201, 400, 409, 422], `key ${JSON.stringify(key)}`);
-        if (a.status === 201 && a.headers.get('idempotent-replayed') !== 'true') created.workouts++;
-      }),
+      fc.asyncProperty(
+        fc.oneof(
+          fc.string({ minLength: 0, maxLength: 300 }).filter((s) => /^[\x20-\x7e]*$/.test(s)),
+          fc.constantFrom(' ', 'a b', 'x'.repeat(256), "k'; DROP TABLE idempotency_keys; --"),
+        ),
+        async (key) => {
+          const a = await call('POST', '/api/workouts', {
+            headers: { 'content-type': 'application/json', 'idempotency-key': key },
+            body: JSON.stringify({ userId, kind: 'idem', startedAt: '2026-11-27T11:00:00Z', sets: [] }),
+          });
+          check(a, [201, 400, 409, 422], `key ${JSON.stringify(key)}`);
+          if (a.status === 201 && a.headers.get('idempotent-replayed') !== 'true') created.workouts++;
+        },
+      ),
     );
   }, 120_000);
 });
@@ -408,7 +528,9 @@ function parseResponses(buf: Buffer) {
     if (end < 0) throw new Error(`a partial response: ${rest.toString().slice(0, 200)}`);
     const [statusLine, ...lines] = rest.subarray(0, end).toString('latin1').split('\r\n');
     const status = Number(/^HTTP\/1\.1 (\d{3}) /.exec(statusLine!)?.[1]);
-    const headers = new Map(lines.map((l) => [l.slice(0, l.indexOf(':')).toLowerCase(), l.slice(l.indexOf(':') + 1).trim()] as [string, string]));
+    const headers = new Map(
+      lines.map((l) => [l.slice(0, l.indexOf(':')).toLowerCase(), l.slice(l.indexOf(':') + 1).trim()] as [string, string]),
+    );
     const length = Number(headers.get('content-length') ?? 0);
     const text = rest.subarray(end + 4, end + 4 + length).toString('utf8');
     out.push({ status, headers, text });
@@ -418,13 +540,25 @@ function parseResponses(buf: Buffer) {
 }
 
 describe('raw HTTP framing: bogus Content-Length and broken chunking', () => {
-  const head = (path: string, extra: string) => `POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\n${extra}\r\n`;
+  const head = (path: string, extra: string) =>
+    `POST ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\n${extra}\r\n`;
   const good = () => JSON.stringify({ userId, kind: 'raw', startedAt: '2026-11-27T12:00:00Z', sets: [] });
 
   it('any Content-Length header: a documented JSON answer, or the request is refused as bad HTTP', async () => {
     const clValue = fc.oneof(
       fc.integer({ min: 0, max: 200 }).map(String),
-      fc.constantFrom('-1', 'abc', '', ' 12', '0x10', '1e3', '99999999999999999999', '18446744073709551616', '5, 5', String(BODY_LIMIT + 1)),
+      fc.constantFrom(
+        '-1',
+        'abc',
+        '',
+        ' 12',
+        '0x10',
+        '1e3',
+        '99999999999999999999',
+        '18446744073709551616',
+        '5, 5',
+        String(BODY_LIMIT + 1),
+      ),
       fc.string({ maxLength: 12 }).filter((s) => /^[\x21-\x7e ]*$/.test(s)),
     );
     await assertProperty(
@@ -434,7 +568,11 @@ describe('raw HTTP framing: bogus Content-Length and broken chunking', () => {
         const responses = await rawExchange(head('/api/workouts', extra) + body);
         expect(responses.length, `CL ${JSON.stringify(cl)}`).toBeGreaterThanOrEqual(1);
         for (const r of responses) {
-          check(r as { status: number; headers: Map<string, string>; text: string }, [201, 400, 413, 415], `CL ${JSON.stringify(cl)}${twice ? ' twice' : ''}`);
+          check(
+            r as { status: number; headers: Map<string, string>; text: string },
+            [201, 400, 413, 415],
+            `CL ${JSON.stringify(cl)}${twice ? ' twice' : ''}`,
+          );
           if (r.status === 201) created.workouts++;
         }
       }),
@@ -448,9 +586,13 @@ describe('raw HTTP framing: bogus Content-Length and broken chunking', () => {
       'bad chunk size': head('/api/workouts', 'Transfer-Encoding: chunked\r\n') + `zz\r\n${body}\r\n0\r\n\r\n`,
       'chunk shorter than declared': head('/api/workouts', 'Transfer-Encoding: chunked\r\n') + `ff\r\n${body}\r\n0\r\n\r\n`,
       'no final chunk': head('/api/workouts', 'Transfer-Encoding: chunked\r\n') + `${body.length.toString(16)}\r\n${body}\r\n`,
-      'Content-Length and chunked': head('/api/workouts', `Content-Length: 3\r\nTransfer-Encoding: chunked\r\n`) + `${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`,
+      'Content-Length and chunked':
+        head('/api/workouts', `Content-Length: 3\r\nTransfer-Encoding: chunked\r\n`) +
+        `${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`,
       'body cut short (Content-Length larger than sent)': head('/api/workouts', `Content-Length: ${body.length + 50}\r\n`) + body,
-      'oversized chunked': head('/api/workouts', 'Transfer-Encoding: chunked\r\n') + `${(BODY_LIMIT + 10).toString(16)}\r\n${'a'.repeat(BODY_LIMIT + 10)}\r\n0\r\n\r\n`,
+      'oversized chunked':
+        head('/api/workouts', 'Transfer-Encoding: chunked\r\n') +
+        `${(BODY_LIMIT + 10).toString(16)}\r\n${'a'.repeat(BODY_LIMIT + 10)}\r\n0\r\n\r\n`,
     };
     const seen: Record<string, number[]> = {};
     for (const [name, request] of Object.entries(cases)) {
@@ -460,7 +602,9 @@ describe('raw HTTP framing: bogus Content-Length and broken chunking', () => {
       for (const r of responses) check(r, name === 'oversized chunked' ? [413] : [400], name);
     }
     // Node's parser takes "gzip, chunked" as chunked and hands over the bytes as they are: a documented answer either way.
-    const gz = await rawExchange(head('/api/workouts', 'Transfer-Encoding: gzip, chunked\r\n') + `${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`);
+    const gz = await rawExchange(
+      head('/api/workouts', 'Transfer-Encoding: gzip, chunked\r\n') + `${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`,
+    );
     seen['gzip, chunked'] = gz.map((r) => r.status);
     for (const r of gz) {
       check(r, [201, 400], 'gzip, chunked');
@@ -477,8 +621,13 @@ describe('afterwards', () => {
               (SELECT count(*)::int FROM workouts) AS workouts, (SELECT count(*)::int FROM workout_sets) AS sets,
               (SELECT count(*)::int FROM idempotency_keys) AS keys`,
     );
-    const deleted = (await call('GET', '/stats')).body.routes.find((r: { method: string; route: string }) => r.method === 'DELETE' && r.route === '/api/workouts/:id')?.statusClasses['2xx'] ?? 0;
-    console.log(`[bad-input] rows ${JSON.stringify(rows[0])}; expected users ${created.users}, workouts ${created.workouts} − ${deleted} deleted`);
+    const deleted =
+      (await call('GET', '/stats')).body.routes.find(
+        (r: { method: string; route: string }) => r.method === 'DELETE' && r.route === '/api/workouts/:id',
+      )?.statusClasses['2xx'] ?? 0;
+    console.log(
+      `[bad-input] rows ${JSON.stringify(rows[0])}; expected users ${created.users}, workouts ${created.workouts} − ${deleted} deleted`,
+    );
     expect(rows[0].users).toBe(created.users);
     expect(rows[0].prefs).toBe(created.users);
     expect(rows[0].workouts).toBe(created.workouts - deleted);

@@ -53,7 +53,10 @@ function startDeno(bundlePath: string, env: Record<string, string>): Promise<str
   );
   deno = child;
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`deno did not start within ${START_TIMEOUT_MS} ms:\n${denoOutput.join('')}`)), START_TIMEOUT_MS);
+    const timer = setTimeout(
+      () => reject(new Error(`deno did not start within ${START_TIMEOUT_MS} ms:\n${denoOutput.join('')}`)),
+      START_TIMEOUT_MS,
+    );
     let stdout = '';
     child.stdout!.on('data', (chunk: Buffer) => {
       denoOutput.push(chunk.toString('utf8'));
@@ -160,11 +163,12 @@ describe('Netlify Edge entry under Deno', () => {
     expect(node?.clients['pg-pool']).toBe(1);
   });
 
-  it('/stats is the Deno isolate\'s own', async () => {
+  it("/stats is the Deno isolate's own", async () => {
     const res = await ask('/stats');
     expect(res.status).toBe(200);
     expect(res.body.scope).toBe('netlify-edge isolate');
-    const route = (method: string, path: string) => res.body.routes.find((r: { method: string; route: string }) => r.method === method && r.route === path);
+    const route = (method: string, path: string) =>
+      res.body.routes.find((r: { method: string; route: string }) => r.method === method && r.route === path);
     expect(route('GET', '/api/users/:id').clients).toEqual({ 'neon-http': 1 });
     expect(route('POST', '/api/workouts').clients).toEqual({ forwarded: 1 });
   });

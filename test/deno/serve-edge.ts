@@ -26,4 +26,6 @@ if (!bundle) {
 const mod = (await import(new URL(`file://${bundle}`).href)) as { default: EdgeHandler };
 
 // A minimal Netlify context: the entry only passes it through to hono/netlify.
-Deno.serve({ port: 0, hostname: '127.0.0.1', onListen: ({ port }) => console.log(`listening ${port}`) }, (request) => mod.default(request, {}));
+Deno.serve({ port: 0, hostname: '127.0.0.1', onListen: ({ port }) => console.log(`listening ${port}`) }, (request) =>
+  mod.default(request, {}),
+);

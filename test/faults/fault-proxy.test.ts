@@ -25,7 +25,10 @@ describe('BackendMessageScanner', () => {
   it('finds COMMIT at every split point, forwarding exactly the bytes before it, and goes on after it', () => {
     const wrong: string[] = [];
     for (let cut = 0; cut <= stream.length; cut++) {
-      for (const sizes of [[cut, stream.length - cut], [1, cut, stream.length]]) {
+      for (const sizes of [
+        [cut, stream.length - cut],
+        [1, cut, stream.length],
+      ]) {
         const s = new BackendMessageScanner();
         const forwarded: Buffer[] = [];
         const found: Buffer[] = [];
@@ -73,7 +76,11 @@ describe('fault proxy modes against a real pg client', () => {
   const clients: pg.Client[] = [];
 
   const connect = async (timeoutMs = 1_000) => {
-    const c = new pg.Client({ connectionString: proxy.urlFor(db.url), connectionTimeoutMillis: timeoutMs, application_name: 'fault-proxy-test' });
+    const c = new pg.Client({
+      connectionString: proxy.urlFor(db.url),
+      connectionTimeoutMillis: timeoutMs,
+      application_name: 'fault-proxy-test',
+    });
     c.on('error', () => {});
     clients.push(c);
     await c.connect();

@@ -20,10 +20,20 @@ describe('forwarded-request signature attacks', () => {
   let t: TestGateway;
   let userId: string;
 
-  const send = async (method: string, path: string, body: string | undefined, signature: string | undefined, headers: Record<string, string> = {}): Promise<JsonResponse> =>
+  const send = async (
+    method: string,
+    path: string,
+    body: string | undefined,
+    signature: string | undefined,
+    headers: Record<string, string> = {},
+  ): Promise<JsonResponse> =>
     json(`${t.url}${path}`, {
       method,
-      headers: { ...(body !== undefined ? { 'content-type': 'application/json' } : {}), ...(signature ? { [SIGNATURE_HEADER]: signature } : {}), ...headers },
+      headers: {
+        ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
+        ...(signature ? { [SIGNATURE_HEADER]: signature } : {}),
+        ...headers,
+      },
       body,
     });
 
@@ -46,7 +56,9 @@ describe('forwarded-request signature attacks', () => {
       'SELECT (SELECT count(*)::int FROM users) AS users, (SELECT count(*)::int FROM workouts) AS workouts, (SELECT count(*)::int FROM idempotency_keys) AS keys',
     );
     const stats = (await json(`${t.url}/stats`)).body;
-    const queries = stats.routes.filter((r: { route: string }) => r.route.startsWith('/api/')).reduce((n: number, r: { queries: { sum: number } }) => n + r.queries.sum, 0);
+    const queries = stats.routes
+      .filter((r: { route: string }) => r.route.startsWith('/api/'))
+      .reduce((n: number, r: { queries: { sum: number } }) => n + r.queries.sum, 0);
     return { ...rows[0], queries, acquisitions: stats.pool.acquisitionCount as number };
   };
 
@@ -66,14 +78,35 @@ describe('forwarded-request signature attacks', () => {
       'empty header': () => send('POST', path, body, undefined, { [SIGNATURE_HEADER]: '' }),
       malformed: () => send('POST', path, body, 't=abc,n=zz,v1=???'),
       'wrong key': async () => send('POST', path, body, await wrongKey({ method: 'POST', pathWithQuery: path, body: enc.encode(body) })),
-      'tampered body': async () => send('POST', path, body.replace('attack', 'attacc'), await sign({ method: 'POST', pathWithQuery: path, body: enc.encode(body) })),
+      'tampered body': async () =>
+        send('POST', path, body.replace('attack', 'attacc'), await sign({ method: 'POST', pathWithQuery: path, body: enc.encode(body) })),
       'tampered path': async () =>
-        send('POST', '/api/users', JSON.stringify({ email: `x-${randomUUID()}@example.com`, name: 'X' }), await sign({ method: 'POST', pathWithQuery: path, body: enc.encode(body) })),
-      'tampered query': async () => send('GET', `/api/users/${userId}/workouts?limit=100`, undefined, await sign({ method: 'GET', pathWithQuery: `/api/users/${userId}/workouts?limit=1`, body: new Uint8Array() })),
-      'tampered method': async () => send('DELETE', `/api/workouts/${first.body.id}`, undefined, await sign({ method: 'GET', pathWithQuery: `/api/workouts/${first.body.id}`, body: new Uint8Array() })),
-      'stale (301 s old)': async () => send('POST', path, body, await sign({ method: 'POST', pathWithQuery: path, body: enc.encode(body), timestampSec: now - 301 })),
-      'stale (1 h old)': async () => send('POST', path, body, await sign({ method: 'POST', pathWithQuery: path, body: enc.encode(body), timestampSec: now - 3600 })),
-      'from the future (310 s ahead)': async () => send('POST', path, body, await sign({ method: 'POST', pathWithQuery: path, body: enc.encode(body), timestampSec: now + 310 })),
+        send(
+          'POST',
+          '/api/users',
+          JSON.stringify({ email: `x-${randomUUID()}@example.com`, name: 'X' }),
+          await sign({ method: 'POST', pathWithQuery: path, body: enc.encode(body) }),
+        ),
+      'tampered query': async () =>
+        send(
+          'GET',
+          `/api/users/${userId}/workouts?limit=100`,
+          undefined,
+          await sign({ method: 'GET', pathWithQuery: `/api/users/${userId}/workouts?limit=1`, body: new Uint8Array() }),
+        ),
+      'tampered method': async () =>
+        send(
+          'DELETE',
+          `/api/workouts/${first.body.id}`,
+          undefined,
+          await sign({ method: 'GET', pathWithQuery: `/api/workouts/${first.body.id}`, body: new Uint8Array() }),
+        ),
+      'stale (301 s old)': async () =>
+        send('POST', path, body, await sign({ method: 'POST', pathWithQuery: path, body: enc.encode(body), timestampSec: now - 301 })),
+      'stale (1 h old)': async () =>
+        send('POST', path, body, await sign({ method: 'POST', pathWithQuery: path, body: enc.encode(body), timestampSec: now - 3600 })),
+      'from the future (310 s ahead)': async () =>
+        send('POST', path, body, await sign({ method: 'POST', pathWithQuery: path, body: enc.encode(body), timestampSec: now + 310 })),
       replayed: () => send('POST', path, body, replayable),
       'replayed with an Idempotency-Key added': () => send('POST', path, body, replayable, { 'idempotency-key': `attack-${randomUUID()}` }),
       'read, unsigned': () => send('GET', `/api/users/${userId}`, undefined, undefined),
@@ -82,9 +115,18 @@ describe('forwarded-request signature attacks', () => {
     const answers: Record<string, JsonResponse> = {};
     for (const [name, attack] of Object.entries(attacks)) answers[name] = await attack();
     const after = await counts();
-    console.log(`[forward-signature] ${Object.keys(attacks).length} attacks → ${JSON.stringify(Object.fromEntries(Object.entries(answers).map(([k, r]) => [k, r.status])))}; before ${JSON.stringify(before)} after ${JSON.stringify(after)}`);
+    console.log(
+      `[forward-signature] ${Object.keys(attacks).length} attacks → ${JSON.stringify(Object.fromEntries(Object.entries(answers).map(([k, r]) => [k, r.status])))}; before ${JSON.stringify(before)} after ${JSON.stringify(after)}`,
+    );
 
-    const shape = (r: JsonResponse) => JSON.stringify({ status: r.status, type: r.headers.get('content-type'), code: r.body?.error?.code, message: r.body?.error?.message, keys: Object.keys(r.body?.error ?? {}) });
+    const shape = (r: JsonResponse) =>
+      JSON.stringify({
+        status: r.status,
+        type: r.headers.get('content-type'),
+        code: r.body?.error?.code,
+        message: r.body?.error?.message,
+        keys: Object.keys(r.body?.error ?? {}),
+      });
     const expected = shape(answers.unsigned!);
     for (const [name, r] of Object.entries(answers)) {
       expect(r.status, name).toBe(401);

@@ -34,11 +34,22 @@ async function spawnGateway(db: TestDatabase, env: Record<string, string>): Prom
   const applicationName = uniqueName('poolgate-child');
   const child = spawn(process.execPath, ['--import', 'tsx', 'src/runtime/node.ts'], {
     cwd: ROOT,
-    env: { ...process.env, DATABASE_URL: db.url, PORT: '0', HOST: '127.0.0.1', APPLICATION_NAME: applicationName, POOLGATE_ENV: '', FORWARD_SECRET: '', ...env },
+    env: {
+      ...process.env,
+      DATABASE_URL: db.url,
+      PORT: '0',
+      HOST: '127.0.0.1',
+      APPLICATION_NAME: applicationName,
+      POOLGATE_ENV: '',
+      FORWARD_SECRET: '',
+      ...env,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const output: string[] = [];
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => resolve({ code, signal })),
+  );
   const url = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`the gateway did not start in 20 s:\n${output.join('')}`)), 20_000);
     const onData = (chunk: Buffer) => {
@@ -137,7 +148,10 @@ describe.skipIf(!realPostgresUrl)('signals to the gateway process (real PostgreS
 
     // Let the orphaned backend run on: it finishes the insert, finds its client gone, and rolls back.
     await locker.query('ROLLBACK');
-    await waitFor(async () => (await backendsOf(db, g.applicationName)).length === 0, { timeoutMs: 10_000, what: 'the orphaned backend to exit' });
+    await waitFor(async () => (await backendsOf(db, g.applicationName)).length === 0, {
+      timeoutMs: 10_000,
+      what: 'the orphaned backend to exit',
+    });
     const rows = await db.admin(
       `SELECT (SELECT count(*)::int FROM workouts WHERE kind = $1) AS workouts,
               (SELECT count(*)::int FROM workout_sets s JOIN workouts w ON w.id = s.workout_id WHERE w.kind = $1) AS sets,
@@ -152,7 +166,13 @@ describe.skipIf(!realPostgresUrl)('signals to the gateway process (real PostgreS
     expect(counts.appliedOnResend).toBe(1);
     const check = await ledger.verify(db, g.applicationName);
     expect(check.problems).toEqual([]);
-    expect((await db.admin('SELECT count(*)::int AS n FROM workout_sets s JOIN workouts w ON w.id = s.workout_id WHERE w.kind = $1', [entry.key])).rows[0].n).toBe(SETS);
+    expect(
+      (
+        await db.admin('SELECT count(*)::int AS n FROM workout_sets s JOIN workouts w ON w.id = s.workout_id WHERE w.kind = $1', [
+          entry.key,
+        ])
+      ).rows[0].n,
+    ).toBe(SETS);
   });
 
   it('SIGTERM under load: accepted requests finish and are durable, new ones are refused, exit code 0', async () => {

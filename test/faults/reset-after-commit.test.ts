@@ -32,7 +32,9 @@ describe.skipIf(!realPostgresUrl)('reset right after COMMIT (real PostgreSQL: th
       const ledger = new Ledger({ baseUrl: t.url, userId, requestTimeoutMs: 8_000, prefix: `rac${forwardCommit ? 1 : 0}` });
       const before = t.gateway.database.stats()!;
       const sampler = sampleConnections(db, t.applicationName);
-      const routeBefore = (await json(`${t.url}/stats`)).body.routes.find((r: { route: string; method: string }) => r.method === 'POST' && r.route === '/api/workouts');
+      const routeBefore = (await json(`${t.url}/stats`)).body.routes.find(
+        (r: { route: string; method: string }) => r.method === 'POST' && r.route === '/api/workouts',
+      );
 
       await proxy.setMode({ kind: 'reset-after-commit', forwardCommit });
       const cut = proxy.nextCommitCut();
@@ -46,29 +48,44 @@ describe.skipIf(!realPostgresUrl)('reset right after COMMIT (real PostgreSQL: th
       const { rows } = await db.admin('SELECT id FROM workouts WHERE kind = $1', [first.key]);
       expect(rows).toHaveLength(1); // committed once, and not re-run by a blind retry
       // The cut connection was discarded, not put back for the next request.
-      await waitFor(() => t.gateway.database.stats()!.closedCount - before.closedCount >= 1, { what: 'the cut connection removed from the pool' });
+      await waitFor(() => t.gateway.database.stats()!.closedCount - before.closedCount >= 1, {
+        what: 'the cut connection removed from the pool',
+      });
       const after = t.gateway.database.stats()!;
       expect(after.retryCount - before.retryCount).toBe(0);
       expect(after.closedCount - before.closedCount).toBe(1);
 
       // Same key again: the stored response, not a second workout.
       const body = ledger.body(first.key);
-      const replay = await json(`${t.url}/api/workouts`, { method: 'POST', headers: { 'content-type': 'application/json', 'idempotency-key': first.key }, body });
+      const replay = await json(`${t.url}/api/workouts`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'idempotency-key': first.key },
+        body,
+      });
       expect(replay.status).toBe(201);
       expect(replay.headers.get('idempotent-replayed')).toBe('true');
       expect(replay.body.id).toBe(rows[0].id);
       expect(replay.body.sets).toHaveLength(2);
-      const again = await json(`${t.url}/api/workouts`, { method: 'POST', headers: { 'content-type': 'application/json', 'idempotency-key': first.key }, body });
+      const again = await json(`${t.url}/api/workouts`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'idempotency-key': first.key },
+        body,
+      });
       expect(again.text).toBe(replay.text);
 
       await ledger.resolveAmbiguous();
       const { max } = await sampler.stop();
-      const counts = ledger.report(`reset after COMMIT (${forwardCommit ? 'reply forwarded' : 'reply lost'})`, { firstAnswer: `${first.status} ${first.code}`, maxConnections: max });
+      const counts = ledger.report(`reset after COMMIT (${forwardCommit ? 'reply forwarded' : 'reply lost'})`, {
+        firstAnswer: `${first.status} ${first.code}`,
+        maxConnections: max,
+      });
       expect(max).toBeLessThanOrEqual(2);
       expect(counts.replayed).toBe(1);
       expect((await ledger.verify(db, t.applicationName)).problems).toEqual([]);
 
-      const routeAfter = (await json(`${t.url}/stats`)).body.routes.find((r: { route: string; method: string }) => r.method === 'POST' && r.route === '/api/workouts');
+      const routeAfter = (await json(`${t.url}/stats`)).body.routes.find(
+        (r: { route: string; method: string }) => r.method === 'POST' && r.route === '/api/workouts',
+      );
       expect(routeAfter.retryCount - (routeBefore?.retryCount ?? 0)).toBe(0);
       expect(routeAfter.replayCount - (routeBefore?.replayCount ?? 0)).toBe(3); // the ledger's re-send and the two above
     });

@@ -49,7 +49,9 @@ describe.skipIf(!realPostgresUrl)('statement past the request deadline (real Pos
     const pending = send();
     try {
       // It really reached the server and waits there on the lock.
-      await waitFor(async () => (await backendsOf(t.db, t.applicationName)).some((b) => b.wait_event_type === 'Lock'), { what: 'the statement waiting on the lock' });
+      await waitFor(async () => (await backendsOf(t.db, t.applicationName)).some((b) => b.wait_event_type === 'Lock'), {
+        what: 'the statement waiting on the lock',
+      });
       const res = await pending;
       const ms = performance.now() - started;
       // Cancelled on the server while the lock is still held: nothing of the gateway is left running or waiting.
@@ -67,7 +69,9 @@ describe.skipIf(!realPostgresUrl)('statement past the request deadline (real Pos
       const r = await json(`${t.url}/api/users/${userId}`, { signal: AbortSignal.timeout(10_000) });
       return { status: r.status, code: r.body?.error?.code };
     });
-    console.log(`[statement-timeout] single statement: ${res.status} ${res.code} after ${Math.round(ms)} ms (deadline ${REQUEST_TIMEOUT_MS} ms)`);
+    console.log(
+      `[statement-timeout] single statement: ${res.status} ${res.code} after ${Math.round(ms)} ms (deadline ${REQUEST_TIMEOUT_MS} ms)`,
+    );
     expect(res).toMatchObject({ status: 504, code: 'timeout' });
     expect(ms).toBeGreaterThanOrEqual(REQUEST_TIMEOUT_MS - 50);
     expect(ms).toBeLessThan(REQUEST_TIMEOUT_MS + 1_000);
@@ -82,7 +86,9 @@ describe.skipIf(!realPostgresUrl)('statement past the request deadline (real Pos
   it('transaction: 504 timeout near the deadline, rolled back and cancelled, nothing written, key still usable', async () => {
     const ledger = new Ledger({ baseUrl: t.url, userId, requestTimeoutMs: 10_000, prefix: 'stmt' });
     const { res, ms, max } = await blockedRequest('workouts', () => ledger.write());
-    console.log(`[statement-timeout] transaction: ${res.status} ${res.code} after ${Math.round(ms)} ms (deadline ${REQUEST_TIMEOUT_MS} ms)`);
+    console.log(
+      `[statement-timeout] transaction: ${res.status} ${res.code} after ${Math.round(ms)} ms (deadline ${REQUEST_TIMEOUT_MS} ms)`,
+    );
     expect(res).toMatchObject({ status: 504, code: 'timeout' });
     expect(ms).toBeGreaterThanOrEqual(REQUEST_TIMEOUT_MS - 50);
     expect(ms).toBeLessThan(REQUEST_TIMEOUT_MS + 1_000);

@@ -55,7 +55,9 @@ describe.skipIf(!realPostgresUrl)('pool backends terminated repeatedly under loa
       const { rows } = await t.db.admin('SELECT pid FROM pg_stat_activity WHERE application_name = $1', [t.applicationName]);
       const pids = rows.map((r) => r.pid as number);
       sampler.exclude(pids);
-      const killed = await t.db.admin('SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))::int AS n FROM unnest($1::int[]) AS pid', [pids]);
+      const killed = await t.db.admin('SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))::int AS n FROM unnest($1::int[]) AS pid', [
+        pids,
+      ]);
       terminated += killed.rows[0].n;
     }
     await load;

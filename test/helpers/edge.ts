@@ -114,7 +114,11 @@ export async function closedPortUrl(): Promise<string> {
 }
 
 /** Rows of `table` in the suite's database, read with pg (not through any app path). */
-export async function countRows(db: TestDatabase, table: 'users' | 'workouts' | 'workout_sets' | 'idempotency_keys', where = ''): Promise<number> {
+export async function countRows(
+  db: TestDatabase,
+  table: 'users' | 'workouts' | 'workout_sets' | 'idempotency_keys',
+  where = '',
+): Promise<number> {
   const { rows } = await db.admin(`SELECT count(*)::int AS n FROM ${table} ${where}`);
   return rows[0].n as number;
 }
@@ -133,7 +137,10 @@ export async function insertAthlete(db: TestDatabase): Promise<Athlete> {
   const userId = randomUUID();
   const email = `edge-${randomBytes(4).toString('hex')}@example.com`;
   const [w1, w2, w3] = [randomUUID(), randomUUID(), randomUUID()];
-  await db.admin(`INSERT INTO users (id, email, name, created_at) VALUES ($1, $2, 'Edge Athlete', '2026-03-01T08:00:00Z')`, [userId, email]);
+  await db.admin(`INSERT INTO users (id, email, name, created_at) VALUES ($1, $2, 'Edge Athlete', '2026-03-01T08:00:00Z')`, [
+    userId,
+    email,
+  ]);
   await db.admin(`INSERT INTO user_preferences (user_id, units, weekly_goal) VALUES ($1, 'imperial', 5)`, [userId]);
   await db.admin(
     `INSERT INTO workouts (id, user_id, kind, started_at, duration_seconds) VALUES
@@ -151,7 +158,13 @@ export async function insertAthlete(db: TestDatabase): Promise<Athlete> {
     userId,
     email,
     strengthWorkoutId: w1,
-    expectedUser: { id: userId, email, name: 'Edge Athlete', preferences: { units: 'imperial', weeklyGoal: 5 }, createdAt: '2026-03-01T08:00:00.000Z' },
+    expectedUser: {
+      id: userId,
+      email,
+      name: 'Edge Athlete',
+      preferences: { units: 'imperial', weeklyGoal: 5 },
+      createdAt: '2026-03-01T08:00:00.000Z',
+    },
     expectedSummary: {
       userId,
       workouts: 3,

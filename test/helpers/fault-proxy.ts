@@ -228,7 +228,7 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
         return;
       }
       const out: Buffer[] = [];
-      for (let rest = chunk; ; ) {
+      for (let rest = chunk; ;) {
         const scanned = p.scanner.push(rest);
         out.push(scanned.forward);
         if (!scanned.commit) break;

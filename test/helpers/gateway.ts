@@ -117,7 +117,8 @@ export function leaksIn(text: string, db: TestDatabase): string[] {
   if (text.includes(`${url.hostname}:${url.port}`)) found.push('database host:port');
   // The user as drivers and URLs print it (a bare word like "postgres" is too common to flag).
   const user = decodeURIComponent(url.username);
-  if (user && [`${user}@`, `user "${user}"`, `role "${user}"`, `user=${user}`].some((form) => text.includes(form))) found.push('database user');
+  if (user && [`${user}@`, `user "${user}"`, `role "${user}"`, `user=${user}`].some((form) => text.includes(form)))
+    found.push('database user');
   if (url.password && text.includes(decodeURIComponent(url.password))) found.push('database password');
   return found;
 }
@@ -131,7 +132,10 @@ export async function adminClient(db: TestDatabase): Promise<pg.Client> {
 }
 
 /** Backends of `applicationName` on the test database (real PostgreSQL only). */
-export async function backendsOf(db: TestDatabase, applicationName: string): Promise<{ pid: number; state: string | null; wait_event_type: string | null }[]> {
+export async function backendsOf(
+  db: TestDatabase,
+  applicationName: string,
+): Promise<{ pid: number; state: string | null; wait_event_type: string | null }[]> {
   const { rows } = await db.admin(
     'SELECT pid, state, wait_event_type FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()',
     [applicationName],
@@ -153,7 +157,8 @@ export async function waitFor<T>(
     } catch (err) {
       last = err;
     }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${String(last)})` : ''}`);
+    if (Date.now() > deadline)
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${String(last)})` : ''}`);
     await new Promise((r) => setTimeout(r, intervalMs));
   }
 }

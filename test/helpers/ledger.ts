@@ -117,7 +117,10 @@ export class Ledger {
   }
 
   /** One POST with `key`; never throws. */
-  async send(key: string, baseUrl = this.#url()): Promise<{ status: number; code?: string; durationMs: number; retryAfter: string | null; replayed: boolean; id?: string }> {
+  async send(
+    key: string,
+    baseUrl = this.#url(),
+  ): Promise<{ status: number; code?: string; durationMs: number; retryAfter: string | null; replayed: boolean; id?: string }> {
     const started = performance.now();
     try {
       const res = await fetch(`${baseUrl}/api/workouts`, {
@@ -168,7 +171,17 @@ export class Ledger {
    * Writes with `concurrency` workers until `count` writes were sent or `until()` says stop.
    * `pauseMs` between a worker's writes keeps the load steady rather than a spike.
    */
-  async load({ concurrency, count = Infinity, until, pauseMs = 0 }: { concurrency: number; count?: number; until?: () => boolean; pauseMs?: number }): Promise<void> {
+  async load({
+    concurrency,
+    count = Infinity,
+    until,
+    pauseMs = 0,
+  }: {
+    concurrency: number;
+    count?: number;
+    until?: () => boolean;
+    pauseMs?: number;
+  }): Promise<void> {
     let started = 0;
     const worker = async () => {
       while (started < count && !(until?.() ?? false)) {
@@ -189,7 +202,10 @@ export class Ledger {
     for (const e of this.entries.filter((x) => x.outcome === 'ambiguous' && !x.resolved)) {
       for (let attempt = 1; ; attempt++) {
         const r = await this.send(e.key, baseUrl ?? this.#url());
-        const final = (r.status >= 200 && r.status < 300) || r.status === 422 || (r.status >= 400 && r.status < 500 && r.code !== 'idempotency_in_progress');
+        const final =
+          (r.status >= 200 && r.status < 300) ||
+          r.status === 422 ||
+          (r.status >= 400 && r.status < 500 && r.code !== 'idempotency_in_progress');
         if (final || Date.now() > deadline) {
           e.resolved = { status: r.status, replayed: r.replayed, attempts: attempt, id: r.id };
           break;
@@ -237,7 +253,9 @@ export class Ledger {
        FROM workouts w WHERE w.kind LIKE $1`,
       [`${this.prefix}-%`],
     );
-    const keys = new Set((await db.admin('SELECT key FROM idempotency_keys WHERE key LIKE $1', [`${this.prefix}-%`])).rows.map((r) => r.key as string));
+    const keys = new Set(
+      (await db.admin('SELECT key FROM idempotency_keys WHERE key LIKE $1', [`${this.prefix}-%`])).rows.map((r) => r.key as string),
+    );
     const byKind = new Map<string, { id: string; sets: number }[]>();
     for (const r of rows) byKind.set(r.kind, [...(byKind.get(r.kind) ?? []), { id: r.id, sets: r.sets }]);
 
@@ -258,9 +276,11 @@ export class Ledger {
         if (keys.has(e.key)) problems.push(`${e.key}: definitely failed (${answer}) but an idempotency record exists`);
       } else {
         if (!e.resolved) problems.push(`${e.key}: ambiguous (${answer}) and never re-sent`);
-        else if (e.resolved.status < 200 || e.resolved.status >= 300) problems.push(`${e.key}: ambiguous (${answer}), re-send still answered ${e.resolved.status}`);
+        else if (e.resolved.status < 200 || e.resolved.status >= 300)
+          problems.push(`${e.key}: ambiguous (${answer}), re-send still answered ${e.resolved.status}`);
         if (found.length !== 1) problems.push(`${e.key}: ambiguous (${answer}), after re-send ${found.length} rows`);
-        else if (e.resolved?.id && found[0]!.id !== e.resolved.id) problems.push(`${e.key}: re-send answered id ${e.resolved.id} but the row is ${found[0]!.id}`);
+        else if (e.resolved?.id && found[0]!.id !== e.resolved.id)
+          problems.push(`${e.key}: re-send answered id ${e.resolved.id} but the row is ${found[0]!.id}`);
       }
     }
     if (applicationName) {

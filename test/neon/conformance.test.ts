@@ -61,7 +61,10 @@ async function expectSame(text: string, params: unknown[] = []) {
   const viaPg = await direct.query(text, params);
   const viaHttp = await sql.query(text, params, { fullResults: true });
   const viaWs = await wsPool.query(text, params);
-  for (const [via, got] of [['http', viaHttp], ['ws', viaWs]] as const) {
+  for (const [via, got] of [
+    ['http', viaHttp],
+    ['ws', viaWs],
+  ] as const) {
     expect(plain(got.rows), via).toEqual(plain(viaPg.rows));
     expect(got.fields.map(fieldShape), via).toEqual(viaPg.fields.map(fieldShape));
     expect(got.command, via).toBe(viaPg.command);
@@ -75,19 +78,31 @@ describe('values: the driver parses what pg parses', () => {
     ['int2/int4/int8', `SELECT (-32768)::int2 AS a, 2147483647::int4 AS b, (-9223372036854775808)::int8 AS c, 0::int8 AS d`],
     ['numeric', `SELECT 12345678901234567890.123456789::numeric AS a, (-0.5)::numeric(10,3) AS b, 'NaN'::numeric AS c`],
     ['float4/float8', `SELECT 1.5::float4 AS a, 3.141592653589793::float8 AS b, 1e-300::float8 AS c, (-0.0)::float8 AS d`],
-    ['float NaN/Infinity', `SELECT 'NaN'::float8 AS a, 'Infinity'::float8 AS b, '-Infinity'::float8 AS c, 'NaN'::float4 AS d, '-Infinity'::float4 AS e`],
+    [
+      'float NaN/Infinity',
+      `SELECT 'NaN'::float8 AS a, 'Infinity'::float8 AS b, '-Infinity'::float8 AS c, 'NaN'::float4 AS d, '-Infinity'::float4 AS e`,
+    ],
     ['bool', `SELECT true AS a, false AS b`],
     ['text/varchar', `SELECT 'héllo ✓ "q" \\ ''s'::text AS a, 'abc'::varchar(10) AS b, ''::text AS c, 'x'::char(3) AS d`],
     ['uuid', `SELECT 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid AS a`],
-    ['json/jsonb', `SELECT '{"a":[1,2.5,{"b":null}],"s":"é"}'::json AS a, '{"b":2,"a":[true]}'::jsonb AS b, 'null'::jsonb AS c, '"str"'::json AS d`],
+    [
+      'json/jsonb',
+      `SELECT '{"a":[1,2.5,{"b":null}],"s":"é"}'::json AS a, '{"b":2,"a":[true]}'::jsonb AS b, 'null'::jsonb AS c, '"str"'::json AS d`,
+    ],
     ['bytea', `SELECT '\\xdeadbeef00'::bytea AS a, ''::bytea AS b`],
     ['date', `SELECT '2024-02-29'::date AS a, '0044-03-15 BC'::date AS b, 'infinity'::date AS c`],
     ['timestamp', `SELECT '2024-02-29 13:14:15.123456'::timestamp AS a, '1999-12-31 23:59:59'::timestamp AS b`],
     ['timestamptz', `SELECT '2024-02-29 13:14:15.123+02'::timestamptz AS a, '-infinity'::timestamptz AS b`],
     ['interval', `SELECT '1 year 2 mons 3 days 04:05:06.789'::interval AS a, '-1 day'::interval AS b, '0'::interval AS c`],
     ['NULL', `SELECT NULL AS a, NULL::int AS b, NULL::jsonb AS c, NULL::int[] AS d`],
-    ['arrays with NULL elements', `SELECT ARRAY[1,NULL,3]::int[] AS a, ARRAY['a',NULL,'b "q"','c,d']::text[] AS b, ARRAY[true,NULL]::bool[] AS c, '{}'::int[] AS d`],
-    ['2-D and typed arrays', `SELECT ARRAY[[1,2],[3,4]]::int8[] AS a, ARRAY[1.5,NULL]::numeric[] AS b, ARRAY['2024-01-01'::date] AS c, ARRAY['{"k":1}'::jsonb] AS d, ARRAY['a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid] AS e, ARRAY['\\x01'::bytea] AS f`],
+    [
+      'arrays with NULL elements',
+      `SELECT ARRAY[1,NULL,3]::int[] AS a, ARRAY['a',NULL,'b "q"','c,d']::text[] AS b, ARRAY[true,NULL]::bool[] AS c, '{}'::int[] AS d`,
+    ],
+    [
+      '2-D and typed arrays',
+      `SELECT ARRAY[[1,2],[3,4]]::int8[] AS a, ARRAY[1.5,NULL]::numeric[] AS b, ARRAY['2024-01-01'::date] AS c, ARRAY['{"k":1}'::jsonb] AS d, ARRAY['a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid] AS e, ARRAY['\\x01'::bytea] AS f`,
+    ],
   ])('%s', async (_name, text) => {
     await expectSame(text);
   });
@@ -95,7 +110,19 @@ describe('values: the driver parses what pg parses', () => {
   it('params of several types', async () => {
     await expectSame(
       'SELECT $1::int AS a, $2::text AS b, $3::bool AS c, $4::timestamptz AS d, $5::bytea AS e, $6::jsonb AS f, $7::int[] AS g, $8::text AS h, $9::numeric AS i, $10::float8 AS j, $11::text[] AS k',
-      [42, 'x ✓', true, new Date('2024-01-02T03:04:05.678Z'), Buffer.from([0, 1, 254, 255]), { k: [1, 'v', null] }, [1, null, 3], null, '12345678901234567890.12345', -1.25, ['a', 'b,c', null]],
+      [
+        42,
+        'x ✓',
+        true,
+        new Date('2024-01-02T03:04:05.678Z'),
+        Buffer.from([0, 1, 254, 255]),
+        { k: [1, 'v', null] },
+        [1, null, 3],
+        null,
+        '12345678901234567890.12345',
+        -1.25,
+        ['a', 'b,c', null],
+      ],
     );
   });
 
@@ -146,7 +173,10 @@ describe('result shapes', () => {
       expect([viaHttp.command, viaHttp.rowCount, viaHttp.rows], step).toEqual([viaPg.command, viaPg.rowCount, viaPg.rows]);
     }
     const left = await direct.query('SELECT k, v FROM conf_dml_http ORDER BY k');
-    expect(left.rows).toEqual([{ k: 3, v: 'c!' }, { k: 11, v: 'a' }]);
+    expect(left.rows).toEqual([
+      { k: 3, v: 'c!' },
+      { k: 11, v: 'a' },
+    ]);
   });
 });
 
@@ -204,8 +234,13 @@ describe('HTTP batches (sql.transaction)', () => {
       sql`SELECT qty FROM conf_items WHERE name = 'batch-a'`,
     ]);
     expect(results).toEqual([[{ name: 'batch-a' }], [], [{ qty: 2 }]]);
-    const full = await sql.transaction((tx) => [tx`SELECT 1 AS one`, tx`DELETE FROM conf_items WHERE name = 'nope'`], { fullResults: true });
-    expect(full.map((r) => [r.command, r.rowCount])).toEqual([['SELECT', 1], ['DELETE', 0]]);
+    const full = await sql.transaction((tx) => [tx`SELECT 1 AS one`, tx`DELETE FROM conf_items WHERE name = 'nope'`], {
+      fullResults: true,
+    });
+    expect(full.map((r) => [r.command, r.rowCount])).toEqual([
+      ['SELECT', 1],
+      ['DELETE', 0],
+    ]);
   });
 
   it('a batch that fails half-way rolls back everything', async () => {
@@ -227,8 +262,17 @@ describe('HTTP batches (sql.transaction)', () => {
 describe('errors', () => {
   /** The fields NeonDbError and pg's DatabaseError share. */
   const errorShape = (e: Record<string, unknown>) => ({
-    message: e.message, code: e.code, severity: e.severity, detail: e.detail, hint: e.hint, position: e.position,
-    schema: e.schema, table: e.table, column: e.column, constraint: e.constraint, routine: e.routine,
+    message: e.message,
+    code: e.code,
+    severity: e.severity,
+    detail: e.detail,
+    hint: e.hint,
+    position: e.position,
+    schema: e.schema,
+    table: e.table,
+    column: e.column,
+    constraint: e.constraint,
+    routine: e.routine,
   });
 
   async function expectSameError(text: string, params: unknown[] = []) {

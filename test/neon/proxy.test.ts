@@ -62,9 +62,18 @@ describe('the wire format', () => {
   it('returns rows as objects without Neon-Array-Mode, and batches as {results}', async () => {
     const single = await post(proxy.url, JSON.stringify({ query: 'SELECT 1 AS a' }), { 'Neon-Array-Mode': 'false' });
     expect(await single.json()).toMatchObject({ rowAsArray: false, rows: [{ a: '1' }] });
-    const batch = await post(proxy.url, JSON.stringify({ queries: [{ query: 'SELECT 1 AS a', params: [] }, { query: 'SELECT 2 AS b', params: [] }] }), {
-      'Neon-Batch-Isolation-Level': 'RepeatableRead',
-    });
+    const batch = await post(
+      proxy.url,
+      JSON.stringify({
+        queries: [
+          { query: 'SELECT 1 AS a', params: [] },
+          { query: 'SELECT 2 AS b', params: [] },
+        ],
+      }),
+      {
+        'Neon-Batch-Isolation-Level': 'RepeatableRead',
+      },
+    );
     expect(batch.status).toBe(200);
     expect(batch.headers.get('neon-batch-isolation-level')).toBe('RepeatableRead');
     const body = (await batch.json()) as { results: { rows: unknown[] }[] };
@@ -88,7 +97,11 @@ describe('the wire format', () => {
   it('answers the OPTIONS preflight', async () => {
     const res = await fetch(`${proxy.url}/sql`, {
       method: 'OPTIONS',
-      headers: { Origin: 'http://app.local', 'Access-Control-Request-Method': 'POST', 'Access-Control-Request-Headers': 'neon-connection-string' },
+      headers: {
+        Origin: 'http://app.local',
+        'Access-Control-Request-Method': 'POST',
+        'Access-Control-Request-Headers': 'neon-connection-string',
+      },
     });
     expect(res.status).toBe(204);
     expect(res.headers.get('access-control-allow-origin')).toBe('*');
@@ -113,8 +126,18 @@ describe('bad requests get 400 with a JSON message', () => {
     ['a non-string query', '{"query": 5, "params": []}', {}, /"query" as a string/],
     ['non-array params', '{"query": "SELECT 1", "params": "x"}', {}, /"params" as an array/],
     ['an unknown isolation level', '{"queries": []}', { 'Neon-Batch-Isolation-Level': 'Chaos' }, /invalid isolation level/],
-    ['a connection string that is not a URL', '{"query": "SELECT 1"}', { 'Neon-Connection-String': 'not a url' }, /invalid connection string/],
-    ['a connection string without a database', '{"query": "SELECT 1"}', { 'Neon-Connection-String': 'postgres://u@127.0.0.1:5432' }, /missing database/],
+    [
+      'a connection string that is not a URL',
+      '{"query": "SELECT 1"}',
+      { 'Neon-Connection-String': 'not a url' },
+      /invalid connection string/,
+    ],
+    [
+      'a connection string without a database',
+      '{"query": "SELECT 1"}',
+      { 'Neon-Connection-String': 'postgres://u@127.0.0.1:5432' },
+      /missing database/,
+    ],
   ] as const)('%s', async (_name, body, headers, message) => {
     const res = await post(proxy.url, body, headers);
     expect(res.status).toBe(400);
@@ -272,7 +295,10 @@ describe('terminated backends', () => {
     // Warm several pooled connections, one of them busy when the terminate lands.
     await Promise.all([1, 2, 3].map((n) => sql`SELECT ${n}::int AS n`));
     const busy = sql`SELECT pg_sleep(10)`.catch((e: unknown) => e);
-    await waitFor(async () => (await db.admin(`SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'`)).rowCount === 1);
+    await waitFor(
+      async () =>
+        (await db.admin(`SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%' AND state = 'active'`)).rowCount === 1,
+    );
     // Everything on this database but the admin pool is the proxy's (a pool's application_name
     // is whatever its first request carried, so it is not a reliable filter).
     const proxyBackends = `FROM pg_stat_activity WHERE datname = current_database() AND application_name <> 'poolgate-test-admin'`;
@@ -306,12 +332,16 @@ describe('CLI', () => {
     withPassword.password = 'cli-secret-pw';
     // The tsx binary `npx tsx` resolves to, run directly: npm exec does not forward SIGTERM (it
     // exits 143 and orphans the child), so through npx the CLI's own exit code is unobservable.
-    const child = spawn('node_modules/.bin/tsx', ['src/local/neon-proxy/cli.ts', '--database-url', withPassword.toString(), '--port', '0'], {
-      cwd: repoRoot,
-      env: { ...process.env, DATABASE_URL: '' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-      detached: true, // its own process group, so cleanup reaches tsx's child too
-    });
+    const child = spawn(
+      'node_modules/.bin/tsx',
+      ['src/local/neon-proxy/cli.ts', '--database-url', withPassword.toString(), '--port', '0'],
+      {
+        cwd: repoRoot,
+        env: { ...process.env, DATABASE_URL: '' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+        detached: true, // its own process group, so cleanup reaches tsx's child too
+      },
+    );
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d));
@@ -343,10 +373,14 @@ describe('CLI', () => {
   });
 
   it('bad arguments: exit 1 with one line on stderr and no password', async () => {
-    const child = spawn('npx', ['tsx', 'src/local/neon-proxy/cli.ts', '--database-url', 'postgres://u:cli-secret-pw@127.0.0.1:5432/x', '--port', 'abc'], {
-      cwd: repoRoot,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(
+      'npx',
+      ['tsx', 'src/local/neon-proxy/cli.ts', '--database-url', 'postgres://u:cli-secret-pw@127.0.0.1:5432/x', '--port', 'abc'],
+      {
+        cwd: repoRoot,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     let output = '';
     child.stdout.on('data', (d: Buffer) => (output += d));
     child.stderr.on('data', (d: Buffer) => (output += d));

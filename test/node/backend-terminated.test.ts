@@ -9,7 +9,17 @@ import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { realPostgresUrl } from '../helpers/db.js';
-import { adminClient, backendsOf, json, leaksIn, seenResponses, startTestGateway, waitFor, type TestGateway, catchUnhandled } from '../helpers/gateway.js';
+import {
+  adminClient,
+  backendsOf,
+  json,
+  leaksIn,
+  seenResponses,
+  startTestGateway,
+  waitFor,
+  type TestGateway,
+  catchUnhandled,
+} from '../helpers/gateway.js';
 
 describe.skipIf(!realPostgresUrl)('pool connections terminated by the server (real PostgreSQL: pg_terminate_backend)', () => {
   const POOL_MAX = 3;
@@ -32,7 +42,9 @@ describe.skipIf(!realPostgresUrl)('pool connections terminated by the server (re
   });
 
   const terminateAll = async () => {
-    const { rows } = await t.db.admin('SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE application_name = $1', [t.applicationName]);
+    const { rows } = await t.db.admin('SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE application_name = $1', [
+      t.applicationName,
+    ]);
     return rows.filter((r) => r.ok).length;
   };
 
@@ -45,7 +57,10 @@ describe.skipIf(!realPostgresUrl)('pool connections terminated by the server (re
       const res = await json(`${t.url}/api/users/${userId}`);
       expect(res.status).toBe(200);
     }
-    const w = await json(`${t.url}/api/workouts`, { method: 'POST', json: { userId, kind: 'after', startedAt: '2026-07-01T10:00:00Z', sets: [] } });
+    const w = await json(`${t.url}/api/workouts`, {
+      method: 'POST',
+      json: { userId, kind: 'after', startedAt: '2026-07-01T10:00:00Z', sets: [] },
+    });
     expect(w.status).toBe(201);
     expect((await json(`${t.url}/health/ready`)).status).toBe(200);
   }

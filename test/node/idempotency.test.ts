@@ -11,10 +11,16 @@ import { adminClient, json, startTestGateway, waitFor, type TestGateway } from '
 let t: TestGateway;
 let userId: string;
 
-const workout = (kind: string) => ({ userId, kind, startedAt: '2026-11-01T10:00:00Z', sets: [{ exercise: 'row', reps: 10, weightKg: 40 }] });
+const workout = (kind: string) => ({
+  userId,
+  kind,
+  startedAt: '2026-11-01T10:00:00Z',
+  sets: [{ exercise: 'row', reps: 10, weightKg: 40 }],
+});
 const post = (key: string | undefined, body: unknown) =>
   json(`${t.url}/api/workouts`, { method: 'POST', json: body, headers: key === undefined ? {} : { 'idempotency-key': key } });
-const rowsOfKind = async (kind: string) => Number((await t.db.admin('SELECT count(*) FROM workouts WHERE kind = $1', [kind])).rows[0].count);
+const rowsOfKind = async (kind: string) =>
+  Number((await t.db.admin('SELECT count(*) FROM workouts WHERE kind = $1', [kind])).rows[0].count);
 
 beforeAll(async () => {
   t = await startTestGateway({ POOL_MAX: '4' });
@@ -48,33 +54,36 @@ describe('Idempotency-Key', () => {
   });
 
   // PGlite serialises every connection behind an open transaction, so the twin could not even run.
-  it.skipIf(!realPostgresUrl)('answers 409 to a twin while the first is still running, then replays once it finished (real PostgreSQL)', async () => {
-    // Block the first request inside its transaction: it needs workout_sets, which we lock.
-    const locker = await adminClient(t.db);
-    await locker.query('BEGIN');
-    await locker.query('LOCK TABLE workout_sets IN ACCESS EXCLUSIVE MODE');
-    const first = post('key-twin-1', workout('idem-twin'));
-    try {
-      // Wait until the first holds the key's advisory lock (it blocks on the table lock next).
-      const deadline = Date.now() + 5_000;
-      let twin = await post('key-twin-1', workout('idem-twin'));
-      while (twin.status !== 409 && Date.now() < deadline) {
-        await new Promise((r) => setTimeout(r, 50));
-        twin = await post('key-twin-1', workout('idem-twin'));
+  it.skipIf(!realPostgresUrl)(
+    'answers 409 to a twin while the first is still running, then replays once it finished (real PostgreSQL)',
+    async () => {
+      // Block the first request inside its transaction: it needs workout_sets, which we lock.
+      const locker = await adminClient(t.db);
+      await locker.query('BEGIN');
+      await locker.query('LOCK TABLE workout_sets IN ACCESS EXCLUSIVE MODE');
+      const first = post('key-twin-1', workout('idem-twin'));
+      try {
+        // Wait until the first holds the key's advisory lock (it blocks on the table lock next).
+        const deadline = Date.now() + 5_000;
+        let twin = await post('key-twin-1', workout('idem-twin'));
+        while (twin.status !== 409 && Date.now() < deadline) {
+          await new Promise((r) => setTimeout(r, 50));
+          twin = await post('key-twin-1', workout('idem-twin'));
+        }
+        expect(twin.status).toBe(409);
+        expect(twin.body.error.code).toBe('idempotency_in_progress');
+        expect(twin.headers.get('retry-after')).toBeTruthy();
+      } finally {
+        await locker.query('COMMIT');
+        await locker.end();
       }
-      expect(twin.status).toBe(409);
-      expect(twin.body.error.code).toBe('idempotency_in_progress');
-      expect(twin.headers.get('retry-after')).toBeTruthy();
-    } finally {
-      await locker.query('COMMIT');
-      await locker.end();
-    }
-    expect((await first).status).toBe(201);
-    const after = await post('key-twin-1', workout('idem-twin'));
-    expect(after.status).toBe(201);
-    expect(after.headers.get('idempotent-replayed')).toBe('true');
-    expect(await rowsOfKind('idem-twin')).toBe(1);
-  });
+      expect((await first).status).toBe(201);
+      const after = await post('key-twin-1', workout('idem-twin'));
+      expect(after.status).toBe(201);
+      expect(after.headers.get('idempotent-replayed')).toBe('true');
+      expect(await rowsOfKind('idem-twin')).toBe(1);
+    },
+  );
 
   it('records no key when the write fails, so a corrected retry with the same key runs', async () => {
     const bad = await post('key-fail-1', { ...workout('idem-fail'), userId: '00000000-0000-4000-8000-00000000ffff' });
@@ -112,10 +121,13 @@ describe('Idempotency-Key', () => {
            ('purge-old', 'h', 201, NULL, now() - interval '1 minute'),
            ('purge-live', 'h', 201, NULL, now() + interval '1 hour')`,
       );
-      await waitFor(async () => Number((await t.db.admin("SELECT count(*) FROM idempotency_keys WHERE key = 'purge-old'")).rows[0].count) === 0, {
-        timeoutMs: 10_000,
-        what: 'the expired record to be purged',
-      });
+      await waitFor(
+        async () => Number((await t.db.admin("SELECT count(*) FROM idempotency_keys WHERE key = 'purge-old'")).rows[0].count) === 0,
+        {
+          timeoutMs: 10_000,
+          what: 'the expired record to be purged',
+        },
+      );
       expect(Number((await t.db.admin("SELECT count(*) FROM idempotency_keys WHERE key = 'purge-live'")).rows[0].count)).toBe(1);
       expect(p.logs.some((l) => /purged \d+ expired idempotency records/.test(l))).toBe(true);
     } finally {

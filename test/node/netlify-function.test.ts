@@ -50,12 +50,17 @@ const count = async () => Number((await db.admin('SELECT count(*) FROM workouts 
 
 describe('Netlify Node function bundle', () => {
   it('runs a signed forward on its pg Pool under /.netlify/functions/gateway', async () => {
-    const body = new TextEncoder().encode(JSON.stringify({ userId, kind: 'swim', startedAt: '2026-11-20T06:00:00Z', sets: [{ exercise: 'laps', reps: 20 }] }));
+    const body = new TextEncoder().encode(
+      JSON.stringify({ userId, kind: 'swim', startedAt: '2026-11-20T06:00:00Z', sets: [{ exercise: 'laps', reps: 20 }] }),
+    );
     const sign = createForwardSigner(SECRET);
     const res = await gateway(
       new Request(`${BASE}/api/workouts`, {
         method: 'POST',
-        headers: { 'content-type': 'application/json', 'x-poolgate-signature': await sign({ method: 'POST', pathWithQuery: '/api/workouts', body }) },
+        headers: {
+          'content-type': 'application/json',
+          'x-poolgate-signature': await sign({ method: 'POST', pathWithQuery: '/api/workouts', body }),
+        },
         body,
       }),
     );

@@ -39,7 +39,9 @@ describe.skipIf(!realPostgresUrl)('pool bounds under 500 concurrent requests (re
     let maxTotal = 0;
     const sampler = (async () => {
       while (sampling) {
-        const { rows } = await t.db.admin('SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1', [t.applicationName]);
+        const { rows } = await t.db.admin('SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1', [
+          t.applicationName,
+        ]);
         maxSeen = Math.max(maxSeen, rows[0].n);
         maxTotal = Math.max(maxTotal, t.gateway.database.stats()!.total);
         samples++;

@@ -7,7 +7,16 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { adminClient, json, type JsonResponse, leaksIn, seenResponses, startTestGateway, waitFor, type TestGateway } from '../helpers/gateway.js';
+import {
+  adminClient,
+  json,
+  type JsonResponse,
+  leaksIn,
+  seenResponses,
+  startTestGateway,
+  waitFor,
+  type TestGateway,
+} from '../helpers/gateway.js';
 
 const ACQUIRE_TIMEOUT_MS = 300;
 let t: TestGateway;

@@ -26,12 +26,17 @@ function expectErrorShape(body: any, code: string) {
   expect(body).toEqual({
     error: expect.objectContaining({ code, message: expect.any(String), requestId: expect.any(String) }),
   });
-  expect(Object.keys(body.error).sort()).toEqual(body.error.fields ? ['code', 'fields', 'message', 'requestId'] : ['code', 'message', 'requestId']);
+  expect(Object.keys(body.error).sort()).toEqual(
+    body.error.fields ? ['code', 'fields', 'message', 'requestId'] : ['code', 'message', 'requestId'],
+  );
 }
 
 let seq = 0;
 async function createUser(extra: Record<string, unknown> = {}) {
-  const res = await json(`${api}/users`, { method: 'POST', json: { email: `user${++seq}-${randomUUID()}@example.com`, name: `User ${seq}`, ...extra } });
+  const res = await json(`${api}/users`, {
+    method: 'POST',
+    json: { email: `user${++seq}-${randomUUID()}@example.com`, name: `User ${seq}`, ...extra },
+  });
   expect(res.status).toBe(201);
   return res.body as { id: string; email: string };
 }
@@ -70,7 +75,10 @@ describe('POST /api/users', () => {
   });
 
   it('refuses invalid fields with 400 naming each of them', async () => {
-    const res = await json(`${api}/users`, { method: 'POST', json: { email: 'not-an-email', name: '', preferences: { units: 'furlongs' } } });
+    const res = await json(`${api}/users`, {
+      method: 'POST',
+      json: { email: 'not-an-email', name: '', preferences: { units: 'furlongs' } },
+    });
     expect(res.status).toBe(400);
     expectErrorShape(res.body, 'validation_failed');
     expect(fieldsOf(res.body)).toEqual(['email', 'name', 'preferences.units']);
@@ -93,7 +101,11 @@ describe('POST /api/users', () => {
   });
 
   it('answers 415 for a body that is not declared as JSON', async () => {
-    const res = await json(`${api}/users`, { method: 'POST', headers: { 'content-type': 'text/plain' }, body: '{"email":"a@b.co","name":"A"}' });
+    const res = await json(`${api}/users`, {
+      method: 'POST',
+      headers: { 'content-type': 'text/plain' },
+      body: '{"email":"a@b.co","name":"A"}',
+    });
     expect(res.status).toBe(415);
     expectErrorShape(res.body, 'unsupported_media_type');
     const none = await json(`${api}/users`, { method: 'POST', body: new Uint8Array([123, 125]) });
@@ -101,7 +113,11 @@ describe('POST /api/users', () => {
   });
 
   it('answers 400 invalid_json for malformed JSON', async () => {
-    const res = await json(`${api}/users`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"email": "a@b.co", ' });
+    const res = await json(`${api}/users`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{"email": "a@b.co", ',
+    });
     expect(res.status).toBe(400);
     expectErrorShape(res.body, 'invalid_json');
     const empty = await json(`${api}/users`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '' });
@@ -150,7 +166,12 @@ describe('POST /api/users', () => {
         controller.close();
       },
     });
-    const res = await json(`${api}/users`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: stream, duplex: 'half' } as RequestInit);
+    const res = await json(`${api}/users`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: stream,
+      duplex: 'half',
+    } as RequestInit);
     expect(res.status).toBe(201);
   });
 });
@@ -267,7 +288,10 @@ describe('POST /api/workouts and GET/DELETE /api/workouts/:id', () => {
 
   it('answers 404 when the user does not exist, and writes nothing', async () => {
     const userId = randomUUID();
-    const res = await json(`${api}/workouts`, { method: 'POST', json: { userId, kind: 'run', startedAt: '2026-03-01T07:00:00Z', sets: [] } });
+    const res = await json(`${api}/workouts`, {
+      method: 'POST',
+      json: { userId, kind: 'run', startedAt: '2026-03-01T07:00:00Z', sets: [] },
+    });
     expect(res.status).toBe(404);
     expectErrorShape(res.body, 'not_found');
     expect(res.text).not.toMatch(/foreign key|workouts_user_id_fkey/);
@@ -282,7 +306,10 @@ describe('POST /api/workouts and GET/DELETE /api/workouts/:id', () => {
     expect(badJson.body.error.code).toBe('invalid_json');
     const u = await createUser();
     const sets = Array.from({ length: 40 }, () => ({ exercise: 'squat', reps: 5 }));
-    const big = await json(`${api}/workouts`, { method: 'POST', json: { userId: u.id, kind: 'strength', startedAt: '2026-03-01T07:00:00Z', sets } });
+    const big = await json(`${api}/workouts`, {
+      method: 'POST',
+      json: { userId: u.id, kind: 'strength', startedAt: '2026-03-01T07:00:00Z', sets },
+    });
     expect(big.status).toBe(413);
   });
 
@@ -362,7 +389,12 @@ describe('GET /api/users/:id/workouts', () => {
 
   it('loses no workout whose start times differ by less than a millisecond', async () => {
     const u = await createUser();
-    const starts = ['2026-04-01T10:00:00.123400Z', '2026-04-01T10:00:00.123900Z', '2026-04-01T10:00:00.123100Z', '2026-04-01T10:00:00.122Z'];
+    const starts = [
+      '2026-04-01T10:00:00.123400Z',
+      '2026-04-01T10:00:00.123900Z',
+      '2026-04-01T10:00:00.123100Z',
+      '2026-04-01T10:00:00.122Z',
+    ];
     const ids = new Set<string>();
     for (const startedAt of starts) ids.add((await createWorkout(u.id, { startedAt })).id);
     const seen: string[] = [];

@@ -114,7 +114,9 @@ describe.skipIf(!realPostgresUrl)('SIGTERM to the gateway process (real PostgreS
     let stderr = '';
     proc.stdout.on('data', (d) => (stdout += d));
     proc.stderr.on('data', (d) => (stderr += d));
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+      proc.on('exit', (code, signal) => resolve({ code, signal })),
+    );
 
     const url = await waitFor(() => /Node gateway on (http:\/\/[\d.]+:\d+)/.exec(stdout)?.[1], {
       timeoutMs: 30_000,
@@ -131,7 +133,12 @@ describe.skipIf(!realPostgresUrl)('SIGTERM to the gateway process (real PostgreS
       await locker.query('SELECT 1 FROM users WHERE id = $1 FOR UPDATE', [user.body.id]);
       const slow = json(`${url}/api/workouts`, {
         method: 'POST',
-        json: { userId: user.body.id, kind: 'sigterm', startedAt: '2026-08-01T06:00:00Z', sets: [{ exercise: 'squat', reps: 5, weightKg: 60 }] },
+        json: {
+          userId: user.body.id,
+          kind: 'sigterm',
+          startedAt: '2026-08-01T06:00:00Z',
+          sets: [{ exercise: 'squat', reps: 5, weightKg: 60 }],
+        },
       });
       await waitFor(async () => (await backendsOf(db, applicationName)).some((b) => b.wait_event_type === 'Lock'), {
         what: 'the transaction to wait on the row lock',
@@ -154,14 +161,19 @@ describe.skipIf(!realPostgresUrl)('SIGTERM to the gateway process (real PostgreS
 
       const done = await slow;
       expect(done.status).toBe(201);
-      const rows = await db.admin(`SELECT w.id, count(s.*)::int AS sets FROM workouts w LEFT JOIN workout_sets s ON s.workout_id = w.id WHERE w.kind = 'sigterm' GROUP BY w.id`);
+      const rows = await db.admin(
+        `SELECT w.id, count(s.*)::int AS sets FROM workouts w LEFT JOIN workout_sets s ON s.workout_id = w.id WHERE w.kind = 'sigterm' GROUP BY w.id`,
+      );
       expect(rows.rows).toEqual([{ id: done.body.id, sets: 1 }]);
     } finally {
       await locker.query('ROLLBACK').catch(() => {});
       await locker.end();
     }
 
-    const exit = await Promise.race([exited, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no exit; stdout: ${stdout}`)), 20_000))]);
+    const exit = await Promise.race([
+      exited,
+      new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no exit; stdout: ${stdout}`)), 20_000)),
+    ]);
     expect(exit).toEqual({ code: 0, signal: null });
     expect(stdout).toMatch(/poolgate: stopped\n/);
     expect(stderr).toBe('');

@@ -71,7 +71,10 @@ describe('a known sequence of requests on a fresh gateway', () => {
   let userId: string;
 
   beforeAll(async () => {
-    const created = await json(`${t.url}/api/users`, { method: 'POST', json: { email: `stats-${randomUUID()}@example.com`, name: 'Stats' } });
+    const created = await json(`${t.url}/api/users`, {
+      method: 'POST',
+      json: { email: `stats-${randomUUID()}@example.com`, name: 'Stats' },
+    });
     expect(created.status).toBe(201);
     userId = created.body.id;
     for (let i = 0; i < 3; i++) expect((await json(`${t.url}/api/users/${userId}`)).status).toBe(200);
@@ -102,7 +105,12 @@ describe('a known sequence of requests on a fresh gateway', () => {
     expect(routeOf(routes, 'GET', '/stats')).toBeUndefined(); // this request is recorded after its own snapshot
 
     // Only patterns: no id, no query string, no raw path ever becomes a route key.
-    expect(routes.map((r) => `${r.method} ${r.route}`).sort()).toEqual(['GET (unmatched)', 'GET /api/users/:id', 'GET /health', 'POST /api/users']);
+    expect(routes.map((r) => `${r.method} ${r.route}`).sort()).toEqual([
+      'GET (unmatched)',
+      'GET /api/users/:id',
+      'GET /health',
+      'POST /api/users',
+    ]);
     expect(res.text).not.toContain(userId);
     expect(res.text).not.toContain('/no/such/route');
     expect(res.body.pool).toMatchObject({ max: 3, active: 0, waiting: 0, acquireTimeoutCount: 0, queueRejectedCount: 0 });
@@ -173,7 +181,10 @@ describe('Server-Timing', () => {
 
 describe('connection reuse', () => {
   it('is above 0.9 after 100 sequential requests on a warm pool', async () => {
-    const created = await json(`${t.url}/api/users`, { method: 'POST', json: { email: `reuse-${randomUUID()}@example.com`, name: 'Reuse' } });
+    const created = await json(`${t.url}/api/users`, {
+      method: 'POST',
+      json: { email: `reuse-${randomUUID()}@example.com`, name: 'Reuse' },
+    });
     const before = t.gateway.database.stats()!;
     for (let i = 0; i < 100; i++) {
       const res = await json(`${t.url}/api/users/${created.body.id}`);

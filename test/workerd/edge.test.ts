@@ -17,7 +17,16 @@ import type { Readable } from 'node:stream';
 import { Miniflare } from 'miniflare';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { waitFor } from '../helpers/gateway.js';
-import { closedPortUrl, countRows, dbDescOf, insertAthlete, startEdgeStack, workoutBody, type Athlete, type EdgeStack } from '../helpers/edge.js';
+import {
+  closedPortUrl,
+  countRows,
+  dbDescOf,
+  insertAthlete,
+  startEdgeStack,
+  workoutBody,
+  type Athlete,
+  type EdgeStack,
+} from '../helpers/edge.js';
 
 const REQUEST_TIMEOUT_MS = 20_000;
 const MISCONFIGURED_PASSWORD = 'pw-must-never-show';
@@ -30,21 +39,33 @@ interface Answer {
   body: any;
 }
 
-type Fetcher = (url: string, init: { method?: string; headers?: Record<string, string>; body?: string; signal?: AbortSignal }) => Promise<{
+type Fetcher = (
+  url: string,
+  init: { method?: string; headers?: Record<string, string>; body?: string; signal?: AbortSignal },
+) => Promise<{
   status: number;
   headers: { get(name: string): string | null };
   text(): Promise<string>;
 }>;
 
 /** One request, body read and parsed; bounded so a hang fails the test instead of stalling it. */
-async function ask(fetcher: Fetcher, url: string, init: { method?: string; headers?: Record<string, string>; json?: unknown; body?: string } = {}): Promise<Answer> {
+async function ask(
+  fetcher: Fetcher,
+  url: string,
+  init: { method?: string; headers?: Record<string, string>; json?: unknown; body?: string } = {},
+): Promise<Answer> {
   const headers = { ...init.headers };
   let body = init.body;
   if (init.json !== undefined) {
     headers['content-type'] ??= 'application/json';
     body = JSON.stringify(init.json);
   }
-  const res = await fetcher(url, { method: init.method ?? 'GET', headers, ...(body !== undefined ? { body } : {}), signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) });
+  const res = await fetcher(url, {
+    method: init.method ?? 'GET',
+    headers,
+    ...(body !== undefined ? { body } : {}),
+    signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+  });
   const text = await res.text();
   let parsed: unknown;
   try {
@@ -206,7 +227,10 @@ describe('writes, forwarded signed to the Node function', () => {
     const id = res.body.id as string;
     const { rows } = await stack.db.admin('SELECT user_id, kind, duration_seconds FROM workouts WHERE id = $1', [id]);
     expect(rows).toEqual([{ user_id: writer.userId, kind: 'forwarded-run', duration_seconds: 1500 }]);
-    const sets = await stack.db.admin('SELECT exercise, reps, weight_kg::float8 AS w FROM workout_sets WHERE workout_id = $1 ORDER BY position', [id]);
+    const sets = await stack.db.admin(
+      'SELECT exercise, reps, weight_kg::float8 AS w FROM workout_sets WHERE workout_id = $1 ORDER BY position',
+      [id],
+    );
     expect(sets.rows).toEqual([
       { exercise: 'sprint', reps: 4, w: null },
       { exercise: 'lunge', reps: 12, w: 20 },
@@ -270,7 +294,10 @@ describe('writes, forwarded signed to the Node function', () => {
 
   it('answers 503 upstream_unavailable when the Node function is unreachable, and writes nothing', async () => {
     const before = await workoutCounts();
-    const res = await ask(await workerFetcher('unreachable'), 'http://edge.local/api/workouts', { method: 'POST', json: workoutBody(writer.userId) });
+    const res = await ask(await workerFetcher('unreachable'), 'http://edge.local/api/workouts', {
+      method: 'POST',
+      json: workoutBody(writer.userId),
+    });
     expect(res.status, res.text).toBe(503);
     expect(res.headers.get('content-type')).toMatch(/^application\/json/);
     expect(res.headers.get('retry-after')).toBe('2');
@@ -283,7 +310,11 @@ describe('writes, forwarded signed to the Node function', () => {
 describe('capacity and the per-request WebSocket pool', () => {
   it('serves 50 concurrent reads (HTTP and WebSocket paths), all correct', async () => {
     const paths = Array.from({ length: 50 }, (_, i) =>
-      i % 5 === 0 ? `/api/users/${athlete.userId}/summary` : i % 2 === 0 ? `/api/users/${athlete.userId}` : `/api/workouts/${athlete.strengthWorkoutId}`,
+      i % 5 === 0
+        ? `/api/users/${athlete.userId}/summary`
+        : i % 2 === 0
+          ? `/api/users/${athlete.userId}`
+          : `/api/workouts/${athlete.strengthWorkoutId}`,
     );
     const answers = await Promise.all(paths.map((p) => ask(nodeFetch, `${edge}${p}`)));
     const statuses = answers.map((a) => a.status);
@@ -312,9 +343,14 @@ describe('capacity and the per-request WebSocket pool', () => {
 });
 
 describe('stats at the edge', () => {
-  it('/stats is the isolate\'s own, counting each request once under its route and client', async () => {
-    const snap = async () => (await ask(nodeFetch, `${edge}/stats`)).body as { scope: string; routes: { method: string; route: string; count: number; clients: Record<string, number> }[] };
-    const route = (s: Awaited<ReturnType<typeof snap>>, method: string, path: string) => s.routes.find((r) => r.method === method && r.route === path);
+  it("/stats is the isolate's own, counting each request once under its route and client", async () => {
+    const snap = async () =>
+      (await ask(nodeFetch, `${edge}/stats`)).body as {
+        scope: string;
+        routes: { method: string; route: string; count: number; clients: Record<string, number> }[];
+      };
+    const route = (s: Awaited<ReturnType<typeof snap>>, method: string, path: string) =>
+      s.routes.find((r) => r.method === method && r.route === path);
     const before = await snap();
     expect(before.scope).toBe('workerd isolate');
     await ask(nodeFetch, `${edge}/api/users/${athlete.userId}`);
@@ -333,7 +369,15 @@ describe('stats at the edge', () => {
 });
 
 describe('a misconfigured worker', () => {
-  const forbidden = () => [MISCONFIGURED_PASSWORD, SHORT_SECRET, stack.forwardSecret, 'postgres://', 'hidden-path', '127.0.0.1', stack.db.url];
+  const forbidden = () => [
+    MISCONFIGURED_PASSWORD,
+    SHORT_SECRET,
+    stack.forwardSecret,
+    'postgres://',
+    'hidden-path',
+    '127.0.0.1',
+    stack.db.url,
+  ];
 
   it('without FORWARD_SECRET outside development answers 500 "misconfigured", naming the variable and nothing secret', async () => {
     const fetcher = await workerFetcher('no-secret');

@@ -10,7 +10,8 @@ import { parseArgs } from 'node:util';
 import { startNeonProxy, type NeonProxy } from './server.js';
 import { TargetError, describeTarget, parseAllowedTargets } from './targets.js';
 
-const USAGE = 'usage: poolgate neon-proxy --database-url <postgres://…> [--database-url <url>] [--port 4444] [--host 127.0.0.1] [--verbose]';
+const USAGE =
+  'usage: poolgate neon-proxy --database-url <postgres://…> [--database-url <url>] [--port 4444] [--host 127.0.0.1] [--verbose]';
 
 class UsageError extends Error {}
 
@@ -44,7 +45,9 @@ export async function runNeonProxyCli(argv: string[], env: Record<string, string
       log: args.verbose ? (line) => console.error(line) : undefined,
     });
   } catch (err) {
-    console.error(`neon-proxy: could not listen on ${args.host}:${args.port} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    console.error(
+      `neon-proxy: could not listen on ${args.host}:${args.port} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`,
+    );
     return 1;
   }
   const targets = parseAllowedTargets(args.databaseUrls).map(describeTarget).join(', ');

@@ -54,8 +54,22 @@ const ISOLATION_LEVELS: Record<string, string> = {
 
 /** The Postgres error fields Neon forwards, in its order; absent ones are sent as null. */
 const ERROR_FIELDS = [
-  'code', 'detail', 'hint', 'position', 'internalPosition', 'internalQuery', 'severity', 'where',
-  'table', 'column', 'schema', 'dataType', 'constraint', 'file', 'line', 'routine',
+  'code',
+  'detail',
+  'hint',
+  'position',
+  'internalPosition',
+  'internalQuery',
+  'severity',
+  'where',
+  'table',
+  'column',
+  'schema',
+  'dataType',
+  'constraint',
+  'file',
+  'line',
+  'routine',
 ] as const;
 
 export async function handleSql(req: IncomingMessage, ctx: SqlContext): Promise<SqlResponse> {

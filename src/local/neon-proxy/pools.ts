@@ -46,7 +46,9 @@ export class PoolRegistry {
 
   #poolFor(info: ConnectionInfo): pg.Pool {
     // The password only enters the key as a digest, so the map never holds it in clear.
-    const secret = createHash('sha256').update(info.password ?? '').digest('hex');
+    const secret = createHash('sha256')
+      .update(info.password ?? '')
+      .digest('hex');
     const key = JSON.stringify([info.host, info.port, info.database, info.user, secret, info.options ?? '']);
     let pool = this.#pools.get(key);
     if (pool) return pool;

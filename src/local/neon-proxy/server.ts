@@ -60,8 +60,15 @@ const CORS_HEADERS = {
   'Access-Control-Allow-Origin': '*',
   'Access-Control-Allow-Methods': 'POST, OPTIONS',
   'Access-Control-Allow-Headers': [
-    'Authorization', 'Content-Type', 'Neon-Connection-String', 'Neon-Raw-Text-Output', 'Neon-Array-Mode',
-    'Neon-Pool-Opt-In', 'Neon-Batch-Isolation-Level', 'Neon-Batch-Read-Only', 'Neon-Batch-Deferrable',
+    'Authorization',
+    'Content-Type',
+    'Neon-Connection-String',
+    'Neon-Raw-Text-Output',
+    'Neon-Array-Mode',
+    'Neon-Pool-Opt-In',
+    'Neon-Batch-Isolation-Level',
+    'Neon-Batch-Read-Only',
+    'Neon-Batch-Deferrable',
   ].join(', '),
   'Access-Control-Max-Age': '86400',
 };
@@ -96,7 +103,9 @@ export async function startNeonProxy(opts: NeonProxyOptions): Promise<NeonProxy>
       if (answer.status >= 400) counts.httpErrorCount++;
       if (answer.status === 403) counts.refusedCount++;
       const ms = (now() - started).toFixed(1);
-      log(`neon-proxy: ${req.method} ${pathOf(req)} ${answer.status} ${ms}ms${answer.target ? ` ${answer.target}` : ''}${err ? ` (${String(err)})` : ''}`);
+      log(
+        `neon-proxy: ${req.method} ${pathOf(req)} ${answer.status} ${ms}ms${answer.target ? ` ${answer.target}` : ''}${err ? ` (${String(err)})` : ''}`,
+      );
       if (res.headersSent || res.destroyed) return;
       const body = Buffer.from(answer.body);
       res.writeHead(answer.status, {
@@ -118,7 +127,8 @@ export async function startNeonProxy(opts: NeonProxyOptions): Promise<NeonProxy>
     const path = pathOf(req);
     if (req.method === 'OPTIONS') return { status: 204, body: '', headers: CORS_HEADERS };
     if (path === '/sql' && req.method === 'POST') return handleSql(req, sqlContext);
-    if (path === '/sql') return { status: 405, body: JSON.stringify({ message: 'use POST for /sql' }), headers: { Allow: 'POST, OPTIONS' } };
+    if (path === '/sql')
+      return { status: 405, body: JSON.stringify({ message: 'use POST for /sql' }), headers: { Allow: 'POST, OPTIONS' } };
     return { status: 404, body: JSON.stringify({ message: `no route for ${req.method} ${path}` }), headers: {} };
   }
 
