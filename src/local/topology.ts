@@ -15,6 +15,7 @@ import { buildWorker } from './build.js';
 import { startWranglerDev } from './dev-edge.js';
 import { startEmbeddedPostgres, type EmbeddedPostgres } from './embedded.js';
 import { startNeonProxy, type NeonProxy } from './neon-proxy/index.js';
+import { workerdWorker } from './workerd.js';
 
 export interface Topology {
   edgeUrl: string;
@@ -92,15 +93,7 @@ export async function startTopology(env: Env, log: (line: string) => void = cons
       edgeUrl = dev.url;
     } else {
       const scriptPath = await buildWorker();
-      const mf = new Miniflare({
-        modules: true,
-        scriptPath,
-        compatibilityDate: '2026-04-26',
-        compatibilityFlags: ['nodejs_compat'],
-        host: '127.0.0.1',
-        port: edgePort,
-        bindings,
-      });
+      const mf = new Miniflare({ host: '127.0.0.1', port: edgePort, workers: [workerdWorker('poolgate', scriptPath, bindings)] });
       stops.push(() => mf.dispose());
       edgeUrl = (await mf.ready).toString().replace(/\/$/, '');
     }

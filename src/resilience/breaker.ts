@@ -5,9 +5,9 @@
  * Retry-After at once while open, lets one probe through after `halfOpenAfterMs`, and closes
  * again when the probe succeeds (or re-opens when it fails).
  *
- * Home-made on purpose: cockatiel 3.x calls AbortController.abort() at module scope, which
- * workerd forbids ("Disallowed operation called within global scope"), so the worker would not
- * even load. This is the small part of it poolgate needs, with an injectable clock for tests.
+ * Home-made, not cockatiel: cockatiel 4 does load in workerd 1.20261117 (statically or lazily; 3.x
+ * did not), but this one derives its state from timestamps with an injectable clock and reports
+ * straight into /stats — the small part poolgate needs, without a timer or a dependency.
  */
 import { AppError } from '../errors.js';
 import { now as monotonic } from '../stats/clock.js';

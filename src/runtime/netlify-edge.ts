@@ -5,7 +5,6 @@
  */
 import * as driver from '@neondatabase/serverless';
 import type { Hono } from 'hono';
-import { handle } from 'hono/netlify';
 import { ConfigError, parseEdgeConfig } from '../config.js';
 import { createEdgeApp } from '../edge-app.js';
 import { AppError } from '../errors.js';
@@ -20,11 +19,15 @@ function readEnv(): Record<string, string> {
   return {};
 }
 
-let handler: ReturnType<typeof handle> | undefined;
+/** What Netlify passes as the second argument; `waitUntil` lets the request's WebSocket pool end after the response. */
+interface NetlifyContext {
+  waitUntil?(promise: Promise<unknown>): void;
+}
 
-export default function poolgate(request: Request, context: unknown): Response | Promise<Response> {
-  if (!handler) {
-    let app: Hono<AppEnv>;
+let app: Hono<AppEnv> | undefined;
+
+export default function poolgate(request: Request, context?: NetlifyContext): Response | Promise<Response> {
+  if (!app) {
     try {
       app = createEdgeApp(parseEdgeConfig(readEnv()), { driver, scope: 'netlify-edge isolate', log: (line) => console.log(line) });
     } catch (err) {
@@ -32,7 +35,10 @@ export default function poolgate(request: Request, context: unknown): Response |
       console.error(message);
       return new AppError(500, 'internal', message).toResponse(request.headers.get('x-request-id') ?? 'unknown');
     }
-    handler = handle(app as never);
   }
-  return handler(request, context as never);
+  // `hono/netlify` (deprecated) did only this: hand Netlify's context over as the env.
+  const ctx = context?.waitUntil
+    ? { waitUntil: (p: Promise<unknown>) => context.waitUntil!(p), passThroughOnException() {}, props: {} }
+    : undefined;
+  return app.fetch(request, { context }, ctx);
 }

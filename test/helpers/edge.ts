@@ -43,7 +43,7 @@ export interface EdgeStack {
 /**
  * @example
  * const stack = await startEdgeStack('worker');
- * const mf = new Miniflare({ modules: true, scriptPath: stack.bundlePath, bindings: stack.edgeEnv, … });
+ * const mf = new Miniflare({ workers: [workerdWorker('edge', stack.bundlePath, stack.edgeEnv)] });
  * … await mf.dispose(); await stack.stop();
  */
 export async function startEdgeStack(bundle: EdgeBundle, prefix = 'poolgate_edge'): Promise<EdgeStack> {

@@ -12,10 +12,9 @@
 import { randomUUID } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { dirname } from 'node:path';
-import type { Readable } from 'node:stream';
 import { Miniflare } from 'miniflare';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { workerdWorker } from '../../src/local/workerd.js';
 import { waitFor } from '../helpers/gateway.js';
 import {
   closedPortUrl,
@@ -127,22 +126,12 @@ beforeAll(async () => {
   writer = await insertAthlete(stack.db);
   recorder = await startRecorder();
   const closed = await closedPortUrl();
-  const worker = (name: string, bindings: Record<string, string>) => ({
-    name,
-    modules: true,
-    scriptPath: stack.bundlePath,
-    // Module names are paths relative to this root; workerd refuses "../" (the bundle is in /tmp).
-    modulesRoot: dirname(stack.bundlePath),
-    compatibilityDate: '2026-04-26',
-    compatibilityFlags: ['nodejs_compat'],
-    bindings,
-  });
+  const worker = (name: string, bindings: Record<string, string>) => workerdWorker(name, stack.bundlePath, bindings);
   mf = new Miniflare({
     host: '127.0.0.1',
     port: 0,
-    handleRuntimeStdio(stdout: Readable, stderr: Readable) {
-      for (const stream of [stdout, stderr]) stream.on('data', (chunk: Buffer) => runtimeOutput.push(chunk.toString('utf8')));
-    },
+    // What the workers print (console.log/error) arrives here, one line at a time.
+    handleStructuredLogs: ({ message }) => void runtimeOutput.push(message),
     workers: [
       worker('edge', stack.edgeEnv),
       worker('unreachable', { ...stack.edgeEnv, NODE_FUNCTION_URL: closed, FORWARD_TIMEOUT_MS: '8000' }),
