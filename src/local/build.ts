@@ -1,9 +1,11 @@
 /**
  * Bundles the edge entries with esbuild: the worker (for miniflare/workerd), the Netlify Edge
- * function (for Deno) and the Netlify Node function. `npm run build` writes all three to dist/;
- * the local topology and the runtime tests build the same way, so what is tested is what ships.
+ * function (for Deno) and the Netlify Node function, and writes the small static site Netlify
+ * publishes. `npm run build` runs tsc (src/ → dist/lib/, the Node gateway) and then this; the
+ * local topology and the runtime tests bundle the same way, so what is tested is what ships.
  */
 import { build, type BuildOptions } from 'esbuild';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
@@ -36,7 +38,7 @@ export async function buildNetlifyFunction(outfile = `${root}dist/netlify/functi
     bundle: true,
     format: 'esm',
     platform: 'node',
-    target: 'node20',
+    target: 'node24',
     logLevel: 'warning',
     // pg requires CommonJS modules at run time; give the ESM bundle a require().
     banner: { js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);" },
@@ -45,7 +47,20 @@ export async function buildNetlifyFunction(outfile = `${root}dist/netlify/functi
   return outfile;
 }
 
+/** netlify.toml publishes this folder; the API itself is served by the edge function on /api/*. */
+export async function buildNetlifySite(dir = `${root}dist/public`): Promise<string> {
+  await mkdir(dir, { recursive: true });
+  const page = `<!doctype html>
+<meta charset="utf-8">
+<title>poolgate</title>
+<h1>poolgate</h1>
+<p>The API is served under <code>/api/</code>; <code>/health</code>, <code>/health/ready</code>, <code>/stats</code> and <code>/metrics</code> show its state.</p>
+`;
+  await writeFile(`${dir}/index.html`, page);
+  return `${dir}/index.html`;
+}
+
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
-  const out = await Promise.all([buildWorker(), buildNetlifyEdge(), buildNetlifyFunction()]);
+  const out = await Promise.all([buildWorker(), buildNetlifyEdge(), buildNetlifyFunction(), buildNetlifySite()]);
   for (const f of out) console.log(`built ${f.replace(root, '')}`);
 }

@@ -3,7 +3,8 @@
  * → migrations (+ demo seed on the embedded default) → warm pg Pool → Hono app on
  * @hono/node-server, with graceful shutdown on SIGTERM/SIGINT.
  *
- * Run: `npm run start:node` (or `tsx src/runtime/node.ts`). Import `startGateway` to embed it.
+ * Run: `npm run start:node` (development, through tsx) or, built, `node dist/lib/runtime/node.js`
+ * (production: `npm run serve`). Import `startGateway` to embed it.
  */
 import { serve, type ServerType } from '@hono/node-server';
 import type { IncomingMessage, Server } from 'node:http';
@@ -21,7 +22,7 @@ import { purgeExpiredKeys } from '../idempotency/idempotency.js';
 import { DEMO_USER_ID, seed } from '../fitness/seed.js';
 import { Drain } from '../lifecycle/drain.js';
 import { verifyForward } from '../middleware/verify-forward.js';
-import { startEmbeddedPostgres, type EmbeddedPostgres } from '../local/embedded.js';
+import type { EmbeddedPostgres } from '../local/embedded.js';
 import { StatsRegistry } from '../stats/registry.js';
 
 export interface Gateway {
@@ -56,7 +57,7 @@ export async function startGateway(env: Record<string, string | undefined>, opti
   let embedded: EmbeddedPostgres | undefined;
   let connectionString = config.databaseUrl;
   if (!connectionString) {
-    embedded = await startEmbeddedPostgres({ dataDir: config.embeddedDataDir });
+    embedded = await startEmbedded(config.embeddedDataDir);
     connectionString = embedded.url;
     log(`poolgate: embedded PGlite on 127.0.0.1:${embedded.port} (data in ${config.embeddedDataDir})`);
   }
@@ -125,7 +126,7 @@ export async function startGateway(env: Record<string, string | undefined>, opti
   const port = (server.address() as AddressInfo).port;
   const url = `http://${config.host}:${port}`;
   log(
-    `poolgate: Node gateway on ${url} → ${describeDatabase(config.databaseUrl)} (pool max ${config.pool.max}, ${config.pool.min} warm${config.forwardSecret ? ', signed forwards only' : ''})`,
+    `poolgate: Node gateway on ${url} → ${describeDatabase(config.databaseUrl)} (Node ${process.version}, pool max ${config.pool.max}, ${config.pool.min} warm${config.forwardSecret ? ', signed forwards only' : ''})`,
   );
 
   // Expired idempotency records are ignored already; this only keeps the table from growing.
@@ -142,7 +143,7 @@ export async function startGateway(env: Record<string, string | undefined>, opti
   const close = () =>
     (closing ??= (async () => {
       clearInterval(purge);
-      const stopped = new Promise<void>((resolve) => server!.close(() => resolve()));
+      const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
       const drained = await drain.start(config.shutdownTimeoutMs);
       // The last responses may not be written yet: they carry Connection: close and end their
       // sockets themselves. Cut what is left (a client that never finishes its request) after a grace.
@@ -155,6 +156,24 @@ export async function startGateway(env: Record<string, string | undefined>, opti
     })());
 
   return { url, port, config, database, registry, close };
+}
+
+/**
+ * The embedded PGlite is a development dependency: a production install (`npm ci --omit=dev`)
+ * lacks it, so it is loaded only when DATABASE_URL is unset, and its absence names the fix.
+ */
+async function startEmbedded(dataDir: string): Promise<EmbeddedPostgres> {
+  let embedded: typeof import('../local/embedded.js');
+  try {
+    embedded = await import('../local/embedded.js');
+  } catch (err) {
+    if ((err as { code?: string }).code !== 'ERR_MODULE_NOT_FOUND') throw err;
+    throw new ConfigError(
+      'DATABASE_URL',
+      'is required here: the embedded PGlite default is a development dependency, not installed with --omit=dev',
+    );
+  }
+  return embedded.startEmbeddedPostgres({ dataDir });
 }
 
 /** The one line printed when start-up fails: names the variable or the cause, never a secret. */
