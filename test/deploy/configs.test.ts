@@ -1,0 +1,72 @@
+/**
+ * The toolchain and deploy configs say what is true: the tests run on the Node 24 the project
+ * brings, `npm run build` makes every folder netlify.toml names, and wrangler.toml runs at the
+ * same compatibility date as the local workerd and ships no development variables.
+ */
+import { execFile } from 'node:child_process';
+import { readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { COMPATIBILITY_DATE } from '../../src/local/workerd.js';
+
+const run = promisify(execFile);
+const ROOT = fileURLToPath(new URL('../..', import.meta.url));
+
+/** `key = "value"` pairs of a TOML file, comments dropped; enough for these flat configs. */
+async function tomlStrings(file: string): Promise<{ key: string; value: string }[]> {
+  const text = await readFile(join(ROOT, file), 'utf8');
+  return [...text.replace(/#.*$/gm, '').matchAll(/^\s*([\w.]+)\s*=\s*"([^"]*)"/gm)].map((m) => ({ key: m[1]!, value: m[2]! }));
+}
+const valueOf = (pairs: { key: string; value: string }[], key: string) => pairs.find((p) => p.key === key)?.value;
+
+describe('the runtime the project brings', () => {
+  it('runs the tests on Node 24, whatever the system Node is', async () => {
+    expect(process.versions.node.split('.')[0]).toBe('24');
+    const pkg = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as {
+      engines: { node: string };
+      devDependencies: Record<string, string>;
+    };
+    expect(pkg.devDependencies.node).toMatch(/^24\./);
+    expect(pkg.engines.node).toBe('>=24');
+  });
+});
+
+describe('netlify.toml', () => {
+  beforeAll(async () => {
+    await run('npm', ['run', 'build'], { cwd: ROOT, timeout: 120_000 });
+  }, 150_000);
+
+  it('names only folders that `npm run build` makes, each holding its entry', async () => {
+    const pairs = await tomlStrings('netlify.toml');
+    expect(valueOf(pairs, 'command')).toBe('npm run build');
+    const folders = ['publish', 'edge_functions', 'directory'].map((key) => valueOf(pairs, key));
+    expect(folders).toEqual(['dist/public', 'dist/netlify/edge-functions', 'dist/netlify/functions']);
+    for (const file of ['dist/public/index.html', 'dist/netlify/edge-functions/poolgate.js', 'dist/netlify/functions/gateway.mjs']) {
+      expect((await stat(join(ROOT, file))).size, file).toBeGreaterThan(0);
+    }
+    for (const p of pairs.filter((p) => p.key === 'function')) expect(p.value).toBe('poolgate');
+  });
+
+  it('builds on Node 24 (and so runs the Node function on it)', async () => {
+    expect(valueOf(await tomlStrings('netlify.toml'), 'NODE_VERSION')).toBe('24');
+  });
+
+  it('the build also emits the Node gateway as plain JavaScript', async () => {
+    expect((await stat(join(ROOT, 'dist/lib/runtime/node.js'))).size).toBeGreaterThan(0);
+  });
+});
+
+describe('wrangler.toml', () => {
+  it('runs at the compatibility date the local workerd and the tests use', async () => {
+    expect(valueOf(await tomlStrings('wrangler.toml'), 'compatibility_date')).toBe(COMPATIBILITY_DATE);
+    expect(COMPATIBILITY_DATE >= '2026-07-01').toBe(true);
+  });
+
+  it('ships no development variables into a deploy', async () => {
+    const keys = (await tomlStrings('wrangler.toml')).map((p) => p.key);
+    for (const dev of ['NEON_PROXY_URL', 'POOLGATE_ENV', 'NODE_FUNCTION_URL', 'DATABASE_URL', 'FORWARD_SECRET'])
+      expect(keys).not.toContain(dev);
+  });
+});
