@@ -129,7 +129,7 @@ export async function runLoad(spec: LoadSpec, onLive?: (live: LiveFigures) => vo
 
   const started = now();
   let windowStart = started;
-  let windowEnd = started;
+  let windowEnd: number;
   const bodyHeaders = spec.body === undefined ? {} : { 'content-type': 'application/json' };
   let finish!: () => void;
   const finished = new Promise<void>((resolve) => (finish = resolve));

@@ -808,8 +808,12 @@ async function profilePhase(ctx: Context): Promise<ProfileReport | { skipped: st
         let stopped: Promise<void> = Promise.resolve();
         segs[kind].push(
           await segment(ctx, proc, READ, c, warmupMs, segmentMs, `round ${round}/${rounds} ${kind} (profiled): `, {
-            start: () => (started = proc.profileStart()),
-            end: () => (stopped = started.then(() => proc.profileStop(file))),
+            start: () => {
+              started = proc.profileStart();
+            },
+            end: () => {
+              stopped = started.then(() => proc.profileStop(file));
+            },
           }),
         );
         await stopped;

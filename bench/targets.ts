@@ -148,11 +148,11 @@ async function startInChild(
   switch (kind) {
     case 'connect': {
       const s = await startConnectPerRequest(cfg);
-      return { urls: { url: s.url }, close: s.close };
+      return { urls: { url: s.url }, close: () => s.close() };
     }
     case 'ceiling': {
       const s = await startCeiling(cfg);
-      return { urls: { url: s.url }, close: s.close };
+      return { urls: { url: s.url }, close: () => s.close() };
     }
     case 'gateway': {
       // Imported here so the baselines' processes never load poolgate's runtime.
@@ -169,7 +169,7 @@ async function startInChild(
         },
         { log },
       );
-      return { urls: { url: g.url }, close: g.close };
+      return { urls: { url: g.url }, close: () => g.close() };
     }
     case 'topology': {
       const { startTopology } = await import('../src/local/topology.js');
@@ -187,7 +187,7 @@ async function startInChild(
         },
         log,
       );
-      return { urls: { url: t.edgeUrl, nodeUrl: t.nodeUrl, proxyUrl: t.proxyUrl }, close: t.close };
+      return { urls: { url: t.edgeUrl, nodeUrl: t.nodeUrl, proxyUrl: t.proxyUrl }, close: () => t.close() };
     }
   }
 }

@@ -183,7 +183,9 @@ export function parseEdgeConfig(env: Env): EdgeConfig {
     try {
       const u = new URL(raw);
       if (u.protocol === 'http:' || u.protocol === 'https:') return raw;
-    } catch {}
+    } catch {
+      // Not a URL at all: reported below, like any other scheme.
+    }
     throw new ConfigError(name, 'must be an http:// or https:// URL');
   };
   httpUrl('NODE_FUNCTION_URL', nodeFunctionUrl);

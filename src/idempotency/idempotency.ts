@@ -67,7 +67,7 @@ export async function runIdempotent(db: Db, opts: IdempotentOptions, run: (db: D
       }
       return {
         status: stored.status as RouteResult['status'],
-        body: stored.body === null ? undefined : JSON.parse(stored.body),
+        body: stored.body === null ? undefined : (JSON.parse(stored.body) as unknown),
         replayed: true,
       };
     }

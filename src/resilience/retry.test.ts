@@ -120,9 +120,9 @@ describe('RetryBudget', () => {
     let attempts = 0;
     for (let i = 0; i < 1000; i++) {
       await withRetry(
-        async () => {
+        () => {
           attempts++;
-          throw pgError('ECONNREFUSED');
+          return Promise.reject(pgError('ECONNREFUSED'));
         },
         { scope: 'connect', budget: b, now: () => 0, sleep: async () => {} },
       ).catch(() => {});
@@ -167,9 +167,9 @@ describe('withRetry', () => {
 
   it('starts no attempt that the backoff would push past the deadline', async () => {
     let clock = 0;
-    const fn = vi.fn(async () => {
+    const fn = vi.fn(() => {
       clock += 100;
-      throw pgError('ECONNREFUSED');
+      return Promise.reject(pgError('ECONNREFUSED'));
     });
     await expect(withRetry(fn, opts({ now: () => clock, deadline: 100 }))).rejects.toMatchObject({ code: 'ECONNREFUSED' });
     expect(fn).toHaveBeenCalledTimes(1);

@@ -60,7 +60,7 @@ async function call(
   path: string,
   init: { body?: BodyInit | null; headers?: Record<string, string>; duplex?: 'half' } = {},
 ): Promise<Answer> {
-  const res = await fetch(`${t.url}${path}`, { method, ...init, signal: AbortSignal.timeout(20_000) } as RequestInit);
+  const res = await fetch(`${t.url}${path}`, { method, ...init, signal: AbortSignal.timeout(20_000) });
   const text = await res.text();
   let body: unknown;
   try {
@@ -568,11 +568,7 @@ describe('raw HTTP framing: bogus Content-Length and broken chunking', () => {
         const responses = await rawExchange(head('/api/workouts', extra) + body);
         expect(responses.length, `CL ${JSON.stringify(cl)}`).toBeGreaterThanOrEqual(1);
         for (const r of responses) {
-          check(
-            r as { status: number; headers: Map<string, string>; text: string },
-            [201, 400, 413, 415],
-            `CL ${JSON.stringify(cl)}${twice ? ' twice' : ''}`,
-          );
+          check(r, [201, 400, 413, 415], `CL ${JSON.stringify(cl)}${twice ? ' twice' : ''}`);
           if (r.status === 201) created.workouts++;
         }
       }),

@@ -58,7 +58,7 @@ function startDeno(bundlePath: string, env: Record<string, string>): Promise<str
       START_TIMEOUT_MS,
     );
     let stdout = '';
-    child.stdout!.on('data', (chunk: Buffer) => {
+    child.stdout.on('data', (chunk: Buffer) => {
       denoOutput.push(chunk.toString('utf8'));
       stdout += chunk.toString('utf8');
       const m = /listening (\d+)/.exec(stdout);
@@ -67,7 +67,7 @@ function startDeno(bundlePath: string, env: Record<string, string>): Promise<str
         resolve(`http://127.0.0.1:${m[1]}`);
       }
     });
-    child.stderr!.on('data', (chunk: Buffer) => denoOutput.push(chunk.toString('utf8')));
+    child.stderr.on('data', (chunk: Buffer) => denoOutput.push(chunk.toString('utf8')));
     child.once('error', (err) => {
       clearTimeout(timer);
       reject(err);

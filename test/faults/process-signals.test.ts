@@ -60,8 +60,8 @@ async function spawnGateway(db: TestDatabase, env: Record<string, string>): Prom
         resolve(m[1]!);
       }
     };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', (c: Buffer) => output.push(c.toString()));
+    child.stdout.on('data', onData);
+    child.stderr.on('data', (c: Buffer) => output.push(c.toString()));
     void exited.then(({ code, signal }) => {
       clearTimeout(timer);
       reject(new Error(`the gateway exited (${code ?? signal}) before listening:\n${output.join('')}`));

@@ -272,10 +272,11 @@ export async function startFaultProxy(options: FaultProxyOptions): Promise<Fault
     });
 
   /** Stops accepting at once; connections already open are not waited for (server.close's callback would). */
-  const unlisten = async () => {
+  const unlisten = (): Promise<void> => {
     const s = listener;
     listener = undefined;
     s?.close();
+    return Promise.resolve();
   };
 
   const resetAll = () => {

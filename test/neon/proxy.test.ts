@@ -319,7 +319,7 @@ describe('terminated backends', () => {
     client.on('error', () => {});
     const pid = (await client.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
     await db.admin('SELECT pg_terminate_backend($1)', [pid]);
-    await waitFor(async () => proxy.stats().wsActiveCount === 0);
+    await waitFor(() => Promise.resolve(proxy.stats().wsActiveCount === 0));
     client.release(true);
     expect((await pool.query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
     await pool.end();
@@ -344,11 +344,11 @@ describe('CLI', () => {
     );
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d));
-    child.stderr.on('data', (d: Buffer) => (stderr += d));
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString('utf8')));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString('utf8')));
     const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     try {
-      await waitFor(async () => /listening on http:\/\/\S+:\d+/.test(stdout), 30_000);
+      await waitFor(() => Promise.resolve(/listening on http:\/\/\S+:\d+/.test(stdout)), 30_000);
       const firstLine = stdout.split('\n')[0]!;
       expect(firstLine).not.toContain('cli-secret-pw');
       const url = /listening on (http:\/\/\S+:\d+)/.exec(firstLine)![1]!;
@@ -382,8 +382,8 @@ describe('CLI', () => {
       },
     );
     let output = '';
-    child.stdout.on('data', (d: Buffer) => (output += d));
-    child.stderr.on('data', (d: Buffer) => (output += d));
+    child.stdout.on('data', (d: Buffer) => (output += d.toString('utf8')));
+    child.stderr.on('data', (d: Buffer) => (output += d.toString('utf8')));
     const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
     expect(code).toBe(1);
     const lines = output.trim().split('\n');
@@ -403,7 +403,7 @@ describe('CLI', () => {
     const original = console.error;
     console.error = (line: string) => lines.push(line);
     try {
-      expect(await runNeonProxyCli(argv as string[], {})).toBe(1);
+      expect(await runNeonProxyCli(argv, {})).toBe(1);
     } finally {
       console.error = original;
     }

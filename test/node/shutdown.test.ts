@@ -24,7 +24,7 @@ async function openPartialRequest(url: string, head: string): Promise<{ socket: 
     socket.once('error', reject);
   });
   let data = '';
-  socket.on('data', (d) => (data += d));
+  socket.on('data', (d) => (data += d.toString('utf8')));
   const response = new Promise<string>((resolve) => {
     socket.on('end', () => resolve(data));
     socket.on('close', () => resolve(data));

@@ -99,5 +99,11 @@ function describeParseError(err: unknown): string {
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  runNeonProxyCli(process.argv.slice(2)).then((code) => process.exit(code));
+  runNeonProxyCli(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    (err: unknown) => {
+      console.error('neon-proxy: failed', err);
+      process.exit(1);
+    },
+  );
 }

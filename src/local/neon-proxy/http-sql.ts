@@ -181,7 +181,7 @@ function statement(value: unknown, where: string): Statement {
   if (value.params !== undefined && !Array.isArray(value.params)) throw bad('needs "params" as an array');
   if (value.arrayMode !== undefined && typeof value.arrayMode !== 'boolean') throw bad('needs "arrayMode" as a boolean');
   // Params arrive as text (or null) from the driver; pg turns any other JSON value into text too.
-  return { query: value.query, params: (value.params as unknown[] | undefined) ?? [], arrayMode: value.arrayMode as boolean | undefined };
+  return { query: value.query, params: (value.params as unknown[] | undefined) ?? [], arrayMode: value.arrayMode };
 }
 
 async function runBatch(client: pg.PoolClient, batch: Statement[], begin: string, arrayMode: boolean, budget: Budget): Promise<string[]> {

@@ -104,7 +104,7 @@ export async function startNeonProxy(opts: NeonProxyOptions): Promise<NeonProxy>
       if (answer.status === 403) counts.refusedCount++;
       const ms = (now() - started).toFixed(1);
       log(
-        `neon-proxy: ${req.method} ${pathOf(req)} ${answer.status} ${ms}ms${answer.target ? ` ${answer.target}` : ''}${err ? ` (${String(err)})` : ''}`,
+        `neon-proxy: ${req.method} ${pathOf(req)} ${answer.status} ${ms}ms${answer.target ? ` ${answer.target}` : ''}${err ? ` (${reasonText(err)})` : ''}`,
       );
       if (res.headersSent || res.destroyed) return;
       const body = Buffer.from(answer.body);
@@ -191,4 +191,9 @@ function pathOf(req: IncomingMessage): string {
   const url = req.url ?? '/';
   const q = url.indexOf('?');
   return q === -1 ? url : url.slice(0, q);
+}
+
+/** A rejection reason as log text: an Error prints as `Name: message`, anything else as String() makes it. */
+function reasonText(err: unknown): string {
+  return err instanceof Error ? err.toString() : String(err);
 }
