@@ -7,14 +7,15 @@
  *
  * One workerd process runs several workers built from the same bundle, each with its own
  * bindings (and so its own isolate and app): "edge" is the healthy one; the others point at a
- * closed port, at a recorder that keeps what the edge sent, or lack a usable FORWARD_SECRET.
+ * closed port (for the Node function, or for the Neon endpoint: "neon-down"), at a recorder that
+ * keeps what the edge sent, or lack a usable FORWARD_SECRET.
  */
 import { randomUUID } from 'node:crypto';
-import { createServer, type Server } from 'node:http';
+import { createServer, request as httpRequest, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Miniflare } from 'miniflare';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { workerdWorker } from '../../src/local/workerd.js';
+import { workerdWorker, type WorkerdWorker } from '../../src/local/workerd.js';
 import { waitFor } from '../helpers/gateway.js';
 import {
   closedPortUrl,
@@ -30,6 +31,11 @@ import {
 const REQUEST_TIMEOUT_MS = 20_000;
 const MISCONFIGURED_PASSWORD = 'pw-must-never-show';
 const SHORT_SECRET = 'tooShortForwardSecret';
+/** The "neon-down" worker's request deadline (REQUEST_TIMEOUT_MS) and query timeout. */
+const NEON_DOWN_DEADLINE_MS = 3_000;
+const NEON_DOWN_QUERY_TIMEOUT_MS = 2_000;
+/** The Host under which the "neon-down" worker answers on miniflare's port. */
+const NEON_DOWN_HOST = 'neon-down.local';
 
 interface Answer {
   status: number;
@@ -77,6 +83,35 @@ async function ask(
 
 const nodeFetch: Fetcher = (url, init) => fetch(url, init);
 
+/**
+ * Plain HTTP with its own Host header (fetch always sends the URL's): how a client reaches a
+ * worker that miniflare routes by host on the same port.
+ */
+const hostFetch =
+  (host: string): Fetcher =>
+  (url, init) =>
+    new Promise((resolve, reject) => {
+      const req = httpRequest(url, { method: init.method ?? 'GET', headers: { ...init.headers, host }, signal: init.signal }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('error', reject);
+        res.on('end', () =>
+          resolve({
+            status: res.statusCode ?? 0,
+            headers: {
+              get: (name) => {
+                const v = res.headers[name.toLowerCase()];
+                return v === undefined ? null : Array.isArray(v) ? v.join(', ') : v;
+              },
+            },
+            text: () => Promise.resolve(Buffer.concat(chunks).toString('utf8')),
+          }),
+        );
+      });
+      req.on('error', reject);
+      req.end(init.body);
+    });
+
 /** Keeps every request it gets (as the Node function would have received it) and answers 201. */
 interface Recorder {
   url: string;
@@ -111,6 +146,8 @@ let edge: string;
 let athlete: Athlete;
 /** Writes go to this user, so the read figures of `athlete` stay exact. */
 let writer: Athlete;
+/** Where the "neon-down" worker's Neon endpoint (NEON_PROXY_URL) points: nothing listens there. */
+let neonDownUrl: string;
 const runtimeOutput: string[] = [];
 
 /** A fetcher for one of the non-entry workers. */
@@ -126,7 +163,14 @@ beforeAll(async () => {
   writer = await insertAthlete(stack.db);
   recorder = await startRecorder();
   const closed = await closedPortUrl();
+  neonDownUrl = await closedPortUrl();
   const worker = (name: string, bindings: Record<string, string>) => workerdWorker(name, stack.bundlePath, bindings);
+  // Served over HTTP on the same port for requests whose Host is `host` (as a client would reach it,
+  // so an exception the worker fails to catch shows as whatever workerd answers, not as a rejection).
+  const routed = (w: WorkerdWorker, host: string): WorkerdWorker => ({
+    ...w,
+    config: { ...w.config, triggers: [{ type: 'fetch', pattern: `${host}/*` }] },
+  });
   mf = new Miniflare({
     host: '127.0.0.1',
     port: 0,
@@ -142,6 +186,15 @@ beforeAll(async () => {
         NODE_FUNCTION_URL: `${stack.nodeUrl}/hidden-path`,
       }),
       worker('short-secret', { ...stack.edgeEnv, FORWARD_SECRET: SHORT_SECRET }),
+      routed(
+        worker('neon-down', {
+          ...stack.edgeEnv,
+          NEON_PROXY_URL: neonDownUrl,
+          REQUEST_TIMEOUT_MS: String(NEON_DOWN_DEADLINE_MS),
+          QUERY_TIMEOUT_MS: String(NEON_DOWN_QUERY_TIMEOUT_MS),
+        }),
+        NEON_DOWN_HOST,
+      ),
     ],
   });
   edge = (await mf.ready).origin;
@@ -199,6 +252,31 @@ describe('reads at the edge, through the Neon driver', () => {
     expect(res.status).toBe(404);
     expect(res.body.error.code).toBe('not_found');
     expect(dbDescOf(res.headers.get('server-timing'))).toBe('neon-http 1q');
+  });
+});
+
+describe('reads with the Neon endpoint down', () => {
+  /** A 503 the client can act on: JSON error code, Retry-After, no stack, no address; within the deadline. */
+  async function expectUnavailable(path: string) {
+    const started = performance.now();
+    const res = await ask(hostFetch(NEON_DOWN_HOST), `${edge}${path}`);
+    const ms = performance.now() - started;
+    expect(res.status, `${path} after ${Math.round(ms)} ms: ${res.headers.get('content-type')} ${res.text}`).toBe(503);
+    expect(res.headers.get('content-type')).toMatch(/^application\/json/);
+    expect(res.body?.error?.code).toMatch(/^(database_unavailable|circuit_open)$/);
+    expect(res.body.error.requestId).toEqual(expect.any(String));
+    expect(res.headers.get('retry-after')).toMatch(/^\d+$/);
+    expect(res.text).not.toContain('\n    at ');
+    expect(res.text).not.toContain(new URL(neonDownUrl).host);
+    expect(ms).toBeLessThan(NEON_DOWN_DEADLINE_MS + 1_000);
+  }
+
+  it('the WebSocket read path (GET /api/users/:id/summary) answers 503 JSON within the deadline', async () => {
+    await expectUnavailable(`/api/users/${athlete.userId}/summary`);
+  });
+
+  it('the HTTP read path (GET /api/users/:id) answers 503 JSON within the deadline', async () => {
+    await expectUnavailable(`/api/users/${athlete.userId}`);
   });
 });
 
