@@ -8,12 +8,14 @@ import { AppError, describeError, toAppError } from './errors.js';
 import type { Drain } from './lifecycle/drain.js';
 import { connStats, requestIdOf, responseHeaders } from './middleware/conn-stats.js';
 import { checkKey, IDEMPOTENCY_HEADER, REPLAYED_HEADER, requestHash, runIdempotent } from './idempotency/idempotency.js';
-import { fitnessRoutes, type AppEnv, type RouteResult, type RouteSpec } from './routes/fitness.js';
+import type { AppEnv, RouteResult, RouteSpec } from './routes/types.js';
 import { takeBody } from './routes/input.js';
 import { opsRoutes } from './routes/ops.js';
 import type { StatsRegistry } from './stats/registry.js';
 
 export interface AppDeps {
+  /** The API: each route declared once as `read` or `transactional`. */
+  routes: readonly RouteSpec[];
   database: Database;
   registry: StatsRegistry;
   bodyLimitBytes: number;
@@ -33,21 +35,29 @@ export interface AppDeps {
   requestTimeoutMs?: number;
   /** A runtime's cheap request-header reader (Node passes one that skips building Headers). */
   readHeader?: (c: Context, name: string) => string | undefined;
+  /** A runtime's signal for "the client went away" (Node's comes from the socket; default: the Request's). */
+  clientSignal?: (c: Context) => AbortSignal | undefined;
 }
 
-/** Runs a route here, on this process's database; transactional routes honour Idempotency-Key. */
+const BODYLESS = new Set(['GET', 'HEAD']);
+
+/**
+ * Runs a route here, on this process's database; transactional routes honour Idempotency-Key.
+ * The body is read once, before any database work: a slow upload holds no connection, and a
+ * transaction that runs again (40001/40P01) parses the same captured bytes.
+ */
 function runHere(route: RouteSpec, ttlMs: number): Handler<AppEnv> {
   return async function runRoute(c) {
     const key = route.kind === 'transactional' ? c.req.header(IDEMPOTENCY_HEADER) : undefined;
+    if (key !== undefined) checkKey(key);
+    const raw = BODYLESS.has(c.req.method) ? undefined : await takeBody(c);
     let result: RouteResult;
     let replayed = false;
     if (key === undefined) {
       result = await route.run(c, c.get('db'));
     } else {
-      checkKey(key);
-      const raw = await takeBody(c);
       const url = new URL(c.req.url);
-      const hash = await requestHash(c.req.method, url.pathname + url.search, raw);
+      const hash = await requestHash(c.req.method, url.pathname + url.search, raw ?? new Uint8Array());
       const out = await runIdempotent(c.get('db'), { key, hash, ttlMs }, (db) => route.run(c, db));
       replayed = out.replayed;
       c.get('metrics').replayed = replayed;
@@ -65,6 +75,15 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
   const log = deps.log ?? (() => {});
   const app = new Hono<AppEnv>();
 
+  // Hono hands only Error instances to onError; anything else thrown (a socket's ErrorEvent) would
+  // escape the app as the runtime's own 500. Make it an Error here, outermost.
+  app.use('*', async function errorsOnly(_c, next) {
+    try {
+      await next();
+    } catch (err) {
+      throw err instanceof Error ? err : new Error('A non-Error value was thrown.', { cause: err });
+    }
+  });
   app.use(
     '*',
     connStats({
@@ -72,6 +91,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
       database: deps.database,
       requestTimeoutMs: deps.requestTimeoutMs ?? 15_000,
       readHeader: deps.readHeader,
+      clientSignal: deps.clientSignal,
     }),
   );
   // Health and stats keep answering while draining (readiness then says so); the API refuses.
@@ -86,7 +106,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     opsRoutes({ database: deps.database, registry: deps.registry, drain: deps.drain, readyTimeoutMs: deps.readyTimeoutMs ?? 1000 }),
   );
 
-  for (const route of fitnessRoutes) {
+  for (const route of deps.routes) {
     const handler: Handler<AppEnv> =
       route.kind === 'transactional' && deps.transactional
         ? deps.transactional(route)
@@ -96,6 +116,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
       route.path,
       async (c, next) => {
         c.set('routePattern', route.path);
+        c.get('metrics').intent = route.kind;
         await next();
       },
       ...(deps.verify ? [deps.verify] : []),

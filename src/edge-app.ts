@@ -7,25 +7,34 @@ import type * as Neon from '@neondatabase/serverless';
 import type { Hono } from 'hono';
 import { createApp } from './app.js';
 import type { EdgeConfig } from './config.js';
-import { createNeonDatabase, useLocalNeonProxy, type NeonDriver } from './db/neon.js';
+import { createNeonDatabase, useLocalNeonProxy, type NeonDriver } from './db/connectors/neon.js';
 import { createForwardBreaker, forwardTo } from './middleware/forward.js';
-import type { AppEnv } from './routes/fitness.js';
+import type { AppEnv, RouteSpec } from './routes/types.js';
 import { StatsRegistry } from './stats/registry.js';
 
 export interface EdgeAppDeps {
+  routes: readonly RouteSpec[];
   driver: NeonDriver & Pick<typeof Neon, 'neonConfig'>;
   /** Names the isolate in /stats and /metrics, e.g. "workerd isolate". */
   scope: string;
   fetch?: typeof fetch;
   log?: (line: string) => void;
+  /** This runtime's "the fetch never sent its request" (src/runtime/fetch-errors.ts). */
+  neverSent?: (err: unknown) => boolean;
 }
 
 export function createEdgeApp(config: EdgeConfig, deps: EdgeAppDeps): Hono<AppEnv> {
   if (config.neonProxyUrl) useLocalNeonProxy(deps.driver.neonConfig, config.neonProxyUrl);
-  const database = createNeonDatabase({ connectionString: config.databaseUrl, driver: deps.driver, queryTimeoutMs: config.queryTimeoutMs });
+  const database = createNeonDatabase({
+    connectionString: config.databaseUrl,
+    driver: deps.driver,
+    queryTimeoutMs: config.queryTimeoutMs,
+    log: deps.log,
+  });
   const forwarder = createForwardBreaker();
   const registry = new StatsRegistry({ scope: deps.scope, breakers: () => [...database.breakers(), forwarder.snapshot()] });
   return createApp({
+    routes: deps.routes,
     database,
     registry,
     bodyLimitBytes: config.bodyLimitBytes,
@@ -37,6 +46,7 @@ export function createEdgeApp(config: EdgeConfig, deps: EdgeAppDeps): Hono<AppEn
       timeoutMs: config.forwardTimeoutMs,
       fetch: deps.fetch,
       breaker: forwarder,
+      neverSent: deps.neverSent,
     }),
   });
 }

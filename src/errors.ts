@@ -24,6 +24,7 @@ export type ErrorCode =
   | 'unauthorized'
   | 'upstream_unavailable'
   | 'upstream_timeout'
+  | 'client_closed'
   | 'internal';
 
 export interface FieldError {
@@ -73,6 +74,16 @@ export class OverloadedError extends AppError {
     super(503, 'overloaded', 'The server is at capacity; try again shortly.', { retryAfterSec: 1 });
   }
 }
+
+/**
+ * The client went away before its answer: its work was cancelled. Nobody reads this response;
+ * 499 (as nginx logs it) keeps such requests apart in the stats.
+ */
+export const clientClosed = () => new AppError(499, 'client_closed', 'The client closed the request; its work was cancelled.');
+
+/** The request's own deadline passed before or while it used the database. */
+export const deadlinePassed = (cause?: unknown) =>
+  new AppError(504, 'timeout', 'The request ran out of time; its database work was cancelled.', cause === undefined ? {} : { cause });
 
 export const notFound = (what: string, id: string) => new AppError(404, 'not_found', `${what} ${id} was not found.`);
 

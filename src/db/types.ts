@@ -1,7 +1,8 @@
 /**
- * The driver contract the routes are written against. Every backend (the `pg` Pool on Node,
- * Neon HTTP and Neon WebSocket at the edge) implements `Database`; routes only ever see `Db`,
- * a per-request view that reports acquire waits and query times to that request's observer.
+ * The contract the routes are written against. One implementation, the core (src/db/core/), runs
+ * over any connector (the `pg` Pool on Node, Neon HTTP and Neon WebSocket at the edge); routes
+ * only ever see `Db`, a per-request view that reports acquire waits and query times to that
+ * request's observer.
  */
 import type { BreakerSnapshot } from '../resilience/breaker.js';
 
@@ -36,8 +37,8 @@ export interface Db extends Queryable {
   readBatch(statements: readonly Statement[]): Promise<QueryResult[]>;
   /** Checks out one connection, runs BEGIN … COMMIT around `fn`, rolls back on any error, always releases. */
   transaction<T>(fn: (tx: Queryable) => Promise<T>, options?: TxOptions): Promise<T>;
-  /** Releases what this request opened (the edge's per-request WebSocket pool); called after the response. */
-  end?(): Promise<void>;
+  /** Releases what this request opened (the edge's per-request WebSocket pool); called after the response. Undefined when nothing was opened. */
+  end?(): Promise<void> | undefined;
 }
 
 /** Receives what one request did with the database (the stats middleware implements it). */
@@ -50,6 +51,13 @@ export interface QueryObserver {
   served(kind: ClientKind): void;
   /** When the request must be finished by (the clock's ms); work is cut short to meet it. */
   readonly deadline?: number;
+  /** Aborts when the client goes away: the request's database work is cancelled at once. */
+  readonly signal?: AbortSignal;
+  /**
+   * What the route declared. A single statement of a `read` route may run again after a lost
+   * connection; anything else only when it provably never reached the database. Default: transactional.
+   */
+  readonly intent?: 'read' | 'transactional';
   /** A statement or connect was retried (counted in the stats). */
   retried?(): void;
   /** Work of the process itself (migrations at start), kept out of the acquisition figures. */
@@ -94,6 +102,8 @@ export interface Database {
   stats(): PoolStats | undefined;
   /** Circuit breakers guarding this backend's upstreams. */
   breakers(): BreakerSnapshot[];
+  /** Opens `count` pooled connections now, so the first requests do not pay for connecting. */
+  warm?(count: number): Promise<void>;
   /** Ends the backend once; a second call returns the same promise. */
   close(): Promise<void>;
 }

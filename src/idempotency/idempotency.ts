@@ -11,7 +11,7 @@
 import type { Db } from '../db/types.js';
 import { bindToTransaction } from '../db/tx-db.js';
 import { AppError } from '../errors.js';
-import type { RouteResult } from '../routes/fitness.js';
+import type { RouteResult } from '../routes/types.js';
 
 export const IDEMPOTENCY_HEADER = 'idempotency-key';
 export const REPLAYED_HEADER = 'idempotent-replayed';

@@ -19,6 +19,10 @@ export interface RequestMetrics extends QueryObserver {
   /** The forwarded-to Node function's own Server-Timing entries, renamed `node-*`. */
   upstreamTiming?: string;
   deadline?: number;
+  /** Aborts when the client goes away; database work is cancelled then. */
+  signal?: AbortSignal;
+  /** What the matched route declared (set by the route table). */
+  intent?: 'read' | 'transactional';
   retries: number;
   /** The response is a stored idempotent replay. */
   replayed: boolean;
@@ -41,6 +45,8 @@ export interface ConnStatsOptions {
   requestTimeoutMs?: number;
   /** Reads a request header without building a Headers object, where the runtime can (Node). */
   readHeader?: (c: Context, name: string) => string | undefined;
+  /** The signal that aborts when the client goes away; default: the Web Request's own. */
+  clientSignal?: (c: Context) => AbortSignal | undefined;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
@@ -49,6 +55,8 @@ const REQUEST_ID = /^[\w.:-]{1,128}$/;
 class Metrics implements RequestMetrics {
   readonly startedAt = now();
   readonly deadline: number | undefined;
+  signal?: AbortSignal;
+  intent?: 'read' | 'transactional';
   dbMs = 0;
   acquireMs = 0;
   queries = 0;
@@ -112,12 +120,14 @@ export const connStats = ({
   database,
   requestTimeoutMs,
   readHeader,
+  clientSignal = (c) => c.req.raw.signal,
 }: ConnStatsOptions): MiddlewareHandler<{ Variables: ConnStatsVariables }> =>
   async function connStats(c, next) {
     if (c.get('metrics')) return next(); // installed twice: the outer one records
     const incoming = readHeader ? readHeader(c, 'x-request-id') : c.req.header('x-request-id');
     const requestId = incoming && REQUEST_ID.test(incoming) ? incoming : crypto.randomUUID();
     const metrics = newMetrics(requestTimeoutMs);
+    metrics.signal = clientSignal(c);
     c.set('requestId', requestId);
     c.set('metrics', metrics);
     const db = database.forRequest(metrics);
@@ -125,7 +135,7 @@ export const connStats = ({
     try {
       await next();
     } finally {
-      const ending = db.end?.().catch(() => {});
+      const ending = db.end?.()?.catch(() => {});
       if (ending) {
         try {
           c.executionCtx.waitUntil(ending); // workerd: finish after the response, inside this request

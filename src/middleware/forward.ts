@@ -5,14 +5,15 @@
  * function (connection refused) answers 503 + Retry-After; one that timed out answers 504, since
  * the write may or may not have happened — it is never retried blindly here.
  */
-import type { Handler } from 'hono';
+import type { Context, Handler } from 'hono';
 import { AppError } from '../errors.js';
 import { createBreaker, type Breaker } from '../resilience/breaker.js';
-import { backoffMs, RetryBudget } from '../resilience/retry.js';
+import { cutShort, withAbort, type Deadline, type FireReason } from '../db/core/deadline.js';
+import { RetryBudget, withRetry } from '../resilience/retry.js';
 import { createForwardSigner, SIGNATURE_HEADER } from '../security/forward-signature.js';
 import { now } from '../stats/clock.js';
-import type { AppEnv, RouteSpec } from '../routes/fitness.js';
-import { readBodyBytes } from '../routes/input.js';
+import type { AppEnv, RouteSpec } from '../routes/types.js';
+import { takeBody } from '../routes/input.js';
 
 export interface ForwardOptions {
   /** Base URL of the Node function, e.g. https://site.netlify.app/.netlify/functions/gateway */
@@ -23,6 +24,12 @@ export interface ForwardOptions {
   /** Guards the Node function; opens on a burst of unreachable/timed-out forwards. */
   breaker?: Breaker;
   budget?: RetryBudget;
+  /**
+   * The runtime's word that a failed fetch never sent its request (connection refused): such a
+   * forward may be sent again even without an Idempotency-Key. Each runtime shapes that error
+   * its own way (src/runtime/fetch-errors.ts); without one, only keyed forwards are resent.
+   */
+  neverSent?: (err: unknown) => boolean;
 }
 
 /** A failure before any response: refused, reset, DNS. Says nothing about whether the request arrived. */
@@ -32,24 +39,16 @@ class Unreachable extends Error {}
 export const createForwardBreaker = () =>
   createBreaker('forwarder', { isFailure: (e) => e instanceof Unreachable || (e instanceof AppError && e.code === 'upstream_timeout') });
 
-/**
- * May a failed forward be sent again? Only when it provably never arrived (connection refused),
- * or when it carries an Idempotency-Key, so that the Node side de-duplicates a second arrival.
- */
-function mayResend(err: unknown, hasKey: boolean): boolean {
-  if (!(err instanceof Unreachable)) return false;
-  const code = (err.cause as { cause?: { code?: unknown } } | undefined)?.cause?.code;
-  return hasKey || code === 'ECONNREFUSED';
-}
-
 const PASS_REQUEST_HEADERS = ['content-type', 'idempotency-key', 'accept'];
 const DROP_RESPONSE_HEADERS = new Set(['connection', 'keep-alive', 'transfer-encoding', 'content-length', 'server-timing', 'x-request-id']);
+const EMPTY = new Uint8Array();
 
 export const forwardTo = (options: ForwardOptions) => {
   const sign = createForwardSigner(options.secret);
   const breaker = options.breaker ?? createForwardBreaker();
   const budget = options.budget ?? new RetryBudget();
   const doFetch: typeof fetch = options.fetch ?? ((input, init) => fetch(input, init));
+  const neverSent = options.neverSent ?? (() => false);
   const base = options.targetUrl.replace(/\/+$/, '');
 
   return (_route: RouteSpec): Handler<AppEnv> =>
@@ -58,84 +57,91 @@ export const forwardTo = (options: ForwardOptions) => {
       metrics.served('forwarded');
       const url = new URL(c.req.url);
       const pathWithQuery = url.pathname + url.search;
-      const body =
-        c.req.method === 'GET' || c.req.method === 'HEAD' ? new Uint8Array() : await readBodyBytes(c.req.raw, c.get('bodyLimitBytes'));
-
-      const headers = new Headers();
-      for (const name of PASS_REQUEST_HEADERS) {
-        const v = c.req.header(name);
-        if (v !== undefined) headers.set(name, v);
-      }
-      headers.set('x-request-id', c.get('requestId'));
-
+      const body = c.req.method === 'GET' || c.req.method === 'HEAD' ? EMPTY : await takeBody(c);
+      const headers = forwardHeaders(c);
       const hasKey = headers.has('idempotency-key');
-      const left = metrics.deadline === undefined ? Infinity : metrics.deadline - now();
-      const timeoutMs = Math.min(options.timeoutMs, left);
       const started = now();
-      budget.deposit();
+      // One bound for every attempt: the forward timeout, inside the request's own deadline.
+      const bound: Deadline = { deadline: Math.min(metrics.deadline ?? Infinity, started + options.timeoutMs), signal: metrics.signal };
       try {
-        for (let attempt = 0; ; attempt++) {
-          try {
+        return await withRetry(
+          async () => {
             // A fresh nonce per attempt: the Node side refuses a signature it has seen.
             headers.set(SIGNATURE_HEADER, await sign({ method: c.req.method, pathWithQuery, body }));
-            return await breaker.execute(() =>
-              send(base + pathWithQuery, c.req.method, headers, body, timeoutMs - (now() - started), metrics, doFetch),
-            );
-          } catch (err) {
-            if (attempt >= 1 || !mayResend(err, hasKey) || now() - started >= timeoutMs || !budget.trySpend()) throw toForwardError(err);
-            metrics.retried?.();
-            await new Promise((r) => setTimeout(r, backoffMs(attempt)));
-          }
-        }
+            return breaker.execute(() => send(base + pathWithQuery, c.req.method, headers, body, bound, metrics, doFetch));
+          },
+          {
+            scope: 'write',
+            // Again only when the Node side de-duplicates (a key) or provably never got it.
+            retryable: (err) => err instanceof Unreachable && (hasKey || neverSent(err.cause)),
+            maxAttempts: 2,
+            budget,
+            deadline: bound.deadline,
+            now,
+            onRetry: () => metrics.retried?.(),
+          },
+        );
+      } catch (err) {
+        throw toForwardError(err);
       } finally {
         metrics.timings.push({ name: 'forward', durMs: now() - started });
       }
     };
 };
 
+function forwardHeaders(c: Context<AppEnv>): Headers {
+  const headers = new Headers();
+  for (const name of PASS_REQUEST_HEADERS) {
+    const v = c.req.header(name);
+    if (v !== undefined) headers.set(name, v);
+  }
+  headers.set('x-request-id', c.get('requestId'));
+  return headers;
+}
+
+/** The forward timed out (outcome unknown) or its client left (nobody waits for it). */
+const cutForward = (why: FireReason, cause: unknown) =>
+  why === 'aborted' ? cutShort(why) : new AppError(504, 'upstream_timeout', TIMEOUT_MESSAGE, { cause });
+
 async function send(
   url: string,
   method: string,
   headers: Headers,
   body: Uint8Array<ArrayBuffer>,
-  timeoutMs: number,
+  bound: Deadline,
   metrics: { upstreamTiming?: string },
-  doFetch: typeof fetch = fetch,
+  doFetch: typeof fetch,
 ): Promise<Response> {
-  const controller = new AbortController();
-  const timer = setTimeout(() => controller.abort(), Math.max(1, timeoutMs));
-  try {
-    let res: Response;
-    try {
-      res = await doFetch(url, {
-        method,
-        headers,
-        body: body.byteLength ? body : undefined,
-        signal: controller.signal,
-        redirect: 'manual',
+  return withAbort(
+    bound,
+    Infinity,
+    async (signal) => {
+      let res: Response;
+      try {
+        res = await doFetch(url, { method, headers, body: body.byteLength ? body : undefined, signal, redirect: 'manual' });
+      } catch (err) {
+        if (signal.aborted) throw err;
+        throw new Unreachable('forward failed before a response', { cause: err });
+      }
+      // Read the whole body inside the bound, so a stalled upstream cannot hold us.
+      let payload: ArrayBuffer;
+      try {
+        payload = await res.arrayBuffer();
+      } catch (err) {
+        if (signal.aborted) throw err;
+        // The request arrived (there is a status); only the answer was lost.
+        throw new AppError(504, 'upstream_timeout', TIMEOUT_MESSAGE, { cause: err });
+      }
+      const out = new Headers();
+      res.headers.forEach((v, k) => {
+        if (!DROP_RESPONSE_HEADERS.has(k)) out.set(k, v);
       });
-    } catch (err) {
-      if (controller.signal.aborted) throw new AppError(504, 'upstream_timeout', TIMEOUT_MESSAGE, { cause: err });
-      throw new Unreachable('forward failed before a response', { cause: err });
-    }
-    // Read the whole body inside the deadline, so a stalled upstream cannot hold us.
-    let payload: ArrayBuffer;
-    try {
-      payload = await res.arrayBuffer();
-    } catch (err) {
-      // The request arrived (there is a status); only the answer was lost.
-      throw new AppError(504, 'upstream_timeout', TIMEOUT_MESSAGE, { cause: err });
-    }
-    const out = new Headers();
-    res.headers.forEach((v, k) => {
-      if (!DROP_RESPONSE_HEADERS.has(k)) out.set(k, v);
-    });
-    const upstreamTiming = res.headers.get('server-timing');
-    if (upstreamTiming) metrics.upstreamTiming = upstreamTiming.replace(/(^|,\s*)([\w-]+)/g, '$1node-$2');
-    return new Response(res.status === 204 || res.status === 304 ? null : payload, { status: res.status, headers: out });
-  } finally {
-    clearTimeout(timer);
-  }
+      const upstreamTiming = res.headers.get('server-timing');
+      if (upstreamTiming) metrics.upstreamTiming = upstreamTiming.replace(/(^|,\s*)([\w-]+)/g, '$1node-$2');
+      return new Response(res.status === 204 || res.status === 304 ? null : payload, { status: res.status, headers: out });
+    },
+    cutForward,
+  );
 }
 
 const TIMEOUT_MESSAGE = 'The transactional backend did not answer in time; the outcome is unknown. Retry with the same Idempotency-Key.';

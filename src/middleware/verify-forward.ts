@@ -6,7 +6,7 @@
 import type { MiddlewareHandler } from 'hono';
 import { AppError } from '../errors.js';
 import { createForwardVerifier, SIGNATURE_HEADER, type VerifierOptions } from '../security/forward-signature.js';
-import type { AppEnv } from '../routes/fitness.js';
+import type { AppEnv } from '../routes/types.js';
 import { takeBody } from '../routes/input.js';
 
 export interface VerifyForwardOptions extends VerifierOptions {

@@ -4,7 +4,7 @@
  * both limits explicit: at most `permits` holders, at most `queueMax` waiters (beyond that a
  * caller is refused at once), and each waiter gives up after `timeoutMs`.
  */
-import { OverloadedError, PoolExhaustedError, AppError } from '../errors.js';
+import { AppError, clientClosed, OverloadedError, PoolExhaustedError } from '../errors.js';
 import { now } from '../stats/clock.js';
 
 export interface GateOptions {
@@ -40,9 +40,13 @@ export class Gate {
     return this.#opts.permits - this.#free;
   }
 
-  /** Resolves with a release function once a permit is held; the release is safe to call twice. */
-  acquire(timeoutMs = this.#opts.timeoutMs): Promise<() => void> {
+  /**
+   * Resolves with a release function once a permit is held; the release is safe to call twice.
+   * A waiter whose `signal` aborts (its client went away) leaves the queue at once.
+   */
+  acquire(timeoutMs = this.#opts.timeoutMs, signal?: AbortSignal): Promise<() => void> {
     if (this.#closedWith) return Promise.reject(this.#closedWith);
+    if (signal?.aborted) return Promise.reject(clientClosed());
     if (this.#free > 0 && this.#queue.length === 0) {
       this.#free--;
       return Promise.resolve(this.#releaser());
@@ -53,17 +57,30 @@ export class Gate {
     }
     const started = now();
     return new Promise((resolve, reject) => {
+      const leave = () => {
+        const i = this.#queue.indexOf(waiter);
+        if (i !== -1) this.#queue.splice(i, 1);
+        clearTimeout(waiter.timer);
+        signal?.removeEventListener('abort', onAbort);
+      };
+      const onAbort = () => {
+        leave();
+        reject(clientClosed());
+      };
       const waiter: Waiter = {
-        resolve,
+        resolve: (release) => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve(release);
+        },
         reject,
         timer: setTimeout(() => {
-          const i = this.#queue.indexOf(waiter);
-          if (i !== -1) this.#queue.splice(i, 1);
+          leave();
           this.timedOutCount++;
           reject(new PoolExhaustedError(now() - started));
         }, timeoutMs),
       };
       (waiter.timer as { unref?: () => void }).unref?.();
+      signal?.addEventListener('abort', onAbort, { once: true });
       this.#queue.push(waiter);
     });
   }

@@ -13,8 +13,10 @@ export type RetryScope =
   | 'connect'
   /** A whole transaction, re-run from BEGIN. */
   | 'transaction'
-  /** A single read-only statement. */
-  | 'read';
+  /** A single statement of a route declared `read`: it has no effect to repeat. */
+  | 'read'
+  /** A single statement of a route that may write: only what provably never reached the server. */
+  | 'write';
 
 const NEVER_REACHED = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', '53300', '57P03']);
 const TX_RETRYABLE = new Set(['40001', '40P01']);
@@ -75,6 +77,8 @@ export class RetryBudget {
 
 export interface RetryOptions {
   scope: RetryScope;
+  /** Overrides the scope's rule, e.g. to judge by where the attempt failed (see src/db/core). */
+  retryable?: (err: unknown) => boolean;
   budget: RetryBudget;
   maxAttempts?: number;
   /** Absolute deadline (the clock's ms) after which no new attempt starts. */
@@ -94,7 +98,7 @@ export async function withRetry<T>(fn: (attempt: number) => Promise<T>, opts: Re
     try {
       return await fn(attempt);
     } catch (err) {
-      if (attempt + 1 >= maxAttempts || !isRetryable(err, opts.scope)) throw err;
+      if (attempt + 1 >= maxAttempts || !(opts.retryable ?? ((e) => isRetryable(e, opts.scope)))(err)) throw err;
       const wait = backoffMs(attempt);
       if (opts.deadline !== undefined && opts.now() + wait >= opts.deadline) throw err;
       if (!opts.budget.trySpend()) throw err;

@@ -6,29 +6,8 @@
 import type { Context } from 'hono';
 import * as repo from '../fitness/repo.js';
 import { createUserInput, createWorkoutInput, listQuery, patchPreferencesInput, uuid } from '../fitness/schema.js';
-import type { Db } from '../db/types.js';
-import type { ConnStatsVariables } from '../middleware/conn-stats.js';
 import { invalid, jsonBody, parseWith } from './input.js';
-
-export type RouteKind = 'read' | 'transactional';
-
-export interface AppEnv {
-  Variables: ConnStatsVariables & { bodyLimitBytes: number };
-}
-
-/** What a route produces: a status and a JSON body (none for 204). Kept as data so an idempotent replay can store it. */
-export interface RouteResult {
-  status: 200 | 201 | 204;
-  body?: unknown;
-}
-
-export interface RouteSpec {
-  method: 'GET' | 'POST' | 'PATCH' | 'DELETE';
-  path: string;
-  kind: RouteKind;
-  /** Runs the route against `db` (the request's Db, or one bound to an idempotency transaction). */
-  run: (c: Context<AppEnv>, db: Db) => Promise<RouteResult>;
-}
+import type { AppEnv, RouteSpec } from './types.js';
 
 const idParam = (c: Context<AppEnv>, name = 'id'): string => {
   const value = c.req.param(name) ?? '';
@@ -36,7 +15,7 @@ const idParam = (c: Context<AppEnv>, name = 'id'): string => {
   return value;
 };
 
-const body = <S extends Parameters<typeof parseWith>[0]>(c: Context<AppEnv>, schema: S) => jsonBody(c, schema, c.get('bodyLimitBytes'));
+const body = <S extends Parameters<typeof parseWith>[0]>(c: Context<AppEnv>, schema: S) => jsonBody(c, schema);
 
 export const fitnessRoutes: readonly RouteSpec[] = [
   {

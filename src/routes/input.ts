@@ -58,31 +58,32 @@ export async function readBodyBytes(req: Request, limit: number): Promise<Uint8A
 }
 
 /**
- * Reads the body once (size-capped) and puts an identical, unread request back in its place,
- * so later steps (signature check → idempotency hash → the route) each see the same bytes.
+ * The request body, read once (size-capped) and kept on the context: the signature check, the
+ * idempotency hash, the route's parser and any re-run of its transaction all see the same bytes.
  */
 export async function takeBody(c: Context): Promise<Uint8Array<ArrayBuffer>> {
+  const kept = c.get('rawBody' as never) as Uint8Array<ArrayBuffer> | undefined;
+  if (kept) return kept;
   const bytes = await readBodyBytes(c.req.raw, c.get('bodyLimitBytes' as never) as number);
-  if (c.req.raw.bodyUsed) c.req.raw = new Request(c.req.raw, { body: bytes });
+  c.set('rawBody' as never, bytes as never);
   return bytes;
 }
 
-async function readLimited(req: Request, limit: number): Promise<string> {
-  const all = await readBodyBytes(req, limit);
+function decodeUtf8(bytes: Uint8Array): string {
   try {
-    return new TextDecoder('utf-8', { fatal: true }).decode(all);
+    return new TextDecoder('utf-8', { fatal: true }).decode(bytes);
   } catch {
     throw new AppError(400, 'invalid_json', 'The request body is not valid UTF-8.');
   }
 }
 
 /** The validated JSON body of `c`, or an AppError with 400/413/415. */
-export async function jsonBody<S extends z.ZodType>(c: Context, schema: S, limitBytes: number): Promise<z.infer<S>> {
+export async function jsonBody<S extends z.ZodType>(c: Context, schema: S): Promise<z.infer<S>> {
   const type = c.req.header('content-type') ?? '';
   if (!/^application\/(?:[\w.+-]+\+)?json\s*(?:;|$)/i.test(type)) {
     throw new AppError(415, 'unsupported_media_type', 'Send the body as JSON with Content-Type: application/json.');
   }
-  const text = await readLimited(c.req.raw, limitBytes);
+  const text = decodeUtf8(await takeBody(c));
   let value: unknown;
   try {
     value = JSON.parse(text);

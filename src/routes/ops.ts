@@ -7,7 +7,7 @@ import type { Database } from '../db/types.js';
 import type { Drain } from '../lifecycle/drain.js';
 import { PROMETHEUS_CONTENT_TYPE, renderPrometheus } from '../stats/prometheus.js';
 import type { StatsRegistry } from '../stats/registry.js';
-import type { AppEnv } from './fitness.js';
+import type { AppEnv } from './types.js';
 
 export interface OpsOptions {
   database: Database;

@@ -7,8 +7,10 @@ import * as driver from '@neondatabase/serverless';
 import type { Hono } from 'hono';
 import { ConfigError, parseEdgeConfig } from '../config.js';
 import { createEdgeApp } from '../edge-app.js';
+import { fitnessRoutes } from '../routes/fitness.js';
+import { denoNeverSent } from './fetch-errors.js';
 import { AppError } from '../errors.js';
-import type { AppEnv } from '../routes/fitness.js';
+import type { AppEnv } from '../routes/types.js';
 
 declare const Netlify: { env: { toObject(): Record<string, string> } } | undefined;
 declare const Deno: { env: { toObject(): Record<string, string> } } | undefined;
@@ -29,7 +31,13 @@ let app: Hono<AppEnv> | undefined;
 export default function poolgate(request: Request, context?: NetlifyContext): Response | Promise<Response> {
   if (!app) {
     try {
-      app = createEdgeApp(parseEdgeConfig(readEnv()), { driver, scope: 'netlify-edge isolate', log: (line) => console.log(line) });
+      app = createEdgeApp(parseEdgeConfig(readEnv()), {
+        routes: fitnessRoutes,
+        driver,
+        neverSent: denoNeverSent,
+        scope: 'netlify-edge isolate',
+        log: (line) => console.log(line),
+      });
     } catch (err) {
       const message = err instanceof ConfigError ? `poolgate is misconfigured: ${err.message}` : 'poolgate failed to start.';
       console.error(message);

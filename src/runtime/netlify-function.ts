@@ -8,11 +8,12 @@
 import pg from 'pg';
 import type { Hono } from 'hono';
 import { createApp } from '../app.js';
+import { fitnessRoutes } from '../routes/fitness.js';
 import { ConfigError, parseConfig } from '../config.js';
-import { createPgPoolDatabase } from '../db/pg-pool.js';
+import { createPgPoolDatabase } from '../db/connectors/pg-pool.js';
 import { AppError } from '../errors.js';
 import { verifyForward } from '../middleware/verify-forward.js';
-import type { AppEnv } from '../routes/fitness.js';
+import type { AppEnv } from '../routes/types.js';
 import { StatsRegistry } from '../stats/registry.js';
 
 const BASE_PATH = '/.netlify/functions/gateway';
@@ -34,6 +35,7 @@ function build(): Hono<AppEnv> {
   });
   const verify = verifyForward({ secret: config.forwardSecret, onReject: (reason) => log(`poolgate: refused forward (${reason})`) });
   return createApp({
+    routes: fitnessRoutes,
     database,
     registry,
     bodyLimitBytes: config.bodyLimitBytes,

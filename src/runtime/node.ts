@@ -7,14 +7,15 @@
  * (production: `npm run serve`). Import `startGateway` to embed it.
  */
 import { serve, type ServerType } from '@hono/node-server';
-import type { IncomingMessage, Server } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Context } from 'hono';
 import type { AddressInfo, Socket } from 'node:net';
 import { pathToFileURL } from 'node:url';
 import pg from 'pg';
 import { createApp } from '../app.js';
+import { fitnessRoutes } from '../routes/fitness.js';
 import { ConfigError, describeDatabase, parseConfig, type Config } from '../config.js';
-import { createPgPoolDatabase, type PgPoolDatabase } from '../db/pg-pool.js';
+import { createPgPoolDatabase, type PgPoolDatabase } from '../db/connectors/pg-pool.js';
 import type { Queryable } from '../db/types.js';
 import { AppError, describeError, isConnectionError, type ErrorCode } from '../errors.js';
 import { migrate } from '../fitness/migrations.js';
@@ -50,6 +51,20 @@ const readHeader = (c: Context, name: string): string | undefined => {
   return Array.isArray(value) ? value[0] : value;
 };
 
+/**
+ * "The client went away", from Node's response: 'close' before the response finished. Cheaper than
+ * the Web Request's signal, which would make @hono/node-server build the whole Request.
+ */
+const clientSignal = (c: Context): AbortSignal | undefined => {
+  const outgoing = (c.env as { outgoing?: ServerResponse } | undefined)?.outgoing;
+  if (!outgoing) return undefined;
+  const controller = new AbortController();
+  outgoing.once('close', () => {
+    if (!outgoing.writableFinished) controller.abort();
+  });
+  return controller.signal;
+};
+
 export async function startGateway(env: Record<string, string | undefined>, options: GatewayOptions = {}): Promise<Gateway> {
   const config = parseConfig(env);
   const log = options.log ?? (config.logLevel === 'silent' ? () => {} : (line: string) => console.log(line));
@@ -78,7 +93,7 @@ export async function startGateway(env: Record<string, string | undefined>, opti
     if (embedded || env.SEED === 'true') {
       if (await seed(runTx)) log(`poolgate: seeded demo data (user ${DEMO_USER_ID})`);
     }
-    await database.warm();
+    await database.warm(config.pool.min);
 
     const verify = config.forwardSecret
       ? verifyForward({
@@ -87,6 +102,7 @@ export async function startGateway(env: Record<string, string | undefined>, opti
         })
       : undefined;
     const app = createApp({
+      routes: fitnessRoutes,
       database,
       registry,
       drain,
@@ -96,6 +112,7 @@ export async function startGateway(env: Record<string, string | undefined>, opti
       log,
       verify,
       readHeader,
+      clientSignal,
     });
     server = await new Promise<ServerType>((resolve, reject) => {
       const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s));

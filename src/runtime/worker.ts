@@ -7,8 +7,9 @@ import * as driver from '@neondatabase/serverless';
 import type { ExecutionContext, Hono } from 'hono';
 import { ConfigError, parseEdgeConfig } from '../config.js';
 import { createEdgeApp } from '../edge-app.js';
+import { fitnessRoutes } from '../routes/fitness.js';
 import { AppError } from '../errors.js';
-import type { AppEnv } from '../routes/fitness.js';
+import type { AppEnv } from '../routes/types.js';
 
 type Env = Record<string, string | undefined>;
 
@@ -18,7 +19,12 @@ export default {
   fetch(request: Request, env: Env, ctx: ExecutionContext): Response | Promise<Response> {
     if (!app) {
       try {
-        app = createEdgeApp(parseEdgeConfig(env), { driver, scope: 'workerd isolate', log: (line) => console.log(line) });
+        app = createEdgeApp(parseEdgeConfig(env), {
+          routes: fitnessRoutes,
+          driver,
+          scope: 'workerd isolate',
+          log: (line) => console.log(line),
+        });
       } catch (err) {
         const message = err instanceof ConfigError ? `poolgate is misconfigured: ${err.message}` : 'poolgate failed to start.';
         console.error(message);

@@ -1,0 +1,129 @@
+/**
+ * The edge's connectors on `@neondatabase/serverless` (passed in; nothing here imports it):
+ * Neon HTTP for one-shot statements and read batches, and Neon WebSocket for sessions, from a
+ * `Pool` made for one request and ended after it (workerd forbids reusing I/O objects across
+ * requests, so a module-scope pool would hang). Every pool and client gets an 'error' listener.
+ */
+import type * as Neon from '@neondatabase/serverless';
+import { describeError } from '../../errors.js';
+import { createDatabase, type CoreDatabase } from '../core/database.js';
+import type { OneShotConnector, Session, SessionConnector, SessionSource } from '../core/connector.js';
+import type { QueryResult, Statement, TxOptions } from '../types.js';
+
+export type NeonDriver = Pick<typeof Neon, 'neon' | 'Pool'>;
+
+export interface NeonConnectorOptions {
+  connectionString: string;
+  driver: NeonDriver;
+  log?: (line: string) => void;
+}
+
+const ISOLATION = { 'read committed': 'ReadCommitted', 'repeatable read': 'RepeatableRead', serializable: 'Serializable' } as const;
+
+const toResult = (r: { rows: unknown[]; rowCount?: number | null }): QueryResult => ({
+  rows: r.rows as QueryResult['rows'],
+  rowCount: r.rowCount ?? null,
+});
+
+export function neonHttpConnector(options: NeonConnectorOptions): OneShotConnector {
+  const sql = options.driver.neon(options.connectionString, { fullResults: true });
+  return {
+    kind: 'neon-http',
+    upstream: 'neon-http',
+    async query(s: Statement, signal: AbortSignal) {
+      return toResult(await sql.query(s.text, s.params as unknown[], { fullResults: true, fetchOptions: { signal } }));
+    },
+    async batch(statements: readonly Statement[], tx: TxOptions, signal: AbortSignal) {
+      const queries = statements.map((s) => sql.query(s.text, s.params as unknown[]));
+      const results = await sql.transaction(queries, {
+        isolationLevel: tx.isolation && ISOLATION[tx.isolation],
+        readOnly: tx.readOnly,
+        fullResults: true,
+        fetchOptions: { signal },
+      });
+      return results.map(toResult);
+    },
+  };
+}
+
+export function neonWsConnector(options: NeonConnectorOptions): SessionConnector {
+  const log = options.log ?? (() => {});
+  const onError = (err: unknown) => log(`poolgate: neon websocket error (${describeError(err)}); the connection will be discarded`);
+  return {
+    kind: 'neon-ws',
+    upstream: 'neon-ws',
+    source(): SessionSource {
+      let pool: Neon.Pool | undefined;
+      return {
+        async acquire() {
+          if (!pool) {
+            pool = new options.driver.Pool({ connectionString: options.connectionString, max: 1 });
+            pool.on('error', onError);
+          }
+          let client: Neon.PoolClient;
+          try {
+            client = await pool.connect();
+          } catch (err) {
+            throw asConnectionError(err);
+          }
+          client.on('error', onError);
+          return { session: wsSession(client), opened: true };
+        },
+        async end() {
+          const p = pool;
+          pool = undefined;
+          await p?.end();
+        },
+      };
+    },
+    close: async () => {},
+  };
+}
+
+/**
+ * A failed WebSocket rejects with the socket's ErrorEvent in workerd, not an Error: name it for
+ * what it is (08006 connection_failure), so it maps to 503 like any other lost connection.
+ */
+function asConnectionError(err: unknown): Error {
+  if (err instanceof Error) return err;
+  return Object.assign(new Error('The WebSocket to the database could not be opened.'), { code: '08006', cause: err });
+}
+
+/** A WebSocket session; its cancel closes the socket, which ends the server's session (and its statement) with it. */
+function wsSession(client: Neon.PoolClient): Session {
+  return {
+    query: async (text, params) => toResult(await client.query(text, params as unknown[])),
+    cancel: () => client.release(true),
+    release: (discard) => {
+      try {
+        client.release(discard || undefined);
+      } catch {
+        // Already released by cancel().
+      }
+    },
+  };
+}
+
+/**
+ * The edge backend: Neon HTTP for reads and read batches, Neon WebSocket for sessions.
+ * @example
+ * import * as driver from '@neondatabase/serverless';
+ * const database = createNeonDatabase({ connectionString: env.DATABASE_URL, driver, queryTimeoutMs: 10_000 });
+ */
+export function createNeonDatabase(options: NeonConnectorOptions & { queryTimeoutMs: number }): CoreDatabase {
+  return createDatabase({
+    oneShot: neonHttpConnector(options),
+    sessions: neonWsConnector(options),
+    oneShotTimeoutMs: options.queryTimeoutMs,
+  });
+}
+
+/** Points the driver at a local Neon-compatible proxy (development and tests only). */
+export function useLocalNeonProxy(neonConfig: typeof Neon.neonConfig, proxyUrl: string): void {
+  const u = new URL(proxyUrl);
+  neonConfig.fetchEndpoint = () => `${u.origin}/sql`;
+  neonConfig.wsProxy = (host, port) => `${u.host}/v2?address=${host}:${port}`;
+  neonConfig.useSecureWebSocket = u.protocol === 'https:';
+  neonConfig.pipelineConnect = false;
+  neonConfig.pipelineTLS = false;
+}

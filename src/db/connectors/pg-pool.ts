@@ -1,0 +1,162 @@
+/**
+ * The `pg` Pool connector (Node; also PGlite behind pglite-socket): sessions from one pool the
+ * process shares, an 'error' listener on the pool and on every client for its whole life (a
+ * terminated backend must never crash the process), the protocol-level CancelRequest for
+ * deadlines, and the pool's own figures. The `pg` module is passed in: nothing here imports it.
+ */
+import type pg from 'pg';
+import type { PoolConfig } from '../../config.js';
+import { describeError } from '../../errors.js';
+import { createDatabase, type CoreDatabase } from '../core/database.js';
+import type { PoolFigures, Session, SessionConnector, SessionSource } from '../core/connector.js';
+import type { QueryResult } from '../types.js';
+
+export interface PgPoolConnectorOptions extends PoolConfig {
+  connectionString: string;
+  /** Requests' deadline; the session statement_timeout is never longer. */
+  requestTimeoutMs?: number;
+}
+
+export interface PgDriver {
+  Pool: new (config: pg.PoolConfig) => pg.Pool;
+  /** Sends CancelRequests (a protocol message on a fresh socket, no session or auth needed). */
+  Client: new (config: pg.ClientConfig) => pg.Client;
+  log?: (line: string) => void;
+}
+
+/**
+ * How long after a CancelRequest a statement may still hold its session before the socket is cut
+ * on our side: the cancel travels over the network too, and a silent network only the cut ends.
+ */
+const CANCEL_GRACE_MS = 1_000;
+
+type PoolClient = pg.PoolClient & { processID?: number; activeQuery?: unknown; connection?: { stream?: { destroy(): void } } };
+
+export class PgPoolConnector implements SessionConnector {
+  readonly kind = 'pg-pool';
+  readonly upstream = 'postgres';
+  readonly pool: pg.Pool;
+  readonly #fresh = new WeakSet<pg.PoolClient>();
+  readonly #source: SessionSource;
+  readonly #options: PgPoolConnectorOptions;
+  readonly #driver: PgDriver;
+  #openedCount = 0;
+  #closedCount = 0;
+  #errorCount = 0;
+
+  constructor(options: PgPoolConnectorOptions, driver: PgDriver) {
+    this.#options = options;
+    this.#driver = driver;
+    this.pool = new driver.Pool({
+      connectionString: options.connectionString,
+      max: options.max,
+      min: options.min,
+      idleTimeoutMillis: options.idleTimeoutMs,
+      connectionTimeoutMillis: options.connectionTimeoutMs,
+      // No statement may outlive its request: a startup parameter, so it costs no round trip.
+      statement_timeout: this.sessionStatementTimeoutMs,
+      query_timeout: options.queryTimeoutMs,
+      application_name: options.applicationName,
+      keepAlive: true,
+    });
+    this.pool.on('connect', (client) => this.#adopt(client));
+    this.pool.on('remove', () => void this.#closedCount++);
+    // Required (an unheard 'error' crashes the process) but silent: the client's listener logged it.
+    this.pool.on('error', () => {});
+    this.#source = { acquire: () => this.#acquire() };
+  }
+
+  get sessionStatementTimeoutMs(): number {
+    return Math.min(this.#options.statementTimeoutMs, this.#options.requestTimeoutMs ?? Infinity);
+  }
+
+  source(): SessionSource {
+    return this.#source;
+  }
+
+  /** 53300 while our pool holds live connections says "no room for one more", not "the server is down". */
+  isBusy(err: unknown): boolean {
+    return (err as { code?: unknown } | undefined)?.code === '53300' && this.pool.totalCount > 0;
+  }
+
+  figures(): PoolFigures {
+    return {
+      max: this.#options.max,
+      total: this.pool.totalCount,
+      idle: this.pool.idleCount,
+      waiting: this.pool.waitingCount,
+      openedCount: this.#openedCount,
+      closedCount: this.#closedCount,
+      errorCount: this.#errorCount,
+    };
+  }
+
+  close(): Promise<void> {
+    return this.pool.end();
+  }
+
+  #adopt(client: pg.PoolClient): void {
+    this.#openedCount++;
+    this.#fresh.add(client);
+    // For the client's whole life: pg-pool listens only while a client is idle, so an error on a
+    // checked-out client (backend terminated mid-request) would otherwise be unhandled.
+    client.on('error', (err) => {
+      this.#errorCount++;
+      this.#driver.log?.(`poolgate: db client error (${describeError(err)}); the connection will be discarded`);
+    });
+  }
+
+  async #acquire(): Promise<{ session: Session; opened: boolean }> {
+    const client = (await this.pool.connect()) as PoolClient;
+    return { session: this.#session(client), opened: this.#fresh.delete(client) };
+  }
+
+  #session(client: PoolClient): Session {
+    let cut: ReturnType<typeof setTimeout> | undefined;
+    return {
+      query: async (text, params) => {
+        const res = await client.query<QueryResult['rows'][number]>(text, params as unknown[]);
+        return { rows: res.rows, rowCount: res.rowCount ?? null };
+      },
+      cancel: () => {
+        this.#sendCancel(client);
+        // Still running CANCEL_GRACE_MS later: cut the socket, which fails the statement as a lost connection.
+        cut = setTimeout(() => client.connection?.stream?.destroy(), CANCEL_GRACE_MS);
+        (cut as { unref?: () => void }).unref?.();
+      },
+      release: (discard) => {
+        clearTimeout(cut);
+        client.release(discard || undefined);
+      },
+    };
+  }
+
+  /** A CancelRequest for what `client` runs now: no session, no auth, outside the pool's max. */
+  #sendCancel(client: PoolClient): void {
+    if (!client.activeQuery) return;
+    const canceller = new this.#driver.Client({ connectionString: this.#options.connectionString }) as pg.Client & {
+      connection: { on(event: 'error', fn: (err: Error) => void): void };
+      cancel(client: pg.Client, query: unknown): void;
+    };
+    canceller.connection.on('error', (err) => this.#driver.log?.(`poolgate: a cancel request failed (${describeError(err)})`));
+    canceller.cancel(client, client.activeQuery);
+  }
+}
+
+export type PgPoolDatabase = CoreDatabase & { readonly pool: pg.Pool };
+
+/**
+ * The Node backend: the pg Pool connector under the core, with bounded admission.
+ * @example
+ * const database = createPgPoolDatabase({ ...config.pool, connectionString }, { Pool: pg.Pool, Client: pg.Client, log });
+ * await database.warm(config.pool.min);
+ */
+export function createPgPoolDatabase(options: PgPoolConnectorOptions, driver: PgDriver): PgPoolDatabase {
+  const connector = new PgPoolConnector(options, driver);
+  const database = createDatabase({
+    sessions: connector,
+    admission: { permits: options.max, queueMax: options.queueMax, timeoutMs: options.acquireTimeoutMs },
+    sessionStatementTimeoutMs: connector.sessionStatementTimeoutMs,
+  });
+  return Object.assign(database, { pool: connector.pool });
+}

@@ -1,0 +1,64 @@
+/**
+ * What a backend must know, and nothing more: how to get a session, run a statement on it,
+ * cancel it and give it back (SessionConnector), or how to run a statement or an atomic batch in
+ * one round trip without a session (OneShotConnector). Transactions, deadlines, retries, the
+ * breaker and the observer calls are the core's (src/db/core/database.ts), written once.
+ */
+import type { ClientKind, QueryResult, Statement, TxOptions } from '../types.js';
+
+/** One server session: a pooled connection, checked out by one request at a time. */
+export interface Session {
+  query(text: string, params?: readonly unknown[]): Promise<QueryResult>;
+  /**
+   * Asks the server to stop what this session is running now (a protocol-level cancel where the
+   * driver has one). Best effort and immediate; the running statement then fails.
+   */
+  cancel(): void;
+  /** Gives the session back; `discard` when it must never be reused (broken, cancelled). */
+  release(discard: boolean): void;
+}
+
+export interface Checkout {
+  session: Session;
+  /** The session was opened for this checkout (a reused one was not). */
+  opened: boolean;
+}
+
+/** Where one request's sessions come from: a pool shared by the process, or one made for the request. */
+export interface SessionSource {
+  acquire(): Promise<Checkout>;
+  /** Ends what this source opened for its request; absent for a shared pool. */
+  end?(): Promise<void>;
+}
+
+/** A shared pool's own figures (the core adds acquisitions, waits, retries and cancels). */
+export interface PoolFigures {
+  max: number;
+  total: number;
+  idle: number;
+  waiting: number;
+  openedCount: number;
+  closedCount: number;
+  errorCount: number;
+}
+
+export interface SessionConnector {
+  readonly kind: ClientKind;
+  /** The breaker's name in /stats, /metrics and /health/ready. */
+  readonly upstream: string;
+  /** Called when a request first needs a session; a shared pool returns the same source each time. */
+  source(): SessionSource;
+  /** An error that says "busy", not "down" (no breaker count), e.g. 53300 while our pool holds live connections. */
+  isBusy?(err: unknown): boolean;
+  figures?(): PoolFigures;
+  close(): Promise<void>;
+}
+
+export interface OneShotConnector {
+  readonly kind: ClientKind;
+  readonly upstream: string;
+  /** One statement in one round trip; `signal` aborts it. */
+  query(statement: Statement, signal: AbortSignal): Promise<QueryResult>;
+  /** The statements in one transaction, in one round trip. */
+  batch(statements: readonly Statement[], options: TxOptions, signal: AbortSignal): Promise<QueryResult[]>;
+}

@@ -1,0 +1,203 @@
+/**
+ * The one execution core: a `Database` over a session connector (pg Pool, Neon WebSocket), a
+ * one-shot connector (Neon HTTP), or both. Each request gets a `Db` that routes its calls —
+ * one-shot where the backend has it, sessions for transactions — and reports to its observer.
+ */
+import { AppError } from '../../errors.js';
+import type { BreakerSnapshot } from '../../resilience/breaker.js';
+import type { GateOptions } from '../../resilience/gate.js';
+import { RetryBudget } from '../../resilience/retry.js';
+import { now } from '../../stats/clock.js';
+import type {
+  ClientKind,
+  Database,
+  Db,
+  PoolStats,
+  QueryObserver,
+  QueryResult,
+  Queryable,
+  ReadyReport,
+  Statement,
+  TxOptions,
+} from '../types.js';
+import type { OneShotConnector, SessionConnector, SessionSource } from './connector.js';
+import { OneShotRunner } from './one-shot.js';
+import { SessionRunner } from './sessions.js';
+
+export interface CoreOptions {
+  sessions?: SessionConnector;
+  oneShot?: OneShotConnector;
+  /** Bounded wait and queue in front of a shared session pool. */
+  admission?: GateOptions;
+  /** The statement_timeout sessions are opened with (see SessionRunner). */
+  sessionStatementTimeoutMs?: number;
+  /** Upper bound of one one-shot round trip (default 10 s). */
+  oneShotTimeoutMs?: number;
+  budget?: RetryBudget;
+}
+
+const READ_BATCH: TxOptions = { isolation: 'repeatable read', readOnly: true };
+const PING_OBSERVER = { acquired() {}, queried() {}, served() {}, internal: true } satisfies QueryObserver;
+
+/**
+ * @example
+ * const database = createDatabase({ sessions: pgPoolConnector(config, pg), admission: { permits: 20, queueMax: 1000, timeoutMs: 5000 } });
+ * const user = await database.forRequest(observer).query('SELECT * FROM users WHERE id = $1', [id]);
+ */
+export function createDatabase(options: CoreOptions): CoreDatabase {
+  return new CoreDatabase(options);
+}
+
+export class CoreDatabase implements Database {
+  readonly kind: ClientKind;
+  readonly sessions: SessionRunner | undefined;
+  readonly oneShot: OneShotRunner | undefined;
+  readonly #budget: RetryBudget;
+  #closing: Promise<void> | undefined;
+
+  constructor(options: CoreOptions) {
+    if (!options.sessions && !options.oneShot) throw new Error('createDatabase needs a session connector, a one-shot connector, or both.');
+    this.#budget = options.budget ?? new RetryBudget();
+    this.sessions =
+      options.sessions &&
+      new SessionRunner(options.sessions, {
+        admission: options.admission,
+        sessionStatementTimeoutMs: options.sessionStatementTimeoutMs,
+        budget: this.#budget,
+      });
+    this.oneShot =
+      options.oneShot && new OneShotRunner(options.oneShot, { timeoutMs: options.oneShotTimeoutMs ?? 10_000, budget: this.#budget });
+    this.kind = (options.oneShot ?? options.sessions)!.kind;
+  }
+
+  forRequest(observer: QueryObserver): Db {
+    return new RequestDb(this, observer);
+  }
+
+  async ping(timeoutMs: number): Promise<ReadyReport> {
+    const started = now();
+    const observer = { ...PING_OBSERVER, deadline: started + timeoutMs };
+    try {
+      if (this.oneShot) await this.oneShot.query(observer, { text: 'SELECT 1' });
+      else await this.#pingSession(observer);
+      return { ok: true, latencyMs: now() - started };
+    } catch (err) {
+      const reason = err instanceof AppError ? err.code : 'database_unavailable';
+      return { ok: false, latencyMs: now() - started, reason };
+    }
+  }
+
+  async warm(count: number): Promise<void> {
+    if (this.sessions && count > 0) await this.sessions.warm(this.sessions.connector.source(), count);
+  }
+
+  stats(): PoolStats | undefined {
+    const runner = this.sessions;
+    const pool = runner?.figures();
+    if (!runner || !pool) return undefined;
+    const acquisitions = runner.acquisitionCount;
+    return {
+      max: pool.max,
+      total: pool.total,
+      active: pool.total - pool.idle,
+      idle: pool.idle,
+      waiting: runner.waiting + pool.waiting,
+      openedCount: pool.openedCount,
+      closedCount: pool.closedCount,
+      acquisitionCount: acquisitions,
+      reuseRate: acquisitions === 0 ? 1 : (acquisitions - runner.openedOnAcquireCount) / acquisitions,
+      errorCount: pool.errorCount,
+      ...runner.gateFigures,
+      retryCount: this.#budget.retriedCount,
+      retryDeniedCount: this.#budget.deniedCount,
+      cancelledCount: runner.cancelledCount,
+    };
+  }
+
+  breakers(): BreakerSnapshot[] {
+    return [this.oneShot?.breaker.snapshot(), this.sessions?.breaker.snapshot()].filter((b) => b !== undefined);
+  }
+
+  close(): Promise<void> {
+    return (this.#closing ??= this.sessions?.close() ?? Promise.resolve());
+  }
+
+  /** A session round trip that gives up at the deadline even if getting a session hangs. */
+  async #pingSession(observer: QueryObserver & { deadline: number }): Promise<void> {
+    const sessions = this.sessions!;
+    const source = sessions.connector.source();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const attempt = sessions.statement(source, observer, 'SELECT 1');
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new AppError(504, 'timeout', 'ping timed out')), observer.deadline - now());
+    });
+    try {
+      await Promise.race([attempt, late]);
+    } finally {
+      clearTimeout(timer);
+      attempt.catch(() => {});
+      await source.end?.();
+    }
+  }
+}
+
+/** One request's view: one-shot where the backend has it, sessions for transactions. */
+class RequestDb implements Db {
+  readonly kind: ClientKind;
+  readonly #core: CoreDatabase;
+  readonly #observer: QueryObserver;
+  #source: SessionSource | undefined;
+
+  constructor(core: CoreDatabase, observer: QueryObserver) {
+    this.#core = core;
+    this.#observer = observer;
+    this.kind = core.kind;
+  }
+
+  query<R>(text: string, params?: readonly unknown[]): Promise<QueryResult<R>> {
+    const oneShot = this.#core.oneShot;
+    if (oneShot) {
+      this.#observer.served(oneShot.connector.kind);
+      return oneShot.query(this.#observer, { text, params }) as Promise<QueryResult<R>>;
+    }
+    const sessions = this.#sessions();
+    return sessions.statement(this.#sourceOf(sessions), this.#observer, text, params) as Promise<QueryResult<R>>;
+  }
+
+  readBatch(statements: readonly Statement[]): Promise<QueryResult[]> {
+    const oneShot = this.#core.oneShot;
+    if (oneShot) {
+      this.#observer.served(oneShot.connector.kind);
+      return oneShot.batch(this.#observer, statements, READ_BATCH);
+    }
+    return this.transaction(async (tx) => {
+      const results: QueryResult[] = [];
+      for (const s of statements) results.push(await tx.query(s.text, s.params));
+      return results;
+    }, READ_BATCH);
+  }
+
+  transaction<T>(fn: (tx: Queryable) => Promise<T>, options?: TxOptions): Promise<T> {
+    const sessions = this.#sessions();
+    return sessions.transaction(this.#sourceOf(sessions), this.#observer, fn, options);
+  }
+
+  /** Ends what this request opened (a per-request pool); undefined when there is nothing to end. */
+  end(): Promise<void> | undefined {
+    const source = this.#source;
+    this.#source = undefined;
+    return source?.end?.();
+  }
+
+  #sessions(): SessionRunner {
+    const sessions = this.#core.sessions;
+    if (!sessions)
+      throw new AppError(500, 'internal', 'This backend runs no interactive transactions (one-shot queries and batches only).');
+    this.#observer.served(sessions.connector.kind);
+    return sessions;
+  }
+
+  #sourceOf(sessions: SessionRunner): SessionSource {
+    return (this.#source ??= sessions.connector.source());
+  }
+}

@@ -1,0 +1,55 @@
+/**
+ * Work without a session (Neon HTTP): one statement, or a batch in one transaction, each in one
+ * round trip, through the breaker, aborted at the request's deadline or when its client leaves.
+ * A single statement of a `read` route may run again after a lost connection; nothing else does
+ * (a fetch that failed may still have run its statement).
+ */
+import { isConnectionError } from '../../errors.js';
+import { createBreaker, type Breaker } from '../../resilience/breaker.js';
+import { RetryBudget, withRetry } from '../../resilience/retry.js';
+import { now } from '../../stats/clock.js';
+import type { QueryObserver, QueryResult, Statement, TxOptions } from '../types.js';
+import type { OneShotConnector } from './connector.js';
+import { withAbort } from './deadline.js';
+
+export interface OneShotRunnerOptions {
+  /** Upper bound for one round trip, inside the request's deadline. */
+  timeoutMs: number;
+  budget: RetryBudget;
+  breaker?: Breaker;
+}
+
+export class OneShotRunner {
+  readonly connector: OneShotConnector;
+  readonly breaker: Breaker;
+  readonly #options: OneShotRunnerOptions;
+
+  constructor(connector: OneShotConnector, options: OneShotRunnerOptions) {
+    this.connector = connector;
+    this.#options = options;
+    this.breaker = options.breaker ?? createBreaker(connector.upstream, { isFailure: isConnectionError });
+  }
+
+  query(observer: QueryObserver, statement: Statement): Promise<QueryResult> {
+    return withRetry(() => this.#timed(observer, 1, (signal) => this.connector.query(statement, signal)), {
+      scope: observer.intent === 'read' ? 'read' : 'write',
+      budget: this.#options.budget,
+      deadline: observer.deadline,
+      now,
+      onRetry: () => observer.retried?.(),
+    });
+  }
+
+  batch(observer: QueryObserver, statements: readonly Statement[], options: TxOptions): Promise<QueryResult[]> {
+    return this.#timed(observer, statements.length, (signal) => this.connector.batch(statements, options, signal));
+  }
+
+  async #timed<T>(observer: QueryObserver, statements: number, run: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    const started = now();
+    try {
+      return await withAbort(observer, this.#options.timeoutMs, (signal) => this.breaker.execute(() => run(signal)));
+    } finally {
+      observer.queried(now() - started, statements);
+    }
+  }
+}

@@ -1,0 +1,207 @@
+/**
+ * Work on sessions, written once for every session connector: admission (bounded wait and
+ * queue), the breaker on getting a session, retries judged by the route's intent and by where
+ * the attempt failed, the deadline watch that cancels on the server, BEGIN … COMMIT with
+ * ROLLBACK on any error, and the rule that a broken or cancelled session is never reused.
+ */
+import { isConnectionError } from '../../errors.js';
+import { createBreaker, type Breaker } from '../../resilience/breaker.js';
+import { Gate, type GateOptions } from '../../resilience/gate.js';
+import { isRetryable, RetryBudget, withRetry, type RetryScope } from '../../resilience/retry.js';
+import { now } from '../../stats/clock.js';
+import type { QueryObserver, QueryResult, Queryable, TxOptions } from '../types.js';
+import type { Checkout, PoolFigures, Session, SessionConnector, SessionSource } from './connector.js';
+import { cutShort, remainingMs, watchDeadline, type FireReason } from './deadline.js';
+
+export interface SessionRunnerOptions {
+  /** Bounded wait and queue in front of a shared pool; none for a pool of one request's own. */
+  admission?: GateOptions;
+  /** The statement_timeout sessions start with; a transaction that starts later than that allows sets a tighter one. */
+  sessionStatementTimeoutMs?: number;
+  budget: RetryBudget;
+  breaker?: Breaker;
+}
+
+/** How far past the session statement timeout a transaction must already be before it pays for SET LOCAL. */
+const LATE_MS = 500;
+
+export function beginStatement(opts: TxOptions): string {
+  let sql = 'BEGIN';
+  if (opts.isolation) sql += ` ISOLATION LEVEL ${opts.isolation.toUpperCase()}`;
+  if (opts.readOnly) sql += ' READ ONLY';
+  return sql;
+}
+
+/**
+ * A session whose statements report their time to the request's observer, and which sends no
+ * statement once the request was cut short (a cancel that found the session between statements
+ * stops nothing, so the next statement must not start).
+ */
+function instrument(session: Session, observer: QueryObserver, cut: () => FireReason | undefined): Queryable {
+  return {
+    async query<R>(text: string, params?: readonly unknown[]): Promise<QueryResult<R>> {
+      const why = cut();
+      if (why) throw cutShort(why);
+      const started = now();
+      try {
+        return (await session.query(text, params)) as QueryResult<R>;
+      } finally {
+        observer.queried(now() - started);
+      }
+    },
+  };
+}
+
+/** Broken connections and client-side read timeouts (the server may still be busy) are not reused. */
+const mustDiscard = (err: unknown) =>
+  isConnectionError(err) || /Query read timeout/.test(String((err as { message?: unknown } | undefined)?.message));
+
+async function rolledBack(session: Session): Promise<boolean> {
+  try {
+    await session.query('ROLLBACK');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export class SessionRunner {
+  readonly connector: SessionConnector;
+  readonly breaker: Breaker;
+  readonly #gate: Gate | undefined;
+  readonly #options: SessionRunnerOptions;
+  acquisitionCount = 0;
+  openedOnAcquireCount = 0;
+  cancelledCount = 0;
+
+  constructor(connector: SessionConnector, options: SessionRunnerOptions) {
+    this.connector = connector;
+    this.#options = options;
+    this.#gate = options.admission && new Gate(options.admission);
+    this.breaker =
+      options.breaker ?? createBreaker(connector.upstream, { isFailure: (e) => isConnectionError(e) && !connector.isBusy?.(e) });
+  }
+
+  /** One statement on a session of its own. */
+  statement(source: SessionSource, observer: QueryObserver, text: string, params?: readonly unknown[]): Promise<QueryResult> {
+    const scope: RetryScope = observer.intent === 'read' ? 'read' : 'write';
+    return this.run(source, observer, scope, false, (tx) => tx.query(text, params));
+  }
+
+  /** BEGIN … COMMIT around `fn`; the whole transaction runs again on 40001/40P01 (nothing of it applied). */
+  transaction<T>(source: SessionSource, observer: QueryObserver, fn: (tx: Queryable) => Promise<T>, opts: TxOptions = {}): Promise<T> {
+    return this.run(source, observer, 'transaction', true, async (tx) => {
+      await tx.query(beginStatement(opts));
+      await this.#tighten(tx, observer);
+      const result = await fn(tx);
+      await tx.query('COMMIT');
+      return result;
+    });
+  }
+
+  /** Admission once; then attempts, each on a fresh session, retried by where they failed. */
+  async run<T>(
+    source: SessionSource,
+    observer: QueryObserver,
+    scope: RetryScope,
+    inTransaction: boolean,
+    work: (tx: Queryable) => Promise<T>,
+  ): Promise<T> {
+    const release = await this.#admit(observer);
+    try {
+      let reached = false;
+      return await withRetry(
+        async () => {
+          reached = false;
+          const checkout = await this.#checkout(source, observer);
+          reached = true;
+          return this.#onSession(checkout.session, observer, inTransaction, work);
+        },
+        {
+          scope,
+          // Before a session was had, nothing was sent: the connect rules apply whatever the work.
+          retryable: (err) => isRetryable(err, reached ? scope : 'connect'),
+          budget: this.#options.budget,
+          deadline: observer.deadline,
+          now,
+          onRetry: () => observer.retried?.(),
+        },
+      );
+    } finally {
+      release();
+    }
+  }
+
+  /** Opens `count` sessions and gives them back, so the first requests find them ready. */
+  async warm(source: SessionSource, count: number): Promise<void> {
+    const checkouts = await Promise.all(Array.from({ length: count }, () => this.breaker.execute(() => source.acquire())));
+    for (const { session } of checkouts) session.release(false);
+  }
+
+  get waiting(): number {
+    return this.#gate?.waiting ?? 0;
+  }
+
+  get gateFigures(): { acquireTimeoutCount: number; queueRejectedCount: number } {
+    return { acquireTimeoutCount: this.#gate?.timedOutCount ?? 0, queueRejectedCount: this.#gate?.rejectedCount ?? 0 };
+  }
+
+  figures(): PoolFigures | undefined {
+    return this.connector.figures?.();
+  }
+
+  close(): Promise<void> {
+    this.#gate?.close();
+    return this.connector.close();
+  }
+
+  #admit(observer: QueryObserver): Promise<() => void> {
+    const left = remainingMs(observer);
+    if (!this.#gate) return Promise.resolve(() => {});
+    return this.#gate.acquire(Math.min(this.#options.admission!.timeoutMs, left), observer.signal);
+  }
+
+  async #checkout(source: SessionSource, observer: QueryObserver): Promise<Checkout> {
+    const started = now();
+    remainingMs(observer);
+    const checkout = await this.breaker.execute(() => source.acquire());
+    if (!observer.internal) {
+      this.acquisitionCount++;
+      if (checkout.opened) this.openedOnAcquireCount++;
+    }
+    observer.acquired(now() - started, checkout.opened);
+    return checkout;
+  }
+
+  async #onSession<T>(session: Session, observer: QueryObserver, inTransaction: boolean, work: (tx: Queryable) => Promise<T>): Promise<T> {
+    let fired: FireReason | undefined;
+    const watch = watchDeadline(observer, (why) => {
+      fired = why;
+      this.cancelledCount++;
+      session.cancel();
+    });
+    let discard = false;
+    try {
+      return await work(instrument(session, observer, () => fired));
+    } catch (err) {
+      const why = watch.disarm();
+      // A cancelled session is not rolled back and reused: a late cancel could hit the next request.
+      if (why) {
+        discard = true;
+        throw cutShort(why, err);
+      }
+      discard = mustDiscard(err) || (inTransaction && !(await rolledBack(session)));
+      throw err;
+    } finally {
+      session.release(discard || watch.disarm() !== undefined);
+    }
+  }
+
+  /** Already late (a long wait for a session): the server enforces what is left of the deadline, too. */
+  async #tighten(tx: Queryable, observer: QueryObserver): Promise<void> {
+    const sessionMs = this.#options.sessionStatementTimeoutMs;
+    if (sessionMs === undefined || observer.deadline === undefined) return;
+    const left = observer.deadline - now();
+    if (left < sessionMs - LATE_MS) await tx.query(`SET LOCAL statement_timeout = ${Math.max(1, Math.floor(left))}`);
+  }
+}
