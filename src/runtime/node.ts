@@ -19,7 +19,7 @@ import { createPgPoolDatabase, type PgPoolDatabase } from '../db/connectors/pg-p
 import type { Queryable } from '../db/types.js';
 import { AppError, describeError, isConnectionError, type ErrorCode } from '../errors.js';
 import { migrate } from '../fitness/migrations.js';
-import { purgeExpiredKeys } from '../idempotency/idempotency.js';
+import { IdempotencyPurger } from '../idempotency/purge.js';
 import { DEMO_USER_ID, seed } from '../fitness/seed.js';
 import { Drain } from '../lifecycle/drain.js';
 import { verifyForward } from '../middleware/verify-forward.js';
@@ -146,20 +146,12 @@ export async function startGateway(env: Record<string, string | undefined>, opti
     `poolgate: Node gateway on ${url} → ${describeDatabase(config.databaseUrl)} (Node ${process.version}, pool max ${config.pool.max}, ${config.pool.min} warm${config.forwardSecret ? ', signed forwards only' : ''})`,
   );
 
-  // Expired idempotency records are ignored already; this only keeps the table from growing.
-  const purger = database.forRequest({ acquired() {}, queried() {}, served() {}, internal: true });
-  const purge = setInterval(() => {
-    purgeExpiredKeys(purger).then(
-      (n) => n > 0 && log(`poolgate: purged ${n} expired idempotency records`),
-      (err) => log(`poolgate: purging idempotency records failed (${describeError(err)}); will retry`),
-    );
-  }, config.idempotencyPurgeIntervalMs);
-  purge.unref();
+  const stopPurging = new IdempotencyPurger(database, config.idempotencyPurgeIntervalMs, log).start();
 
   let closing: Promise<{ drained: boolean }> | undefined;
   const close = () =>
     (closing ??= (async () => {
-      clearInterval(purge);
+      stopPurging();
       const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
       const drained = await drain.start(config.shutdownTimeoutMs);
       // The last responses may not be written yet: they carry Connection: close and end their

@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildNetlifyFunction } from '../../src/local/build.js';
 import { createForwardSigner } from '../../src/security/forward-signature.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
-import { startTestGateway } from '../helpers/gateway.js';
+import { startTestGateway, waitFor } from '../helpers/gateway.js';
 
 const SECRET = 'netlify-function-test-secret-0123456789abcdef';
 const BASE = 'http://site.example/.netlify/functions/gateway';
@@ -36,12 +36,20 @@ beforeAll(async () => {
 
   dir = await mkdtemp(join(tmpdir(), 'poolgate-fn-'));
   const bundle = await buildNetlifyFunction(join(dir, 'gateway.mjs'));
-  Object.assign(process.env, { DATABASE_URL: db.url, FORWARD_SECRET: SECRET, POOL_MAX: '2', POOL_MIN: '0', LOG_LEVEL: 'silent' });
+  Object.assign(process.env, {
+    DATABASE_URL: db.url,
+    FORWARD_SECRET: SECRET,
+    POOL_MAX: '2',
+    POOL_MIN: '0',
+    LOG_LEVEL: 'silent',
+    IDEMPOTENCY_PURGE_INTERVAL_MS: '1000',
+  });
   gateway = (await import(pathToFileURL(bundle).href)).default;
 });
 
 afterAll(async () => {
-  for (const k of ['DATABASE_URL', 'FORWARD_SECRET', 'POOL_MAX', 'POOL_MIN', 'LOG_LEVEL']) delete process.env[k];
+  for (const k of ['DATABASE_URL', 'FORWARD_SECRET', 'POOL_MAX', 'POOL_MIN', 'LOG_LEVEL', 'IDEMPOTENCY_PURGE_INTERVAL_MS'])
+    delete process.env[k];
   await rm(dir, { recursive: true, force: true });
   await db?.drop();
 });
@@ -89,5 +97,20 @@ describe('Netlify Node function bundle', () => {
   it('answers health without a signature', async () => {
     const res = await gateway(new Request(`${BASE}/health`));
     expect(res.status).toBe(200);
+  });
+
+  it('purges expired idempotency records when an invocation finds a purge due (no timer between invocations)', async () => {
+    await db.admin(
+      `INSERT INTO idempotency_keys (key, request_hash, status, body, expires_at) VALUES
+         ('fn-purge-old', 'h', 201, NULL, now() - interval '1 minute'),
+         ('fn-purge-live', 'h', 201, NULL, now() + interval '1 hour')`,
+    );
+    const keys = async (key: string) =>
+      Number((await db.admin('SELECT count(*) FROM idempotency_keys WHERE key = $1', [key])).rows[0].count);
+    await new Promise((r) => setTimeout(r, 1_100)); // the purge interval passes with no invocation: nothing runs
+    expect(await keys('fn-purge-old')).toBe(1);
+    await gateway(new Request(`${BASE}/health`));
+    await waitFor(async () => (await keys('fn-purge-old')) === 0, { timeoutMs: 5_000, what: 'the due purge to delete the expired record' });
+    expect(await keys('fn-purge-live')).toBe(1);
   });
 });

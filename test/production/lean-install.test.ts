@@ -1,7 +1,7 @@
 /**
  * The production install as the README documents it: `npm ci --omit=dev` from the committed
  * lockfile, the gateway compiled by tsc (what `npm run build` emits into dist/lib/), and
- * `node dist/lib/runtime/node.js` — no tsx, esbuild, miniflare, wrangler, PGlite or ws on disk.
+ * `node dist/lib/runtime/migrate.js` + `node dist/lib/runtime/node.js` — no tsx, esbuild, miniflare, wrangler, PGlite or ws on disk.
  * It must serve /health/ready and the API on a real database, and without DATABASE_URL say in
  * one line what is missing rather than reach for the embedded (development-only) database.
  */
@@ -64,6 +64,13 @@ describe('the lean production install', () => {
     const { stdout } = await run('npm', ['ls', '--omit=dev', '--all', '--parseable'], { cwd: dir });
     expect(stdout).not.toMatch(/node_modules\/(tsx|esbuild|miniflare|wrangler|@electric-sql|ws)(\/|$)/m);
     expect(stdout).toMatch(/node_modules\/pg$/m);
+  });
+
+  it('migrates the database with plain node (npm run migrate), once', async () => {
+    const migrate = () =>
+      run(process.execPath, ['dist/lib/runtime/migrate.js'], { cwd: dir, env: { PATH: process.env.PATH ?? '', DATABASE_URL: db.url } });
+    expect((await migrate()).stdout).toMatch(/^poolgate: applied migrations 1, 2$/m);
+    expect((await migrate()).stdout).toMatch(/^poolgate: schema up to date$/m);
   });
 
   it('serves /health/ready and the API on a real database with plain node', async () => {
