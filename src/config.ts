@@ -4,6 +4,7 @@
  * non-enumerable so it never reaches logs, JSON dumps or error messages.
  */
 import { MIN_SECRET_LENGTH } from './security/forward-signature.js';
+import { AppError } from './errors.js';
 
 export interface PoolConfig {
   max: number;
@@ -53,6 +54,25 @@ export class ConfigError extends Error {
   ) {
     super(`${variable}: ${message}`);
   }
+}
+
+/**
+ * Builds a runtime entry's app on first use and keeps it. When it cannot be built, each request
+ * gets a 500 naming the variable to fix (logged too) and the next request tries again: never a
+ * stack, never the value of a secret.
+ * @example const appFor = buildOnce((env: Env) => createEdgeApp(parseEdgeConfig(env), deps));
+ */
+export function buildOnce<A, E>(build: (env: E) => A): (env: E, request: Request) => A | Response {
+  let built: A | undefined;
+  return (env, request) => {
+    try {
+      return (built ??= build(env));
+    } catch (err) {
+      const message = err instanceof ConfigError ? `poolgate is misconfigured: ${err.message}` : 'poolgate failed to start.';
+      console.error(message);
+      return new AppError(500, 'internal', message).toResponse(request.headers.get('x-request-id') ?? 'unknown');
+    }
+  };
 }
 
 type Env = Record<string, string | undefined>;

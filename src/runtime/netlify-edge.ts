@@ -4,13 +4,10 @@
  * from `Netlify.env` on Netlify, or `Deno.env` when run under plain Deno (tests, local).
  */
 import * as driver from '@neondatabase/serverless';
-import type { Hono } from 'hono';
-import { ConfigError, parseEdgeConfig } from '../config.js';
+import { buildOnce, parseEdgeConfig } from '../config.js';
 import { createEdgeApp } from '../edge-app.js';
 import { fitnessRoutes } from '../routes/fitness.js';
 import { denoNeverSent } from './fetch-errors.js';
-import { AppError } from '../errors.js';
-import type { AppEnv } from '../routes/types.js';
 
 declare const Netlify: { env: { toObject(): Record<string, string> } } | undefined;
 declare const Deno: { env: { toObject(): Record<string, string> } } | undefined;
@@ -26,24 +23,19 @@ interface NetlifyContext {
   waitUntil?(promise: Promise<unknown>): void;
 }
 
-let app: Hono<AppEnv> | undefined;
+const appFor = buildOnce(() =>
+  createEdgeApp(parseEdgeConfig(readEnv()), {
+    routes: fitnessRoutes,
+    driver,
+    neverSent: denoNeverSent,
+    scope: 'netlify-edge isolate',
+    log: (line) => console.log(line),
+  }),
+);
 
 export default function poolgate(request: Request, context?: NetlifyContext): Response | Promise<Response> {
-  if (!app) {
-    try {
-      app = createEdgeApp(parseEdgeConfig(readEnv()), {
-        routes: fitnessRoutes,
-        driver,
-        neverSent: denoNeverSent,
-        scope: 'netlify-edge isolate',
-        log: (line) => console.log(line),
-      });
-    } catch (err) {
-      const message = err instanceof ConfigError ? `poolgate is misconfigured: ${err.message}` : 'poolgate failed to start.';
-      console.error(message);
-      return new AppError(500, 'internal', message).toResponse(request.headers.get('x-request-id') ?? 'unknown');
-    }
-  }
+  const app = appFor(undefined, request);
+  if (app instanceof Response) return app;
   // `hono/netlify` (deprecated) did only this: hand Netlify's context over as the env.
   const ctx = context?.waitUntil
     ? { waitUntil: (p: Promise<unknown>) => context.waitUntil!(p), passThroughOnException() {}, props: {} }

@@ -8,18 +8,11 @@
  * function has no timer between invocations. Migrations are not run here: run
  * `DATABASE_URL=… npm run migrate` (after `npm run build`) once per deploy.
  */
-import pg from 'pg';
 import type { Hono } from 'hono';
-import { createApp } from '../app.js';
-import { fitnessRoutes } from '../routes/fitness.js';
-import { ConfigError, parseConfig } from '../config.js';
-import { createPgPoolDatabase } from '../db/connectors/pg-pool.js';
-import { AppError } from '../errors.js';
+import { buildOnce, ConfigError, parseConfig } from '../config.js';
 import { IdempotencyPurger } from '../idempotency/purge.js';
-import { Drain } from '../lifecycle/drain.js';
-import { verifyForward } from '../middleware/verify-forward.js';
 import type { AppEnv } from '../routes/types.js';
-import { StatsRegistry } from '../stats/registry.js';
+import { createNodeApp } from './node-app.js';
 
 const BASE_PATH = '/.netlify/functions/gateway';
 
@@ -27,23 +20,15 @@ interface Instance {
   app: Hono<AppEnv>;
   purger: IdempotencyPurger;
 }
-let instance: Instance | undefined;
+
+const instanceFor = buildOnce(build);
 
 function build(): Instance {
   const config = parseConfig(process.env);
   if (!config.databaseUrl) throw new ConfigError('DATABASE_URL', 'is required for the Node function');
   if (!config.forwardSecret) throw new ConfigError('FORWARD_SECRET', 'is required for the Node function');
   const log = config.logLevel === 'silent' ? () => {} : (line: string) => console.log(line);
-  const database = createPgPoolDatabase(
-    { ...config.pool, connectionString: config.databaseUrl, requestTimeoutMs: config.requestTimeoutMs },
-    { Pool: pg.Pool, Client: pg.Client, log },
-  );
-  const registry = new StatsRegistry({
-    scope: 'netlify-function instance',
-    pool: () => database.stats(),
-    breakers: () => database.breakers(),
-  });
-  const drain = new Drain();
+  const { app, database, drain } = createNodeApp(config, { scope: 'netlify-function instance', connectionString: config.databaseUrl, log });
   // The platform's stop signal: finish what is in flight (bounded), end the pool, then exit as SIGTERM would.
   process.once('SIGTERM', () => {
     void drain
@@ -51,29 +36,12 @@ function build(): Instance {
       .then(() => database.close())
       .finally(() => process.exit(0));
   });
-  const verify = verifyForward({ secret: config.forwardSecret, onReject: (reason) => log(`poolgate: refused forward (${reason})`) });
-  const app = createApp({
-    routes: fitnessRoutes,
-    database,
-    registry,
-    drain,
-    bodyLimitBytes: config.bodyLimitBytes,
-    idempotencyTtlMs: config.idempotencyTtlMs,
-    requestTimeoutMs: config.requestTimeoutMs,
-    log,
-    verify,
-  });
   return { app, purger: new IdempotencyPurger(database, config.idempotencyPurgeIntervalMs, log) };
 }
 
 export default async function gateway(request: Request): Promise<Response> {
-  try {
-    instance ??= build();
-  } catch (err) {
-    const message = err instanceof ConfigError ? `poolgate is misconfigured: ${err.message}` : 'poolgate failed to start.';
-    console.error(message);
-    return new AppError(500, 'internal', message).toResponse('unknown');
-  }
+  const instance = instanceFor(undefined, request);
+  if (instance instanceof Response) return instance;
   // The app's routes are /api/…; strip the function's own prefix (the signature covers /api/…).
   const url = new URL(request.url);
   if (url.pathname.startsWith(BASE_PATH)) url.pathname = url.pathname.slice(BASE_PATH.length) || '/';

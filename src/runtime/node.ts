@@ -11,20 +11,16 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Context } from 'hono';
 import type { AddressInfo, Socket } from 'node:net';
 import { pathToFileURL } from 'node:url';
-import pg from 'pg';
-import { createApp } from '../app.js';
-import { fitnessRoutes } from '../routes/fitness.js';
 import { ConfigError, describeDatabase, parseConfig, type Config } from '../config.js';
-import { createPgPoolDatabase, type PgPoolDatabase } from '../db/connectors/pg-pool.js';
+import type { PgPoolDatabase } from '../db/connectors/pg-pool.js';
+import type { StatsRegistry } from '../stats/registry.js';
 import type { Queryable } from '../db/types.js';
 import { AppError, describeError, isConnectionError, type ErrorCode } from '../errors.js';
 import { migrate } from '../fitness/migrations.js';
 import { IdempotencyPurger } from '../idempotency/purge.js';
 import { DEMO_USER_ID, seed } from '../fitness/seed.js';
-import { Drain } from '../lifecycle/drain.js';
-import { verifyForward } from '../middleware/verify-forward.js';
 import type { EmbeddedPostgres } from '../local/embedded.js';
-import { StatsRegistry } from '../stats/registry.js';
+import { createNodeApp } from './node-app.js';
 
 export interface Gateway {
   readonly url: string;
@@ -77,12 +73,7 @@ export async function startGateway(env: Record<string, string | undefined>, opti
     log(`poolgate: embedded PGlite on 127.0.0.1:${embedded.port} (data in ${config.embeddedDataDir})`);
   }
 
-  const database = createPgPoolDatabase(
-    { ...config.pool, connectionString, requestTimeoutMs: config.requestTimeoutMs },
-    { Pool: pg.Pool, Client: pg.Client, log },
-  );
-  const registry = new StatsRegistry({ scope: 'node', pool: () => database.stats(), breakers: () => database.breakers() });
-  const drain = new Drain();
+  const { app, database, registry, drain } = createNodeApp(config, { scope: 'node', connectionString, log, readHeader, clientSignal });
   let server: ServerType | undefined;
 
   try {
@@ -95,25 +86,6 @@ export async function startGateway(env: Record<string, string | undefined>, opti
     }
     await database.warm(config.pool.min);
 
-    const verify = config.forwardSecret
-      ? verifyForward({
-          secret: config.forwardSecret,
-          onReject: (reason) => log(`poolgate: refused an unsigned or bad forward (${reason})`),
-        })
-      : undefined;
-    const app = createApp({
-      routes: fitnessRoutes,
-      database,
-      registry,
-      drain,
-      bodyLimitBytes: config.bodyLimitBytes,
-      idempotencyTtlMs: config.idempotencyTtlMs,
-      requestTimeoutMs: config.requestTimeoutMs,
-      log,
-      verify,
-      readHeader,
-      clientSignal,
-    });
     server = await new Promise<ServerType>((resolve, reject) => {
       const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s));
       s.once('error', reject);

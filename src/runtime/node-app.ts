@@ -1,0 +1,62 @@
+/**
+ * The Node side's app, assembled once for both Node entries (the standalone gateway and the
+ * Netlify function): the pg Pool backend, its stats registry, the forward-signature check when a
+ * secret is set, and the drain, around the fitness routes.
+ */
+import type { Context, Hono } from 'hono';
+import pg from 'pg';
+import { createApp } from '../app.js';
+import type { Config } from '../config.js';
+import { createPgPoolDatabase, type PgPoolDatabase } from '../db/connectors/pg-pool.js';
+import { Drain } from '../lifecycle/drain.js';
+import { verifyForward } from '../middleware/verify-forward.js';
+import { fitnessRoutes } from '../routes/fitness.js';
+import type { AppEnv } from '../routes/types.js';
+import { StatsRegistry } from '../stats/registry.js';
+
+export interface NodeAppOptions {
+  /** Names this process in /stats and /metrics. */
+  scope: string;
+  connectionString: string;
+  log: (line: string) => void;
+  readHeader?: (c: Context, name: string) => string | undefined;
+  clientSignal?: (c: Context) => AbortSignal | undefined;
+}
+
+export interface NodeApp {
+  app: Hono<AppEnv>;
+  database: PgPoolDatabase;
+  registry: StatsRegistry;
+  drain: Drain;
+}
+
+export function createNodeApp(config: Config, options: NodeAppOptions): NodeApp {
+  const { log } = options;
+  const database = createPgPoolDatabase(
+    { ...config.pool, connectionString: options.connectionString, requestTimeoutMs: config.requestTimeoutMs },
+    { Pool: pg.Pool, Client: pg.Client, log },
+  );
+  const registry = new StatsRegistry({ scope: options.scope, pool: () => database.stats(), breakers: () => database.breakers() });
+  const drain = new Drain();
+  const verify =
+    config.forwardSecret === undefined
+      ? undefined
+      : verifyForward({
+          secret: config.forwardSecret,
+          onReject: (reason) => log(`poolgate: refused an unsigned or bad forward (${reason})`),
+        });
+  const app = createApp({
+    routes: fitnessRoutes,
+    database,
+    registry,
+    drain,
+    bodyLimitBytes: config.bodyLimitBytes,
+    idempotencyTtlMs: config.idempotencyTtlMs,
+    requestTimeoutMs: config.requestTimeoutMs,
+    log,
+    verify,
+    readHeader: options.readHeader,
+    clientSignal: options.clientSignal,
+  });
+  return { app, database, registry, drain };
+}
