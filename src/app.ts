@@ -71,19 +71,25 @@ function runHere(route: RouteSpec, ttlMs: number): Handler<AppEnv> {
   };
 }
 
+/**
+ * Hono hands only Error instances to onError; anything else thrown (a socket's ErrorEvent) would
+ * pass the stats middleware as a raw throw and escape the app as the runtime's own 500. On each
+ * route, just around its handler, it becomes an Error, so onError answers and the stats see it.
+ */
+async function onlyErrors(_c: Context, next: () => Promise<void>): Promise<void> {
+  try {
+    await next();
+  } catch (err) {
+    throw err instanceof Error ? err : new Error('A non-Error value was thrown.', { cause: err });
+  }
+}
+
 export function createApp(deps: AppDeps): Hono<AppEnv> {
   const log = deps.log ?? (() => {});
   const app = new Hono<AppEnv>();
 
-  // Hono hands only Error instances to onError; anything else thrown (a socket's ErrorEvent) would
-  // escape the app as the runtime's own 500. Make it an Error here, outermost.
-  app.use('*', async function errorsOnly(_c, next) {
-    try {
-      await next();
-    } catch (err) {
-      throw err instanceof Error ? err : new Error('A non-Error value was thrown.', { cause: err });
-    }
-  });
+  // Outermost safety net for what onlyErrors (on each route) did not see: never the runtime's own 500.
+  app.use('*', onlyErrors);
   app.use(
     '*',
     connStats({
@@ -94,8 +100,6 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
       clientSignal: deps.clientSignal,
     }),
   );
-  // Health and stats keep answering while draining (readiness then says so); the API refuses.
-  if (deps.drain) app.use('/api/*', deps.drain.middleware);
   app.use('*', async (c, next) => {
     c.set('bodyLimitBytes', deps.bodyLimitBytes);
     await next();
@@ -119,7 +123,10 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
         c.get('metrics').intent = route.kind;
         await next();
       },
+      // Health and stats keep answering while draining (readiness then says so); the routes refuse.
+      ...(deps.drain ? [deps.drain.middleware] : []),
       ...(deps.verify ? [deps.verify] : []),
+      onlyErrors,
       handler,
     );
   }

@@ -13,6 +13,8 @@ export type Row = Record<string, unknown>;
 export interface QueryResult<R = Row> {
   rows: R[];
   rowCount: number | null;
+  /** The server's command tag (SELECT, INSERT, COMMIT, ROLLBACK …), where the driver reports it. */
+  command?: string;
 }
 
 export interface Statement {

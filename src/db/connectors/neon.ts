@@ -9,8 +9,9 @@ import { describeError } from '../../errors.js';
 import { createDatabase, type CoreDatabase } from '../core/database.js';
 import type { OneShotConnector, Session, SessionConnector, SessionSource } from '../core/connector.js';
 import type { QueryResult, Statement, TxOptions } from '../types.js';
+import { sendCancelRequest } from './cancel.js';
 
-export type NeonDriver = Pick<typeof Neon, 'neon' | 'Pool'>;
+export type NeonDriver = Pick<typeof Neon, 'neon' | 'Pool' | 'Client'>;
 
 export interface NeonConnectorOptions {
   connectionString: string;
@@ -20,9 +21,10 @@ export interface NeonConnectorOptions {
 
 const ISOLATION = { 'read committed': 'ReadCommitted', 'repeatable read': 'RepeatableRead', serializable: 'Serializable' } as const;
 
-const toResult = (r: { rows: unknown[]; rowCount?: number | null }): QueryResult => ({
+const toResult = (r: { rows: unknown[]; rowCount?: number | null; command?: string }): QueryResult => ({
   rows: r.rows as QueryResult['rows'],
   rowCount: r.rowCount ?? null,
+  command: r.command,
 });
 
 export function neonHttpConnector(options: NeonConnectorOptions): OneShotConnector {
@@ -67,7 +69,8 @@ export function neonWsConnector(options: NeonConnectorOptions): SessionConnector
             throw asConnectionError(err);
           }
           client.on('error', onError);
-          return { session: wsSession(client), opened: true };
+          const cancel = () => sendCancelRequest(options.driver.Client, options.connectionString, client, log);
+          return { session: wsSession(client, cancel), opened: true };
         },
         async end() {
           const p = pool;
@@ -89,11 +92,17 @@ function asConnectionError(err: unknown): Error {
   return Object.assign(new Error('The WebSocket to the database could not be opened.'), { code: '08006', cause: err });
 }
 
-/** A WebSocket session; its cancel closes the socket, which ends the server's session (and its statement) with it. */
-function wsSession(client: Neon.PoolClient): Session {
+/**
+ * A WebSocket session. Its cancel sends a CancelRequest through the proxy (a socket of its own)
+ * and closes this socket, so the statement stops and nothing more runs on it.
+ */
+function wsSession(client: Neon.PoolClient, sendCancel: () => void): Session {
   return {
     query: async (text, params) => toResult(await client.query(text, params as unknown[])),
-    cancel: () => client.release(true),
+    cancel: () => {
+      sendCancel();
+      client.release(true);
+    },
     release: (discard) => {
       try {
         client.release(discard || undefined);

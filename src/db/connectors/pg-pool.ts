@@ -10,6 +10,7 @@ import { describeError } from '../../errors.js';
 import { createDatabase, type CoreDatabase } from '../core/database.js';
 import type { PoolFigures, Session, SessionConnector, SessionSource } from '../core/connector.js';
 import type { QueryResult } from '../types.js';
+import { sendCancelRequest } from './cancel.js';
 
 export interface PgPoolConnectorOptions extends PoolConfig {
   connectionString: string;
@@ -30,7 +31,7 @@ export interface PgDriver {
  */
 const CANCEL_GRACE_MS = 1_000;
 
-type PoolClient = pg.PoolClient & { processID?: number; activeQuery?: unknown; connection?: { stream?: { destroy(): void } } };
+type PoolClient = pg.PoolClient & { processID?: number; connection?: { stream?: { destroy(): void } } };
 
 export class PgPoolConnector implements SessionConnector {
   readonly kind = 'pg-pool';
@@ -113,12 +114,19 @@ export class PgPoolConnector implements SessionConnector {
 
   #session(client: PoolClient): Session {
     let cut: ReturnType<typeof setTimeout> | undefined;
+    let busy = 0;
     return {
       query: async (text, params) => {
-        const res = await client.query<QueryResult['rows'][number]>(text, params as unknown[]);
-        return { rows: res.rows, rowCount: res.rowCount ?? null };
+        busy++;
+        try {
+          const res = await client.query<QueryResult['rows'][number]>(text, params as unknown[]);
+          return { rows: res.rows, rowCount: res.rowCount ?? null, command: res.command };
+        } finally {
+          busy--;
+        }
       },
       cancel: () => {
+        if (busy === 0) return; // between statements: the core sends no further one
         this.#sendCancel(client);
         // Still running CANCEL_GRACE_MS later: cut the socket, which fails the statement as a lost connection.
         cut = setTimeout(() => client.connection?.stream?.destroy(), CANCEL_GRACE_MS);
@@ -131,15 +139,8 @@ export class PgPoolConnector implements SessionConnector {
     };
   }
 
-  /** A CancelRequest for what `client` runs now: no session, no auth, outside the pool's max. */
   #sendCancel(client: PoolClient): void {
-    if (!client.activeQuery) return;
-    const canceller = new this.#driver.Client({ connectionString: this.#options.connectionString }) as pg.Client & {
-      connection: { on(event: 'error', fn: (err: Error) => void): void };
-      cancel(client: pg.Client, query: unknown): void;
-    };
-    canceller.connection.on('error', (err) => this.#driver.log?.(`poolgate: a cancel request failed (${describeError(err)})`));
-    canceller.cancel(client, client.activeQuery);
+    sendCancelRequest(this.#driver.Client, this.#options.connectionString, client, this.#driver.log);
   }
 }
 

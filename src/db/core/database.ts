@@ -177,7 +177,7 @@ class RequestDb implements Db {
     }, READ_BATCH);
   }
 
-  transaction<T>(fn: (tx: Queryable) => Promise<T>, options?: TxOptions): Promise<T> {
+  async transaction<T>(fn: (tx: Queryable) => Promise<T>, options?: TxOptions): Promise<T> {
     const sessions = this.#sessions();
     return sessions.transaction(this.#sourceOf(sessions), this.#observer, fn, options);
   }

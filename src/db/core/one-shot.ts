@@ -44,12 +44,17 @@ export class OneShotRunner {
     return this.#timed(observer, statements.length, (signal) => this.connector.batch(statements, options, signal));
   }
 
-  async #timed<T>(observer: QueryObserver, statements: number, run: (signal: AbortSignal) => Promise<T>): Promise<T> {
-    const started = now();
-    try {
-      return await withAbort(observer, this.#options.timeoutMs, (signal) => this.breaker.execute(() => run(signal)));
-    } finally {
-      observer.queried(now() - started, statements);
-    }
+  /** Times the round trip itself: a call refused before one (deadline, client gone, breaker) ran no statement. */
+  #timed<T>(observer: QueryObserver, statements: number, run: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    return withAbort(observer, this.#options.timeoutMs, (signal) =>
+      this.breaker.execute(async () => {
+        const started = now();
+        try {
+          return await run(signal);
+        } finally {
+          observer.queried(now() - started, statements);
+        }
+      }),
+    );
   }
 }

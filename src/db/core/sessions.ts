@@ -56,6 +56,9 @@ function instrument(session: Session, observer: QueryObserver, cut: () => FireRe
 const mustDiscard = (err: unknown) =>
   isConnectionError(err) || /Query read timeout/.test(String((err as { message?: unknown } | undefined)?.message));
 
+const rolledBackAtCommit = () =>
+  Object.assign(new Error('The transaction had failed, so COMMIT rolled it back.'), { code: '25P02' /* in_failed_sql_transaction */ });
+
 async function rolledBack(session: Session): Promise<boolean> {
   try {
     await session.query('ROLLBACK');
@@ -94,7 +97,10 @@ export class SessionRunner {
       await tx.query(beginStatement(opts));
       await this.#tighten(tx, observer);
       const result = await fn(tx);
-      await tx.query('COMMIT');
+      const commit = await tx.query('COMMIT');
+      // A callback that caught a SQL error and carried on: the server had aborted the transaction
+      // and answers COMMIT with ROLLBACK. Nothing was written, so the caller must not hear "done".
+      if (commit.command === 'ROLLBACK') throw rolledBackAtCommit();
       return result;
     });
   }
