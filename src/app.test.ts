@@ -573,7 +573,7 @@ describe('idempotency', FAST, () => {
     const t = setup();
     const key = { 'idempotency-key': 'key-4' };
     expect((await t.post(thing('e1'), key)).status).toBe(201);
-    t.fake.keys.get('key-4')!.expiresAt = Date.now() - 1;
+    t.fake.keys.get('POST /api/things key-4')!.expiresAt = Date.now() - 1;
     t.fake.things.clear();
     const again = await t.post(thing('e1'), key);
     expect(again.status).toBe(201);

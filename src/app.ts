@@ -3,13 +3,15 @@
  * stats registry and (at the edge) the handler for transactional routes are passed in.
  */
 import { Hono, type Context, type Handler, type MiddlewareHandler } from 'hono';
-import type { Database } from './db/types.js';
+import { bindToTransaction } from './db/tx-db.js';
+import type { Database, Db } from './db/types.js';
+import { claimNonce } from './idempotency/nonces.js';
 import { AppError, describeError, toAppError } from './errors.js';
 import type { Drain } from './lifecycle/drain.js';
 import { connStats, requestIdOf, responseHeaders } from './middleware/conn-stats.js';
 import { checkKey, IDEMPOTENCY_HEADER, REPLAYED_HEADER, requestHash, runIdempotent } from './idempotency/idempotency.js';
 import type { AppEnv, RouteResult, RouteSpec } from './routes/types.js';
-import { takeBody } from './routes/input.js';
+import { jsonBody, takeBody } from './routes/input.js';
 import { opsRoutes } from './routes/ops.js';
 import type { StatsRegistry } from './stats/registry.js';
 
@@ -42,32 +44,41 @@ export interface AppDeps {
 const BODYLESS = new Set(['GET', 'HEAD']);
 
 /**
- * Runs a route here, on this process's database; transactional routes honour Idempotency-Key.
- * The body is read once, before any database work: a slow upload holds no connection, and a
- * transaction that runs again (40001/40P01) parses the same captured bytes.
+ * Runs a route here, on this process's database. A transactional route's work, its idempotency
+ * record and (behind a signed forward) its nonce are one transaction: either all of it is
+ * written or none. The body was read and parsed before (parseBody), so a transaction that runs
+ * again (40001/40P01) sees the same input, and a slow upload holds no connection.
  */
 function runHere(route: RouteSpec, ttlMs: number): Handler<AppEnv> {
   return async function runRoute(c) {
     const key = route.kind === 'transactional' ? c.req.header(IDEMPOTENCY_HEADER) : undefined;
     if (key !== undefined) checkKey(key);
-    const raw = BODYLESS.has(c.req.method) ? undefined : await takeBody(c);
-    let result: RouteResult;
-    let replayed = false;
-    if (key === undefined) {
-      result = await route.run(c, c.get('db'));
-    } else {
+    const forward = route.kind === 'transactional' ? c.get('forward') : undefined;
+    const db = c.get('db');
+    const work = async (tx: Db): Promise<RouteResult & { replayed?: boolean }> => {
+      if (forward) await claimNonce(tx, forward);
+      if (key === undefined) return route.run(c, tx);
       const url = new URL(c.req.url);
-      const hash = await requestHash(c.req.method, url.pathname + url.search, raw ?? new Uint8Array());
-      const out = await runIdempotent(c.get('db'), { key, hash, ttlMs }, (db) => route.run(c, db));
-      replayed = out.replayed;
-      c.get('metrics').replayed = replayed;
-      result = out;
-    }
+      const hash = await requestHash(c.req.method, url.pathname + url.search, c.get('rawBody') ?? new Uint8Array());
+      // Scoped to the route: the same key on two routes names two requests.
+      return runIdempotent(tx, { key: `${route.method} ${route.path} ${key}`, hash, ttlMs }, (inner) => route.run(c, inner));
+    };
+    const result = forward ? await db.transaction((tx) => work(bindToTransaction(tx, db.kind))) : await work(db);
+    if (result.replayed) c.get('metrics').replayed = true;
     const headers = responseHeaders(c);
-    if (replayed) headers[REPLAYED_HEADER] = 'true';
+    if (result.replayed) headers[REPLAYED_HEADER] = 'true';
     if (result.status === 204) return new Response(null, { status: 204, headers });
     headers['content-type'] = 'application/json';
     return new Response(JSON.stringify(result.body), { status: result.status, headers });
+  };
+}
+
+/** Reads the body once (size-capped) and parses it with the route's schema: 4xx before any database work, or any forward. */
+function parseBody(route: RouteSpec): MiddlewareHandler<AppEnv> {
+  return async function parseBody(c, next) {
+    if (route.body) c.set('body', await jsonBody(c, route.body));
+    else if (!BODYLESS.has(c.req.method)) await takeBody(c);
+    await next();
   };
 }
 
@@ -126,6 +137,7 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
       // Health and stats keep answering while draining (readiness then says so); the routes refuse.
       ...(deps.drain ? [deps.drain.middleware] : []),
       ...(deps.verify ? [deps.verify] : []),
+      parseBody(route),
       onlyErrors,
       handler,
     );

@@ -62,6 +62,17 @@ export const MIGRATIONS: readonly Migration[] = [
       CREATE INDEX idempotency_keys_expires ON idempotency_keys (expires_at);
     `,
   },
+  {
+    id: 3,
+    name: 'forward nonces',
+    sql: `
+      CREATE TABLE forward_nonces (
+        nonce text PRIMARY KEY,
+        expires_at timestamptz NOT NULL
+      );
+      CREATE INDEX forward_nonces_expires ON forward_nonces (expires_at);
+    `,
+  },
 ];
 
 const LOCK_KEY = 0x706f6f6c; // 'pool'

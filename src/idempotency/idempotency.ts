@@ -82,8 +82,9 @@ export async function runIdempotent(db: Db, opts: IdempotentOptions, run: (db: D
   });
 }
 
-/** Deletes expired records; cheap to call now and then. */
+/** Deletes expired idempotency records and forward nonces; cheap to call now and then. */
 export async function purgeExpiredKeys(db: Db): Promise<number> {
-  const { rowCount } = await db.query('DELETE FROM idempotency_keys WHERE expires_at <= now()');
-  return rowCount ?? 0;
+  const keys = await db.query('DELETE FROM idempotency_keys WHERE expires_at <= now()');
+  const nonces = await db.query('DELETE FROM forward_nonces WHERE expires_at <= now()');
+  return (keys.rowCount ?? 0) + (nonces.rowCount ?? 0);
 }

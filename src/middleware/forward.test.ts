@@ -23,9 +23,15 @@ const BASE_PATH = new URL(BASE).pathname;
 /** Sessions that answer the few statements the test routes send; counts what ran. */
 function tinyConnector() {
   const statements: string[] = [];
+  const nonces = new Set<unknown>();
   const session: Session = {
     query: (text, params = []): Promise<QueryResult> => {
       statements.push(text);
+      if (text.startsWith('INSERT INTO forward_nonces')) {
+        const fresh = !nonces.has(params[0]);
+        nonces.add(params[0]);
+        return Promise.resolve({ rows: [], rowCount: fresh ? 1 : 0 });
+      }
       if (text.startsWith('INSERT INTO things')) return Promise.resolve({ rows: [{ id: params[0], name: params[1] }], rowCount: 1 });
       if (text.startsWith('SELECT id, name FROM things')) return Promise.resolve({ rows: [{ id: params[0], name: 'local' }], rowCount: 1 });
       return Promise.resolve({ rows: [], rowCount: 0 });
@@ -95,7 +101,13 @@ function fakeNode(answer: (sent: Sent, attempt: number) => Promise<Response>) {
     const body = init.body === undefined || init.body === null ? new Uint8Array() : (init.body as Uint8Array).slice();
     const method = init.method ?? 'GET';
     const pathWithQuery = url.pathname.slice(BASE_PATH.length) + url.search;
-    const verdict = await verify({ method, pathWithQuery, header: headers.get(SIGNATURE_HEADER), body });
+    const verdict = await verify({
+      method,
+      pathWithQuery,
+      header: headers.get(SIGNATURE_HEADER),
+      idempotencyKey: headers.get('idempotency-key') ?? undefined,
+      body,
+    });
     const s: Sent = { url: url.href, method, headers, body, signal: init.signal!, verdict };
     sent.push(s);
     return answer(s, sent.length);
@@ -169,7 +181,7 @@ describe('forwardTo: what travels to the Node function', FAST, () => {
 
     expect(node.sent).toHaveLength(1);
     const [s] = node.sent;
-    expect(s!.verdict).toEqual({ ok: true });
+    expect(s!.verdict).toMatchObject({ ok: true });
     expect(s!.url).toBe(`${BASE}/api/things?src=t`);
     expect(s!.method).toBe('POST');
     expect(Array.from(s!.body)).toEqual(Array.from(bytes));
@@ -192,7 +204,7 @@ describe('forwardTo: what travels to the Node function', FAST, () => {
     const other = new TextEncoder().encode('{"id":"g","name":"F"}');
     expect(await verify({ method: 'POST', pathWithQuery: '/api/things', header, body: other })).toMatchObject({ ok: false });
     expect(await verify({ method: 'POST', pathWithQuery: '/api/thing', header, body: s.body })).toMatchObject({ ok: false });
-    expect(await verify({ method: 'POST', pathWithQuery: '/api/things', header, body: s.body })).toEqual({ ok: true });
+    expect(await verify({ method: 'POST', pathWithQuery: '/api/things', header, body: s.body })).toMatchObject({ ok: true });
   });
 
   it("the Node side's answer comes back as is, with its Server-Timing renamed node-*", async () => {
@@ -272,7 +284,10 @@ describe('forwardTo: failures, and when a forward is sent again', FAST, () => {
     expect(res.status).toBe(503);
     expect((await errorOf(res)).code).toBe('upstream_unavailable');
     expect(node.sent).toHaveLength(2);
-    expect(node.sent.map((s) => s.verdict)).toEqual([{ ok: true }, { ok: true }]); // a new nonce each time
+    const [first, second] = node.sent.map((s) => s.verdict);
+    expect(first).toMatchObject({ ok: true });
+    expect(second).toMatchObject({ ok: true });
+    expect(first).not.toEqual(second); // a new nonce each time
     expect(node.sent[0]!.headers.get(SIGNATURE_HEADER)).not.toBe(node.sent[1]!.headers.get(SIGNATURE_HEADER));
     expect(node.sent.map((s) => s.headers.get('idempotency-key'))).toEqual(['k-1', 'k-1']);
   });
@@ -379,7 +394,7 @@ describe('edge → Node in process: forwardTo against verifyForward', FAST, () =
     expect(await res.json()).toEqual({ id: 'n1', name: 'Zoë' });
     expect(node.ran.bodies).toEqual([text]);
     expect(res.headers.get('server-timing')).toMatch(
-      /, node-acquire;dur=[\d.]+, node-db;dur=[\d.]+;desc="pg-pool 3q", node-total;dur=[\d.]+$/,
+      /, node-acquire;dur=[\d.]+, node-db;dur=[\d.]+;desc="pg-pool 4q", node-total;dur=[\d.]+$/,
     );
     expect(node.rejected).toEqual([]);
 
@@ -394,8 +409,9 @@ describe('edge → Node in process: forwardTo against verifyForward', FAST, () =
     const unsigned = new Headers(signed);
     unsigned.delete(SIGNATURE_HEADER);
     expect((await direct(text, unsigned)).status).toBe(401);
-    expect(node.rejected).toEqual(['replayed', 'bad_signature', 'missing']);
+    // The copy's signature is valid: its nonce, already recorded with the first request's work, refuses it.
+    expect(node.rejected).toEqual(['bad_signature', 'missing']);
     expect(node.ran.create).toBe(1);
-    expect(node.statements.filter((s) => s.startsWith('INSERT'))).toHaveLength(1);
+    expect(node.statements.filter((s) => s.startsWith('INSERT INTO things'))).toHaveLength(1);
   });
 });

@@ -67,7 +67,10 @@ export const forwardTo = (options: ForwardOptions) => {
         return await withRetry(
           async () => {
             // A fresh nonce per attempt: the Node side refuses a signature it has seen.
-            headers.set(SIGNATURE_HEADER, await sign({ method: c.req.method, pathWithQuery, body }));
+            headers.set(
+              SIGNATURE_HEADER,
+              await sign({ method: c.req.method, pathWithQuery, body, idempotencyKey: headers.get('idempotency-key') ?? undefined }),
+            );
             return breaker.execute(() => send(base + pathWithQuery, c.req.method, headers, body, bound, metrics, doFetch));
           },
           {

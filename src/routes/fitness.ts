@@ -6,8 +6,8 @@
 import type { Context } from 'hono';
 import * as repo from '../fitness/repo.js';
 import { createUserInput, createWorkoutInput, listQuery, patchPreferencesInput, uuid } from '../fitness/schema.js';
-import { invalid, jsonBody, parseWith } from './input.js';
-import type { AppEnv, RouteSpec } from './types.js';
+import { invalid, parseWith } from './input.js';
+import { withBody, type AppEnv, type RouteSpec } from './types.js';
 
 const idParam = (c: Context<AppEnv>, name = 'id'): string => {
   const value = c.req.param(name) ?? '';
@@ -15,14 +15,12 @@ const idParam = (c: Context<AppEnv>, name = 'id'): string => {
   return value;
 };
 
-const body = <S extends Parameters<typeof parseWith>[0]>(c: Context<AppEnv>, schema: S) => jsonBody(c, schema);
-
 export const fitnessRoutes: readonly RouteSpec[] = [
   {
     method: 'POST',
     path: '/api/users',
     kind: 'transactional',
-    run: async (c, db) => ({ status: 201, body: await repo.createUser(db, await body(c, createUserInput)) }),
+    ...withBody(createUserInput, async (_c, db, input) => ({ status: 201, body: await repo.createUser(db, input) })),
   },
   {
     method: 'GET',
@@ -34,10 +32,7 @@ export const fitnessRoutes: readonly RouteSpec[] = [
     method: 'PATCH',
     path: '/api/users/:id/preferences',
     kind: 'transactional',
-    run: async (c, db) => {
-      const id = idParam(c);
-      return { status: 200, body: await repo.patchPreferences(db, id, await body(c, patchPreferencesInput)) };
-    },
+    ...withBody(patchPreferencesInput, async (c, db, input) => ({ status: 200, body: await repo.patchPreferences(db, idParam(c), input) })),
   },
   {
     method: 'GET',
@@ -59,7 +54,7 @@ export const fitnessRoutes: readonly RouteSpec[] = [
     method: 'POST',
     path: '/api/workouts',
     kind: 'transactional',
-    run: async (c, db) => ({ status: 201, body: await repo.createWorkout(db, await body(c, createWorkoutInput)) }),
+    ...withBody(createWorkoutInput, async (_c, db, input) => ({ status: 201, body: await repo.createWorkout(db, input) })),
   },
   {
     method: 'GET',

@@ -155,7 +155,7 @@ describe.skipIf(!realPostgresUrl)('signals to the gateway process (real PostgreS
     const rows = await db.admin(
       `SELECT (SELECT count(*)::int FROM workouts WHERE kind = $1) AS workouts,
               (SELECT count(*)::int FROM workout_sets s JOIN workouts w ON w.id = s.workout_id WHERE w.kind = $1) AS sets,
-              (SELECT count(*)::int FROM idempotency_keys WHERE key = $1) AS keys,
+              (SELECT count(*)::int FROM idempotency_keys WHERE key = 'POST /api/workouts ' || $1) AS keys,
               (SELECT count(*)::int FROM workouts w WHERE NOT EXISTS (SELECT 1 FROM workout_sets s WHERE s.workout_id = w.id)) AS without_sets`,
       [entry.key],
     );

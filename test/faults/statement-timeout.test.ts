@@ -13,7 +13,7 @@ import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { realPostgresUrl } from '../helpers/db.js';
 import { adminClient, backendsOf, json, leaksIn, seenResponses, startTestGateway, waitFor, type TestGateway } from '../helpers/gateway.js';
-import { Ledger, sampleConnections } from '../helpers/ledger.js';
+import { Ledger, sampleConnections, storedKey } from '../helpers/ledger.js';
 
 const REQUEST_TIMEOUT_MS = 800;
 
@@ -96,7 +96,7 @@ describe.skipIf(!realPostgresUrl)('statement past the request deadline (real Pos
     expect(t.gateway.database.stats()!.active).toBe(0);
     const key = ledger.entries[0]!.key;
     expect((await t.db.admin('SELECT count(*)::int AS n FROM workouts WHERE kind = $1', [key])).rows[0].n).toBe(0);
-    expect((await t.db.admin('SELECT count(*)::int AS n FROM idempotency_keys WHERE key = $1', [key])).rows[0].n).toBe(0);
+    expect((await t.db.admin('SELECT count(*)::int AS n FROM idempotency_keys WHERE key = $1', [storedKey(key)])).rows[0].n).toBe(0);
 
     await ledger.resolveAmbiguous();
     const counts = ledger.report('statement timeout (transaction)');

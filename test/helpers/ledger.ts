@@ -19,6 +19,9 @@
  * POOL_MAX bound.
  */
 import { randomBytes } from 'node:crypto';
+
+/** How the gateway stores an Idempotency-Key sent to `route`: scoped to that route (src/app.ts). */
+export const storedKey = (key: string, route = 'POST /api/workouts') => `${route} ${key}`;
 import type { TestDatabase } from './db.js';
 
 /** 503 codes raised before any statement is sent (src/resilience/gate.ts, breaker.ts, lifecycle/drain.ts). */
@@ -254,7 +257,9 @@ export class Ledger {
       [`${this.prefix}-%`],
     );
     const keys = new Set(
-      (await db.admin('SELECT key FROM idempotency_keys WHERE key LIKE $1', [`${this.prefix}-%`])).rows.map((r) => r.key as string),
+      (await db.admin('SELECT key FROM idempotency_keys WHERE key LIKE $1', [storedKey(`${this.prefix}-%`)])).rows.map((r) =>
+        (r.key as string).slice(storedKey('').length),
+      ),
     );
     const byKind = new Map<string, { id: string; sets: number }[]>();
     for (const r of rows) byKind.set(r.kind, [...(byKind.get(r.kind) ?? []), { id: r.id, sets: r.sets }]);

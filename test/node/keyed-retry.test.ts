@@ -122,6 +122,9 @@ describe.skipIf(!realPostgresUrl)(
       }
     }
 
+    /** How the gateway stores a key: scoped to its route (method and pattern). */
+    const stored = (route: string, key: string) => `${route} ${key}`;
+
     const keyedCycle = (userId: string, key: string): Cycle => ({
       hold: { text: 'SELECT 1 FROM users WHERE id = $1 FOR UPDATE', values: [userId] },
       close: (admin) => `SELECT pg_advisory_xact_lock(hashtextextended(${admin.escapeLiteral(key)}, 7)); COMMIT`,
@@ -174,12 +177,13 @@ describe.skipIf(!realPostgresUrl)(
         async () => {
           const userId = await newUser();
           const key = `deadlock-patch-${randomUUID()}`;
-          const res = await underDeadlock(keyedCycle(userId, key), () => patch(userId, 9, key));
+          const scoped = stored('PATCH /api/users/:id/preferences', key);
+          const res = await underDeadlock(keyedCycle(userId, scoped), () => patch(userId, 9, key));
 
           expect(res.status, `${res.text}\n${res.logged}`).toBe(200);
           expect(res.body.preferences).toEqual({ units: 'metric', weeklyGoal: 9 });
           expect(await weeklyGoalOf(userId)).toBe(9);
-          expect(await keyRecords(key)).toBe(1);
+          expect(await keyRecords(scoped)).toBe(1);
           // The stored answer is the one the client got.
           const again = await patch(userId, 9, key);
           expect(again.status).toBe(200);
@@ -215,13 +219,14 @@ describe.skipIf(!realPostgresUrl)(
         async () => {
           const userId = await newUser();
           const key = `deadlock-post-${randomUUID()}`;
-          const res = await underDeadlock(keyedCycle(userId, key), () => post(workout(userId, 'deadlock-keyed'), key));
+          const scoped = stored('POST /api/workouts', key);
+          const res = await underDeadlock(keyedCycle(userId, scoped), () => post(workout(userId, 'deadlock-keyed'), key));
 
           expect(res.status, `${res.text}\n${res.logged}`).toBe(201);
           expect(res.body).toMatchObject({ userId, kind: 'deadlock-keyed', durationSeconds: 1200 });
           expect(await workoutsOf(userId, 'deadlock-keyed')).toBe(1);
           expect(await setsOf(userId, 'deadlock-keyed')).toBe(2);
-          expect(await keyRecords(key)).toBe(1);
+          expect(await keyRecords(scoped)).toBe(1);
           const again = await post(workout(userId, 'deadlock-keyed'), key);
           expect(again.status).toBe(201);
           expect(again.headers.get('idempotent-replayed')).toBe('true');

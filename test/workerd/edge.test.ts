@@ -281,6 +281,16 @@ describe('reads with the Neon endpoint down', () => {
 });
 
 describe('writes, forwarded signed to the Node function', () => {
+  it('validates before it signs: a body that fails the route schema is 400 at the edge and never forwarded', async () => {
+    const nodeBefore = gatewayRoute('POST', '/api/workouts')?.count ?? 0;
+    for (const json of [{}, { userId: writer.userId, kind: 'x' }, []]) {
+      const res = await ask(nodeFetch, `${edge}/api/workouts`, { method: 'POST', json });
+      expect(res.status, res.text).toBe(400);
+      expect(res.body.error.code).toBe('validation_failed');
+    }
+    expect(gatewayRoute('POST', '/api/workouts')?.count ?? 0).toBe(nodeBefore);
+  });
+
   it('forwards POST /api/workouts; the rows are in Postgres and the edge can read them back', async () => {
     const before = await workoutCounts();
     const nodeBefore = gatewayRoute('POST', '/api/workouts')?.count ?? 0;
@@ -334,7 +344,7 @@ describe('writes, forwarded signed to the Node function', () => {
     expect(recorder.requests).toHaveLength(1);
     const sent = recorder.requests[0]!;
     expect(sent.path).toBe('/api/workouts');
-    expect(sent.headers['x-poolgate-signature']).toMatch(/^t=\d+,n=[\w-]+,v1=[\w-]{43}$/);
+    expect(sent.headers['x-poolgate-signature']).toMatch(/^t=\d+,n=[\w-]+,v2=[\w-]{43}$/);
     const replay = (payload: string, path = sent.path) =>
       ask(nodeFetch, `${stack.nodeUrl}${path}`, {
         method: sent.method,
