@@ -106,6 +106,22 @@ describe('parseConfig', () => {
     expect(err.message).not.toContain('\n');
   });
 
+  it.each([
+    ['REQUEST_TIMEOUT_MS', '-5', 'REQUEST_TIMEOUT_MS: must be a positive whole number, got "-5" (too small; allowed: 1 to 3600000)'],
+    ['POOL_ACQUIRE_TIMEOUT_MS', '0', 'POOL_ACQUIRE_TIMEOUT_MS: must be a positive whole number, got "0" (too small; allowed: 1 to 600000)'],
+    ['POOL_MAX', 'abc', 'POOL_MAX: must be a whole number from 1 to 1000, got "abc" (not a whole number)'],
+    ['POOL_MAX', '1.5', 'POOL_MAX: must be a whole number from 1 to 1000, got "1.5" (not a whole number)'],
+    ['POOL_MAX', '1001', 'POOL_MAX: must be at most 1000, got "1001" (too large; allowed: 1 to 1000)'],
+    [
+      'SHUTDOWN_TIMEOUT_MS',
+      '-5',
+      'SHUTDOWN_TIMEOUT_MS: must be zero or a positive whole number, got "-5" (too small; allowed: 0 to 600000)',
+    ],
+    ['IDEMPOTENCY_TTL_MS', '5', 'IDEMPOTENCY_TTL_MS: must be at least 60000, got "5" (too small; allowed: 60000 to 2592000000)'],
+  ])('says what is wrong with %s=%j: not a number, or out of range (naming the range)', (name, value, message) => {
+    expect(configError(() => parseConfig({ [name]: value })).message).toBe(message);
+  });
+
   it('refuses POOL_MIN above POOL_MAX, and a query timeout not above the statement timeout', () => {
     expect(configError(() => parseConfig({ POOL_MAX: '2', POOL_MIN: '3' })).variable).toBe('POOL_MIN');
     expect(configError(() => parseConfig({ STATEMENT_TIMEOUT_MS: '1000', QUERY_TIMEOUT_MS: '1000' })).variable).toBe('QUERY_TIMEOUT_MS');

@@ -77,12 +77,21 @@ export function buildOnce<A, E>(build: (env: E) => A): (env: E, request: Request
 
 type Env = Record<string, string | undefined>;
 
+/** What a value below `min` should have been, in words a reader checks at a glance. */
+const atLeast = (min: number) =>
+  min === 1 ? 'a positive whole number' : min === 0 ? 'zero or a positive whole number' : `at least ${min}`;
+
+/** A whole number in [min, max]; the error says whether the value is no number or out of range, and the range. */
 function int(env: Env, name: string, fallback: number, min: number, max: number): number {
   const raw = env[name];
   if (raw === undefined || raw.trim() === '') return fallback;
-  if (!/^\d+$/.test(raw.trim())) throw new ConfigError(name, `must be a whole number, got "${raw}"`);
+  const range = `${min} to ${max}`;
+  // A sign is accepted so that "-5" reads as too small rather than as no number at all.
+  if (!/^[-+]?\d+$/.test(raw.trim()))
+    throw new ConfigError(name, `must be a whole number from ${range}, got "${raw}" (not a whole number)`);
   const value = Number(raw);
-  if (value < min || value > max) throw new ConfigError(name, `must be between ${min} and ${max}, got ${value}`);
+  if (value < min) throw new ConfigError(name, `must be ${atLeast(min)}, got "${raw}" (too small; allowed: ${range})`);
+  if (value > max) throw new ConfigError(name, `must be at most ${max}, got "${raw}" (too large; allowed: ${range})`);
   return value;
 }
 
@@ -236,5 +245,23 @@ export function describeDatabase(url: string | undefined): string {
     return `postgres database "${decodeURIComponent(u.pathname.slice(1)) || '(default)'}"`;
   } catch {
     return 'postgres database';
+  }
+}
+
+/** Where a postgres URL points, as start-up messages may print it: host, port, database — never user or password. */
+export interface DatabaseTarget {
+  host: string;
+  port: string;
+  /** Undefined when the URL names none (the server then takes the user's name). */
+  database: string | undefined;
+}
+
+export function databaseTarget(url: string | undefined): DatabaseTarget | undefined {
+  if (!url) return undefined;
+  try {
+    const u = new URL(url);
+    return { host: u.hostname, port: u.port || '5432', database: decodeURIComponent(u.pathname.slice(1)) || undefined };
+  } catch {
+    return undefined;
   }
 }

@@ -3,6 +3,7 @@
  * and driver errors onto it. Responses never carry a stack, a driver message or a connection
  * string: only a stable `code`, a sentence we wrote, and the request id.
  */
+import type { DatabaseTarget } from './config.js';
 
 export type ErrorCode =
   | 'validation_failed'
@@ -163,6 +164,60 @@ export function toAppError(err: unknown): AppError {
     return new AppError(400, 'validation_failed', 'A value was out of range or malformed.', { cause: err });
   }
   return new AppError(500, 'internal', 'Something went wrong on our side.', { cause: err });
+}
+
+/** What made a breaker refuse: the failure that opened it (its cause), else the error itself. */
+export function rootCause(err: unknown): unknown {
+  const opened = err instanceof AppError && err.code === 'circuit_open' && err.extra.cause !== undefined;
+  return opened ? err.extra.cause : err;
+}
+
+type Hint = (at: string, t: DatabaseTarget, code: string) => string;
+const timedOut: Hint = (at) => `timed out connecting to ${at}; is it reachable from here? check DATABASE_URL`;
+const refusedCredentials: Hint = (at, _t, code) => `the database at ${at} refused the credentials (${code}); check DATABASE_URL`;
+
+/** Start-up failures by the driver's code: what happened, where, and what to fix. */
+const STARTUP_HINTS = new Map<string, Hint>([
+  ['ECONNREFUSED', (at) => `connection refused to ${at}; is PostgreSQL running there? check DATABASE_URL`],
+  ['ENOTFOUND', (_at, t) => `cannot resolve the database host "${t.host}"; check DATABASE_URL`],
+  ['EAI_AGAIN', (_at, t) => `cannot resolve the database host "${t.host}" right now (EAI_AGAIN); check DATABASE_URL and DNS`],
+  ['ETIMEDOUT', timedOut],
+  ['EHOSTUNREACH', (at) => `no route to ${at} (EHOSTUNREACH); check DATABASE_URL`],
+  ['ENETUNREACH', (at) => `no route to ${at} (ENETUNREACH); check DATABASE_URL`],
+  [
+    '3D000',
+    (_at, t) =>
+      `${t.database ? `database "${t.database}"` : 'the default database (named after the user)'} does not exist; create it or check DATABASE_URL`,
+  ],
+  ['28P01', refusedCredentials],
+  ['28000', refusedCredentials],
+  ['57P03', (at) => `the database at ${at} is starting up or shutting down (57P03); try again shortly`],
+  ['53300', (at) => `the database at ${at} has no connection slot free (53300); lower POOL_MAX or raise the server's max_connections`],
+]);
+
+const codeOf = (err: unknown) => {
+  const code = (err as DriverError | undefined)?.code;
+  return typeof code === 'string' ? code : '';
+};
+
+/**
+ * The start-up line for a failure to use the database, naming the cause and the fix; undefined when
+ * the cause is not the database's. Behind an open breaker it names what opened the breaker (a bare
+ * "circuit_open" says nothing). Prints host:port and the database's name, never user or password.
+ */
+export function describeStartupFailure(err: unknown, target: DatabaseTarget | undefined): string | undefined {
+  if (!target) return undefined;
+  const cause = rootCause(err);
+  const code = codeOf(cause);
+  const at = `${target.host}:${target.port}`;
+  const hint = STARTUP_HINTS.get(code);
+  if (hint) return hint(at, target, code);
+  const message = String((cause as DriverError | undefined)?.message);
+  if (/timeout expired|connection timeout/i.test(message)) return timedOut(at, target, code);
+  if (isConnectionError(cause) || (cause instanceof AppError && cause.code === 'circuit_open')) {
+    return `cannot reach the database at ${at} (${describeError(cause)}); check DATABASE_URL`;
+  }
+  return undefined;
 }
 
 /** A log-safe description of a driver error: its code and class, never its message (which can echo the host or user). */

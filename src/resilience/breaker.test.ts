@@ -1,14 +1,16 @@
 import { describe, expect, it } from 'vitest';
+import type { OneShotConnector, SessionConnector } from '../db/core/connector.js';
+import { createDatabase } from '../db/core/database.js';
 import { AppError } from '../errors.js';
-import { createBreaker } from './breaker.js';
+import { createBreaker, probeDelayMs, type BreakerTuning } from './breaker.js';
 
 const counted = Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' });
 const notCounted = Object.assign(new Error('duplicate key'), { code: '23505' });
 
-/** A breaker on a fake clock; `fail`/`ok`/`hang` run one call through it. */
-function setup(threshold = 3, halfOpenAfterMs = 1_000) {
+/** A breaker on a fake clock (no jitter unless `random` says so); `fail`/`ok` run one call through it. */
+function setup(threshold = 3, tuning: BreakerTuning = {}) {
   let clock = 0;
-  const breaker = createBreaker('pg', { isFailure: (e) => e === counted, threshold, halfOpenAfterMs, now: () => clock });
+  const breaker = createBreaker('pg', { isFailure: (e) => e === counted, threshold, now: () => clock, random: () => 0, ...tuning });
   return {
     breaker,
     advance: (ms: number) => (clock += ms),
@@ -20,9 +22,16 @@ function setup(threshold = 3, halfOpenAfterMs = 1_000) {
 
 const isOpenError = (e: unknown) => e instanceof AppError && e.code === 'circuit_open' && e.status === 503;
 
+/** How long the breaker stays open now: the fake clock advanced 1 ms at a time until it lets a probe through. */
+function openFor(b: ReturnType<typeof setup>): number {
+  let waited = 0;
+  while (b.breaker.state() === 'open') waited += (b.advance(1), 1);
+  return waited;
+}
+
 describe('createBreaker', () => {
   it('opens after `threshold` counted failures in a row, then rejects at once with 503 circuit_open + Retry-After', async () => {
-    const b = setup(3, 2_500);
+    const b = setup(3, { probeAfterMs: 2_500, maxProbeAfterMs: 10_000 });
     for (let i = 0; i < 3; i++) expect(await b.fail()).toBe(counted);
     expect(b.breaker.state()).toBe('open');
     let called = false;
@@ -50,8 +59,67 @@ describe('createBreaker', () => {
     expect(b.breaker.state()).toBe('closed');
   });
 
+  it('by default probes 250 ms after opening, doubling per failed probe up to 3 s; a healthy probe resets the schedule', async () => {
+    const b = setup(1);
+    await b.fail();
+    const waits: number[] = [];
+    for (let i = 0; i < 6; i++) {
+      waits.push(openFor(b));
+      expect(await b.fail()).toBe(counted); // the probe fails: open again, for longer
+    }
+    expect(waits).toEqual([250, 500, 1_000, 2_000, 3_000, 3_000]);
+    b.advance(openFor(b));
+    expect(await b.ok()).toBe('ok');
+    expect(b.breaker.state()).toBe('closed');
+    await b.fail();
+    expect(openFor(b)).toBe(250);
+  });
+
+  it('jitters each wait down by up to 60%: the first probe comes 100–250 ms after opening', async () => {
+    expect(probeDelayMs(0, 250, 3_000, () => 0)).toBe(250);
+    expect(probeDelayMs(0, 250, 3_000, () => 0.5)).toBe(175);
+    expect(probeDelayMs(0, 250, 3_000, () => 0.9999)).toBe(100);
+    expect(probeDelayMs(3, 250, 3_000, () => 0.5)).toBe(1_400);
+    expect(probeDelayMs(20, 250, 3_000, () => 0)).toBe(3_000);
+    for (let i = 0; i < 1_000; i++) {
+      const first = probeDelayMs(0, 250, 3_000);
+      expect(first).toBeGreaterThanOrEqual(100);
+      expect(first).toBeLessThanOrEqual(250);
+    }
+    const b = setup(1, { random: () => 0.5 });
+    await b.fail();
+    expect(openFor(b)).toBe(175);
+  });
+
+  it('draws the jitter once per opening: the state is a function of the clock alone (no timer)', async () => {
+    let draws = 0;
+    const b = setup(1, { random: () => (draws++, 0.25) });
+    await b.fail();
+    for (let i = 0; i < 50; i++) expect(b.breaker.state()).toBe('open');
+    expect(draws).toBe(1);
+    expect(openFor(b)).toBe(213); // 250 × (1 − 0.6 × 0.25), rounded
+  });
+
+  it('Retry-After is the wait left, in whole seconds rounded up, never below 1', async () => {
+    const b = setup(1, { probeAfterMs: 3_000, maxProbeAfterMs: 3_000 });
+    await b.fail();
+    const retryAfter = async () => ((await b.ok()) as AppError).extra.retryAfterSec;
+    expect(await retryAfter()).toBe(3);
+    b.advance(1_200);
+    expect(await retryAfter()).toBe(2);
+    b.advance(1_799);
+    expect(await retryAfter()).toBe(1);
+    // Half-open with a probe in flight: the others are refused, and told to come back in 1 s.
+    b.advance(1);
+    let finish!: () => void;
+    const probe = b.breaker.execute(() => new Promise<void>((r) => (finish = r)));
+    expect(await retryAfter()).toBe(1);
+    finish();
+    await probe;
+  });
+
   it('half-open after the wait: one probe goes through, the others are rejected while it runs', async () => {
-    const b = setup(1, 1_000);
+    const b = setup(1, { probeAfterMs: 1_000 });
     await b.fail();
     b.advance(999);
     expect(b.breaker.state()).toBe('open');
@@ -66,29 +134,31 @@ describe('createBreaker', () => {
     expect(await b.ok()).toBe('ok');
   });
 
-  it('a failed probe re-opens it for another full wait', async () => {
-    const b = setup(1, 1_000);
+  it('a failed probe re-opens it for a doubled wait', async () => {
+    const b = setup(1, { probeAfterMs: 1_000 });
     await b.fail();
     b.advance(1_000);
     expect(await b.fail()).toBe(counted);
     expect(b.breaker.state()).toBe('open');
     expect(b.breaker.snapshot().openedCount).toBe(2);
-    b.advance(999);
+    b.advance(1_999);
     expect(isOpenError(await b.ok())).toBe(true);
     b.advance(1);
     expect(await b.ok()).toBe('ok');
   });
 
   it('a probe that fails with an uncounted error closes it: the upstream answered', async () => {
-    const b = setup(1, 1_000);
+    const b = setup(1, { probeAfterMs: 1_000 });
     await b.fail();
     b.advance(1_000);
     expect(await b.failOther()).toBe(notCounted);
     expect(b.breaker.state()).toBe('closed');
+    await b.fail();
+    expect(openFor(b)).toBe(1_000); // the schedule started over
   });
 
   it('counts rejections, and a probe that throws synchronously does not wedge it half-open', async () => {
-    const b = setup(1, 100);
+    const b = setup(1, { probeAfterMs: 100 });
     await b.fail();
     await b.ok();
     await b.ok();
@@ -100,7 +170,40 @@ describe('createBreaker', () => {
       })
       .catch((e) => e);
     expect(err).toBe(counted);
-    b.advance(100);
+    b.advance(200);
     expect(await b.ok()).toBe('ok'); // the next probe was allowed
+  });
+
+  it('the circuit_open error names the failure that opened it as its cause (for start-up and logs)', async () => {
+    const b = setup(1);
+    await b.fail();
+    const err = (await b.ok()) as AppError;
+    expect(isOpenError(err)).toBe(true);
+    expect(err.extra.cause).toBe(counted);
+  });
+});
+
+describe('createDatabase passes breaker options through', () => {
+  const refused = () => Promise.reject(counted);
+  const sessions: SessionConnector = {
+    kind: 'pg-pool',
+    upstream: 'postgres',
+    source: () => ({ acquire: refused }),
+    close: () => Promise.resolve(),
+  };
+  const oneShot: OneShotConnector = { kind: 'neon-http', upstream: 'neon-http', query: refused, batch: refused };
+
+  it('to the session and the one-shot breakers: threshold, clock and schedule', async () => {
+    let clock = 0;
+    const database = createDatabase({ sessions, oneShot, breaker: { threshold: 1, probeAfterMs: 400, now: () => clock, random: () => 0 } });
+    for (const breaker of [database.sessions!.breaker, database.oneShot!.breaker]) {
+      expect(await breaker.execute(refused).catch((e) => e)).toBe(counted);
+      expect(breaker.state()).toBe('open');
+    }
+    clock += 399;
+    expect(database.breakers().map((b) => b.state)).toEqual(['open', 'open']);
+    clock += 1;
+    expect(database.breakers().map((b) => b.state)).toEqual(['half-open', 'half-open']);
+    await database.close();
   });
 });

@@ -2,8 +2,12 @@
  * A circuit breaker per upstream (the pg Pool, Neon HTTP, the edge → Node forwarder). It counts
  * only failures `isFailure` accepts — connection-class ones: a constraint violation says nothing
  * about the upstream's health — opens after `threshold` of them in a row, answers 503 +
- * Retry-After at once while open, lets one probe through after `halfOpenAfterMs`, and closes
- * again when the probe succeeds (or re-opens when it fails).
+ * Retry-After at once while open, lets one probe through when the wait is over, and closes again
+ * when the probe succeeds (or re-opens, for twice as long, when it fails).
+ *
+ * The wait is short and grows: a restarted database is back within a second, and a fixed long
+ * wait turned a 0.45 s restart into 5 s of 503s; one probe per wait costs a down upstream little.
+ * It is jittered so that many processes opened by the same outage do not probe in step.
  *
  * Home-made, not cockatiel: cockatiel 4 does load in workerd 1.20261117 (statically or lazily; 3.x
  * did not), but this one derives its state from timestamps with an injectable clock and reports
@@ -19,9 +23,17 @@ export interface BreakerOptions {
   isFailure: (err: unknown) => boolean;
   /** Consecutive counted failures that open the breaker. */
   threshold?: number;
-  halfOpenAfterMs?: number;
+  /** The wait from opening to the first probe, before jitter; it doubles per failed probe. */
+  probeAfterMs?: number;
+  /** The longest wait between probes, before jitter. */
+  maxProbeAfterMs?: number;
   now?: () => number;
+  /** Uniform in [0, 1): the jitter. */
+  random?: () => number;
 }
+
+/** Everything but what counts as a failure: what a Database's owner may tune (tests fake the clock). */
+export type BreakerTuning = Omit<BreakerOptions, 'isFailure'>;
 
 export interface BreakerSnapshot {
   name: string;
@@ -37,52 +49,81 @@ export interface Breaker {
   snapshot(): BreakerSnapshot;
 }
 
+/** Waits are cut by up to this share at random (never lengthened: the cap stays a cap). */
+const JITTER = 0.6;
+
+/** The wait before the next probe after `failedProbes` failed ones: base·2^n, capped, jittered down. */
+export function probeDelayMs(failedProbes: number, baseMs: number, capMs: number, random: () => number = Math.random): number {
+  return Math.round(Math.min(capMs, baseMs * 2 ** failedProbes) * (1 - JITTER * random()));
+}
+
 export function createBreaker(name: string, options: BreakerOptions): Breaker {
   const threshold = options.threshold ?? 5;
-  const halfOpenAfterMs = options.halfOpenAfterMs ?? 5_000;
+  const baseMs = options.probeAfterMs ?? 250;
+  const capMs = options.maxProbeAfterMs ?? 3_000;
   const now = options.now ?? monotonic;
-  const retryAfterSec = Math.max(1, Math.ceil(halfOpenAfterMs / 1000));
+  const random = options.random ?? Math.random;
 
   let failures = 0;
-  let openedAt: number | undefined; // set while open or half-open
+  let failedProbes = 0;
+  let probeAt: number | undefined; // set while open or half-open: when a probe may go
   let probing = false;
+  let lastFailure: unknown;
   let openedCount = 0;
   let rejectedCount = 0;
 
   const state = (): BreakerState => {
-    if (openedAt === undefined) return 'closed';
-    return now() - openedAt >= halfOpenAfterMs ? 'half-open' : 'open';
+    if (probeAt === undefined) return 'closed';
+    return now() < probeAt ? 'open' : 'half-open';
   };
 
+  // The jitter is drawn here, once per opening, so that state() depends on the clock alone.
   const open = () => {
-    openedAt = now();
+    probeAt = now() + probeDelayMs(failedProbes, baseMs, capMs, random);
     openedCount++;
+  };
+
+  const close = () => {
+    failures = 0;
+    failedProbes = 0;
+    probeAt = undefined;
+  };
+
+  const refuse = () => {
+    rejectedCount++;
+    const retryAfterSec = Math.max(1, Math.ceil(((probeAt ?? 0) - now()) / 1000));
+    return new AppError(503, 'circuit_open', `The ${name} upstream is failing; not trying it for a moment.`, {
+      retryAfterSec,
+      cause: lastFailure,
+    });
+  };
+
+  const failed = (err: unknown, probe: boolean) => {
+    if (!options.isFailure(err)) {
+      // The upstream answered (with an error of the caller's making): it is reachable.
+      failures = 0;
+      if (probe) close();
+      return;
+    }
+    lastFailure = err;
+    failures++;
+    if (probe) failedProbes++;
+    if (probe || (probeAt === undefined && failures >= threshold)) open();
   };
 
   return {
     name,
     async execute<T>(fn: () => Promise<T>): Promise<T> {
       const s = state();
-      if (s === 'open' || (s === 'half-open' && probing)) {
-        rejectedCount++;
-        throw new AppError(503, 'circuit_open', `The ${name} upstream is failing; not trying it for a moment.`, { retryAfterSec });
-      }
+      if (s === 'open' || (s === 'half-open' && probing)) throw refuse();
       const probe = s === 'half-open';
       if (probe) probing = true;
       try {
         const result = await fn();
-        failures = 0;
-        openedAt = undefined;
+        close();
         return result;
       } catch (err) {
-        if (options.isFailure(err)) {
-          failures++;
-          if (probe || (openedAt === undefined && failures >= threshold)) open();
-        } else {
-          // The upstream answered (with an error of the caller's making): it is reachable.
-          failures = 0;
-          if (probe) openedAt = undefined;
-        }
+        failed(err, probe);
         throw err;
       } finally {
         if (probe) probing = false;

@@ -11,11 +11,11 @@ import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Context } from 'hono';
 import type { AddressInfo, Socket } from 'node:net';
 import { pathToFileURL } from 'node:url';
-import { ConfigError, describeDatabase, parseConfig, type Config } from '../config.js';
+import { ConfigError, databaseTarget, describeDatabase, parseConfig, type Config } from '../config.js';
 import type { PgPoolDatabase } from '../db/connectors/pg-pool.js';
 import type { StatsRegistry } from '../stats/registry.js';
 import type { Queryable } from '../db/types.js';
-import { AppError, describeError, isConnectionError, type ErrorCode } from '../errors.js';
+import { describeError, describeStartupFailure, rootCause, type ErrorCode } from '../errors.js';
 import { migrate } from '../fitness/migrations.js';
 import { IdempotencyPurger } from '../idempotency/purge.js';
 import { DEMO_USER_ID, seed } from '../fitness/seed.js';
@@ -100,16 +100,11 @@ export async function startGateway(env: Record<string, string | undefined>, opti
     await database.close().catch(() => {});
     await embedded?.stop();
     if (err instanceof ConfigError) throw err;
-    // An open breaker at start-up means every connect attempt before it failed: unreachable too.
-    const unreachable = isConnectionError(err) || (err instanceof AppError && err.code === 'circuit_open');
-    if (unreachable)
-      throw new StartupError(`cannot reach the ${describeDatabase(config.databaseUrl)} (${describeError(err)}); check DATABASE_URL`);
     if ((err as { code?: string }).code === 'EADDRINUSE')
       throw new StartupError(`port ${config.port} on ${config.host} is in use; set PORT`);
-    if ((err as { code?: string }).code === '28P01' || (err as { code?: string }).code === '28000') {
-      throw new StartupError(`the database refused the credentials (${describeError(err)}); check DATABASE_URL`);
-    }
-    throw new StartupError(`start-up failed (${describeError(err)})`);
+    // The cause and its fix (an open breaker: what opened it), where the database is, never a secret.
+    const line = describeStartupFailure(err, databaseTarget(connectionString));
+    throw new StartupError(line ?? `start-up failed (${describeError(rootCause(err))})`);
   }
 
   const port = (server.address() as AddressInfo).port;

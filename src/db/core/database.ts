@@ -4,7 +4,7 @@
  * one-shot where the backend has it, sessions for transactions — and reports to its observer.
  */
 import { AppError } from '../../errors.js';
-import type { BreakerSnapshot } from '../../resilience/breaker.js';
+import type { BreakerSnapshot, BreakerTuning } from '../../resilience/breaker.js';
 import type { GateOptions } from '../../resilience/gate.js';
 import { RetryBudget } from '../../resilience/retry.js';
 import { now } from '../../stats/clock.js';
@@ -34,6 +34,8 @@ export interface CoreOptions {
   /** Upper bound of one one-shot round trip (default 10 s). */
   oneShotTimeoutMs?: number;
   budget?: RetryBudget;
+  /** Applied to the breakers the runners create (threshold, probe schedule; tests pass a fake clock). */
+  breaker?: BreakerTuning;
 }
 
 const READ_BATCH: TxOptions = { isolation: 'repeatable read', readOnly: true };
@@ -64,9 +66,15 @@ export class CoreDatabase implements Database {
         admission: options.admission,
         sessionStatementTimeoutMs: options.sessionStatementTimeoutMs,
         budget: this.#budget,
+        breakerOptions: options.breaker,
       });
     this.oneShot =
-      options.oneShot && new OneShotRunner(options.oneShot, { timeoutMs: options.oneShotTimeoutMs ?? 10_000, budget: this.#budget });
+      options.oneShot &&
+      new OneShotRunner(options.oneShot, {
+        timeoutMs: options.oneShotTimeoutMs ?? 10_000,
+        budget: this.#budget,
+        breakerOptions: options.breaker,
+      });
     this.kind = (options.oneShot ?? options.sessions)!.kind;
   }
 

@@ -5,7 +5,7 @@
  * (a fetch that failed may still have run its statement).
  */
 import { isConnectionError } from '../../errors.js';
-import { createBreaker, type Breaker } from '../../resilience/breaker.js';
+import { createBreaker, type Breaker, type BreakerTuning } from '../../resilience/breaker.js';
 import { RetryBudget, withRetry } from '../../resilience/retry.js';
 import { now } from '../../stats/clock.js';
 import type { QueryObserver, QueryResult, Statement, TxOptions } from '../types.js';
@@ -17,6 +17,8 @@ export interface OneShotRunnerOptions {
   timeoutMs: number;
   budget: RetryBudget;
   breaker?: Breaker;
+  /** For the breaker created when none is given. */
+  breakerOptions?: BreakerTuning;
 }
 
 export class OneShotRunner {
@@ -27,7 +29,7 @@ export class OneShotRunner {
   constructor(connector: OneShotConnector, options: OneShotRunnerOptions) {
     this.connector = connector;
     this.#options = options;
-    this.breaker = options.breaker ?? createBreaker(connector.upstream, { isFailure: isConnectionError });
+    this.breaker = options.breaker ?? createBreaker(connector.upstream, { ...options.breakerOptions, isFailure: isConnectionError });
   }
 
   query(observer: QueryObserver, statement: Statement): Promise<QueryResult> {

@@ -5,7 +5,7 @@
  * ROLLBACK on any error, and the rule that a broken or cancelled session is never reused.
  */
 import { isConnectionError } from '../../errors.js';
-import { createBreaker, type Breaker } from '../../resilience/breaker.js';
+import { createBreaker, type Breaker, type BreakerTuning } from '../../resilience/breaker.js';
 import { Gate, type GateOptions } from '../../resilience/gate.js';
 import { isRetryable, RetryBudget, withRetry, type RetryScope } from '../../resilience/retry.js';
 import { now } from '../../stats/clock.js';
@@ -20,6 +20,8 @@ export interface SessionRunnerOptions {
   sessionStatementTimeoutMs?: number;
   budget: RetryBudget;
   breaker?: Breaker;
+  /** For the breaker created when none is given. */
+  breakerOptions?: BreakerTuning;
 }
 
 /** How far past the session statement timeout a transaction must already be before it pays for SET LOCAL. */
@@ -82,7 +84,11 @@ export class SessionRunner {
     this.#options = options;
     this.#gate = options.admission && new Gate(options.admission);
     this.breaker =
-      options.breaker ?? createBreaker(connector.upstream, { isFailure: (e) => isConnectionError(e) && !connector.isBusy?.(e) });
+      options.breaker ??
+      createBreaker(connector.upstream, {
+        ...options.breakerOptions,
+        isFailure: (e) => isConnectionError(e) && !connector.isBusy?.(e),
+      });
   }
 
   /** One statement on a session of its own. */

@@ -1,0 +1,143 @@
+/**
+ * A PostgreSQL cluster of the test's own (initdb into a temporary folder, its own port), for what
+ * the shared server must not suffer: being stopped and restarted, or password authentication
+ * (the shared one trusts every local connection). Runs the server binaries as the postgres user
+ * (through `su` when the tests run as root). `destroy()` stops it and deletes the folder.
+ */
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { chown, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir, userInfo } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import pg from 'pg';
+
+const BIN = '/usr/lib/postgresql/15/bin';
+const exec = promisify(execFile);
+const isRoot = process.getuid?.() === 0;
+
+/** Whether this machine can run a private cluster: the binaries, and root or the postgres user. */
+export const privatePostgresAvailable = existsSync(join(BIN, 'initdb')) && (isRoot || userInfo().username === 'postgres');
+
+export interface PrivatePostgres {
+  port: number;
+  /** A connection string for `database` as the superuser postgres (with `password`, if given). */
+  url(database?: string, password?: string): string;
+  /** pg_ctl stop -m fast: backends are terminated, the listener closes; resolves once it is down. */
+  stop(): Promise<void>;
+  /** pg_ctl start, without waiting until it accepts connections (the caller watches for that). */
+  start(): Promise<void>;
+  /** Resolves when a connection succeeds (polled every `intervalMs`); the time it did, performance.now(). */
+  acceptsConnections(timeoutMs?: number, intervalMs?: number): Promise<number>;
+  /** Stops the server (if running) and deletes its folder. */
+  destroy(): Promise<void>;
+}
+
+export interface PrivatePostgresOptions {
+  /** Require this password (scram-sha-256) on TCP connections; trust when unset. */
+  password?: string;
+}
+
+const quote = (arg: string) => `'${arg.replace(/'/g, `'\\''`)}'`;
+
+function asPostgres(args: string[]): Promise<{ stdout: string; stderr: string }> {
+  if (!isRoot) return exec(args[0]!, args.slice(1));
+  return exec('su', ['postgres', '-c', args.map(quote).join(' ')]);
+}
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/**
+ * @example
+ * const pgx = await startPrivatePostgres();
+ * await pgx.stop(); await pgx.start(); await pgx.acceptsConnections();
+ * await pgx.destroy();
+ */
+export async function startPrivatePostgres(options: PrivatePostgresOptions = {}): Promise<PrivatePostgres> {
+  const dir = await mkdtemp(join(tmpdir(), 'poolgate-pg-'));
+  if (isRoot) {
+    const [uid, gid] = await Promise.all(['-u', '-g'].map(async (flag) => Number((await exec('id', [flag, 'postgres'])).stdout)));
+    await chown(dir, uid!, gid!);
+  }
+  const data = join(dir, 'data');
+  const port = await freePort();
+  const initdb = [join(BIN, 'initdb'), '-D', data, '-U', 'postgres', '-N', '--auth-local=trust'];
+  if (options.password !== undefined) {
+    await writeFile(join(dir, 'pw'), options.password, { mode: 0o644 });
+    initdb.push('--auth-host=scram-sha-256', `--pwfile=${join(dir, 'pw')}`);
+  } else initdb.push('--auth-host=trust');
+  const ctl = (...args: string[]) => asPostgres([join(BIN, 'pg_ctl'), '-D', data, ...args]);
+  const serverOptions = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`;
+  let running = false;
+  const url = (database = 'postgres', password?: string) =>
+    `postgres://postgres${password === undefined ? '' : `:${encodeURIComponent(password)}`}@127.0.0.1:${port}/${database}`;
+
+  const self: PrivatePostgres = {
+    port,
+    url,
+    async stop() {
+      await ctl('stop', '-m', 'fast', '-w');
+      running = false;
+    },
+    async start() {
+      await ctl('start', '-W', '-l', join(dir, 'log'), '-o', serverOptions);
+      running = true;
+    },
+    async acceptsConnections(timeoutMs = 30_000, intervalMs = 5) {
+      const deadline = performance.now() + timeoutMs;
+      for (;;) {
+        const client = new pg.Client({ connectionString: url('postgres', options.password), connectionTimeoutMillis: 1_000 });
+        client.on('error', () => {});
+        try {
+          await client.connect();
+          const at = performance.now();
+          await client.end();
+          return at;
+        } catch (err) {
+          if (performance.now() > deadline) throw err;
+          await new Promise((r) => setTimeout(r, intervalMs));
+        }
+      }
+    },
+    async destroy() {
+      if (running) await self.stop().catch(() => {});
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+  try {
+    await asPostgres(initdb);
+    await self.start();
+    await self.acceptsConnections();
+  } catch (err) {
+    await self.destroy();
+    throw err;
+  }
+  return self;
+}
+
+/** A database on the cluster, in the shape the gateway helpers take (dropped with the cluster). */
+export async function privateTestDatabase(cluster: PrivatePostgres, name: string) {
+  const server = new pg.Client({ connectionString: cluster.url() });
+  await server.connect();
+  try {
+    await server.query(`CREATE DATABASE ${name}`);
+  } finally {
+    await server.end();
+  }
+  const pool = new pg.Pool({ connectionString: cluster.url(name), max: 1 });
+  pool.on('error', () => {});
+  return {
+    url: cluster.url(name),
+    name,
+    real: true,
+    admin: (sql: string, params?: unknown[]) => pool.query(sql, params),
+    drop: () => pool.end().catch(() => {}),
+  };
+}
