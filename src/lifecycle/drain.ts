@@ -1,7 +1,9 @@
 /**
  * Graceful drain, runtime-independent: counts requests in flight, refuses new ones once
  * draining starts (503 + Connection: close, so keep-alive clients reconnect elsewhere), and lets
- * shutdown wait, with a deadline, until the last in-flight request has finished.
+ * shutdown wait, with a deadline, until the last in-flight request has finished. At the deadline
+ * it cuts what is still running: each request's signal aborts with 503 shutting_down, so the
+ * core cancels its statement and rolls its transaction back — nothing commits after the cut.
  */
 import type { MiddlewareHandler } from 'hono';
 import { AppError } from '../errors.js';
@@ -10,6 +12,7 @@ export class Drain {
   #inFlight = 0;
   #draining = false;
   #idle: (() => void)[] = [];
+  readonly #cut = new AbortController();
 
   get inFlight(): number {
     return this.#inFlight;
@@ -29,6 +32,8 @@ export class Drain {
       return;
     }
     this.#inFlight++;
+    const metrics = c.get('metrics' as never) as { signal?: AbortSignal } | undefined;
+    if (metrics) metrics.signal = metrics.signal ? AbortSignal.any([metrics.signal, this.#cut.signal]) : this.#cut.signal;
     try {
       await next();
     } finally {
@@ -40,16 +45,33 @@ export class Drain {
     }
   };
 
-  /** Starts draining; resolves true when nothing is in flight, false if `timeoutMs` ran out first. */
-  start(timeoutMs: number): Promise<boolean> {
+  /**
+   * Starts draining; resolves true when nothing is in flight, false if `timeoutMs` ran out first —
+   * then what is still running has been cut (see above) and is finishing its 503s.
+   */
+  async start(timeoutMs: number): Promise<boolean> {
     this.#draining = true;
+    if (await this.#settled(timeoutMs)) return true;
+    this.#cut.abort(
+      new AppError(503, 'shutting_down', 'The server shut down before this request finished; it was not applied.', { retryAfterSec: 1 }),
+    );
+    return false;
+  }
+
+  /** Resolves true once nothing is in flight, false after `ms`. */
+  #settled(ms: number): Promise<boolean> {
     if (this.#inFlight === 0) return Promise.resolve(true);
     return new Promise((resolve) => {
-      const timer = setTimeout(() => resolve(false), timeoutMs);
+      const timer = setTimeout(() => resolve(false), ms);
       this.#idle.push(() => {
         clearTimeout(timer);
         resolve(true);
       });
     });
+  }
+
+  /** After a cut: waits up to `ms` for the cut requests to answer. */
+  settled(ms: number): Promise<boolean> {
+    return this.#settled(ms);
   }
 }

@@ -103,8 +103,8 @@ function forwardHeaders(c: Context<AppEnv>): Headers {
 }
 
 /** The forward timed out (outcome unknown) or its client left (nobody waits for it). */
-const cutForward = (why: FireReason, cause: unknown) =>
-  why === 'aborted' ? cutShort(why) : new AppError(504, 'upstream_timeout', TIMEOUT_MESSAGE, { cause });
+const cutForward = (bound: Deadline) => (why: FireReason, cause: unknown) =>
+  why === 'aborted' ? cutShort(why, bound) : new AppError(504, 'upstream_timeout', TIMEOUT_MESSAGE, { cause });
 
 async function send(
   url: string,
@@ -143,7 +143,7 @@ async function send(
       if (upstreamTiming) metrics.upstreamTiming = upstreamTiming.replace(/(^|,\s*)([\w-]+)/g, '$1node-$2');
       return new Response(res.status === 204 || res.status === 304 ? null : payload, { status: res.status, headers: out });
     },
-    cutForward,
+    cutForward(bound),
   );
 }
 

@@ -61,6 +61,11 @@ const clientSignal = (c: Context): AbortSignal | undefined => {
   return controller.signal;
 };
 
+/** After the drain deadline: how long cut requests get to answer, their answers to flush, and the pool to end (≤ 1 s in all). */
+const CUT_ANSWER_MS = 500;
+const FLUSH_MS = 100;
+const POOL_END_MS = 300;
+
 export async function startGateway(env: Record<string, string | undefined>, options: GatewayOptions = {}): Promise<Gateway> {
   const config = parseConfig(env);
   const log = options.log ?? (config.logLevel === 'silent' ? () => {} : (line: string) => console.log(line));
@@ -121,12 +126,15 @@ export async function startGateway(env: Record<string, string | undefined>, opti
       stopPurging();
       const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
       const drained = await drain.start(config.shutdownTimeoutMs);
+      // Cut at the deadline: the requests still running were cancelled and answer 503 now.
+      if (!drained) await drain.settled(CUT_ANSWER_MS);
       // The last responses may not be written yet: they carry Connection: close and end their
       // sockets themselves. Cut what is left (a client that never finishes its request) after a grace.
-      const cut = setTimeout(() => (server as Server).closeAllConnections(), drained ? 1_000 : 0);
+      const cut = setTimeout(() => (server as Server).closeAllConnections(), drained ? 1_000 : FLUSH_MS);
       await stopped;
       clearTimeout(cut);
-      await database.close();
+      // A database that no longer answers must not hold the exit: the pool gets a bounded while.
+      await Promise.race([database.close(), new Promise((resolve) => setTimeout(resolve, POOL_END_MS).unref())]);
       await embedded?.stop();
       return { drained };
     })());
@@ -156,7 +164,7 @@ async function startEmbedded(dataDir: string): Promise<EmbeddedPostgres> {
 export function startupErrorLine(err: unknown): string {
   if (err instanceof ConfigError) return `poolgate: invalid configuration: ${err.message}`;
   if (err instanceof StartupError) return `poolgate: ${err.message}`;
-  return `poolgate: start-up failed (${describeError(err)})`;
+  return `poolgate: start-up failed (${describeError(rootCause(err))})`;
 }
 
 const CLIENT_ERRORS: Record<string, [status: number, reason: string, code: ErrorCode, message: string]> = {

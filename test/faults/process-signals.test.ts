@@ -11,64 +11,13 @@
  *
  * Real PostgreSQL only: it needs a second backend to hold the lock, and pg_stat_activity.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { fileURLToPath } from 'node:url';
 import type pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
-import { adminClient, backendsOf, json, startTestGateway, uniqueName, waitFor } from '../helpers/gateway.js';
+import { spawnGateway, type ChildGateway } from '../helpers/child-gateway.js';
+import { adminClient, backendsOf, json, startTestGateway, waitFor } from '../helpers/gateway.js';
 import { Ledger, sampleConnections, SETS } from '../helpers/ledger.js';
-
-const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-
-interface ChildGateway {
-  url: string;
-  child: ChildProcess;
-  applicationName: string;
-  output: string[];
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-async function spawnGateway(db: TestDatabase, env: Record<string, string>): Promise<ChildGateway> {
-  const applicationName = uniqueName('poolgate-child');
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/runtime/node.ts'], {
-    cwd: ROOT,
-    env: {
-      ...process.env,
-      DATABASE_URL: db.url,
-      PORT: '0',
-      HOST: '127.0.0.1',
-      APPLICATION_NAME: applicationName,
-      POOLGATE_ENV: '',
-      FORWARD_SECRET: '',
-      ...env,
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const output: string[] = [];
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-    child.once('exit', (code, signal) => resolve({ code, signal })),
-  );
-  const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`the gateway did not start in 20 s:\n${output.join('')}`)), 20_000);
-    const onData = (chunk: Buffer) => {
-      output.push(chunk.toString());
-      const m = /Node gateway on (http:\/\/[\d.]+:\d+)/.exec(output.join(''));
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[1]!);
-      }
-    };
-    child.stdout.on('data', onData);
-    child.stderr.on('data', (c: Buffer) => output.push(c.toString()));
-    void exited.then(({ code, signal }) => {
-      clearTimeout(timer);
-      reject(new Error(`the gateway exited (${code ?? signal}) before listening:\n${output.join('')}`));
-    });
-  });
-  return { url, child, applicationName, output, exited };
-}
 
 describe.skipIf(!realPostgresUrl)('signals to the gateway process (real PostgreSQL: a lock held by an admin session)', () => {
   let db: TestDatabase;

@@ -4,7 +4,7 @@
  * or the client goes away, the watch fires once (cancel the statement, abort the fetch), and
  * `disarm()` tells the caller whether it did, so a cancelled session is never reused.
  */
-import { clientClosed, deadlinePassed } from '../../errors.js';
+import { AppError, clientClosed, deadlinePassed } from '../../errors.js';
 import { now } from '../../stats/clock.js';
 
 export interface Deadline {
@@ -23,7 +23,7 @@ export interface Watch {
 
 /** Time left before `d`'s deadline; throws at once when it has passed or the client is gone. */
 export function remainingMs(d: Deadline): number {
-  if (d.signal?.aborted) throw clientClosed();
+  if (d.signal?.aborted) throw abortedError(d);
   if (d.deadline === undefined) return Infinity;
   const left = d.deadline - now();
   if (left <= 0) throw deadlinePassed();
@@ -58,8 +58,12 @@ export function watchDeadline(d: Deadline, fire: (why: FireReason) => void, capM
   };
 }
 
-/** The error for work a watch cut short: a 504 at the deadline, a 499 when the client left. */
-export const cutShort = (why: FireReason, cause?: unknown) => (why === 'aborted' ? clientClosed() : deadlinePassed(cause));
+/** Why `d`'s signal aborted, as the API answers it: the aborter's own AppError (503 shutting_down), else the client left (499). */
+const abortedError = (d: Deadline): AppError => (d.signal?.reason instanceof AppError ? d.signal.reason : clientClosed());
+
+/** The error for work a watch cut short: a 504 at the deadline, else why the signal aborted. */
+export const cutShort = (why: FireReason, d: Deadline, cause?: unknown): AppError =>
+  why === 'aborted' ? abortedError(d) : deadlinePassed(cause);
 
 /**
  * Runs `run` with an AbortSignal that aborts at `d`'s deadline (or `capMs`), or when the client
@@ -69,7 +73,7 @@ export async function withAbort<T>(
   d: Deadline,
   capMs: number,
   run: (signal: AbortSignal) => Promise<T>,
-  cut: (why: FireReason, cause: unknown) => unknown = cutShort,
+  cut: (why: FireReason, cause: unknown) => unknown = (why, cause) => cutShort(why, d, cause),
 ): Promise<T> {
   remainingMs(d);
   const controller = new AbortController();

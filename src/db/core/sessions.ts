@@ -43,7 +43,7 @@ function instrument(session: Session, observer: QueryObserver, cut: () => FireRe
   return {
     async query<R>(text: string, params?: readonly unknown[]): Promise<QueryResult<R>> {
       const why = cut();
-      if (why) throw cutShort(why);
+      if (why) throw cutShort(why, observer);
       const started = now();
       try {
         return (await session.query(text, params)) as QueryResult<R>;
@@ -200,7 +200,7 @@ export class SessionRunner {
       // A cancelled session is not rolled back and reused: a late cancel could hit the next request.
       if (why) {
         discard = true;
-        throw cutShort(why, err);
+        throw cutShort(why, observer, err);
       }
       discard = mustDiscard(err) || (inTransaction && !(await rolledBack(session)));
       throw err;
