@@ -19,8 +19,8 @@ const REQUEST_TIMEOUT_MS = 2_000;
 /** Deadline + the pool's 1 s cancel grace + slack: no request may take longer, down or not. */
 const LATEST_MS = REQUEST_TIMEOUT_MS + 2_000;
 const DOWN_MS = 1_500;
-/** Breaker half-open after 5 s (its default), counted from when it opened during the outage; slack for a busy machine. */
-const RECOVERY_MS = 9_000;
+/** The breaker's probe waits double while the outage lasts, up to 3 s: one such wait after healing, plus slack for a busy machine. */
+const RECOVERY_MS = 5_000;
 
 describe.skipIf(!realPostgresUrl)('database cut off and back (real PostgreSQL through the fault proxy)', () => {
   let db: TestDatabase;
