@@ -396,6 +396,18 @@ describe('error mapping: JSON with a stable code, never a stack', FAST, () => {
     expect(await t.routeStats('GET', '/api/things/:id')).toMatchObject({ statusClasses: { '5xx': 1 }, errorCount: 1 });
   });
 
+  it('a known path with another method → 405 method_not_allowed JSON with Allow', async () => {
+    const t = setup();
+    const put = await t.app.request('/api/things/a', { method: 'PUT' });
+    expect(put.status).toBe(405);
+    expect(put.headers.get('allow')).toBe('GET, DELETE, HEAD');
+    expect(await errorOf(put)).toMatchObject({ code: 'method_not_allowed' });
+    const post = await t.app.request('/health', { method: 'POST' });
+    expect(post.status).toBe(405);
+    expect(post.headers.get('allow')).toBe('GET, HEAD');
+    expect((await t.app.request('/api/things/a/more', { method: 'PUT' })).status).toBe(404);
+  });
+
   it('no route → 404 route_not_found JSON', async () => {
     const t = setup();
     const res = await t.app.request('/api/nothing-here', { method: 'PUT' });

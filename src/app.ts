@@ -12,7 +12,7 @@ import { connStats, requestIdOf, responseHeaders } from './middleware/conn-stats
 import { checkKey, IDEMPOTENCY_HEADER, REPLAYED_HEADER, requestHash, runIdempotent } from './idempotency/idempotency.js';
 import type { AppEnv, RouteResult, RouteSpec } from './routes/types.js';
 import { jsonBody, takeBody } from './routes/input.js';
-import { opsRoutes } from './routes/ops.js';
+import { opsRoutes, type OpsAccess } from './routes/ops.js';
 import type { StatsRegistry } from './stats/registry.js';
 
 export interface AppDeps {
@@ -37,6 +37,8 @@ export interface AppDeps {
   requestTimeoutMs?: number;
   /** A runtime's cheap request-header reader (Node passes one that skips building Headers). */
   readHeader?: (c: Context, name: string) => string | undefined;
+  /** Who may read /stats, /metrics and readiness details (src/routes/ops.ts). */
+  opsAccess?: OpsAccess;
   /** A runtime's signal for "the client went away" (Node's comes from the socket; default: the Request's). */
   clientSignal?: (c: Context) => AbortSignal | undefined;
 }
@@ -95,6 +97,20 @@ async function onlyErrors(_c: Context, next: () => Promise<void>): Promise<void>
   }
 }
 
+/** The methods the routes (and the ops endpoints, GET) serve on a concrete path, for 405's Allow header. */
+function methodsByPath(routes: readonly RouteSpec[]): (path: string) => string[] {
+  const OPS = ['/health', '/health/ready', '/stats', '/metrics'].map((path) => ({ method: 'GET', path }));
+  const patterns = [...routes, ...OPS].map((r) => ({
+    method: r.method,
+    re: new RegExp(`^${r.path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&').replace(/:\w+/g, '[^/]+')}/?$`),
+  }));
+  return (path) => {
+    const methods = new Set(patterns.filter((p) => p.re.test(path)).map((p) => p.method));
+    if (methods.has('GET')) methods.add('HEAD');
+    return [...methods];
+  };
+}
+
 export function createApp(deps: AppDeps): Hono<AppEnv> {
   const log = deps.log ?? (() => {});
   const app = new Hono<AppEnv>();
@@ -118,7 +134,13 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
 
   app.route(
     '/',
-    opsRoutes({ database: deps.database, registry: deps.registry, drain: deps.drain, readyTimeoutMs: deps.readyTimeoutMs ?? 1000 }),
+    opsRoutes({
+      database: deps.database,
+      registry: deps.registry,
+      drain: deps.drain,
+      readyTimeoutMs: deps.readyTimeoutMs ?? 1000,
+      access: deps.opsAccess,
+    }),
   );
 
   for (const route of deps.routes) {
@@ -143,7 +165,17 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     );
   }
 
-  app.notFound((c) => new AppError(404, 'route_not_found', `No route for ${c.req.method} ${c.req.path}.`).toResponse(requestIdOf(c)));
+  const allowedOn = methodsByPath(deps.routes);
+  app.notFound((c) => {
+    const allow = allowedOn(c.req.path);
+    if (allow.length === 0)
+      return new AppError(404, 'route_not_found', `No route for ${c.req.method} ${c.req.path}.`).toResponse(requestIdOf(c));
+    const res = new AppError(405, 'method_not_allowed', `${c.req.method} is not allowed here; use ${allow.join(', ')}.`).toResponse(
+      requestIdOf(c),
+    );
+    res.headers.set('allow', allow.join(', '));
+    return res;
+  });
 
   app.onError((err, c) => {
     const appErr = toAppError(err);

@@ -134,6 +134,15 @@ describe('parseConfig', () => {
     expect(c.port).toBe(8787);
   });
 
+  it('takes an OPS_TOKEN of at least 24 characters, kept out of keys and JSON like the other secrets', () => {
+    expect(configError(() => parseConfig({ OPS_TOKEN: 'short-token' })).variable).toBe('OPS_TOKEN');
+    const c = parseConfig({ OPS_TOKEN: 't'.repeat(24) });
+    expect(c.opsToken).toBe('t'.repeat(24));
+    expect(Object.keys(c)).not.toContain('opsToken');
+    expect(JSON.stringify(c)).not.toContain('t'.repeat(24));
+    expect(parseConfig({}).opsToken).toBeUndefined();
+  });
+
   it('accepts a short FORWARD_SECRET only in development', () => {
     expect(configError(() => parseConfig({ FORWARD_SECRET: 'short' })).variable).toBe('FORWARD_SECRET');
     expect(parseConfig({ FORWARD_SECRET: 'short', NODE_ENV: 'development' }).forwardSecret).toBe('short');

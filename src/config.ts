@@ -44,6 +44,10 @@ export interface Config {
   logLevel: 'silent' | 'info' | 'debug';
   /** When set, API routes only accept requests signed by the edge with this secret. Non-enumerable. */
   readonly forwardSecret: string | undefined;
+  /** Bearer token for /stats, /metrics and readiness details (OPS_TOKEN). Non-enumerable. */
+  readonly opsToken: string | undefined;
+  /** POOLGATE_ENV=development: relaxed secret checks, ops endpoints open. */
+  development: boolean;
 }
 
 export class ConfigError extends Error {
@@ -134,6 +138,8 @@ export function parseConfig(env: Env): Config {
   const config: Config = {
     databaseUrl: undefined,
     forwardSecret: undefined,
+    opsToken: undefined,
+    development: isDevelopment(env),
     port: int(env, 'PORT', 8787, 0, 65535),
     host: env.HOST?.trim() || '127.0.0.1',
     pool: {
@@ -162,6 +168,7 @@ export function parseConfig(env: Env): Config {
   }
   Object.defineProperty(config, 'databaseUrl', { value: databaseUrl, enumerable: false, writable: false });
   Object.defineProperty(config, 'forwardSecret', { value: secret(env, isDevelopment(env), false), enumerable: false, writable: false });
+  Object.defineProperty(config, 'opsToken', { value: opsToken(env), enumerable: false, writable: false });
   return config;
 }
 
@@ -192,6 +199,8 @@ export interface EdgeConfig {
   nodeFunctionUrl: string;
   /** Shared HMAC secret for forwards. Non-enumerable. */
   readonly forwardSecret: string;
+  /** Bearer token for /stats, /metrics and readiness details (OPS_TOKEN). Non-enumerable. */
+  readonly opsToken: string | undefined;
   /** Local development only: a Neon-compatible proxy to send the driver to. */
   neonProxyUrl: string | undefined;
   forwardTimeoutMs: number;
@@ -225,6 +234,7 @@ export function parseEdgeConfig(env: Env): EdgeConfig {
     databaseUrl: '',
     nodeFunctionUrl,
     forwardSecret: '',
+    opsToken: undefined,
     neonProxyUrl,
     forwardTimeoutMs: int(env, 'FORWARD_TIMEOUT_MS', 10_000, 1, 120_000),
     queryTimeoutMs: int(env, 'QUERY_TIMEOUT_MS', 10_000, 1, 120_000),
@@ -234,7 +244,16 @@ export function parseEdgeConfig(env: Env): EdgeConfig {
   };
   Object.defineProperty(config, 'databaseUrl', { value: databaseUrl, enumerable: false, writable: false });
   Object.defineProperty(config, 'forwardSecret', { value: forwardSecret, enumerable: false, writable: false });
+  Object.defineProperty(config, 'opsToken', { value: opsToken(env), enumerable: false, writable: false });
   return config;
+}
+
+/** OPS_TOKEN: who may read /stats, /metrics and readiness details; long enough not to be guessed. */
+function opsToken(env: Env): string | undefined {
+  const token = env.OPS_TOKEN?.trim();
+  if (!token) return undefined;
+  if (token.length < 24) throw new ConfigError('OPS_TOKEN', 'must be at least 24 characters (e.g. openssl rand -base64 24)');
+  return token;
 }
 
 /** What is safe to print about where the database is: never user, password or host. */

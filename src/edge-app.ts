@@ -39,6 +39,7 @@ export function createEdgeApp(config: EdgeConfig, deps: EdgeAppDeps): Hono<AppEn
     registry,
     bodyLimitBytes: config.bodyLimitBytes,
     requestTimeoutMs: config.requestTimeoutMs,
+    opsAccess: { token: config.opsToken },
     log: deps.log,
     transactional: forwardTo({
       targetUrl: config.nodeFunctionUrl,

@@ -1,23 +1,64 @@
 /**
  * Operational endpoints: liveness (no I/O), readiness (a short DB ping and pool state), stats
- * JSON and Prometheus metrics. None of them names the database host, user or URL.
+ * JSON and Prometheus metrics. None of them names the database host, user or URL. Who may read
+ * them: /health anyone; /stats, /metrics and readiness details whoever sends OPS_TOKEN as a
+ * bearer token — and, where no token is set, anyone unless the app is `locked` (a Node gateway
+ * that accepts only signed traffic). Readiness without the token still answers its status code
+ * with a bare body, so load balancers need no secret.
  */
-import { Hono } from 'hono';
+import { Hono, type Context } from 'hono';
+import { AppError } from '../errors.js';
 import type { Database } from '../db/types.js';
 import type { Drain } from '../lifecycle/drain.js';
 import { PROMETHEUS_CONTENT_TYPE, renderPrometheus } from '../stats/prometheus.js';
 import type { StatsRegistry } from '../stats/registry.js';
 import type { AppEnv } from './types.js';
 
+export interface OpsAccess {
+  /** OPS_TOKEN; when set, required for the details. */
+  token?: string | undefined;
+  /** Without a token, the details are refused (a gateway that accepts only signed traffic). */
+  locked?: boolean;
+}
+
 export interface OpsOptions {
   database: Database;
   registry: StatsRegistry;
   drain?: Drain;
   readyTimeoutMs: number;
+  access?: OpsAccess;
 }
 
-export function opsRoutes({ database, registry, drain, readyTimeoutMs }: OpsOptions): Hono<AppEnv> {
+const sha256 = async (text: string) => new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(text)));
+
+/** Compares digests, not the strings, so the time taken says nothing about the token. */
+async function sameSecret(given: string, expected: string): Promise<boolean> {
+  const [a, b] = await Promise.all([sha256(given), sha256(expected)]);
+  let diff = 0;
+  for (let i = 0; i < a.length; i++) diff |= a[i]! ^ b[i]!;
+  return diff === 0;
+}
+
+function opsGuard(access: OpsAccess): (c: Context) => Promise<boolean> {
+  const { token, locked = false } = access;
+  return async (c) => {
+    if (token === undefined) return !locked;
+    const header = c.req.header('authorization') ?? '';
+    return header.startsWith('Bearer ') && sameSecret(header.slice('Bearer '.length), token);
+  };
+}
+
+export function opsRoutes({ database, registry, drain, readyTimeoutMs, access = {} }: OpsOptions): Hono<AppEnv> {
   const ops = new Hono<AppEnv>();
+  const allowed = opsGuard(access);
+  const refuse = () =>
+    new AppError(
+      401,
+      'unauthorized',
+      access.token === undefined
+        ? 'This gateway accepts only signed traffic: set OPS_TOKEN to read its stats.'
+        : 'Send Authorization: Bearer <OPS_TOKEN> to read this.',
+    );
   const pattern = (p: string) =>
     async function routePattern(c: { set(k: 'routePattern', v: string): void }, next: () => Promise<void>) {
       c.set('routePattern', p);
@@ -43,13 +84,17 @@ export function opsRoutes({ database, registry, drain, readyTimeoutMs }: OpsOpti
       breakers: breakers.map((b) => ({ upstream: b.name, state: b.state })),
     };
     if (!ok) c.header('retry-after', '2');
-    return c.json(body, ok ? 200 : 503);
+    return c.json((await allowed(c)) ? body : { status: body.status }, ok ? 200 : 503);
   });
 
-  ops.get('/stats', pattern('/stats'), (c) => c.json(registry.snapshot()));
+  ops.get('/stats', pattern('/stats'), async (c) => {
+    if (!(await allowed(c))) throw refuse();
+    return c.json(registry.snapshot());
+  });
 
-  ops.get('/metrics', pattern('/metrics'), (c) =>
-    c.body(renderPrometheus(registry.snapshot()), 200, { 'content-type': PROMETHEUS_CONTENT_TYPE }),
-  );
+  ops.get('/metrics', pattern('/metrics'), async (c) => {
+    if (!(await allowed(c))) throw refuse();
+    return c.body(renderPrometheus(registry.snapshot()), 200, { 'content-type': PROMETHEUS_CONTENT_TYPE });
+  });
   return ops;
 }

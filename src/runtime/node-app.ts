@@ -55,6 +55,8 @@ export function createNodeApp(config: Config, options: NodeAppOptions): NodeApp 
     requestTimeoutMs: config.requestTimeoutMs,
     log,
     verify,
+    // A gateway that takes only signed traffic keeps its figures to whoever has OPS_TOKEN (open in development).
+    opsAccess: { token: config.opsToken, locked: verify !== undefined && !config.development },
     readHeader: options.readHeader,
     clientSignal: options.clientSignal,
   });

@@ -13,6 +13,7 @@ import { json, leaksIn, seenResponses, startTestGateway, type JsonResponse, type
 
 const SECRET = 'forward-secret-for-the-attack-suite-0123456789';
 const sign = createForwardSigner(SECRET);
+const OPS_TOKEN = 'ops-token-for-the-signature-suite-0123';
 const wrongKey = createForwardSigner('another-secret-of-the-same-length-0123456789ab');
 const enc = new TextEncoder();
 
@@ -41,7 +42,7 @@ describe('forwarded-request signature attacks', () => {
     send(method, path, body, await sign({ method, pathWithQuery: path, body: enc.encode(body ?? '') }));
 
   beforeAll(async () => {
-    t = await startTestGateway({ FORWARD_SECRET: SECRET, POOLGATE_ENV: '' });
+    t = await startTestGateway({ FORWARD_SECRET: SECRET, POOLGATE_ENV: '', OPS_TOKEN });
     const res = await signed('POST', '/api/users', JSON.stringify({ email: `sig-${randomUUID()}@example.com`, name: 'Sig' }));
     expect(res.status).toBe(201);
     userId = res.body.id;
@@ -55,7 +56,7 @@ describe('forwarded-request signature attacks', () => {
     const { rows } = await t.db.admin(
       'SELECT (SELECT count(*)::int FROM users) AS users, (SELECT count(*)::int FROM workouts) AS workouts, (SELECT count(*)::int FROM idempotency_keys) AS keys',
     );
-    const stats = (await json(`${t.url}/stats`)).body;
+    const stats = (await json(`${t.url}/stats`, { headers: { authorization: `Bearer ${OPS_TOKEN}` } })).body;
     const queries = stats.routes
       .filter((r: { route: string }) => r.route.startsWith('/api/'))
       .reduce((n: number, r: { queries: { sum: number } }) => n + r.queries.sum, 0);
