@@ -102,7 +102,7 @@ function methodsByPath(routes: readonly RouteSpec[]): (path: string) => string[]
   const OPS = ['/health', '/health/ready', '/stats', '/metrics'].map((path) => ({ method: 'GET', path }));
   const patterns = [...routes, ...OPS].map((r) => ({
     method: r.method,
-    re: new RegExp(`^${r.path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&').replace(/:\w+/g, '[^/]+')}/?$`),
+    re: new RegExp(`^${r.path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&').replace(/:\w+/g, '[^/]+')}$`),
   }));
   return (path) => {
     const methods = new Set(patterns.filter((p) => p.re.test(path)).map((p) => p.method));

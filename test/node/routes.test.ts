@@ -508,14 +508,26 @@ describe('unknown routes', () => {
   it('answers 404 route_not_found with the JSON error shape and a request id', async () => {
     for (const [method, path] of [
       ['GET', '/nope'],
-      ['GET', '/api/users'],
-      ['PUT', '/api/users/00000000-0000-4000-8000-000000000001'],
-      ['POST', '/api/workouts/123'],
+      ['GET', '/api/users/'],
+      ['PUT', '/api/users/00000000-0000-4000-8000-000000000001/extra'],
     ] as const) {
       const res = await json(`${t.url}${path}`, { method });
       expect(res.status, `${method} ${path}`).toBe(404);
       expectErrorShape(res.body, 'route_not_found');
       expect(res.headers.get('content-type')).toMatch(/^application\/json/);
+    }
+  });
+
+  it('answers a known path with another method 405 method_not_allowed, naming the allowed ones', async () => {
+    for (const [method, path, allow] of [
+      ['GET', '/api/users', 'POST'],
+      ['PUT', '/api/users/00000000-0000-4000-8000-000000000001', 'GET, HEAD'],
+      ['POST', '/api/workouts/123', 'GET, DELETE, HEAD'],
+    ] as const) {
+      const res = await json(`${t.url}${path}`, { method });
+      expect(res.status, `${method} ${path}`).toBe(405);
+      expect(res.headers.get('allow')).toBe(allow);
+      expectErrorShape(res.body, 'method_not_allowed');
     }
   });
 
