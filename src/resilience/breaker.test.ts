@@ -30,6 +30,18 @@ function openFor(b: ReturnType<typeof setup>): number {
 }
 
 describe('createBreaker', () => {
+  it('work our side abandoned (client gone, shutting down) neither counts nor resets the count', async () => {
+    const b = setup(3);
+    const abandon = (code: 'client_closed' | 'shutting_down') =>
+      b.breaker.execute(() => Promise.reject(new AppError(code === 'client_closed' ? 499 : 503, code, 'gone'))).catch((e) => e);
+    expect(await b.fail()).toBe(counted);
+    expect(await b.fail()).toBe(counted);
+    for (let i = 0; i < 5; i++) await abandon(i % 2 ? 'client_closed' : 'shutting_down');
+    expect(b.breaker.state()).toBe('closed');
+    expect(await b.fail()).toBe(counted); // the third counted failure in a row: the abandoned ones did not reset it
+    expect(b.breaker.state()).toBe('open');
+  });
+
   it('opens after `threshold` counted failures in a row, then rejects at once with 503 circuit_open + Retry-After', async () => {
     const b = setup(3, { probeAfterMs: 2_500, maxProbeAfterMs: 10_000 });
     for (let i = 0; i < 3; i++) expect(await b.fail()).toBe(counted);

@@ -57,6 +57,9 @@ export function probeDelayMs(failedProbes: number, baseMs: number, capMs: number
   return Math.round(Math.min(capMs, baseMs * 2 ** failedProbes) * (1 - JITTER * random()));
 }
 
+/** Work our side abandoned (its client left, the process is shutting down) says nothing about the upstream. */
+const abandoned = (err: unknown) => err instanceof AppError && (err.code === 'client_closed' || err.code === 'shutting_down');
+
 export function createBreaker(name: string, options: BreakerOptions): Breaker {
   const threshold = options.threshold ?? 5;
   const baseMs = options.probeAfterMs ?? 250;
@@ -99,6 +102,7 @@ export function createBreaker(name: string, options: BreakerOptions): Breaker {
   };
 
   const failed = (err: unknown, probe: boolean) => {
+    if (abandoned(err)) return;
     if (!options.isFailure(err)) {
       // The upstream answered (with an error of the caller's making): it is reachable.
       failures = 0;

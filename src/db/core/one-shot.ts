@@ -10,7 +10,7 @@ import { RetryBudget, withRetry } from '../../resilience/retry.js';
 import { now } from '../../stats/clock.js';
 import type { QueryObserver, QueryResult, Statement, TxOptions } from '../types.js';
 import type { OneShotConnector } from './connector.js';
-import { withAbort } from './deadline.js';
+import { cutShort, withAbort } from './deadline.js';
 
 export interface OneShotRunnerOptions {
   /** Upper bound for one round trip, inside the request's deadline. */
@@ -53,6 +53,9 @@ export class OneShotRunner {
         const started = now();
         try {
           return await run(signal);
+        } catch (err) {
+          // Aborted because the client left: neutral for the breaker (a deadline still counts).
+          throw observer.signal?.aborted ? cutShort('aborted', observer, err) : err;
         } finally {
           observer.queried(now() - started, statements);
         }
