@@ -174,8 +174,6 @@ function neonBackend(kind: 'neon-http' | 'neon-ws'): Backend {
       ? {
           ...pglite,
           interactiveTransactions: 'neon-http is one-shot only: transaction() refuses with "This backend runs no interactive transactions"',
-          serverCancel:
-            'known gap (a later issue): the local Neon proxy does not cancel the statement when the HTTP request is aborted; it runs on to its end',
         }
       : { ...pglite };
   return {

@@ -162,15 +162,17 @@ describe('bad requests get 400 with a JSON message', () => {
 });
 
 describe('targets that are not allowed are refused', () => {
-  it('over HTTP with a 403, without echoing credentials', async () => {
+  it('over HTTP with Neon’s 400 JSON error, without echoing credentials', async () => {
     const before = proxy.stats().refusedCount;
     const res = await post(proxy.url, '{"query":"SELECT 1"}', { 'Neon-Connection-String': FOREIGN_URL });
-    expect(res.status).toBe(403);
+    expect(res.status).toBe(400);
     const text = await res.text();
-    expect(JSON.parse(text)).toMatchObject({ message: 'this proxy does not serve 127.0.0.1:1' });
+    expect(JSON.parse(text)).toMatchObject({ message: 'this proxy does not serve 127.0.0.1:1', code: null, severity: null });
     expect(text).not.toContain('not-this-one');
+    // As from Neon: a NeonDbError with the message, not "Server error (HTTP status 403): {json}".
     const err = await neon(FOREIGN_URL)`SELECT 1`.catch((e: unknown) => e);
-    expect(String(err)).toContain('HTTP status 403');
+    expect(err).toBeInstanceOf(NeonDbError);
+    expect((err as Error).message).toBe('this proxy does not serve 127.0.0.1:1');
     expect(proxy.stats().refusedCount).toBe(before + 2);
     expect(proxyLog.join('\n')).not.toContain('not-this-one');
   });

@@ -2,6 +2,7 @@
  * `poolgate neon-proxy`: runs the local Neon-compatible proxy until SIGINT/SIGTERM, so an app
  * using `@neondatabase/serverless` can be developed against a local Postgres. Prints one line
  * with the listening address (never a password); bad arguments are one line on stderr and exit 1.
+ * Log lines go to stderr at LOG_LEVEL (silent, info — the default — or debug; `--verbose` = debug).
  *
  *   npx tsx src/local/neon-proxy/cli.ts --database-url postgres://postgres@127.0.0.1:5432/app [--port 4444] [--host 127.0.0.1]
  */
@@ -19,7 +20,7 @@ interface CliArgs {
   databaseUrls: string[];
   port: number;
   host: string;
-  verbose: boolean;
+  logLevel: 'silent' | 'info' | 'debug';
 }
 
 /**
@@ -42,7 +43,8 @@ export async function runNeonProxyCli(argv: string[], env: Record<string, string
       databaseUrls: args.databaseUrls,
       port: args.port,
       host: args.host,
-      log: args.verbose ? (line) => console.error(line) : undefined,
+      log: (line) => console.error(line),
+      logLevel: args.logLevel,
     });
   } catch (err) {
     console.error(
@@ -89,7 +91,9 @@ function parseCliArgs(argv: string[], env: Record<string, string | undefined>): 
   if (!/^\d+$/.test(values.port ?? '4444') || port > 65535) throw new UsageError('--port must be a number from 0 to 65535');
   const host = values.host ?? '127.0.0.1';
   if (!host) throw new UsageError('--host must not be empty');
-  return { databaseUrls, port, host, verbose: values.verbose ?? false };
+  const logLevel = values.verbose ? 'debug' : env.LOG_LEVEL?.trim() || 'info';
+  if (logLevel !== 'silent' && logLevel !== 'info' && logLevel !== 'debug') throw new UsageError('LOG_LEVEL must be silent, info or debug');
+  return { databaseUrls, port, host, logLevel };
 }
 
 /** parseArgs errors name the option, never its value; keep just the first sentence. */

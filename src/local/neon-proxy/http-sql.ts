@@ -1,14 +1,19 @@
 /**
  * `POST /sql`: Neon's SQL-over-HTTP, answered with `pg`. The driver sends the connection string
  * in a header and a JSON body, and expects node-postgres-shaped results with every value as
- * Postgres text (it parses types itself from `dataTypeID`). Statements run with the extended
- * protocol, as Neon runs them, so one request is one statement. Errors keep the Postgres fields
- * the driver copies onto `NeonDbError`; statuses follow Neon's proxy (400 SQL/input, 413 request
- * too large, 507 response too large).
+ * Postgres text (it asks for that with `Neon-Raw-Text-Output: true` and parses types itself from
+ * `dataTypeID`); without that header values come back typed, as Neon types them (json-values.ts).
+ * Statements run with the extended protocol, as Neon runs them, so one request is one statement.
+ * Each request gets a clean session, as on Neon: the pooled connection is reset (DISCARD ALL)
+ * before reuse, or dropped. A client that goes away cancels its statement (CancelRequest).
+ * Errors keep the Postgres fields the driver copies onto `NeonDbError`; statuses follow Neon's
+ * proxy (400 SQL/input, 413 request too large, 507 response too large).
  */
 import type { IncomingMessage } from 'node:http';
 import pg, { DatabaseError } from 'pg';
-import type { PoolRegistry } from './pools.js';
+import { sendCancelRequest } from '../../db/connectors/cancel.js';
+import { jsonConverter } from './json-values.js';
+import { releaseClean, type PoolRegistry } from './pools.js';
 import { TargetError, describeTarget, isAllowed, parseConnectionString, type ConnectionInfo, type Target } from './targets.js';
 
 export interface SqlContext {
@@ -16,6 +21,7 @@ export interface SqlContext {
   pools: PoolRegistry;
   maxRequestBytes: number;
   maxResponseBytes: number;
+  log: (line: string) => void;
 }
 
 export interface SqlResponse {
@@ -24,6 +30,8 @@ export interface SqlResponse {
   headers: Record<string, string>;
   /** `user@host:port/db` for the log line, once known; never the password. */
   target?: string;
+  /** The target is not on the allow-list. */
+  refused?: boolean;
 }
 
 /** A failure with its HTTP status; the message is safe to show (no credentials). */
@@ -35,6 +43,11 @@ export class ProxyError extends Error {
   ) {
     super(message);
   }
+}
+
+/** A target outside the allow-list: Neon's 400 for a connection it will not make, counted apart. */
+export class RefusedError extends ProxyError {
+  override name = 'RefusedError';
 }
 
 interface Statement {
@@ -51,6 +64,9 @@ const ISOLATION_LEVELS: Record<string, string> = {
   RepeatableRead: 'REPEATABLE READ',
   Serializable: 'SERIALIZABLE',
 };
+
+/** A COPY to or from the client (leading comments and whitespace skipped). */
+const COPY_STDIO = /^(?:\s|--[^\n]*\n|\/\*[\s\S]*?\*\/)*COPY\b[\s\S]*\b(?:TO\s+STDOUT|FROM\s+STDIN)\b/i;
 
 /** The Postgres error fields Neon forwards, in its order; absent ones are sent as null. */
 const ERROR_FIELDS = [
@@ -72,34 +88,74 @@ const ERROR_FIELDS = [
   'routine',
 ] as const;
 
-export async function handleSql(req: IncomingMessage, ctx: SqlContext): Promise<SqlResponse> {
+/** `signal` aborts when the client goes away before its answer was sent. */
+export async function handleSql(req: IncomingMessage, ctx: SqlContext, signal: AbortSignal): Promise<SqlResponse> {
   let target: string | undefined;
   try {
     const info = connectionInfo(req, ctx.allowed);
     target = `${info.user}@${describeTarget(info)}/${info.database}`;
     const options = batchOptions(req);
     const payload = parsePayload(await readBody(req, ctx.maxRequestBytes));
-    const arrayMode = header(req, 'neon-array-mode') === 'true';
-    const budget = { left: ctx.maxResponseBytes, limit: ctx.maxResponseBytes };
+    const output: Output = {
+      arrayMode: header(req, 'neon-array-mode') === 'true',
+      // Neon: raw text only when the header is exactly "true".
+      rawText: header(req, 'neon-raw-text-output') === 'true',
+      budget: { left: ctx.maxResponseBytes, limit: ctx.maxResponseBytes },
+      signal,
+    };
     const client = await ctx.pools.connect(info);
+    const cancel = cancelOnAbort(client, info, signal, ctx.log);
     let discard = false;
     try {
+      throwIfAborted(signal);
       if ('statement' in payload) {
-        const body = await runStatement(client, payload.statement, arrayMode, budget);
+        const body = await runStatement(client, payload.statement, output);
         return { status: 200, body, headers: {}, target };
       }
-      const results = await runBatch(client, payload.batch, options.begin, arrayMode, budget);
+      const results = await runBatch(client, payload.batch, options.begin, output);
       return { status: 200, body: `{"results":[${results.join(',')}]}`, headers: options.echo, target };
     } catch (err) {
       discard = !(err instanceof DatabaseError) || err.severity === 'FATAL' || err.severity === 'PANIC';
-      throw err;
+      throw signal.aborted ? clientGone() : err;
     } finally {
-      // A connection left inside a transaction (a lone BEGIN, a failed ROLLBACK) is not reusable.
-      client.release(discard || client.getTransactionStatus() !== 'I');
+      // A cancelled connection is never reused: a CancelRequest that lands late would hit the
+      // next request's statement. The reset runs after the answer is handed back, off the
+      // client's clock; the next request waits for it in the pool queue.
+      void releaseClean(client, discard || cancel.sent());
+      cancel.dispose();
     }
   } catch (err) {
-    return { ...errorResponse(err), headers: {}, target };
+    return { ...errorResponse(err), headers: {}, target, refused: err instanceof RefusedError };
   }
+}
+
+/**
+ * Sends a protocol CancelRequest for `client`'s backend when `signal` aborts (the client went
+ * away): the statement fails with 57014 and the connection comes back, instead of running on
+ * and holding a pool slot to its end.
+ */
+function cancelOnAbort(
+  client: pg.PoolClient,
+  info: ConnectionInfo,
+  signal: AbortSignal,
+  log: (line: string) => void,
+): { sent: () => boolean; dispose: () => void } {
+  let sent = false;
+  const onAbort = () => {
+    sent = true;
+    // Only host and port matter to a CancelRequest: no auth, no database.
+    sendCancelRequest(pg.Client, `postgres://${describeTarget(info)}`, client, log);
+  };
+  signal.addEventListener('abort', onAbort, { once: true });
+  return { sent: () => sent, dispose: () => signal.removeEventListener('abort', onAbort) };
+}
+
+function clientGone(): ProxyError {
+  return new ProxyError(499, 'the client closed the request; its statement was cancelled');
+}
+
+function throwIfAborted(signal: AbortSignal): void {
+  if (signal.aborted) throw clientGone();
 }
 
 function connectionInfo(req: IncomingMessage, allowed: Target[]): ConnectionInfo {
@@ -114,7 +170,9 @@ function connectionInfo(req: IncomingMessage, allowed: Target[]): ConnectionInfo
   }
   if (!info.user) throw new ProxyError(400, 'invalid connection string: missing username');
   if (!info.database) throw new ProxyError(400, 'invalid connection string: missing database name');
-  if (!isAllowed(allowed, info)) throw new ProxyError(403, `this proxy does not serve ${describeTarget(info)}`);
+  // Neon answers a connection it will not make with 400 and its JSON error, which the driver
+  // shows as a NeonDbError with the message (any other status is "Server error (HTTP status N)").
+  if (!isAllowed(allowed, info)) throw new RefusedError(400, `this proxy does not serve ${describeTarget(info)}`);
   return info;
 }
 
@@ -180,15 +238,22 @@ function statement(value: unknown, where: string): Statement {
   if (typeof value.query !== 'string') throw bad('needs "query" as a string');
   if (value.params !== undefined && !Array.isArray(value.params)) throw bad('needs "params" as an array');
   if (value.arrayMode !== undefined && typeof value.arrayMode !== 'boolean') throw bad('needs "arrayMode" as a boolean');
+  // Over HTTP there is no copy sub-protocol: a COPY TO STDOUT would "succeed" with no rows and a
+  // COPY FROM STDIN would wait for data that never comes.
+  if (COPY_STDIO.test(value.query))
+    throw new ProxyError(400, 'COPY … TO STDOUT / FROM STDIN is not supported over HTTP; use a WebSocket session');
   // Params arrive as text (or null) from the driver; pg turns any other JSON value into text too.
   return { query: value.query, params: (value.params as unknown[] | undefined) ?? [], arrayMode: value.arrayMode };
 }
 
-async function runBatch(client: pg.PoolClient, batch: Statement[], begin: string, arrayMode: boolean, budget: Budget): Promise<string[]> {
+async function runBatch(client: pg.PoolClient, batch: Statement[], begin: string, output: Output): Promise<string[]> {
   await client.query(begin);
   try {
     const results: string[] = [];
-    for (const stmt of batch) results.push(await runStatement(client, stmt, arrayMode, budget));
+    for (const stmt of batch) {
+      throwIfAborted(output.signal);
+      results.push(await runStatement(client, stmt, output));
+    }
     await client.query('COMMIT');
     return results;
   } catch (err) {
@@ -203,6 +268,14 @@ interface Budget {
   limit: number;
 }
 
+/** How a request wants its results, and what it may still spend on them. */
+interface Output {
+  arrayMode: boolean;
+  rawText: boolean;
+  budget: Budget;
+  signal: AbortSignal;
+}
+
 interface RawResult {
   command: string | null;
   rowCount: number | null;
@@ -214,15 +287,19 @@ interface RawResult {
  * counted against the response budget; past it the statement is abandoned with a 507 (the
  * caller discards the connection, which stops the backend) instead of buffering the whole result.
  */
-function runStatement(client: pg.PoolClient, stmt: Statement, defaultArrayMode: boolean, budget: Budget): Promise<string> {
-  const arrayMode = stmt.arrayMode ?? defaultArrayMode;
+function runStatement(client: pg.PoolClient, stmt: Statement, output: Output): Promise<string> {
+  const arrayMode = stmt.arrayMode ?? output.arrayMode;
+  const budget = output.budget;
   return new Promise((resolve, reject) => {
     const rows: string[] = [];
     let settled = false;
+    let convert: ((row: (string | null)[]) => unknown[]) | undefined;
     const config = { text: stmt.query, values: stmt.params, rowMode: 'array', queryMode: 'extended' };
     const query = new pg.Query(config as pg.QueryConfig);
-    query.on('row', (row: (string | null)[], result?: { fields: pg.FieldDef[] }) => {
+    query.on('row', (raw: (string | null)[], result?: { fields: pg.FieldDef[] }) => {
       if (settled) return;
+      convert ??= rowConverter(result?.fields ?? [], output.rawText);
+      const row = convert(raw);
       const json = JSON.stringify(arrayMode ? row : Object.fromEntries(row.map((v, i) => [result?.fields[i]?.name ?? String(i), v])));
       budget.left -= Buffer.byteLength(json) + 1;
       if (budget.left < 0) {
@@ -253,6 +330,13 @@ function runStatement(client: pg.PoolClient, stmt: Statement, defaultArrayMode: 
     });
     client.query(query);
   });
+}
+
+/** The identity for raw text; otherwise one typed-JSON converter per column, built once per result. */
+function rowConverter(fields: pg.FieldDef[], rawText: boolean): (row: (string | null)[]) => unknown[] {
+  if (rawText) return (row) => row;
+  const converters = fields.map((f) => jsonConverter(f.dataTypeID));
+  return (row) => row.map((v, i) => (converters[i] ? converters[i](v) : v));
 }
 
 /** Neon's error body: the message plus every Postgres field (null when absent). */

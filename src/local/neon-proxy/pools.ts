@@ -3,7 +3,7 @@
  * keeps one per endpoint and role. Every value comes back as the Postgres text the server sent
  * (the driver parses types itself), and every pool and client has an 'error' listener, so a
  * backend killed by `pg_terminate_backend` or a server restart costs one connection, never the
- * process.
+ * process. A connection goes back to its pool only in a clean session (releaseClean).
  */
 import { createHash } from 'node:crypto';
 import pg from 'pg';
@@ -75,4 +75,25 @@ export class PoolRegistry {
     this.#pools.set(key, pool);
     return pool;
   }
+}
+
+/**
+ * Hands `client` back to its pool in a clean session, as Neon gives every HTTP request: DISCARD
+ * ALL resets everything a statement can leave behind (SET and set_config, SET ROLE and SET
+ * SESSION AUTHORIZATION, prepared statements, cursors, LISTEN, session advisory locks, temp
+ * tables, sequence state, cached plans). It cannot run inside a transaction block, so a
+ * connection left in one — or one the caller gives up on, or whose reset fails — is dropped.
+ */
+export async function releaseClean(client: pg.PoolClient, discard: boolean): Promise<void> {
+  if (discard || client.getTransactionStatus() !== 'I') {
+    client.release(true);
+    return;
+  }
+  try {
+    await client.query('DISCARD ALL');
+  } catch {
+    client.release(true);
+    return;
+  }
+  client.release();
 }

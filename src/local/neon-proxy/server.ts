@@ -27,8 +27,13 @@ export interface NeonProxyOptions {
   maxResponseBytes?: number;
   /** pg pool size per (server, database, user) key; default 10. */
   poolMaxPerTarget?: number;
-  /** One line per request and connection event; never given a password or connection string. */
+  /** Where log lines go; never given a password or connection string. */
   log?: (line: string) => void;
+  /**
+   * As LOG_LEVEL: `info` (default) logs refusals and failures (5xx, a lost database, a vanished
+   * WebSocket client); `debug` adds one line per request and per WebSocket session; `silent` none.
+   */
+  logLevel?: 'silent' | 'info' | 'debug';
 }
 
 export interface NeonProxyStats {
@@ -84,14 +89,18 @@ const CORS_HEADERS = {
  */
 export async function startNeonProxy(opts: NeonProxyOptions): Promise<NeonProxy> {
   const allowed = parseAllowedTargets(opts.databaseUrls);
-  const log = opts.log ?? (() => {});
+  const level = opts.logLevel ?? 'info';
+  const sink = opts.log ?? (() => {});
+  const log = level === 'silent' ? () => {} : sink;
+  const debug = level === 'debug' ? sink : () => {};
   const pools = new PoolRegistry({ maxPerTarget: opts.poolMaxPerTarget ?? 10, log });
-  const pipes = new WsPipes({ allowed, log });
+  const pipes = new WsPipes({ allowed, log, debug });
   const sqlContext = {
     allowed,
     pools,
     maxRequestBytes: opts.maxRequestBytes ?? 10 * MiB,
     maxResponseBytes: opts.maxResponseBytes ?? 10 * MiB,
+    log,
   };
   const counts = { httpRequestCount: 0, httpErrorCount: 0, refusedCount: 0 };
   let closing: Promise<void> | undefined;
@@ -101,9 +110,10 @@ export async function startNeonProxy(opts: NeonProxyOptions): Promise<NeonProxy>
     const started = now();
     const send = (answer: SqlResponse, err?: unknown) => {
       if (answer.status >= 400) counts.httpErrorCount++;
-      if (answer.status === 403) counts.refusedCount++;
+      if (answer.refused) counts.refusedCount++;
       const ms = (now() - started).toFixed(1);
-      log(
+      // A refusal or a failure of the proxy or the database is news; a request that went as asked is not.
+      (answer.refused || answer.status >= 500 || err ? log : debug)(
         `neon-proxy: ${req.method} ${pathOf(req)} ${answer.status} ${ms}ms${answer.target ? ` ${answer.target}` : ''}${err ? ` (${reasonText(err)})` : ''}`,
       );
       if (res.headersSent || res.destroyed) return;
@@ -117,16 +127,21 @@ export async function startNeonProxy(opts: NeonProxyOptions): Promise<NeonProxy>
       });
       res.end(body);
     };
-    route(req).then(
+    // The client went away before its answer was written: /sql cancels the running statement.
+    const gone = new AbortController();
+    res.on('close', () => {
+      if (!res.writableFinished) gone.abort();
+    });
+    route(req, gone.signal).then(
       (answer) => send(answer),
       (err: unknown) => send({ status: 500, body: JSON.stringify({ message: 'internal proxy error' }), headers: {} }, err),
     );
   });
 
-  async function route(req: IncomingMessage): Promise<SqlResponse> {
+  async function route(req: IncomingMessage, signal: AbortSignal): Promise<SqlResponse> {
     const path = pathOf(req);
     if (req.method === 'OPTIONS') return { status: 204, body: '', headers: CORS_HEADERS };
-    if (path === '/sql' && req.method === 'POST') return handleSql(req, sqlContext);
+    if (path === '/sql' && req.method === 'POST') return handleSql(req, sqlContext, signal);
     if (path === '/sql')
       return { status: 405, body: JSON.stringify({ message: 'use POST for /sql' }), headers: { Allow: 'POST, OPTIONS' } };
     return { status: 404, body: JSON.stringify({ message: `no route for ${req.method} ${path}` }), headers: {} };

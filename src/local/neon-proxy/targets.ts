@@ -39,15 +39,25 @@ export function parseAllowedTargets(databaseUrls: string[]): Target[] {
   });
 }
 
+/** Names of this machine's loopback interface: any one of them allows the others. */
+const LOOPBACK = new Set(['localhost', '127.0.0.1', '::1']);
+
 export function isAllowed(allowed: Target[], target: Target): boolean {
-  const host = normalizeHost(target.host);
-  return allowed.some((a) => a.host === host && a.port === target.port);
+  const host = sameHost(target.host);
+  return allowed.some((a) => sameHost(a.host) === host && a.port === target.port);
+}
+
+function sameHost(host: string): string {
+  const normal = normalizeHost(host);
+  return LOOPBACK.has(normal) ? 'loopback' : normal;
 }
 
 /**
  * Parses a `postgres://user:password@host:port/database?…` URL. Query parameters other than
  * `application_name` and `options` (sslmode, channel_binding, …) are ignored: this proxy speaks
- * plain TCP to a local or trusted server.
+ * plain TCP to a local or trusted server. Neon's routing hints in `options` (`endpoint=ep-…`,
+ * `project=…`, for clients without SNI) are Neon's, not Postgres's: they are stripped, so a
+ * Neon connection string works unchanged.
  */
 export function parseConnectionString(raw: string): ConnectionInfo {
   let url: URL;
@@ -67,8 +77,17 @@ export function parseConnectionString(raw: string): ConnectionInfo {
     password: url.password ? decodeURIComponent(url.password) : undefined,
     database: decodeURIComponent(url.pathname.replace(/^\//, '')),
     applicationName: url.searchParams.get('application_name') ?? undefined,
-    options: url.searchParams.get('options') ?? undefined,
+    options: withoutNeonHints(url.searchParams.get('options')),
   };
+}
+
+function withoutNeonHints(options: string | null): string | undefined {
+  if (options === null) return undefined;
+  const kept = options
+    .split(/\s+/)
+    .filter((token) => token && !/^(endpoint|project)=/.test(token))
+    .join(' ');
+  return kept || undefined;
 }
 
 /** Parses the `?address=host:port` the driver appends to a string `wsProxy` (IPv6 as `[::1]:5432`). */
