@@ -4,6 +4,9 @@
  * (src/local/topology.ts, `--edge=wrangler`) starts the database, Node gateway and Neon proxy,
  * then calls `startWranglerDev` here. Offline: metrics and the `Request.cf` download are off.
  * Secrets go to wrangler in a private env file, not on its command line (where `ps` shows them).
+ * wrangler runs in a process group of its own: the terminal's Ctrl-C reaches only the topology,
+ * which stops wrangler after the Node gateway has drained; if this process exits first, an exit
+ * hook kills the group (wrangler and its workerd).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -29,6 +32,19 @@ export interface WranglerDev {
   readonly url: string;
   /** Stops wrangler (SIGTERM, then SIGKILL after 5 s) and removes the env file. Idempotent. */
   stop(): Promise<void>;
+}
+
+/** On Windows `detached` opens a console window instead of a process group. */
+const OWN_GROUP = process.platform !== 'win32';
+
+/** Signals wrangler's whole group, so its workerd goes too. */
+function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
+  try {
+    if (OWN_GROUP && child.pid !== undefined) process.kill(-child.pid, signal);
+    else child.kill(signal);
+  } catch {
+    // already gone
+  }
 }
 
 /** What a double-quoted value in wrangler's env file may hold (dotenv-expand would rewrite `$…`). */
@@ -70,7 +86,12 @@ export async function startWranglerDev(options: WranglerDevOptions): Promise<Wra
     cwd: root,
     env: { ...process.env, WRANGLER_SEND_METRICS: 'false', CLOUDFLARE_CF_FETCH_ENABLED: 'false' },
     stdio: ['ignore', 'pipe', 'pipe'],
+    detached: OWN_GROUP,
   });
+  const kill = (signal: NodeJS.Signals) => killGroup(child, signal);
+  const killOnExit = () => kill('SIGKILL');
+  process.on('exit', killOnExit);
+  child.once('exit', () => process.off('exit', killOnExit));
   const prefix = (chunk: Buffer) =>
     chunk
       .toString('utf8')
@@ -88,8 +109,8 @@ export async function startWranglerDev(options: WranglerDevOptions): Promise<Wra
     (stopping ??= (async () => {
       if (child.exitCode === null && child.signalCode === null) {
         const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-        child.kill('SIGTERM');
-        const timer = setTimeout(() => child.kill('SIGKILL'), 5_000);
+        kill('SIGTERM');
+        const timer = setTimeout(() => kill('SIGKILL'), 5_000);
         await exited;
         clearTimeout(timer);
       }

@@ -5,20 +5,39 @@
  *
  * PGlite has a single backend: pglite-socket multiplexes every connection onto it and queues
  * statements, so concurrency works but nothing runs in parallel.
+ *
+ * A data directory is locked (data-dir-lock.ts) before PGlite opens it and until it is closed:
+ * PGlite itself lets two processes open one folder, which damages it.
  */
-import { mkdir } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import type { Socket } from 'node:net';
+import { join } from 'node:path';
 import { PGlite } from '@electric-sql/pglite';
 import { PGLiteSocketServer } from '@electric-sql/pglite-socket';
+import { StartupError } from '../runtime/node.js';
+import { lockDataDir, type DataDirLock } from './data-dir-lock.js';
 
 export interface EmbeddedPostgresOptions {
   /** Folder for the data files; omit for an in-memory database that vanishes on stop. */
   dataDir?: string;
+  /**
+   * The lock on `dataDir` when the caller took it already (the topology does, before it checks its
+   * ports); otherwise it is taken here. Either way it is released on stop.
+   */
+  lock?: DataDirLock;
   /** TCP port; 0 picks a free one. */
   port?: number;
   host?: string;
   /** Connections pglite-socket accepts at once (they share one backend). */
   maxConnections?: number;
+}
+
+/** An existing data directory PGlite fails to open: one line with what to do, not a WebAssembly abort. */
+export class DataDirDamagedError extends StartupError {
+  override name = 'DataDirDamagedError';
+  constructor(dataDir: string, cause: unknown) {
+    super(`${dataDir} cannot be opened (damaged?): move it aside or delete it to start fresh`, { cause });
+  }
 }
 
 export interface EmbeddedPostgres {
@@ -34,8 +53,14 @@ export interface EmbeddedPostgres {
  */
 export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions = {}): Promise<EmbeddedPostgres> {
   const host = options.host ?? '127.0.0.1';
-  if (options.dataDir) await mkdir(options.dataDir, { recursive: true });
-  const db = options.dataDir ? await PGlite.create(options.dataDir) : await PGlite.create();
+  const lock = options.lock ?? (options.dataDir ? await lockDataDir(options.dataDir) : undefined);
+  let db: PGlite;
+  try {
+    db = await openPGlite(options.dataDir);
+  } catch (err) {
+    await lock?.release();
+    throw err;
+  }
   const server = new PGLiteSocketServer({
     db,
     host,
@@ -55,6 +80,7 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions = {
     await server.start();
   } catch (err) {
     await db.close().catch(() => {});
+    await lock?.release();
     throw err;
   }
   const port = actualPort(server, options.port ?? 0);
@@ -66,10 +92,23 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions = {
       stopping ??= (async () => {
         await server.stop().catch(() => {});
         await db.close().catch(() => {});
+        await lock?.release(); // only once PGlite has closed its files
       })();
       return stopping;
     },
   };
+}
+
+/** PGlite reports a folder it cannot start from as a bare `RuntimeError: Aborted()`. */
+async function openPGlite(dataDir: string | undefined): Promise<PGlite> {
+  if (!dataDir) return PGlite.create();
+  const hadData = existsSync(join(dataDir, 'PG_VERSION'));
+  try {
+    return await PGlite.create(dataDir);
+  } catch (err) {
+    if (hadData) throw new DataDirDamagedError(dataDir, err);
+    throw err;
+  }
 }
 
 function actualPort(server: PGLiteSocketServer, requested: number): number {

@@ -1,0 +1,124 @@
+/**
+ * One process at a time per embedded data directory. PGlite takes no lock of its own (it writes a
+ * `postmaster.pid` with a fake pid and ignores it), so two processes on one folder both wrote to
+ * it, and closing the second left a checkpoint the first's WAL did not contain: every later start
+ * failed with `PANIC: could not locate a valid checkpoint record`.
+ *
+ * The lock is a file inside the folder holding the owner's pid, created with O_EXCL. A lock whose
+ * pid is no longer running (a crash, a SIGKILL) is stale and taken over. It is released on stop
+ * and, synchronously, when the process exits.
+ */
+import { readFileSync, unlinkSync } from 'node:fs';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { StartupError } from '../runtime/node.js';
+
+export const LOCK_FILE = 'poolgate.lock';
+
+export class DataDirInUseError extends StartupError {
+  override name = 'DataDirInUseError';
+  constructor(
+    readonly dataDir: string,
+    readonly pid: number,
+  ) {
+    super(`${dataDir} is in use by process ${pid} (another npm start?); stop it, or set EMBEDDED_DATA_DIR`);
+  }
+}
+
+export interface DataDirLock {
+  readonly dataDir: string;
+  /** Removes the lock file if it is still ours. Idempotent. */
+  release(): Promise<void>;
+}
+
+/** Lock files of this process, so a second open from the same process is refused too. */
+const held = new Set<string>();
+
+/** Rounds of create → (stale? remove) before giving up on a lock file that keeps changing. */
+const ATTEMPTS = 5;
+
+/**
+ * @example
+ * const lock = await lockDataDir('.data/pglite'); // throws DataDirInUseError when another process has it
+ * … await lock.release();
+ */
+export async function lockDataDir(dataDir: string): Promise<DataDirLock> {
+  const path = resolve(dataDir, LOCK_FILE);
+  if (held.has(path)) throw new DataDirInUseError(dataDir, process.pid);
+  held.add(path); // before the first await: a concurrent call from this process must see it
+  try {
+    await mkdir(dataDir, { recursive: true });
+    await acquire(dataDir, path);
+  } catch (err) {
+    held.delete(path);
+    throw err;
+  }
+  return holdLock(dataDir, path);
+}
+
+async function acquire(dataDir: string, path: string): Promise<void> {
+  for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
+    if (await createExclusive(path)) return;
+    const owner = await readOwner(path);
+    if (owner === 'gone') continue; // released meanwhile
+    if (typeof owner === 'number' && owner !== process.pid && isRunning(owner)) throw new DataDirInUseError(dataDir, owner);
+    if (owner === 'unreadable' && attempt === 1) {
+      await new Promise((r) => setTimeout(r, 100)); // empty: its owner may be between creating and writing it
+      continue;
+    }
+    // Stale: its process is gone (our own pid here means a previous process that had the same pid).
+    // Only what we read is removed; two starts taking over one stale lock in the same instant are not told apart.
+    if ((await readOwner(path)) === owner) await rm(path, { force: true });
+  }
+  throw new StartupError(`cannot take the lock ${path}; delete it if no poolgate is running`);
+}
+
+async function createExclusive(path: string): Promise<boolean> {
+  try {
+    await writeFile(path, `${process.pid}\n`, { flag: 'wx' });
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw err;
+  }
+}
+
+async function readOwner(path: string): Promise<number | 'gone' | 'unreadable'> {
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'gone';
+    throw err;
+  }
+  const pid = Number(text.trim());
+  return Number.isInteger(pid) && pid > 0 ? pid : 'unreadable';
+}
+
+function isRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0); // signal 0: only asks whether the process exists
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'; // exists, owned by another user
+  }
+}
+
+function holdLock(dataDir: string, path: string): DataDirLock {
+  // 'exit' listeners must be synchronous; this one also runs on the process.exit() of a forced stop.
+  const releaseNow = () => {
+    process.off('exit', releaseNow);
+    if (!held.delete(path)) return;
+    try {
+      if (Number(readFileSync(path, 'utf8').trim()) === process.pid) unlinkSync(path);
+    } catch {
+      // already gone
+    }
+  };
+  process.on('exit', releaseNow);
+  let releasing: Promise<void> | undefined;
+  return {
+    dataDir,
+    release: () => (releasing ??= Promise.resolve().then(releaseNow)),
+  };
+}

@@ -1,0 +1,166 @@
+/**
+ * The embedded data dir is never opened twice (issue 10, case 2, at the lock's level). PGlite lets
+ * two processes open one folder, and that damaged it ("PANIC: could not locate a valid checkpoint
+ * record"); now a lock file with the owner's pid, created with O_EXCL, is taken before PGlite opens
+ * the folder, refused while its owner runs, taken over once its owner is gone, released on stop
+ * and on exit. A folder PGlite cannot open is named as such, not as a bare RuntimeError.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import pg from 'pg';
+import { afterAll, describe, expect, it } from 'vitest';
+import { DataDirInUseError, LOCK_FILE, lockDataDir } from '../../src/local/data-dir-lock.js';
+import { DataDirDamagedError, startEmbeddedPostgres, type EmbeddedPostgres } from '../../src/local/embedded.js';
+import { damage, ROOT, tempDir } from './topology-process.js';
+
+const dirs: { remove(): Promise<void> }[] = [];
+const newDataDir = async () => {
+  const dir = await tempDir('lock');
+  dirs.push(dir);
+  return join(dir.path, 'pglite');
+};
+afterAll(async () => {
+  await Promise.all(dirs.map((d) => d.remove()));
+});
+
+const inUseLine = (dataDir: string, pid: number) =>
+  `${dataDir} is in use by process ${pid} (another npm start?); stop it, or set EMBEDDED_DATA_DIR`;
+
+async function query<T = unknown>(db: EmbeddedPostgres, sql: string, params: unknown[] = []): Promise<T[]> {
+  const client = new pg.Client({ connectionString: db.url });
+  await client.connect();
+  try {
+    return (await client.query(sql, params)).rows as T[];
+  } finally {
+    await client.end();
+  }
+}
+
+/** The pid of a process that has exited: what a lock left by a crash holds. */
+function deadPid(): number {
+  const child = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
+  return Number(child.stdout);
+}
+
+describe('one process per data dir', () => {
+  it('refuses a second open while the first is open, 20 times in a row, and the first keeps its data', async () => {
+    const dataDir = await newDataDir();
+    const first = await startEmbeddedPostgres({ dataDir });
+    try {
+      await query(first, 'CREATE TABLE marks (n int)');
+      for (let i = 0; i < 20; i++) {
+        const second = startEmbeddedPostgres({ dataDir });
+        await expect(second).rejects.toThrow(DataDirInUseError);
+        await expect(second).rejects.toThrow(inUseLine(dataDir, process.pid));
+        await query(first, 'INSERT INTO marks VALUES ($1)', [i]);
+      }
+      expect(await readFile(join(dataDir, LOCK_FILE), 'utf8')).toBe(`${process.pid}\n`);
+    } finally {
+      await first.stop();
+    }
+    expect(existsSync(join(dataDir, LOCK_FILE))).toBe(false); // released on stop
+
+    const again = await startEmbeddedPostgres({ dataDir });
+    try {
+      expect(await query(again, 'SELECT count(*)::int AS n FROM marks')).toEqual([{ n: 20 }]);
+    } finally {
+      await again.stop();
+    }
+  });
+
+  it('of 20 simultaneous attempts in this process, exactly one gets the lock', async () => {
+    const dataDir = await newDataDir();
+    const results = await Promise.allSettled(Array.from({ length: 20 }, () => lockDataDir(dataDir)));
+    const won = results.filter((r) => r.status === 'fulfilled');
+    expect(won).toHaveLength(1);
+    for (const r of results) if (r.status === 'rejected') expect(r.reason).toBeInstanceOf(DataDirInUseError);
+    await won[0]!.value.release();
+    await (await lockDataDir(dataDir)).release();
+  });
+
+  it('of 6 processes trying in the same instant, exactly one gets the lock', async () => {
+    const dataDir = await newDataDir();
+    const startAt = Date.now() + 4_000; // after every tsx has started
+    const runs = Array.from({ length: 6 }, () => runHoldLock(dataDir, startAt, 1_500));
+    const outputs = await Promise.all(runs);
+    expect(
+      outputs.filter((o) => o === 'locked'),
+      outputs.join('\n'),
+    ).toHaveLength(1);
+    for (const o of outputs.filter((o) => o !== 'locked')) expect(o).toMatch(/^refused: .* is in use by process \d+ /);
+    expect(existsSync(join(dataDir, LOCK_FILE))).toBe(false);
+  });
+
+  it('names a live owner of another process, and takes the lock over once that process is gone', async () => {
+    const dataDir = await newDataDir();
+    const owner = spawn(process.execPath, ['-e', 'setTimeout(() => {}, 60_000)'], { stdio: 'ignore' });
+    try {
+      await lockDataDir(dataDir).then((l) => l.release()); // creates the folder
+      await writeFile(join(dataDir, LOCK_FILE), `${owner.pid}\n`);
+      await expect(lockDataDir(dataDir)).rejects.toThrow(inUseLine(dataDir, owner.pid!));
+    } finally {
+      const gone = new Promise((r) => owner.once('exit', r));
+      owner.kill('SIGKILL');
+      await gone;
+    }
+    const lock = await lockDataDir(dataDir);
+    expect(await readFile(join(dataDir, LOCK_FILE), 'utf8')).toBe(`${process.pid}\n`);
+    await lock.release();
+  });
+
+  it('takes over a stale lock (its pid is dead) and an empty one (a crash between create and write)', async () => {
+    const dataDir = await newDataDir();
+    await lockDataDir(dataDir).then((l) => l.release());
+    for (const content of [`${deadPid()}\n`, '']) {
+      await writeFile(join(dataDir, LOCK_FILE), content);
+      const lock = await lockDataDir(dataDir);
+      expect(await readFile(join(dataDir, LOCK_FILE), 'utf8')).toBe(`${process.pid}\n`);
+      await lock.release();
+      expect(existsSync(join(dataDir, LOCK_FILE))).toBe(false);
+    }
+  });
+
+  it('is released when its process exits without stopping (process.exit, an uncaught error)', async () => {
+    for (const then of ['exit', 'throw'] as const) {
+      const dataDir = await newDataDir();
+      const output = await runHoldLock(dataDir, 0, 0, then);
+      expect(output.split('\n')[0], output).toBe('locked');
+      expect(existsSync(join(dataDir, LOCK_FILE)), output).toBe(false);
+    }
+  });
+});
+
+describe('a data dir PGlite cannot open', () => {
+  it('is reported as damaged with what to do, and its lock is released', async () => {
+    const dataDir = await newDataDir();
+    await (await startEmbeddedPostgres({ dataDir })).stop();
+    await damage(dataDir);
+    const opening = startEmbeddedPostgres({ dataDir });
+    await expect(opening).rejects.toThrow(DataDirDamagedError);
+    await expect(opening).rejects.toThrow(`${dataDir} cannot be opened (damaged?): move it aside or delete it to start fresh`);
+    expect(existsSync(join(dataDir, LOCK_FILE))).toBe(false);
+  });
+});
+
+function runHoldLock(dataDir: string, startAt: number, holdMs: number, then = 'release'): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const args = ['test/local/fixtures/hold-lock.ts', dataDir, String(startAt), String(holdMs), then];
+    const child = spawn(join(ROOT, 'node_modules/.bin/tsx'), args, {
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString('utf8')));
+    child.stderr.on('data', (d: Buffer) => (out += d.toString('utf8')));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`hold-lock did not finish in 30 s: ${out}`));
+    }, 30_000);
+    child.once('exit', () => {
+      clearTimeout(timer);
+      resolve(out.trim());
+    });
+  });
+}
