@@ -84,7 +84,10 @@ export async function runIdempotent(db: Db, opts: IdempotentOptions, run: (db: D
 
 /** Deletes expired idempotency records and forward nonces; cheap to call now and then. */
 export async function purgeExpiredKeys(db: Db): Promise<number> {
-  const keys = await db.query('DELETE FROM idempotency_keys WHERE expires_at <= now()');
-  const nonces = await db.query('DELETE FROM forward_nonces WHERE expires_at <= now()');
-  return (keys.rowCount ?? 0) + (nonces.rowCount ?? 0);
+  const { rows } = await db.query<{ n: number }>(
+    `WITH keys AS (DELETE FROM idempotency_keys WHERE expires_at <= now() RETURNING 1),
+          nonces AS (DELETE FROM forward_nonces WHERE expires_at <= now() RETURNING 1)
+     SELECT (SELECT count(*) FROM keys)::int + (SELECT count(*) FROM nonces)::int AS n`,
+  );
+  return rows[0]?.n ?? 0;
 }

@@ -125,14 +125,19 @@ describe('Idempotency-Key', () => {
            ('purge-old', 'h', 201, NULL, now() - interval '1 minute'),
            ('purge-live', 'h', 201, NULL, now() + interval '1 hour')`,
       );
+      await t.db.admin(`INSERT INTO forward_nonces (nonce, expires_at) VALUES ('nonce-old', now() - interval '1 minute')`);
+      // The row goes at the purge's commit; its log line a moment later.
       await waitFor(
-        async () => Number((await t.db.admin("SELECT count(*) FROM idempotency_keys WHERE key = 'purge-old'")).rows[0].count) === 0,
+        async () =>
+          Number((await t.db.admin("SELECT count(*) FROM idempotency_keys WHERE key = 'purge-old'")).rows[0].count) === 0 &&
+          p.logs.some((l) => /purged \d+ expired idempotency records/.test(l)),
         {
           timeoutMs: 10_000,
           what: 'the expired record to be purged',
         },
       );
       expect(Number((await t.db.admin("SELECT count(*) FROM idempotency_keys WHERE key = 'purge-live'")).rows[0].count)).toBe(1);
+      expect(Number((await t.db.admin("SELECT count(*) FROM forward_nonces WHERE nonce = 'nonce-old'")).rows[0].count)).toBe(0);
       expect(p.logs.some((l) => /purged \d+ expired idempotency records/.test(l))).toBe(true);
     } finally {
       await p.stop();
