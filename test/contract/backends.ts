@@ -7,7 +7,6 @@
  */
 import { Client as NeonClient, neon, neonConfig, Pool as NeonPool } from '@neondatabase/serverless';
 import { randomBytes } from 'node:crypto';
-import { createServer } from 'node:net';
 import pg from 'pg';
 import { createPgPoolDatabase } from '../../src/db/connectors/pg-pool.js';
 import { neonHttpConnector, neonWsConnector, useLocalNeonProxy, type NeonDriver } from '../../src/db/connectors/neon.js';
@@ -16,6 +15,7 @@ import type { ClientKind, Database, QueryObserver } from '../../src/db/types.js'
 import { startEmbeddedPostgres } from '../../src/local/embedded.js';
 import { startNeonProxy } from '../../src/local/neon-proxy/index.js';
 import { createTestDatabase, realPostgresUrl } from '../helpers/db.js';
+import { closedPortUrl as closedHttpPortUrl } from '../helpers/edge.js';
 
 /** Abilities a case may need; a backend lacking one names the reason in `cannot`. */
 export type Ability =
@@ -78,13 +78,7 @@ const NO_REAL_POSTGRES = 'TEST_DATABASE_URL is not set (this backend needs a rea
 
 /** `postgres://…@127.0.0.1:<port>/…` of a port that was free a moment ago and has nothing listening. */
 export async function closedPortUrl(): Promise<string> {
-  const server = createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
+  const { port } = new URL(await closedHttpPortUrl());
   return `postgres://postgres@127.0.0.1:${port}/contract_unreachable`;
 }
 
