@@ -9,7 +9,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startNeonProxy, type NeonProxy } from '../../src/local/neon-proxy/index.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
-import { useNeonProxy } from '../helpers/neon.js';
+import { fieldShape, useNeonProxy } from '../helpers/neon.js';
 
 let db: TestDatabase;
 let proxy: NeonProxy;
@@ -34,16 +34,6 @@ afterAll(async () => {
   await direct?.end().catch(() => {});
   await proxy?.close();
   await db?.drop();
-});
-
-/** Field metadata as both drivers expose it. */
-const fieldShape = (f: pg.FieldDef) => ({
-  name: f.name,
-  dataTypeID: f.dataTypeID,
-  tableID: f.tableID,
-  columnID: f.columnID,
-  dataTypeSize: f.dataTypeSize,
-  dataTypeModifier: f.dataTypeModifier,
 });
 
 /** The driver bundles its own Buffer; compare bytea values as plain byte arrays. */

@@ -21,19 +21,14 @@ import * as neonCurrent from '@neondatabase/serverless';
 import * as neonPrevious from 'neon-serverless-0-10';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { WebSocket } from 'ws';
+import type { NeonProxySettings } from '../../src/db/connectors/neon.js';
 import { startNeonProxy, type NeonProxy } from '../../src/local/neon-proxy/index.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
+import { fieldShape, useNeonProxy } from '../helpers/neon.js';
 
 /** The `neonConfig` fields the proxy needs; both majors have them. */
-interface NeonConfigLike {
-  fetchEndpoint: string | ((host: string, port: number | string) => string);
-  wsProxy: string | ((host: string, port: number | string) => string) | undefined;
-  useSecureWebSocket: boolean;
-  pipelineConnect: false | 'password';
-  pipelineTLS: boolean;
-  webSocketConstructor: unknown;
-}
+/** What the suite sets on each driver module's own `neonConfig`. */
+type NeonConfigLike = NeonProxySettings & { webSocketConstructor: unknown };
 
 type HttpOptions = { fullResults?: boolean; arrayMode?: boolean };
 
@@ -83,17 +78,6 @@ const drivers: Driver[] = [
   },
 ];
 
-/** Points one driver module's own `neonConfig` at the proxy (as test/helpers/neon.ts does for 1.x). */
-function pointAtProxy(config: NeonConfigLike, proxy: NeonProxy): void {
-  const hostPort = `${proxy.host.includes(':') ? `[${proxy.host}]` : proxy.host}:${proxy.port}`;
-  config.fetchEndpoint = () => `http://${hostPort}/sql`;
-  config.wsProxy = (host, port) => `${hostPort}/v2?address=${host}:${port}`;
-  config.useSecureWebSocket = false;
-  config.pipelineConnect = false;
-  config.pipelineTLS = false;
-  config.webSocketConstructor = WebSocket;
-}
-
 let db: TestDatabase;
 let proxy: NeonProxy;
 let direct: pg.Pool;
@@ -101,7 +85,7 @@ let direct: pg.Pool;
 beforeAll(async () => {
   db = await createTestDatabase('poolgate_neon_versions');
   proxy = await startNeonProxy({ databaseUrls: [db.url], port: 0 });
-  for (const driver of drivers) pointAtProxy(driver.neonConfig, proxy);
+  for (const driver of drivers) useNeonProxy(proxy, driver.neonConfig);
   direct = new pg.Pool({ connectionString: db.url, max: 2 });
   direct.on('error', () => {});
   await direct.query('CREATE TABLE dv_items (id serial PRIMARY KEY, name text CONSTRAINT dv_items_name_key UNIQUE, qty int)');
@@ -111,15 +95,6 @@ afterAll(async () => {
   await direct?.end().catch(() => {});
   await proxy?.close();
   await db?.drop();
-});
-
-const fieldShape = (f: pg.FieldDef) => ({
-  name: f.name,
-  dataTypeID: f.dataTypeID,
-  tableID: f.tableID,
-  columnID: f.columnID,
-  dataTypeSize: f.dataTypeSize,
-  dataTypeModifier: f.dataTypeModifier,
 });
 
 const typedSql = 'SELECT $1::int AS i, $2::text AS t, $3::bool AS b, $4::timestamptz AS ts, $5::jsonb AS j, $6::int[] AS a, $7::text AS n';

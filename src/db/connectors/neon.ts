@@ -127,8 +127,17 @@ export function createNeonDatabase(options: NeonConnectorOptions & { queryTimeou
   });
 }
 
+/** The driver settings a local proxy needs (the same in driver 1.x and 0.10.x). */
+export interface NeonProxySettings {
+  fetchEndpoint: string | ((host: string, port: number | string) => string);
+  wsProxy: string | ((host: string, port: number | string) => string) | undefined;
+  useSecureWebSocket: boolean;
+  pipelineConnect: false | 'password';
+  pipelineTLS: boolean;
+}
+
 /** Points the driver at a local Neon-compatible proxy (development and tests only). */
-export function useLocalNeonProxy(neonConfig: typeof Neon.neonConfig, proxyUrl: string): void {
+export function useLocalNeonProxy(neonConfig: NeonProxySettings, proxyUrl: string): void {
   const u = new URL(proxyUrl);
   neonConfig.fetchEndpoint = () => `${u.origin}/sql`;
   neonConfig.wsProxy = (host, port) => `${u.host}/v2?address=${host}:${port}`;
