@@ -94,12 +94,12 @@ export class SessionRunner {
   /** One statement on a session of its own. */
   statement(source: SessionSource, observer: QueryObserver, text: string, params?: readonly unknown[]): Promise<QueryResult> {
     const scope: RetryScope = observer.intent === 'read' ? 'read' : 'write';
-    return this.run(source, observer, scope, false, (tx) => tx.query(text, params));
+    return this.#run(source, observer, scope, false, (tx) => tx.query(text, params));
   }
 
   /** BEGIN … COMMIT around `fn`; the whole transaction runs again on 40001/40P01 (nothing of it applied). */
   transaction<T>(source: SessionSource, observer: QueryObserver, fn: (tx: Queryable) => Promise<T>, opts: TxOptions = {}): Promise<T> {
-    return this.run(source, observer, 'transaction', true, async (tx) => {
+    return this.#run(source, observer, 'transaction', true, async (tx) => {
       await tx.query(beginStatement(opts));
       await this.#tighten(tx, observer);
       const result = await fn(tx);
@@ -112,7 +112,7 @@ export class SessionRunner {
   }
 
   /** Admission once; then attempts, each on a fresh session, retried by where they failed. */
-  async run<T>(
+  async #run<T>(
     source: SessionSource,
     observer: QueryObserver,
     scope: RetryScope,
