@@ -57,7 +57,7 @@ export async function runIdempotent(db: Db, opts: IdempotentOptions, run: (db: D
       });
     }
     const prev = await tx.query<{ request_hash: string; status: number; body: string | null }>(
-      'SELECT request_hash, status, body FROM idempotency_keys WHERE key = $1 AND expires_at > now()',
+      'SELECT request_hash, status, body FROM poolgate_idempotency_keys WHERE key = $1 AND expires_at > now()',
       [opts.key],
     );
     const stored = prev.rows[0];
@@ -71,10 +71,10 @@ export async function runIdempotent(db: Db, opts: IdempotentOptions, run: (db: D
         replayed: true,
       };
     }
-    await tx.query('DELETE FROM idempotency_keys WHERE key = $1', [opts.key]); // an expired record, if any
+    await tx.query('DELETE FROM poolgate_idempotency_keys WHERE key = $1', [opts.key]); // an expired record, if any
     const result = await run(bindToTransaction(tx, db.kind));
     await tx.query(
-      `INSERT INTO idempotency_keys (key, request_hash, status, body, expires_at)
+      `INSERT INTO poolgate_idempotency_keys (key, request_hash, status, body, expires_at)
        VALUES ($1, $2, $3, $4, now() + $5 * interval '1 millisecond')`,
       [opts.key, opts.hash, result.status, result.body === undefined ? null : JSON.stringify(result.body), opts.ttlMs],
     );
@@ -85,8 +85,8 @@ export async function runIdempotent(db: Db, opts: IdempotentOptions, run: (db: D
 /** Deletes expired idempotency records and forward nonces; cheap to call now and then. */
 export async function purgeExpiredKeys(db: Db): Promise<number> {
   const { rows } = await db.query<{ n: number }>(
-    `WITH keys AS (DELETE FROM idempotency_keys WHERE expires_at <= now() RETURNING 1),
-          nonces AS (DELETE FROM forward_nonces WHERE expires_at <= now() RETURNING 1)
+    `WITH keys AS (DELETE FROM poolgate_idempotency_keys WHERE expires_at <= now() RETURNING 1),
+          nonces AS (DELETE FROM poolgate_forward_nonces WHERE expires_at <= now() RETURNING 1)
      SELECT (SELECT count(*) FROM keys)::int + (SELECT count(*) FROM nonces)::int AS n`,
   );
   return rows[0]?.n ?? 0;

@@ -18,7 +18,7 @@ export interface ForwardNonce {
 /** Records `forward.nonce` in `tx`'s transaction; a nonce recorded before answers 401, as any bad signature does. */
 export async function claimNonce(tx: Queryable, forward: ForwardNonce): Promise<void> {
   const { rowCount } = await tx.query(
-    `INSERT INTO forward_nonces (nonce, expires_at) VALUES ($1, to_timestamp($2::double precision / 1000))
+    `INSERT INTO poolgate_forward_nonces (nonce, expires_at) VALUES ($1, to_timestamp($2::double precision / 1000))
      ON CONFLICT (nonce) DO NOTHING`,
     [forward.nonce, forward.acceptableUntilMs],
   );

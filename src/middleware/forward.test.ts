@@ -27,7 +27,7 @@ function tinyConnector() {
   const session: Session = {
     query: (text, params = []): Promise<QueryResult> => {
       statements.push(text);
-      if (text.startsWith('INSERT INTO forward_nonces')) {
+      if (text.startsWith('INSERT INTO poolgate_forward_nonces')) {
         const fresh = !nonces.has(params[0]);
         nonces.add(params[0]);
         return Promise.resolve({ rows: [], rowCount: fresh ? 1 : 0 });

@@ -1,16 +1,26 @@
 /**
- * `npm run migrate` (built: `node dist/lib/runtime/migrate.js`): applies the schema's pending
- * migrations to DATABASE_URL and exits — the deploy step for targets that do not migrate on start
- * (the Netlify function). Safe to run from several places at once (migrations take a lock).
+ * Migrations against DATABASE_URL with a pool of one: poolgate's own tables and, given an app,
+ * its pending migrations. `poolgate migrate [--app <module>]` calls `runMigrations`; so does the
+ * deploy step for targets that do not migrate on start (the Netlify function). Run directly
+ * (built: `node dist/lib/runtime/migrate.js [--app <module>]`, what `npm run migrate` does) it is
+ * that same command. Safe to run from several places at once (the run takes a lock).
  */
 import { pathToFileURL } from 'node:url';
 import pg from 'pg';
-import { ConfigError, parseConfig } from '../config.js';
+import { ConfigError, databaseTarget, parseConfig } from '../config.js';
 import { createPgPoolDatabase } from '../db/connectors/pg-pool.js';
-import { migrate } from '../fitness/migrations.js';
-import { startupErrorLine } from './node.js';
+import { migrate, MigrationError } from '../db/migrate.js';
+import type { PoolgateApp } from '../definition.js';
+import { describeStartupFailure } from '../errors.js';
+import { StartupError } from './node.js';
 
-export async function runMigrations(env: Record<string, string | undefined>): Promise<number[]> {
+/**
+ * Applies poolgate's tables and `app`'s pending migrations; returns the ids applied. Throws
+ * ConfigError (no or a bad DATABASE_URL), MigrationError (a bad list, a failing step) or, when the
+ * database cannot be reached, StartupError naming the cause — each one line for `startupErrorLine`.
+ * @example const applied = await runMigrations(process.env, app);
+ */
+export async function runMigrations(env: Record<string, string | undefined>, app?: Pick<PoolgateApp, 'migrations'>): Promise<number[]> {
   const config = parseConfig(env);
   if (!config.databaseUrl) throw new ConfigError('DATABASE_URL', 'is required to migrate (the database to apply the schema to)');
   const database = createPgPoolDatabase(
@@ -19,18 +29,16 @@ export async function runMigrations(env: Record<string, string | undefined>): Pr
   );
   try {
     const db = database.forRequest({ acquired() {}, queried() {}, served() {}, internal: true });
-    return await migrate((fn) => db.transaction(fn));
+    return await migrate((fn) => db.transaction(fn), app?.migrations ?? []);
+  } catch (err) {
+    if (err instanceof MigrationError) throw err;
+    const line = describeStartupFailure(err, databaseTarget(config.databaseUrl));
+    throw line ? new StartupError(line, { cause: err }) : err;
   } finally {
     await database.close();
   }
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  runMigrations(process.env).then(
-    (applied) => console.log(applied.length ? `poolgate: applied migrations ${applied.join(', ')}` : 'poolgate: schema up to date'),
-    (err: unknown) => {
-      console.error(startupErrorLine(err));
-      process.exit(1);
-    },
-  );
+  void import('../cli.js').then(async ({ runCli }) => (process.exitCode = await runCli(['migrate', ...process.argv.slice(2)])));
 }

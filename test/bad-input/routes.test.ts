@@ -480,7 +480,7 @@ describe(`bad input, property-based (seed ${SEED})`, () => {
       fc.asyncProperty(
         fc.oneof(
           fc.string({ minLength: 0, maxLength: 300 }).filter((s) => /^[\x20-\x7e]*$/.test(s)),
-          fc.constantFrom(' ', 'a b', 'x'.repeat(256), "k'; DROP TABLE idempotency_keys; --"),
+          fc.constantFrom(' ', 'a b', 'x'.repeat(256), "k'; DROP TABLE poolgate_idempotency_keys; --"),
         ),
         async (key) => {
           const a = await call('POST', '/api/workouts', {
@@ -615,7 +615,7 @@ describe('afterwards', () => {
     const { rows } = await t.db.admin(
       `SELECT (SELECT count(*)::int FROM users) AS users, (SELECT count(*)::int FROM user_preferences) AS prefs,
               (SELECT count(*)::int FROM workouts) AS workouts, (SELECT count(*)::int FROM workout_sets) AS sets,
-              (SELECT count(*)::int FROM idempotency_keys) AS keys`,
+              (SELECT count(*)::int FROM poolgate_idempotency_keys) AS keys`,
     );
     const deleted =
       (await call('GET', '/stats')).body.routes.find(

@@ -54,7 +54,7 @@ describe('forwarded-request signature attacks', () => {
 
   const counts = async () => {
     const { rows } = await t.db.admin(
-      'SELECT (SELECT count(*)::int FROM users) AS users, (SELECT count(*)::int FROM workouts) AS workouts, (SELECT count(*)::int FROM idempotency_keys) AS keys',
+      'SELECT (SELECT count(*)::int FROM users) AS users, (SELECT count(*)::int FROM workouts) AS workouts, (SELECT count(*)::int FROM poolgate_idempotency_keys) AS keys',
     );
     const stats = (await json(`${t.url}/stats`, { headers: { authorization: `Bearer ${OPS_TOKEN}` } })).body;
     const queries = stats.routes

@@ -120,7 +120,7 @@ describe('a flood of signed junk', () => {
       expect(res.status).toBe(201);
     }
     // Junk never reached a transaction, so it left no nonce behind: nothing grows with a flood.
-    const nonces = Number((await db.admin('SELECT count(*) FROM forward_nonces')).rows[0].count);
+    const nonces = Number((await db.admin('SELECT count(*) FROM poolgate_forward_nonces')).rows[0].count);
     expect(nonces).toBeLessThan(20);
   }, 120_000);
 });

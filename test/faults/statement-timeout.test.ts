@@ -96,7 +96,8 @@ describe.skipIf(!realPostgresUrl)('statement past the request deadline (real Pos
     expect(t.gateway.database.stats()!.active).toBe(0);
     const key = ledger.entries[0]!.key;
     expect((await t.db.admin('SELECT count(*)::int AS n FROM workouts WHERE kind = $1', [key])).rows[0].n).toBe(0);
-    expect((await t.db.admin('SELECT count(*)::int AS n FROM idempotency_keys WHERE key = $1', [storedKey(key)])).rows[0].n).toBe(0);
+    const keys = await t.db.admin('SELECT count(*)::int AS n FROM poolgate_idempotency_keys WHERE key = $1', [storedKey(key)]);
+    expect(keys.rows[0].n).toBe(0);
 
     await ledger.resolveAmbiguous();
     const counts = ledger.report('statement timeout (transaction)');

@@ -257,7 +257,7 @@ export class Ledger {
       [`${this.prefix}-%`],
     );
     const keys = new Set(
-      (await db.admin('SELECT key FROM idempotency_keys WHERE key LIKE $1', [storedKey(`${this.prefix}-%`)])).rows.map((r) =>
+      (await db.admin('SELECT key FROM poolgate_idempotency_keys WHERE key LIKE $1', [storedKey(`${this.prefix}-%`)])).rows.map((r) =>
         (r.key as string).slice(storedKey('').length),
       ),
     );

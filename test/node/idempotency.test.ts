@@ -90,7 +90,7 @@ describe('Idempotency-Key', () => {
     const bad = await post('key-fail-1', { ...workout('idem-fail'), userId: '00000000-0000-4000-8000-00000000ffff' });
     expect(bad.status).toBe(404);
     const stored = Number(
-      (await t.db.admin('SELECT count(*) FROM idempotency_keys WHERE key = $1', [storedKey('key-fail-1')])).rows[0].count,
+      (await t.db.admin('SELECT count(*) FROM poolgate_idempotency_keys WHERE key = $1', [storedKey('key-fail-1')])).rows[0].count,
     );
     expect(stored).toBe(0);
     // The same key with another body is a new request now, since nothing was stored.
@@ -121,23 +121,23 @@ describe('Idempotency-Key', () => {
     const p = await startTestGateway({ IDEMPOTENCY_PURGE_INTERVAL_MS: '1000' }, { db: t.db });
     try {
       await t.db.admin(
-        `INSERT INTO idempotency_keys (key, request_hash, status, body, expires_at) VALUES
+        `INSERT INTO poolgate_idempotency_keys (key, request_hash, status, body, expires_at) VALUES
            ('purge-old', 'h', 201, NULL, now() - interval '1 minute'),
            ('purge-live', 'h', 201, NULL, now() + interval '1 hour')`,
       );
-      await t.db.admin(`INSERT INTO forward_nonces (nonce, expires_at) VALUES ('nonce-old', now() - interval '1 minute')`);
+      await t.db.admin(`INSERT INTO poolgate_forward_nonces (nonce, expires_at) VALUES ('nonce-old', now() - interval '1 minute')`);
       // The row goes at the purge's commit; its log line a moment later.
       await waitFor(
         async () =>
-          Number((await t.db.admin("SELECT count(*) FROM idempotency_keys WHERE key = 'purge-old'")).rows[0].count) === 0 &&
+          Number((await t.db.admin("SELECT count(*) FROM poolgate_idempotency_keys WHERE key = 'purge-old'")).rows[0].count) === 0 &&
           p.logs.some((l) => /purged \d+ expired idempotency records/.test(l)),
         {
           timeoutMs: 10_000,
           what: 'the expired record to be purged',
         },
       );
-      expect(Number((await t.db.admin("SELECT count(*) FROM idempotency_keys WHERE key = 'purge-live'")).rows[0].count)).toBe(1);
-      expect(Number((await t.db.admin("SELECT count(*) FROM forward_nonces WHERE nonce = 'nonce-old'")).rows[0].count)).toBe(0);
+      expect(Number((await t.db.admin("SELECT count(*) FROM poolgate_idempotency_keys WHERE key = 'purge-live'")).rows[0].count)).toBe(1);
+      expect(Number((await t.db.admin("SELECT count(*) FROM poolgate_forward_nonces WHERE nonce = 'nonce-old'")).rows[0].count)).toBe(0);
       expect(p.logs.some((l) => /purged \d+ expired idempotency records/.test(l))).toBe(true);
     } finally {
       await p.stop();

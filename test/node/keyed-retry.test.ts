@@ -169,7 +169,7 @@ describe.skipIf(!realPostgresUrl)(
         )
       ).rows[0].n as number;
     const keyRecords = async (key: string) =>
-      (await t.db.admin('SELECT count(*)::int AS n FROM idempotency_keys WHERE key = $1', [key])).rows[0].n as number;
+      (await t.db.admin('SELECT count(*)::int AS n FROM poolgate_idempotency_keys WHERE key = $1', [key])).rows[0].n as number;
 
     describe('PATCH /api/users/:id/preferences', () => {
       it(
