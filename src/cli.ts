@@ -1,0 +1,171 @@
+/**
+ * The `poolgate` command (package.json "bin" → src/bin/poolgate.mjs → here). Exit codes: 0 done,
+ * 1 the command failed (one line on stderr saying why), 2 the command line itself is wrong (one
+ * line naming the problem, then the usage). Commands load only what they use, so `--help` and a
+ * typo answer at once.
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import type { PoolgateApp } from './definition.js';
+
+const USAGE = `usage: poolgate <command> [options]
+
+commands:
+  migrate [--app <module>]   apply poolgate's tables and the app's migrations to DATABASE_URL
+  serve --app <module>       run the Node gateway for the app (configured by the environment: DATABASE_URL, PORT, …)
+  neon-proxy --database-url <url> [--port 4444] [--host 127.0.0.1] [--verbose]
+                             a local Neon-compatible proxy in front of PostgreSQL
+  help                       show this text
+
+options:
+  --app <module>   the app's module, relative to the current folder (.js, .mjs or .ts); its default
+                   export or its export named "app", as made by defineApp
+  -h, --help       show this text
+  -v, --version    print poolgate's version
+`;
+
+/** Where the command writes its own lines, and what it reads; `serve` and `neon-proxy` log to the console as they always do. */
+export interface CliIo {
+  stdout: { write(text: string): unknown };
+  stderr: { write(text: string): unknown };
+  /** The environment `migrate` and `neon-proxy` read (`serve` reads process.env); default: process.env. */
+  env?: Record<string, string | undefined>;
+  /** Where `--app` paths start from; default: process.cwd(). */
+  cwd?: string;
+}
+
+/** The command line is wrong: exit 2 with the usage. */
+class UsageError extends Error {}
+/** The command could not do its work: exit 1, its message the one line (from "poolgate: "). */
+class CommandError extends Error {}
+
+/**
+ * Runs `poolgate <argv…>`; resolves with the exit code (for `serve`, once the gateway is up).
+ * @example process.exitCode = await runCli(process.argv.slice(2));
+ */
+export async function runCli(argv: string[], io: CliIo = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {
+  const say = (line: string) => void io.stdout.write(`${line}\n`);
+  const fail = (line: string) => void io.stderr.write(`${line}\n`);
+  // The proxy parses its own options (and prints its own usage).
+  if (argv[0] === 'neon-proxy') {
+    const { runNeonProxyCli } = await import('./local/neon-proxy/cli.js');
+    return runNeonProxyCli(argv.slice(1), io.env ?? process.env);
+  }
+  let command: Command;
+  try {
+    command = parseCommand(argv);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    fail(`poolgate: ${err.message}`);
+    io.stderr.write(`\n${USAGE}`);
+    return 2;
+  }
+  try {
+    switch (command.name) {
+      case 'help':
+        io.stdout.write(USAGE);
+        return 0;
+      case 'version':
+        say(await packageVersion());
+        return 0;
+      case 'migrate':
+        say(await migrateCommand(command.app, io));
+        return 0;
+      case 'serve':
+        await serveCommand(command.app, io);
+        return 0;
+    }
+  } catch (err) {
+    if (!(err instanceof CommandError)) throw err;
+    fail(err.message);
+    return 1;
+  }
+}
+
+type Command = { name: 'help' | 'version' } | { name: 'migrate'; app: string | undefined } | { name: 'serve'; app: string };
+
+function parseCommand(argv: string[]): Command {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      options: { app: { type: 'string' }, help: { type: 'boolean', short: 'h' }, version: { type: 'boolean', short: 'v' } },
+      strict: true,
+      allowPositionals: true,
+    });
+  } catch (err) {
+    // parseArgs names the option, and its first sentence is the whole story.
+    const message = err instanceof Error ? err.message : String(err);
+    throw new UsageError(message.split(/\.\s|\n/)[0]!.replace(/\.$/, ''));
+  }
+  const { values, positionals } = parsed;
+  const [name, ...rest] = positionals;
+  if (values.help || name === 'help') return { name: 'help' };
+  if (values.version) return { name: 'version' };
+  if (name === undefined) throw new UsageError('no command given');
+  if (name !== 'migrate' && name !== 'serve') throw new UsageError(`unknown command "${name}"`);
+  if (rest.length > 0) throw new UsageError(`unexpected argument "${rest[0]}" after ${name}`);
+  if (values.app === '') throw new UsageError('--app needs a module path');
+  if (name === 'migrate') return { name, app: values.app };
+  if (values.app === undefined) throw new UsageError('serve needs --app <module> (the app to serve)');
+  return { name, app: values.app };
+}
+
+async function migrateCommand(appModule: string | undefined, io: CliIo): Promise<string> {
+  const app = appModule === undefined ? undefined : await loadApp(appModule, io.cwd ?? process.cwd());
+  const [{ runMigrations }, { startupErrorLine }, { MigrationError }] = await Promise.all([
+    import('./runtime/migrate.js'),
+    import('./runtime/node.js'),
+    import('./db/migrate.js'),
+  ]);
+  let applied: number[];
+  try {
+    applied = await runMigrations(io.env ?? process.env, app);
+  } catch (err) {
+    throw new CommandError(err instanceof MigrationError ? `poolgate: ${err.message}` : startupErrorLine(err));
+  }
+  return applied.length ? `poolgate: applied migrations ${applied.join(', ')}` : 'poolgate: schema up to date';
+}
+
+/** `runGateway` starts the gateway from the environment, handles SIGTERM/SIGINT and exits 1 on a failed start. */
+async function serveCommand(appModule: string, io: CliIo): Promise<void> {
+  const app = await loadApp(appModule, io.cwd ?? process.cwd());
+  const { runGateway } = await import('./runtime/node.js');
+  await runGateway(app);
+}
+
+/** Imports the module at `specifier` (relative to `cwd`) and returns its default export or its export `app`. */
+async function loadApp(specifier: string, cwd: string): Promise<PoolgateApp> {
+  const path = resolve(cwd, specifier);
+  const isFile = await stat(path).then(
+    (s) => s.isFile(),
+    () => false,
+  );
+  if (!isFile) throw new CommandError(`poolgate: no app module at ${specifier} (looked for ${path})`);
+  let exports: Record<string, unknown>;
+  try {
+    exports = (await import(pathToFileURL(path).href)) as Record<string, unknown>;
+  } catch (err) {
+    const reason = err instanceof Error ? `${err.name}: ${err.message.split('\n')[0]}` : String(err);
+    throw new CommandError(`poolgate: could not load the app module ${specifier} (${reason})`);
+  }
+  const app = exports.default ?? exports.app;
+  if (typeof app !== 'object' || app === null || !Array.isArray((app as Partial<PoolgateApp>).routes)) {
+    throw new CommandError(
+      `poolgate: ${specifier} exports no poolgate app (expected a default export or an export named "app", made with defineApp)`,
+    );
+  }
+  return app as PoolgateApp;
+}
+
+/** package.json sits one folder above src/cli.ts, two above dist/lib/cli.js. */
+async function packageVersion(): Promise<string> {
+  for (const candidate of ['../package.json', '../../package.json']) {
+    const text = await readFile(new URL(candidate, import.meta.url), 'utf8').catch(() => undefined);
+    const pkg = text === undefined ? undefined : (JSON.parse(text) as { name?: unknown; version?: unknown });
+    if (pkg?.name === 'poolgate' && typeof pkg.version === 'string') return pkg.version;
+  }
+  throw new CommandError("poolgate: cannot find poolgate's package.json to read its version");
+}
