@@ -14,6 +14,24 @@ export default tseslint.config(
     },
   },
   {
+    // The fitness example is built on the public API only: what `poolgate` and its subpath exports
+    // give a user (src/index.ts and the runtime entries), never poolgate's internals.
+    files: ['src/fitness/**'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            {
+              regex: String.raw`^\.\./(?!index\.js$|\.\./index\.js$|\.\./runtime/(?:node|worker|netlify-edge|netlify-function|functions|edge-functions)\.js$|app\.js$)`,
+              message: 'The fitness example imports only the public API (src/index.ts, src/runtime/<entry>.ts).',
+            },
+          ],
+        },
+      ],
+    },
+  },
+  {
     // Tests read JSON bodies as any on purpose (the assertion is the type check); promises stay strict.
     files: ['test/**', '**/*.test.ts'],
     rules: {

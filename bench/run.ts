@@ -17,7 +17,8 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import type { PoolStats, Queryable } from '../src/db/types.js';
-import { migrate } from '../src/fitness/migrations.js';
+import { migrate } from '../src/db/migrate.js';
+import { MIGRATIONS } from '../src/fitness/migrations.js';
 import { DEMO_USER_ID, seed } from '../src/fitness/seed.js';
 import {
   burst,
@@ -395,8 +396,8 @@ async function prepareSchema(url: string): Promise<void> {
     }
   };
   try {
-    await migrate(runTx);
-    await seed(runTx);
+    await migrate(runTx, MIGRATIONS);
+    await runTx(seed);
     await client.query(`INSERT INTO users (id, email, name) VALUES ($1, 'bench-writer@poolgate.dev', 'Bench Writer')`, [WRITER_USER_ID]);
     await client.query(`INSERT INTO user_preferences (user_id, units) VALUES ($1, 'metric')`, [WRITER_USER_ID]);
   } finally {

@@ -157,7 +157,9 @@ async function startInChild(
     case 'gateway': {
       // Imported here so the baselines' processes never load poolgate's runtime.
       const { startGateway } = await import('../src/runtime/node.js');
+      const { fitness } = await import('../src/fitness/app.js');
       const g = await startGateway(
+        fitness,
         {
           DATABASE_URL: cfg.databaseUrl,
           HOST: '127.0.0.1',

@@ -23,7 +23,7 @@ import type { AppEnv, RouteSpec } from './routes/types.js';
 import { StatsRegistry } from './stats/registry.js';
 
 // ---------------------------------------------------------------------------------------------
-// The fake: sessions over two in-memory tables (things, idempotency_keys) and advisory locks.
+// The fake: sessions over two in-memory tables (things, poolgate_idempotency_keys) and advisory locks.
 
 type Outcome = { reject: unknown } | 'hang';
 
@@ -124,13 +124,13 @@ class FakeConnector implements SessionConnector {
           if (!holder) this.#locks.set(p0, session);
           return Promise.resolve(ok([{ ok: !holder || holder === session }]));
         }
-        if (text.startsWith('SELECT request_hash, status, body FROM idempotency_keys WHERE key = $1')) {
+        if (text.startsWith('SELECT request_hash, status, body FROM poolgate_idempotency_keys WHERE key = $1')) {
           const row = this.keys.get(p0);
           return Promise.resolve(ok(row && row.expiresAt > Date.now() ? [row] : []));
         }
-        if (text.startsWith('DELETE FROM idempotency_keys WHERE key = $1'))
+        if (text.startsWith('DELETE FROM poolgate_idempotency_keys WHERE key = $1'))
           return (write(() => this.keys.delete(p0)), Promise.resolve(ok()));
-        if (text.startsWith('INSERT INTO idempotency_keys')) {
+        if (text.startsWith('INSERT INTO poolgate_idempotency_keys')) {
           write(() => this.keys.set(p0, { request_hash: p1, status: p2, body: p3, expiresAt: Date.now() + p4 }));
           return Promise.resolve(ok([], 1));
         }

@@ -1,8 +1,13 @@
 /**
- * createApp(deps) → the Hono app. Knows no runtime and no driver: the database backend, the
- * stats registry and (at the edge) the handler for transactional routes are passed in.
+ * createPoolgate(deps) → the parts an application mounts (its routes, the ops endpoints, or the
+ * whole app). Knows no runtime and no driver: the database backend, the stats registry and (at
+ * the edge) the handler for transactional routes are passed in by the runtime entry. Every part
+ * carries its own middleware per route, so mounting it in a larger Hono app adds nothing to the
+ * application's other routes.
  */
-import { Hono, type Context, type Handler, type MiddlewareHandler } from 'hono';
+import { Hono, type Context, type ErrorHandler, type Handler, type MiddlewareHandler, type NotFoundHandler } from 'hono';
+import type { FetchApp, OpenApiInfo, Poolgate, PoolgateApp } from './definition.js';
+import { openApiDocument } from './openapi.js';
 import { bindToTransaction } from './db/tx-db.js';
 import type { Database, Db } from './db/types.js';
 import { claimNonce } from './idempotency/nonces.js';
@@ -11,13 +16,12 @@ import type { Drain } from './lifecycle/drain.js';
 import { connStats, requestIdOf, responseHeaders } from './middleware/conn-stats.js';
 import { checkKey, IDEMPOTENCY_HEADER, REPLAYED_HEADER, requestHash, runIdempotent } from './idempotency/idempotency.js';
 import type { AppEnv, RouteResult, RouteSpec } from './routes/types.js';
-import { jsonBody, takeBody } from './routes/input.js';
-import { opsRoutes, type OpsAccess } from './routes/ops.js';
+import { jsonBody, parseWith, takeBody } from './routes/input.js';
+import { register } from './routes/register.js';
+import { OPS_PATHS, opsRoutes, type OpsAccess } from './routes/ops.js';
 import type { StatsRegistry } from './stats/registry.js';
 
-export interface AppDeps {
-  /** The API: each route declared once as `read` or `transactional`. */
-  routes: readonly RouteSpec[];
+export interface PoolgateDeps {
   database: Database;
   registry: StatsRegistry;
   bodyLimitBytes: number;
@@ -75,9 +79,14 @@ function runHere(route: RouteSpec, ttlMs: number): Handler<AppEnv> {
   };
 }
 
-/** Reads the body once (size-capped) and parses it with the route's schema: 4xx before any database work, or any forward. */
-function parseBody(route: RouteSpec): MiddlewareHandler<AppEnv> {
-  return async function parseBody(c, next) {
+/**
+ * Parses the route's params and query with its schemas, reads the body once (size-capped) and
+ * parses it: 4xx before any database work, or any forward.
+ */
+function parseInput(route: RouteSpec): MiddlewareHandler<AppEnv> {
+  return async function parseInput(c, next) {
+    if (route.params) c.set('params', parseWith(route.params, c.req.param()));
+    if (route.query) c.set('query', parseWith(route.query, c.req.query()));
     if (route.body) c.set('body', await jsonBody(c, route.body));
     else if (!BODYLESS.has(c.req.method)) await takeBody(c);
     await next();
@@ -97,10 +106,10 @@ async function onlyErrors(_c: Context, next: () => Promise<void>): Promise<void>
   }
 }
 
-/** The methods the routes (and the ops endpoints, GET) serve on a concrete path, for 405's Allow header. */
-function methodsByPath(routes: readonly RouteSpec[]): (path: string) => string[] {
-  const OPS = ['/health', '/health/ready', '/stats', '/metrics'].map((path) => ({ method: 'GET', path }));
-  const patterns = [...routes, ...OPS].map((r) => ({
+/** The methods the routes (and the extra GET paths) serve on a concrete path, for 405's Allow header. */
+function methodsByPath(routes: readonly RouteSpec[], extraGets: readonly string[]): (path: string) => string[] {
+  const gets = extraGets.map((path) => ({ method: 'GET', path }));
+  const patterns = [...routes, ...gets].map((r) => ({
     method: r.method,
     re: new RegExp(`^${r.path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&').replace(/:\w+/g, '[^/]+')}$`),
   }));
@@ -111,73 +120,25 @@ function methodsByPath(routes: readonly RouteSpec[]): (path: string) => string[]
   };
 }
 
-export function createApp(deps: AppDeps): Hono<AppEnv> {
-  const log = deps.log ?? (() => {});
-  const app = new Hono<AppEnv>();
-
-  // Outermost safety net for what onlyErrors (on each route) did not see: never the runtime's own 500.
-  app.use('*', onlyErrors);
-  app.use(
-    '*',
-    connStats({
-      registry: deps.registry,
-      database: deps.database,
-      requestTimeoutMs: deps.requestTimeoutMs ?? 15_000,
-      readHeader: deps.readHeader,
-      clientSignal: deps.clientSignal,
-    }),
-  );
-  app.use('*', async (c, next) => {
+/** The middleware every part of poolgate runs first: errors as JSON, the request's stats and Db, the body limit. */
+function commonMiddleware(deps: PoolgateDeps): MiddlewareHandler<AppEnv>[] {
+  const stats = connStats({
+    registry: deps.registry,
+    database: deps.database,
+    requestTimeoutMs: deps.requestTimeoutMs ?? 15_000,
+    readHeader: deps.readHeader,
+    clientSignal: deps.clientSignal,
+  }) as unknown as MiddlewareHandler<AppEnv>;
+  const limit: MiddlewareHandler<AppEnv> = async function bodyLimit(c, next) {
     c.set('bodyLimitBytes', deps.bodyLimitBytes);
     await next();
-  });
+  };
+  return [onlyErrors, stats, limit];
+}
 
-  app.route(
-    '/',
-    opsRoutes({
-      database: deps.database,
-      registry: deps.registry,
-      drain: deps.drain,
-      readyTimeoutMs: deps.readyTimeoutMs ?? 1000,
-      access: deps.opsAccess,
-    }),
-  );
-
-  for (const route of deps.routes) {
-    const handler: Handler<AppEnv> =
-      route.kind === 'transactional' && deps.transactional
-        ? deps.transactional(route)
-        : runHere(route, deps.idempotencyTtlMs ?? 86_400_000);
-    app.on(
-      route.method,
-      route.path,
-      async (c, next) => {
-        c.set('routePattern', route.path);
-        c.get('metrics').intent = route.kind;
-        await next();
-      },
-      // Health and stats keep answering while draining (readiness then says so); the routes refuse.
-      ...(deps.drain ? [deps.drain.middleware] : []),
-      ...(deps.verify ? [deps.verify] : []),
-      parseBody(route),
-      onlyErrors,
-      handler,
-    );
-  }
-
-  const allowedOn = methodsByPath(deps.routes);
-  app.notFound((c) => {
-    const allow = allowedOn(c.req.path);
-    if (allow.length === 0)
-      return new AppError(404, 'route_not_found', `No route for ${c.req.method} ${c.req.path}.`).toResponse(requestIdOf(c));
-    const res = new AppError(405, 'method_not_allowed', `${c.req.method} is not allowed here; use ${allow.join(', ')}.`).toResponse(
-      requestIdOf(c),
-    );
-    res.headers.set('allow', allow.join(', '));
-    return res;
-  });
-
-  app.onError((err, c) => {
+/** The one mapping of errors to responses: JSON with a stable code; 5xx logged with its cause, never answered with it. */
+function answerError(log: (line: string) => void): ErrorHandler<AppEnv> {
+  return (err, c) => {
     const appErr = toAppError(err);
     if (appErr.status >= 500) {
       const cause = appErr.extra.cause ?? err;
@@ -189,7 +150,111 @@ export function createApp(deps: AppDeps): Hono<AppEnv> {
     // a keep-alive client must not send its next request on it (that request would be lost).
     if (appErr.status === 413) res.headers.set('connection', 'close');
     return res;
-  });
+  };
+}
 
+function routesApp(routes: readonly RouteSpec[], deps: PoolgateDeps, common: MiddlewareHandler<AppEnv>[], mounted: boolean): Hono<AppEnv> {
+  const app = new Hono<AppEnv>();
+  for (const route of routes) {
+    const handler: Handler<AppEnv> =
+      route.kind === 'transactional' && deps.transactional
+        ? deps.transactional(route)
+        : runHere(route, deps.idempotencyTtlMs ?? 86_400_000);
+    register(app, route.method, route.path, [
+      ...common,
+      async function declaredRoute(c, next) {
+        c.set('routePattern', route.path);
+        c.get('metrics').intent = route.kind;
+        await next();
+      },
+      // Health and stats keep answering while draining (readiness then says so); the routes refuse.
+      ...(deps.drain ? [deps.drain.middleware] : []),
+      ...(deps.verify ? [deps.verify] : []),
+      parseInput(route),
+      onlyErrors,
+      handler,
+    ]);
+  }
+  // Mounted in the application's own app, the part answers its own errors. Inside the whole app
+  // the app's handler does (a part's own handler would wrap every middleware of every route).
+  if (mounted) app.onError(answerError(deps.log ?? (() => {})));
   return app;
+}
+
+function opsApp(deps: PoolgateDeps, common: MiddlewareHandler<AppEnv>[], mounted: boolean): Hono<AppEnv> {
+  const ops = opsRoutes({
+    database: deps.database,
+    registry: deps.registry,
+    drain: deps.drain,
+    readyTimeoutMs: deps.readyTimeoutMs ?? 1000,
+    access: deps.opsAccess,
+    before: common,
+  });
+  if (mounted) ops.onError(answerError(deps.log ?? (() => {})));
+  return ops;
+}
+
+/** 404 in the API's error shape, or 405 with Allow when the path is served with other methods. */
+function notFoundOrNotAllowed(routes: readonly RouteSpec[], extraGets: readonly string[]): NotFoundHandler<AppEnv> {
+  const allowedOn = methodsByPath(routes, extraGets);
+  return (c) => {
+    const allow = allowedOn(c.req.path);
+    if (allow.length === 0)
+      return new AppError(404, 'route_not_found', `No route for ${c.req.method} ${c.req.path}.`).toResponse(requestIdOf(c));
+    const res = new AppError(405, 'method_not_allowed', `${c.req.method} is not allowed here; use ${allow.join(', ')}.`).toResponse(
+      requestIdOf(c),
+    );
+    res.headers.set('allow', allow.join(', '));
+    return res;
+  };
+}
+
+function wholeApp(routes: readonly RouteSpec[], deps: PoolgateDeps, options: { openapi?: OpenApiInfo }): Hono<AppEnv> {
+  const common = commonMiddleware(deps);
+  const app = new Hono<AppEnv>();
+  // Outermost: unmatched requests (404/405) get a request id and are counted too.
+  app.use('*', ...common);
+  app.route('/', opsApp(deps, common, false));
+  app.route('/', routesApp(routes, deps, common, false));
+  const extraGets: string[] = [...OPS_PATHS];
+  if (options.openapi) {
+    const document = openApiDocument(routes, options.openapi);
+    app.get('/openapi.json', (c) => {
+      c.set('routePattern', '/openapi.json');
+      return c.json(document);
+    });
+    extraGets.push('/openapi.json');
+  }
+  app.notFound(notFoundOrNotAllowed(routes, extraGets));
+  app.onError(answerError(deps.log ?? (() => {})));
+  return app;
+}
+
+/**
+ * poolgate's parts for one runtime, for the application to mount.
+ * @example const pg = createPoolgate({ database, registry, bodyLimitBytes: 65536 }); app.route('/', pg.routes(myRoutes));
+ */
+export function createPoolgate(deps: PoolgateDeps): Poolgate {
+  return {
+    runtime: deps.transactional ? 'edge' : 'node',
+    routes: (routes) => routesApp(routes, deps, commonMiddleware(deps), true),
+    ops: () => opsApp(deps, commonMiddleware(deps), true),
+    app: (routes, options = {}) => wholeApp(routes, deps, options),
+  };
+}
+
+export interface AppDeps extends PoolgateDeps {
+  /** The API: each route declared once as `read` or `transactional`. */
+  routes: readonly RouteSpec[];
+  openapi?: OpenApiInfo;
+}
+
+/** The whole app over `deps.routes` (what the runtime entries serve when the application brings no Hono app of its own). */
+export function createApp(deps: AppDeps): Hono<AppEnv> {
+  return createPoolgate(deps).app(deps.routes, { openapi: deps.openapi });
+}
+
+/** The application's own Hono app around poolgate's parts, or poolgate's whole app over its routes. */
+export function buildApp(app: PoolgateApp, pg: Poolgate): FetchApp {
+  return app.hono ? app.hono(pg) : pg.app(app.routes, { openapi: app.openapi });
 }

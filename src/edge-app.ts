@@ -4,16 +4,15 @@
  * Runtime entries build it once per isolate and keep it; its stats are that isolate's own.
  */
 import type * as Neon from '@neondatabase/serverless';
-import type { Hono } from 'hono';
-import { createApp } from './app.js';
+import { buildApp, createPoolgate } from './app.js';
 import type { EdgeConfig } from './config.js';
 import { createNeonDatabase, useLocalNeonProxy, type NeonDriver } from './db/connectors/neon.js';
 import { createForwardBreaker, forwardTo } from './middleware/forward.js';
-import type { AppEnv, RouteSpec } from './routes/types.js';
+import type { FetchApp, PoolgateApp } from './definition.js';
 import { StatsRegistry } from './stats/registry.js';
 
 export interface EdgeAppDeps {
-  routes: readonly RouteSpec[];
+  app: PoolgateApp;
   driver: NeonDriver & Pick<typeof Neon, 'neonConfig'>;
   /** Names the isolate in /stats and /metrics, e.g. "workerd isolate". */
   scope: string;
@@ -23,7 +22,7 @@ export interface EdgeAppDeps {
   neverSent?: (err: unknown) => boolean;
 }
 
-export function createEdgeApp(config: EdgeConfig, deps: EdgeAppDeps): Hono<AppEnv> {
+export function createEdgeApp(config: EdgeConfig, deps: EdgeAppDeps): FetchApp {
   if (config.neonProxyUrl) useLocalNeonProxy(deps.driver.neonConfig, config.neonProxyUrl);
   const database = createNeonDatabase({
     connectionString: config.databaseUrl,
@@ -33,8 +32,7 @@ export function createEdgeApp(config: EdgeConfig, deps: EdgeAppDeps): Hono<AppEn
   });
   const forwarder = createForwardBreaker();
   const registry = new StatsRegistry({ scope: deps.scope, breakers: () => [...database.breakers(), forwarder.snapshot()] });
-  return createApp({
-    routes: deps.routes,
+  const pg = createPoolgate({
     database,
     registry,
     bodyLimitBytes: config.bodyLimitBytes,
@@ -50,4 +48,5 @@ export function createEdgeApp(config: EdgeConfig, deps: EdgeAppDeps): Hono<AppEn
       neverSent: deps.neverSent,
     }),
   });
+  return buildApp(deps.app, pg);
 }

@@ -1,14 +1,8 @@
 /**
- * The reference app's schema, as ordered migrations. Applied under an advisory lock inside one
- * transaction each, so several processes starting at once cannot apply one twice.
+ * The fitness API's schema, as ordered migrations: poolgate applies them (under an advisory lock,
+ * after its own tables) at the gateway's start and with `poolgate migrate`.
  */
-import type { Queryable } from '../db/types.js';
-
-export interface Migration {
-  id: number;
-  name: string;
-  sql: string;
-}
+import type { Migration } from '../index.js';
 
 export const MIGRATIONS: readonly Migration[] = [
   {
@@ -47,51 +41,4 @@ export const MIGRATIONS: readonly Migration[] = [
       );
     `,
   },
-  {
-    id: 2,
-    name: 'idempotency keys',
-    sql: `
-      CREATE TABLE idempotency_keys (
-        key text PRIMARY KEY,
-        request_hash text NOT NULL,
-        status integer NOT NULL,
-        body text, -- the JSON exactly as first sent, so a replay is byte-identical
-        created_at timestamptz NOT NULL DEFAULT now(),
-        expires_at timestamptz NOT NULL
-      );
-      CREATE INDEX idempotency_keys_expires ON idempotency_keys (expires_at);
-    `,
-  },
-  {
-    id: 3,
-    name: 'forward nonces',
-    sql: `
-      CREATE TABLE forward_nonces (
-        nonce text PRIMARY KEY,
-        expires_at timestamptz NOT NULL
-      );
-      CREATE INDEX forward_nonces_expires ON forward_nonces (expires_at);
-    `,
-  },
 ];
-
-const LOCK_KEY = 0x706f6f6c; // 'pool'
-
-/** Applies the migrations not applied yet; returns the ids it applied. */
-export async function migrate(runTx: <T>(fn: (tx: Queryable) => Promise<T>) => Promise<T>): Promise<number[]> {
-  return runTx(async (tx) => {
-    await tx.query('SELECT pg_advisory_xact_lock($1)', [LOCK_KEY]);
-    await tx.query(
-      'CREATE TABLE IF NOT EXISTS poolgate_migrations (id integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())',
-    );
-    const done = new Set((await tx.query<{ id: number }>('SELECT id FROM poolgate_migrations')).rows.map((r) => r.id));
-    const applied: number[] = [];
-    for (const m of MIGRATIONS) {
-      if (done.has(m.id)) continue;
-      await tx.query(m.sql);
-      await tx.query('INSERT INTO poolgate_migrations (id, name) VALUES ($1, $2)', [m.id, m.name]);
-      applied.push(m.id);
-    }
-    return applied;
-  });
-}

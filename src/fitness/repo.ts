@@ -3,8 +3,7 @@
  * pg Pool (Node) and on Neon (edge). Parameterised SQL only; rows are mapped to the API's JSON
  * shapes here and nowhere else.
  */
-import type { Db, Queryable } from '../db/types.js';
-import { AppError, notFound } from '../errors.js';
+import { AppError, notFound, type Db, type Queryable } from '../index.js';
 import type { CreateUserInput, CreateWorkoutInput, PatchPreferencesInput } from './schema.js';
 
 export interface Preferences {

@@ -1,74 +1,107 @@
 /**
- * The fitness API's route table: every route says once whether it is a `read` or a
- * `transactional` route. The Node gateway runs all of them on the pg Pool; the edge runs the
- * reads on Neon and forwards the transactional ones, signed, to the Node function.
+ * The fitness API's route table, on poolgate's public API only: every route says once whether it
+ * is a `read` or a `transactional` route, with its input and response schemas. The Node gateway
+ * runs all of them on the pg Pool; the edge runs the reads on Neon and forwards the transactional
+ * ones, signed, to the Node function.
  */
-import type { Context } from 'hono';
-import * as repo from '../fitness/repo.js';
-import { createUserInput, createWorkoutInput, listQuery, patchPreferencesInput, uuid } from '../fitness/schema.js';
-import { invalid, parseWith } from './input.js';
-import { withBody, type AppEnv, type RouteSpec } from './types.js';
+import { route, type RouteSpec } from '../index.js';
+import * as repo from './repo.js';
+import * as schema from './schema.js';
 
-const idParam = (c: Context<AppEnv>, name = 'id'): string => {
-  const value = c.req.param(name) ?? '';
-  if (!uuid.safeParse(value).success) throw invalid([{ path: name, message: 'must be a UUID' }]);
-  return value;
-};
+const tags = ['fitness'];
 
 export const fitnessRoutes: readonly RouteSpec[] = [
-  {
+  route({
     method: 'POST',
     path: '/api/users',
     kind: 'transactional',
-    ...withBody(createUserInput, async (_c, db, input) => ({ status: 201, body: await repo.createUser(db, input) })),
-  },
-  {
+    summary: 'Create a user (and their preferences).',
+    tags,
+    body: schema.createUserInput,
+    response: { status: 201, body: schema.user },
+    errors: [409],
+    handler: async ({ db, body }) => ({ status: 201, body: await repo.createUser(db, body) }),
+  }),
+  route({
     method: 'GET',
     path: '/api/users/:id',
     kind: 'read',
-    run: async (c, db) => ({ status: 200, body: await repo.getUser(db, idParam(c)) }),
-  },
-  {
+    summary: 'A user with their preferences.',
+    tags,
+    params: schema.idParams,
+    response: { status: 200, body: schema.user },
+    errors: [404],
+    handler: async ({ db, params }) => ({ status: 200, body: await repo.getUser(db, params.id) }),
+  }),
+  route({
     method: 'PATCH',
     path: '/api/users/:id/preferences',
     kind: 'transactional',
-    ...withBody(patchPreferencesInput, async (c, db, input) => ({ status: 200, body: await repo.patchPreferences(db, idParam(c), input) })),
-  },
-  {
+    summary: "Change a user's units or weekly goal.",
+    tags,
+    params: schema.idParams,
+    body: schema.patchPreferencesInput,
+    response: { status: 200, body: schema.user },
+    errors: [404],
+    handler: async ({ db, params, body }) => ({ status: 200, body: await repo.patchPreferences(db, params.id, body) }),
+  }),
+  route({
     method: 'GET',
     path: '/api/users/:id/workouts',
     kind: 'read',
-    run: async (c, db) => {
-      const id = idParam(c);
-      const q = parseWith(listQuery, c.req.query());
-      return { status: 200, body: await repo.listWorkouts(db, id, q.limit, q.cursor) };
-    },
-  },
-  {
+    summary: "A page of a user's workouts, newest first.",
+    tags,
+    params: schema.idParams,
+    query: schema.listQuery,
+    response: { status: 200, body: schema.workoutPage },
+    errors: [404],
+    handler: async ({ db, params, query }) => ({ status: 200, body: await repo.listWorkouts(db, params.id, query.limit, query.cursor) }),
+  }),
+  route({
     method: 'GET',
     path: '/api/users/:id/summary',
     kind: 'read',
-    run: async (c, db) => ({ status: 200, body: await repo.summary(db, idParam(c)) }),
-  },
-  {
+    summary: "Totals over a user's workouts (one snapshot, on a session).",
+    tags,
+    params: schema.idParams,
+    response: { status: 200, body: schema.summary },
+    errors: [404],
+    handler: async ({ db, params }) => ({ status: 200, body: await repo.summary(db, params.id) }),
+  }),
+  route({
     method: 'POST',
     path: '/api/workouts',
     kind: 'transactional',
-    ...withBody(createWorkoutInput, async (_c, db, input) => ({ status: 201, body: await repo.createWorkout(db, input) })),
-  },
-  {
+    summary: 'Record a workout with its sets.',
+    tags,
+    body: schema.createWorkoutInput,
+    response: { status: 201, body: schema.workout },
+    errors: [404],
+    handler: async ({ db, body }) => ({ status: 201, body: await repo.createWorkout(db, body) }),
+  }),
+  route({
     method: 'GET',
     path: '/api/workouts/:id',
     kind: 'read',
-    run: async (c, db) => ({ status: 200, body: await repo.getWorkout(db, idParam(c)) }),
-  },
-  {
+    summary: 'A workout with its sets.',
+    tags,
+    params: schema.idParams,
+    response: { status: 200, body: schema.workout },
+    errors: [404],
+    handler: async ({ db, params }) => ({ status: 200, body: await repo.getWorkout(db, params.id) }),
+  }),
+  route({
     method: 'DELETE',
     path: '/api/workouts/:id',
     kind: 'transactional',
-    run: async (c, db) => {
-      await repo.deleteWorkout(db, idParam(c));
+    summary: 'Delete a workout.',
+    tags,
+    params: schema.idParams,
+    response: { status: 204 },
+    errors: [404],
+    handler: async ({ db, params }) => {
+      await repo.deleteWorkout(db, params.id);
       return { status: 204 };
     },
-  },
+  }),
 ];

@@ -49,3 +49,47 @@ export const listQuery = z.strictObject({
 export type CreateUserInput = z.infer<typeof createUserInput>;
 export type PatchPreferencesInput = z.infer<typeof patchPreferencesInput>;
 export type CreateWorkoutInput = z.infer<typeof createWorkoutInput>;
+
+export const idParams = z.strictObject({ id: uuid });
+
+// Response shapes, for the OpenAPI document (the repo builds these objects).
+const dateTime = z.iso.datetime({ offset: true });
+
+export const user = z.object({
+  id: uuid,
+  email: z.string(),
+  name: z.string(),
+  preferences: z.object({ units: z.enum(['metric', 'imperial']), weeklyGoal: z.number().int().nullable() }),
+  createdAt: dateTime,
+});
+
+const workoutFields = {
+  id: uuid,
+  userId: uuid,
+  kind: z.string(),
+  startedAt: dateTime,
+  durationSeconds: z.number().int().nullable(),
+  createdAt: dateTime,
+};
+
+export const workout = z.object({
+  ...workoutFields,
+  sets: z.array(z.object({ exercise: z.string(), reps: z.number().int(), weightKg: z.number().nullable() })),
+});
+
+export const workoutPage = z.object({
+  items: z.array(z.object({ ...workoutFields, setCount: z.number().int() })),
+  nextCursor: z.string().nullable().describe('Pass as `cursor` for the next page; null on the last page.'),
+});
+
+export const summary = z.object({
+  userId: uuid,
+  workouts: z.number().int(),
+  sets: z.number().int(),
+  reps: z.number().int(),
+  volumeKg: z.number(),
+  durationSeconds: z.number().int(),
+  firstWorkoutAt: dateTime.nullable(),
+  lastWorkoutAt: dateTime.nullable(),
+  byKind: z.array(z.object({ kind: z.string(), workouts: z.number().int() })),
+});

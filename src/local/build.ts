@@ -22,18 +22,18 @@ const edge: BuildOptions = {
 };
 
 export async function buildWorker(outfile = `${root}dist/worker/worker.js`): Promise<string> {
-  await build({ ...edge, entryPoints: [`${root}src/runtime/worker.ts`], outfile });
+  await build({ ...edge, entryPoints: [`${root}src/fitness/entries/worker.ts`], outfile });
   return outfile;
 }
 
 export async function buildNetlifyEdge(outfile = `${root}dist/netlify/edge-functions/poolgate.js`): Promise<string> {
-  await build({ ...edge, conditions: ['deno', 'worker', 'browser'], entryPoints: [`${root}src/runtime/netlify-edge.ts`], outfile });
+  await build({ ...edge, conditions: ['deno', 'worker', 'browser'], entryPoints: [`${root}src/fitness/entries/netlify-edge.ts`], outfile });
   return outfile;
 }
 
 export async function buildNetlifyFunction(outfile = `${root}dist/netlify/functions/gateway.mjs`): Promise<string> {
   await build({
-    entryPoints: [`${root}src/runtime/netlify-function.ts`],
+    entryPoints: [`${root}src/fitness/entries/netlify-function.ts`],
     outfile,
     bundle: true,
     format: 'esm',

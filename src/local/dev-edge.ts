@@ -1,5 +1,5 @@
 /**
- * `npm run dev:edge`: the edge app under `wrangler dev` (src/runtime/worker.ts through
+ * `npm run dev:edge`: the edge app under `wrangler dev` (src/fitness/entries/worker.ts through
  * wrangler.toml, bundled by wrangler itself) instead of our esbuild bundle in miniflare. The topology
  * (src/local/topology.ts, `--edge=wrangler`) starts the database, Node gateway and Neon proxy,
  * then calls `startWranglerDev` here. Offline: metrics and the `Request.cf` download are off.

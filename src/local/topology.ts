@@ -12,6 +12,7 @@ import { randomBytes } from 'node:crypto';
 import { ConfigError } from '../config.js';
 import { describeError } from '../errors.js';
 import { DEMO_USER_ID } from '../fitness/seed.js';
+import { fitness } from '../fitness/app.js';
 import { startGateway, startupErrorLine, type Gateway } from '../runtime/node.js';
 import { buildWorker } from './build.js';
 import { lockDataDir, type DataDirLock } from './data-dir-lock.js';
@@ -38,7 +39,7 @@ export interface Topology {
 export interface TopologyOptions {
   /**
    * What runs the edge app: `miniflare` (default) loads the esbuild bundle of the worker;
-   * `wrangler` runs `wrangler dev` on src/runtime/worker.ts (wrangler.toml), bundled by wrangler.
+   * `wrangler` runs `wrangler dev` on src/fitness/entries/worker.ts (wrangler.toml), bundled by wrangler.
    */
   edge?: 'miniflare' | 'wrangler';
   /** Aborting it stops start-up after the current step and undoes the steps done. */
@@ -179,7 +180,7 @@ async function startNode(
     // A development topology: the gateway's /stats and /metrics stay readable without OPS_TOKEN.
     POOLGATE_ENV: env.POOLGATE_ENV ?? 'development',
   };
-  const gateway = await explainBusyPort(claim, () => startGateway(gatewayEnv, { log: parts.log }));
+  const gateway = await explainBusyPort(claim, () => startGateway(fitness, gatewayEnv, { log: parts.log }));
   parts.set('gateway', async () => {
     parts.log(`poolgate: draining the Node gateway (up to ${gateway.config.shutdownTimeoutMs} ms)`);
     const { drained } = await gateway.close();

@@ -6,7 +6,8 @@
  * that accepts only signed traffic). Readiness without the token still answers its status code
  * with a bare body, so load balancers need no secret.
  */
-import { Hono, type Context } from 'hono';
+import { Hono, type Context, type Handler, type MiddlewareHandler } from 'hono';
+import { register } from './register.js';
 import { AppError } from '../errors.js';
 import type { Database } from '../db/types.js';
 import type { Drain } from '../lifecycle/drain.js';
@@ -27,7 +28,12 @@ export interface OpsOptions {
   drain?: Drain;
   readyTimeoutMs: number;
   access?: OpsAccess;
+  /** Middleware each endpoint runs first (the request's stats), so mounting them adds nothing to other routes. */
+  before?: MiddlewareHandler<AppEnv>[];
 }
+
+/** The paths opsRoutes serves (GET), relative to where they are mounted. */
+export const OPS_PATHS = ['/health', '/health/ready', '/stats', '/metrics'] as const;
 
 const sha256 = async (text: string) => new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(text)));
 
@@ -48,7 +54,7 @@ function opsGuard(access: OpsAccess): (c: Context) => Promise<boolean> {
   };
 }
 
-export function opsRoutes({ database, registry, drain, readyTimeoutMs, access = {} }: OpsOptions): Hono<AppEnv> {
+export function opsRoutes({ database, registry, drain, readyTimeoutMs, access = {}, before = [] }: OpsOptions): Hono<AppEnv> {
   const ops = new Hono<AppEnv>();
   const allowed = opsGuard(access);
   const refuse = () =>
@@ -59,15 +65,19 @@ export function opsRoutes({ database, registry, drain, readyTimeoutMs, access = 
         ? 'This gateway accepts only signed traffic: set OPS_TOKEN to read its stats.'
         : 'Send Authorization: Bearer <OPS_TOKEN> to read this.',
     );
-  const pattern = (p: string) =>
-    async function routePattern(c: { set(k: 'routePattern', v: string): void }, next: () => Promise<void>) {
-      c.set('routePattern', p);
-      await next();
-    };
+  const get = (path: string, handler: Handler<AppEnv>) =>
+    register(ops, 'GET', path, [
+      ...before,
+      async function routePattern(c, next) {
+        c.set('routePattern', path);
+        await next();
+      },
+      handler,
+    ]);
 
-  ops.get('/health', pattern('/health'), (c) => c.json({ status: 'ok' }));
+  get('/health', (c) => c.json({ status: 'ok' }));
 
-  ops.get('/health/ready', pattern('/health/ready'), async (c) => {
+  get('/health/ready', async (c) => {
     if (drain?.draining) {
       c.header('retry-after', '1');
       return c.json({ status: 'draining', database: { ok: false, reason: 'shutting_down' } }, 503);
@@ -87,12 +97,12 @@ export function opsRoutes({ database, registry, drain, readyTimeoutMs, access = 
     return c.json((await allowed(c)) ? body : { status: body.status }, ok ? 200 : 503);
   });
 
-  ops.get('/stats', pattern('/stats'), async (c) => {
+  get('/stats', async (c) => {
     if (!(await allowed(c))) throw refuse();
     return c.json(registry.snapshot());
   });
 
-  ops.get('/metrics', pattern('/metrics'), async (c) => {
+  get('/metrics', async (c) => {
     if (!(await allowed(c))) throw refuse();
     return c.body(renderPrometheus(registry.snapshot()), 200, { 'content-type': PROMETHEUS_CONTENT_TYPE });
   });

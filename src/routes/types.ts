@@ -2,7 +2,9 @@
  * What a route table is made of, for any API on poolgate: each route says once whether it only
  * reads (`read`: at the edge it runs on Neon, and a lost connection may be retried) or may write
  * (`transactional`: at the edge it is forwarded, signed, to the Node function; retried only as a
- * whole transaction or when it provably never reached the database).
+ * whole transaction or when it provably never reached the database). Its params, query and body
+ * schemas are checked before any database work (and at the edge before forwarding), and describe
+ * the route in the OpenAPI document with its response schema.
  */
 import type { Context } from 'hono';
 import type { z } from 'zod';
@@ -19,6 +21,10 @@ export interface AppEnv {
     rawBody?: Uint8Array<ArrayBuffer>;
     /** The body parsed with the route's `body` schema, before any database work (and at the edge, before signing). */
     body?: unknown;
+    /** The path parameters parsed with the route's `params` schema (else Hono's strings). */
+    params?: unknown;
+    /** The query string parsed with the route's `query` schema (else the last value of each name). */
+    query?: unknown;
     /** The verified forward's nonce (Node side of a signed forward), recorded in the route's transaction. */
     forward?: ForwardNonce;
   };
@@ -30,12 +36,34 @@ export interface RouteResult {
   body?: unknown;
 }
 
+/** The success answer of a route, for its OpenAPI document. */
+export interface RouteResponse {
+  status: RouteResult['status'];
+  /** The JSON body's schema (none for 204). */
+  body?: z.ZodType;
+  description?: string;
+}
+
+export type RouteMethod = 'GET' | 'POST' | 'PUT' | 'PATCH' | 'DELETE';
+
 export interface RouteSpec {
-  method: 'GET' | 'POST' | 'PATCH' | 'DELETE';
+  method: RouteMethod;
+  /** Hono path syntax: `/api/things/:id`. */
   path: string;
   kind: RouteKind;
+  /** Schema of the path parameters (an object keyed by parameter name). Failures answer 400 `validation_failed`. */
+  params?: z.ZodType;
+  /** Schema of the query string (an object; each name's last value, a string). Failures answer 400. */
+  query?: z.ZodType;
   /** The JSON body's schema: checked before any database work, and at the edge before forwarding. */
   body?: z.ZodType;
+  /** The success answer (status and body schema), for the OpenAPI document. */
+  response?: RouteResponse;
+  /** Error statuses the route itself can answer (e.g. 404, 409), besides those poolgate adds. */
+  errors?: readonly number[];
+  /** One line for the OpenAPI document. */
+  summary?: string;
+  tags?: readonly string[];
   /** Runs the route against `db` (the request's Db, or one bound to the request's transaction). */
   run: (c: Context<AppEnv>, db: Db) => Promise<RouteResult>;
 }

@@ -1,12 +1,12 @@
 /**
- * Netlify Edge Functions entry (Deno). Built by `npm run build` into
- * dist/netlify/edge-functions/poolgate.js, which netlify.toml maps onto the API paths. Env comes
- * from `Netlify.env` on Netlify, or `Deno.env` when run under plain Deno (tests, local).
+ * Netlify Edge Functions entry (Deno): `createEdgeFunction(app)` is the edge function's default
+ * export. Env comes from `Netlify.env` on Netlify, or `Deno.env` when run under plain Deno
+ * (tests, local).
  */
 import * as driver from '@neondatabase/serverless';
 import { buildOnce, parseEdgeConfig } from '../config.js';
+import type { PoolgateApp } from '../definition.js';
 import { createEdgeApp } from '../edge-app.js';
-import { fitnessRoutes } from '../routes/fitness.js';
 import { denoNeverSent } from './fetch-errors.js';
 
 declare const Netlify: { env: { toObject(): Record<string, string> } } | undefined;
@@ -19,26 +19,33 @@ function readEnv(): Record<string, string> {
 }
 
 /** What Netlify passes as the second argument; `waitUntil` lets the request's WebSocket pool end after the response. */
-interface NetlifyContext {
+export interface NetlifyContext {
   waitUntil?(promise: Promise<unknown>): void;
 }
 
-const appFor = buildOnce(() =>
-  createEdgeApp(parseEdgeConfig(readEnv()), {
-    routes: fitnessRoutes,
-    driver,
-    neverSent: denoNeverSent,
-    scope: 'netlify-edge isolate',
-    log: (line) => console.log(line),
-  }),
-);
+export type EdgeFunction = (request: Request, context?: NetlifyContext) => Response | Promise<Response>;
 
-export default function poolgate(request: Request, context?: NetlifyContext): Response | Promise<Response> {
-  const app = appFor(undefined, request);
-  if (app instanceof Response) return app;
-  // `hono/netlify` (deprecated) did only this: hand Netlify's context over as the env.
-  const ctx = context?.waitUntil
-    ? { waitUntil: (p: Promise<unknown>) => context.waitUntil!(p), passThroughOnException() {}, props: {} }
-    : undefined;
-  return app.fetch(request, { context }, ctx);
+/**
+ * The Netlify Edge Function for `app` (map it onto your API paths in netlify.toml).
+ * @example export default createEdgeFunction(app);
+ */
+export function createEdgeFunction(app: PoolgateApp): EdgeFunction {
+  const appFor = buildOnce(() =>
+    createEdgeApp(parseEdgeConfig(readEnv()), {
+      app,
+      driver,
+      neverSent: denoNeverSent,
+      scope: 'netlify-edge isolate',
+      log: (line) => console.log(line),
+    }),
+  );
+  return function poolgate(request, context) {
+    const built = appFor(undefined, request);
+    if (built instanceof Response) return built;
+    // `hono/netlify` (deprecated) did only this: hand Netlify's context over as the env.
+    const ctx = context?.waitUntil
+      ? { waitUntil: (p: Promise<unknown>) => context.waitUntil!(p), passThroughOnException() {}, props: {} }
+      : undefined;
+    return built.fetch(request, { context }, ctx);
+  };
 }

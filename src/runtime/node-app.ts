@@ -1,20 +1,21 @@
 /**
  * The Node side's app, assembled once for both Node entries (the standalone gateway and the
  * Netlify function): the pg Pool backend, its stats registry, the forward-signature check when a
- * secret is set, and the drain, around the fitness routes.
+ * secret is set, and the drain, around the application's routes.
  */
-import type { Context, Hono } from 'hono';
+import type { Context } from 'hono';
 import pg from 'pg';
-import { createApp } from '../app.js';
+import { buildApp, createPoolgate } from '../app.js';
 import type { Config } from '../config.js';
 import { createPgPoolDatabase, type PgPoolDatabase } from '../db/connectors/pg-pool.js';
 import { Drain } from '../lifecycle/drain.js';
 import { verifyForward } from '../middleware/verify-forward.js';
-import { fitnessRoutes } from '../routes/fitness.js';
-import type { AppEnv } from '../routes/types.js';
+import type { FetchApp, PoolgateApp } from '../definition.js';
 import { StatsRegistry } from '../stats/registry.js';
 
 export interface NodeAppOptions {
+  /** The application: its routes (and its own Hono app, if it brings one). */
+  app: PoolgateApp;
   /** Names this process in /stats and /metrics. */
   scope: string;
   connectionString: string;
@@ -24,7 +25,7 @@ export interface NodeAppOptions {
 }
 
 export interface NodeApp {
-  app: Hono<AppEnv>;
+  app: FetchApp;
   database: PgPoolDatabase;
   registry: StatsRegistry;
   drain: Drain;
@@ -45,8 +46,7 @@ export function createNodeApp(config: Config, options: NodeAppOptions): NodeApp 
           secret: config.forwardSecret,
           onReject: (reason) => log(`poolgate: refused an unsigned or bad forward (${reason})`),
         });
-  const app = createApp({
-    routes: fitnessRoutes,
+  const parts = createPoolgate({
     database,
     registry,
     drain,
@@ -60,5 +60,5 @@ export function createNodeApp(config: Config, options: NodeAppOptions): NodeApp 
     readHeader: options.readHeader,
     clientSignal: options.clientSignal,
   });
-  return { app, database, registry, drain };
+  return { app: buildApp(options.app, parts), database, registry, drain };
 }

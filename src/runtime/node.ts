@@ -1,24 +1,21 @@
 /**
- * The standalone Node gateway: config → database (embedded PGlite when DATABASE_URL is unset)
- * → migrations (+ demo seed on the embedded default) → warm pg Pool → Hono app on
- * @hono/node-server, with graceful shutdown on SIGTERM/SIGINT.
- *
- * Run: `npm run start:node` (development, through tsx) or, built, `node dist/lib/runtime/node.js`
- * (production: `npm run serve`). Import `startGateway` to embed it.
+ * The standalone Node gateway for an application: config → database (embedded PGlite when
+ * DATABASE_URL is unset) → poolgate's tables and the app's migrations (+ its demo seed on the
+ * embedded default) → warm pg Pool → the app on @hono/node-server, with graceful shutdown on
+ * SIGTERM/SIGINT. `runGateway(app)` is a server's whole main; `startGateway` embeds it (tests).
  */
 import { serve, type ServerType } from '@hono/node-server';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { Context } from 'hono';
 import type { AddressInfo, Socket } from 'node:net';
-import { pathToFileURL } from 'node:url';
 import { ConfigError, databaseTarget, describeDatabase, parseConfig, type Config } from '../config.js';
 import type { PgPoolDatabase } from '../db/connectors/pg-pool.js';
 import type { StatsRegistry } from '../stats/registry.js';
 import type { Queryable } from '../db/types.js';
 import { describeError, describeStartupFailure, rootCause, type ErrorCode } from '../errors.js';
-import { migrate } from '../fitness/migrations.js';
+import { migrate } from '../db/migrate.js';
+import type { PoolgateApp } from '../definition.js';
 import { IdempotencyPurger } from '../idempotency/purge.js';
-import { DEMO_USER_ID, seed } from '../fitness/seed.js';
 import type { EmbeddedPostgres } from '../local/embedded.js';
 import { createNodeApp } from './node-app.js';
 
@@ -66,7 +63,15 @@ const CUT_ANSWER_MS = 500;
 const FLUSH_MS = 100;
 const POOL_END_MS = 300;
 
-export async function startGateway(env: Record<string, string | undefined>, options: GatewayOptions = {}): Promise<Gateway> {
+/**
+ * Starts the Node gateway for `app` on PORT, against DATABASE_URL (or the embedded database).
+ * @example const gateway = await startGateway(app, process.env); … await gateway.close();
+ */
+export async function startGateway(
+  app: PoolgateApp,
+  env: Record<string, string | undefined>,
+  options: GatewayOptions = {},
+): Promise<Gateway> {
   const config = parseConfig(env);
   const log = options.log ?? (config.logLevel === 'silent' ? () => {} : (line: string) => console.log(line));
 
@@ -78,21 +83,25 @@ export async function startGateway(env: Record<string, string | undefined>, opti
     log(`poolgate: embedded PGlite on 127.0.0.1:${embedded.port} (data in ${config.embeddedDataDir})`);
   }
 
-  const { app, database, registry, drain } = createNodeApp(config, { scope: 'node', connectionString, log, readHeader, clientSignal });
+  const built = createNodeApp(config, { app, scope: 'node', connectionString, log, readHeader, clientSignal });
+  const { database, registry, drain } = built;
   let server: ServerType | undefined;
 
   try {
     const setup = database.forRequest({ acquired() {}, queried() {}, served() {}, internal: true });
     const runTx = <T>(fn: (tx: Queryable) => Promise<T>) => setup.transaction(fn);
-    const applied = await migrate(runTx);
+    const applied = await migrate(runTx, app.migrations ?? []);
     if (applied.length) log(`poolgate: applied migrations ${applied.join(', ')}`);
-    if (embedded || env.SEED === 'true') {
-      if (await seed(runTx)) log(`poolgate: seeded demo data (user ${DEMO_USER_ID})`);
+    if (app.seed && (embedded || env.SEED === 'true')) {
+      const seeded = await runTx((tx) => app.seed!(tx));
+      if (seeded) log(`poolgate: ${seeded}`);
     }
     await database.warm(config.pool.min);
 
     server = await new Promise<ServerType>((resolve, reject) => {
-      const s = serve({ fetch: app.fetch, port: config.port, hostname: config.host }, () => resolve(s));
+      const s = serve({ fetch: (request, env) => built.app.fetch(request, env), port: config.port, hostname: config.host }, () =>
+        resolve(s),
+      );
       s.once('error', reject);
     });
     // Slow clients must not hold sockets forever (slowloris); keep-alive a little above typical LB idle.
@@ -195,10 +204,15 @@ function answerClientError(err: NodeJS.ErrnoException, socket: Socket): void {
   socket.destroy(err);
 }
 
-export async function main(): Promise<void> {
+/**
+ * A server's whole main: starts the gateway from process.env (one line and exit 1 when it cannot),
+ * drains on SIGTERM/SIGINT and exits.
+ * @example await runGateway(app);
+ */
+export async function runGateway(app: PoolgateApp): Promise<void> {
   let gateway: Gateway;
   try {
-    gateway = await startGateway(process.env);
+    gateway = await startGateway(app, process.env);
   } catch (err) {
     console.error(startupErrorLine(err));
     process.exit(1);
@@ -224,5 +238,3 @@ export async function main(): Promise<void> {
   process.on('SIGTERM', () => onSignal('SIGTERM'));
   process.on('SIGINT', () => onSignal('SIGINT'));
 }
-
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) void main();

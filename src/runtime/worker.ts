@@ -1,23 +1,35 @@
 /**
- * Cloudflare Workers entry (wrangler.toml `main`). The app is built on the first request of an
- * isolate, from that request's env, and reused; nothing that does I/O lives at module scope
- * (each request gets its own Neon WebSocket pool, ended through ctx.waitUntil).
+ * Cloudflare Workers (workerd) entry: `createWorker(app)` is the module's default export. The
+ * app is built on the first request of an isolate, from that request's env, and reused; nothing
+ * that does I/O lives at module scope (each request gets its own Neon WebSocket pool, ended
+ * through ctx.waitUntil).
  */
 import * as driver from '@neondatabase/serverless';
 import type { ExecutionContext } from 'hono';
 import { buildOnce, parseEdgeConfig } from '../config.js';
+import type { PoolgateApp } from '../definition.js';
 import { createEdgeApp } from '../edge-app.js';
-import { fitnessRoutes } from '../routes/fitness.js';
 
 type Env = Record<string, string | undefined>;
 
-const appFor = buildOnce((env: Env) =>
-  createEdgeApp(parseEdgeConfig(env), { routes: fitnessRoutes, driver, scope: 'workerd isolate', log: (line) => console.log(line) }),
-);
+/** What a Worker module exports: its fetch handler. */
+export interface Worker {
+  fetch(request: Request, env: Env, ctx: ExecutionContext): Response | Promise<Response>;
+}
 
-export default {
-  fetch(request: Request, env: Env, ctx: ExecutionContext): Response | Promise<Response> {
-    const app = appFor(env, request);
-    return app instanceof Response ? app : app.fetch(request, env, ctx);
-  },
-};
+/**
+ * The Worker for `app`: reads on Neon (DATABASE_URL), transactional routes forwarded, signed
+ * (FORWARD_SECRET), to NODE_FUNCTION_URL.
+ * @example export default createWorker(app);
+ */
+export function createWorker(app: PoolgateApp): Worker {
+  const appFor = buildOnce((env: Env) =>
+    createEdgeApp(parseEdgeConfig(env), { app, driver, scope: 'workerd isolate', log: (line) => console.log(line) }),
+  );
+  return {
+    fetch(request, env, ctx) {
+      const built = appFor(env, request);
+      return built instanceof Response ? built : built.fetch(request, env, ctx);
+    },
+  };
+}

@@ -1,6 +1,6 @@
 /**
  * The Netlify Edge entry under real Deno (the npm `deno` binary, offline): the esbuild bundle of
- * src/runtime/netlify-edge.ts served by test/deno/serve-edge.ts, configured through Deno.env,
+ * src/fitness/entries/netlify-edge.ts served by test/deno/serve-edge.ts, configured through Deno.env,
  * against a real Node gateway, the local Neon proxy and a database of this suite's own. Reads go
  * over Neon HTTP and WebSocket; a write is forwarded, signed, and lands in Postgres.
  *

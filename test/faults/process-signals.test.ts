@@ -1,5 +1,5 @@
 /**
- * The Node gateway as a real child process (`node --import tsx src/runtime/node.ts`, exactly what
+ * The Node gateway as a real child process (`node --import tsx src/fitness/entries/node.ts`, exactly what
  * `npm run start:node` runs, without npx in between so the signal reaches the gateway itself):
  *
  *  - kill -9 while a transaction waits between its two inserts (the workout row is written, the
@@ -104,7 +104,7 @@ describe.skipIf(!realPostgresUrl)('signals to the gateway process (real PostgreS
     const rows = await db.admin(
       `SELECT (SELECT count(*)::int FROM workouts WHERE kind = $1) AS workouts,
               (SELECT count(*)::int FROM workout_sets s JOIN workouts w ON w.id = s.workout_id WHERE w.kind = $1) AS sets,
-              (SELECT count(*)::int FROM idempotency_keys WHERE key = 'POST /api/workouts ' || $1) AS keys,
+              (SELECT count(*)::int FROM poolgate_idempotency_keys WHERE key = 'POST /api/workouts ' || $1) AS keys,
               (SELECT count(*)::int FROM workouts w WHERE NOT EXISTS (SELECT 1 FROM workout_sets s WHERE s.workout_id = w.id)) AS without_sets`,
       [entry.key],
     );

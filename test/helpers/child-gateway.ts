@@ -1,5 +1,5 @@
 /**
- * The Node gateway as a real child process: `node --import tsx src/runtime/node.ts`, exactly what
+ * The Node gateway as a real child process: `node --import tsx src/fitness/entries/node.ts`, exactly what
  * `npm run start:node` runs, without npx in between so a signal reaches the gateway itself.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -19,7 +19,7 @@ export interface ChildGateway {
 
 export async function spawnGateway(db: TestDatabase, env: Record<string, string>): Promise<ChildGateway> {
   const applicationName = uniqueName('poolgate-child');
-  const child = spawn(process.execPath, ['--import', 'tsx', 'src/runtime/node.ts'], {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'src/fitness/entries/node.ts'], {
     cwd: ROOT,
     env: {
       ...process.env,

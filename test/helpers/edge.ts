@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildNetlifyEdge, buildWorker } from '../../src/local/build.js';
 import { startNeonProxy, type NeonProxy } from '../../src/local/neon-proxy/index.js';
+import { fitness } from '../../src/fitness/app.js';
 import { startGateway, type Gateway } from '../../src/runtime/node.js';
 import { createTestDatabase, type TestDatabase } from './db.js';
 
@@ -64,6 +65,7 @@ export async function startEdgeStack(bundle: EdgeBundle, prefix = 'poolgate_edge
     const forwardSecret = randomBytes(32).toString('base64url');
     const applicationName = `poolgate-edge-${process.pid}-${randomBytes(4).toString('hex')}`;
     const gateway = await startGateway(
+      fitness,
       {
         DATABASE_URL: db.url,
         PORT: '0',
@@ -116,7 +118,7 @@ export async function closedPortUrl(): Promise<string> {
 /** Rows of `table` in the suite's database, read with pg (not through any app path). */
 export async function countRows(
   db: TestDatabase,
-  table: 'users' | 'workouts' | 'workout_sets' | 'idempotency_keys',
+  table: 'users' | 'workouts' | 'workout_sets' | 'poolgate_idempotency_keys',
   where = '',
 ): Promise<number> {
   const { rows } = await db.admin(`SELECT count(*)::int AS n FROM ${table} ${where}`);

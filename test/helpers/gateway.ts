@@ -7,6 +7,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
+import { fitness } from '../../src/fitness/app.js';
 import { startGateway, type Gateway } from '../../src/runtime/node.js';
 import { createTestDatabase, type TestDatabase } from './db.js';
 
@@ -42,6 +43,7 @@ export async function startTestGateway(overrides: Record<string, string> = {}, o
   let gateway: Gateway;
   try {
     gateway = await startGateway(
+      fitness,
       {
         DATABASE_URL: db.url,
         PORT: '0',

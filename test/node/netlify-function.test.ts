@@ -101,12 +101,12 @@ describe('Netlify Node function bundle', () => {
 
   it('purges expired idempotency records when an invocation finds a purge due (no timer between invocations)', async () => {
     await db.admin(
-      `INSERT INTO idempotency_keys (key, request_hash, status, body, expires_at) VALUES
+      `INSERT INTO poolgate_idempotency_keys (key, request_hash, status, body, expires_at) VALUES
          ('fn-purge-old', 'h', 201, NULL, now() - interval '1 minute'),
          ('fn-purge-live', 'h', 201, NULL, now() + interval '1 hour')`,
     );
     const keys = async (key: string) =>
-      Number((await db.admin('SELECT count(*) FROM idempotency_keys WHERE key = $1', [key])).rows[0].count);
+      Number((await db.admin('SELECT count(*) FROM poolgate_idempotency_keys WHERE key = $1', [key])).rows[0].count);
     await new Promise((r) => setTimeout(r, 1_100)); // the purge interval passes with no invocation: nothing runs
     expect(await keys('fn-purge-old')).toBe(1);
     await gateway(new Request(`${BASE}/health`));

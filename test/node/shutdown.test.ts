@@ -95,7 +95,7 @@ describe.skipIf(!realPostgresUrl)('SIGTERM to the gateway process (real PostgreS
   it('lets a slow transaction commit, refuses new requests, exits 0 and leaves no connection', async () => {
     db = await createTestDatabase();
     const applicationName = uniqueName('poolgate-sigterm');
-    const proc = spawn(TSX, ['src/runtime/node.ts'], {
+    const proc = spawn(TSX, ['src/fitness/entries/node.ts'], {
       cwd: ROOT,
       env: {
         PATH: process.env.PATH ?? '',

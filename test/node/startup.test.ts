@@ -1,5 +1,5 @@
 /**
- * Start-up failures of the real entry point (`tsx src/runtime/node.ts`, what `npm run start:node`
+ * Start-up failures of the real entry point (`tsx src/fitness/entries/node.ts`, what `npm run start:node`
  * runs), spawned as its own process: each exits non-zero with exactly one line on stderr that
  * names what to fix and never echoes a secret.
  */
@@ -27,7 +27,7 @@ interface Exit {
 /** Runs the gateway with exactly `env` (plus PATH/HOME) and waits, bounded, for it to exit. */
 function runGateway(env: Record<string, string>, timeoutMs = 30_000): Promise<Exit> {
   return new Promise((resolve, reject) => {
-    const child = spawn(TSX, ['src/runtime/node.ts'], {
+    const child = spawn(TSX, ['src/fitness/entries/node.ts'], {
       cwd: ROOT,
       env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', PORT: '0', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -1,5 +1,5 @@
 /**
- * The edge app in real workerd (miniflare running the esbuild bundle of src/runtime/worker.ts),
+ * The edge app in real workerd (miniflare running the esbuild bundle of src/fitness/entries/worker.ts),
  * against a real Node gateway, the local Neon proxy and a database of this suite's own: reads
  * over Neon HTTP and WebSocket, signed forwarding of writes (and what the Node side refuses),
  * concurrency, the per-request WebSocket pool, isolate stats, and the failure answers for an
