@@ -1,7 +1,7 @@
 /**
  * The production install as the README documents it: `npm ci --omit=dev` from the committed
  * lockfile, the gateway compiled by tsc (what `npm run build` emits into dist/lib/), and
- * `node dist/lib/runtime/migrate.js` + `node dist/lib/runtime/node.js` — no tsx, esbuild, miniflare, wrangler, PGlite or ws on disk.
+ * `node dist/lib/runtime/migrate.js` + `node dist/lib/fitness/entries/node.js` — no tsx, esbuild, miniflare, wrangler or PGlite on disk.
  * It must serve /health/ready and the API on a real database, and without DATABASE_URL say in
  * one line what is missing rather than reach for the embedded (development-only) database.
  */
@@ -17,7 +17,7 @@ import { waitFor } from '../helpers/gateway.js';
 
 const run = promisify(execFile);
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const DEV_ONLY = ['tsx', 'esbuild', 'miniflare', 'wrangler', '@electric-sql', 'ws', 'deno', 'autocannon', 'fast-check', 'vitest', 'node'];
+const DEV_ONLY = ['tsx', 'esbuild', 'miniflare', 'wrangler', '@electric-sql', 'deno', 'autocannon', 'fast-check', 'vitest', 'node'];
 
 let dir: string;
 let db: TestDatabase;
@@ -44,7 +44,7 @@ afterAll(async () => {
 
 /** Starts the built gateway with plain node (the Node running this suite: the project's Node 24). */
 function serve(env: Record<string, string>): { child: ChildProcess; output: () => string; exited: Promise<number | null> } {
-  const child = spawn(process.execPath, ['dist/lib/runtime/node.js'], {
+  const child = spawn(process.execPath, ['dist/lib/fitness/entries/node.js'], {
     cwd: dir,
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', PORT: '0', LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -62,14 +62,18 @@ describe('the lean production install', () => {
     const installed = [...(await readdir(join(dir, 'node_modules'))), ...(await readdir(join(dir, 'node_modules/.bin')).catch(() => []))];
     for (const name of DEV_ONLY) expect(installed, name).not.toContain(name);
     const { stdout } = await run('npm', ['ls', '--omit=dev', '--all', '--parseable'], { cwd: dir });
-    expect(stdout).not.toMatch(/node_modules\/(tsx|esbuild|miniflare|wrangler|@electric-sql|ws)(\/|$)/m);
-    expect(stdout).toMatch(/node_modules\/pg$/m);
+    expect(stdout).not.toMatch(/node_modules\/(tsx|esbuild|miniflare|wrangler|@electric-sql)(\/|$)/m);
+    // The peers a server needs come with it (npm installs peer dependencies).
+    for (const name of ['pg', 'hono', 'zod']) expect(stdout).toMatch(new RegExp(`node_modules/${name}$`, 'm'));
   });
 
   it('migrates the database with plain node (npm run migrate), once', async () => {
     const migrate = () =>
-      run(process.execPath, ['dist/lib/runtime/migrate.js'], { cwd: dir, env: { PATH: process.env.PATH ?? '', DATABASE_URL: db.url } });
-    expect((await migrate()).stdout).toMatch(/^poolgate: applied migrations 1, 2, 3$/m);
+      run(process.execPath, ['dist/lib/runtime/migrate.js', '--app', 'dist/lib/fitness/app.js'], {
+        cwd: dir,
+        env: { PATH: process.env.PATH ?? '', DATABASE_URL: db.url },
+      });
+    expect((await migrate()).stdout).toMatch(/^poolgate: applied migrations 1$/m);
     expect((await migrate()).stdout).toMatch(/^poolgate: schema up to date$/m);
   });
 

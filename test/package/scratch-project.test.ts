@@ -1,0 +1,584 @@
+/**
+ * poolgate as a consumer gets it: `npm run build`, `npm pack`, then a scratch project in a temp
+ * folder that installs the tarball (with hono and zod, as the README says) and holds exactly the
+ * README's titled snippets — app.ts (its own Hono app with a read and a transactional route),
+ * worker.ts, server.ts, delete-note.ts and functions/notes-report.ts. Those files are compiled
+ * with a strict tsconfig (the package's own declarations included), and run against real
+ * PostgreSQL: on Node alone (`poolgate migrate`, `node server.ts`), as a plain function, and at
+ * the edge in real workerd (the worker bundled from the scratch with esbuild) through the
+ * package's Neon proxy, forwarding its writes, signed, to the scratch's Node gateway.
+ */
+import { Validator } from '@seriousme/openapi-schema-validator';
+import { randomBytes } from 'node:crypto';
+import { lstat, mkdir, mkdtemp, readdir, readFile, realpath, rm, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { build } from 'esbuild';
+import { Miniflare } from 'miniflare';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { workerdWorker } from '../../src/local/workerd.js';
+import {
+  ROOT,
+  buildPackage,
+  childEnv,
+  createScratchDatabase,
+  freePort,
+  packPackage,
+  realPostgresUrl,
+  run,
+  runOk,
+  startNode,
+  titledSnippets,
+  waitFor,
+  withBuildLock,
+  type Child,
+  type ScratchDatabase,
+} from '../helpers/package.js';
+import { PUBLIC_TYPES_TS } from './consumer-types.js';
+
+/** The README's titled snippets; the scratch project is made of exactly these (plus test glue). */
+const SNIPPETS = ['app.ts', 'worker.ts', 'server.ts', 'delete-note.ts', 'functions/notes-report.ts'];
+/** What a consumer's install must not pull in: poolgate's development tools. */
+const DEV_ONLY = [
+  'tsx',
+  'esbuild',
+  'miniflare',
+  'wrangler',
+  '@electric-sql',
+  'vitest',
+  'typescript',
+  'deno',
+  'node',
+  'autocannon',
+  'fast-check',
+];
+const REQUEST_TIMEOUT_MS = 20_000;
+
+/**
+ * The consumer's tsconfig: strict, Node's own module rules, and no `@types/*` at all (the snippets
+ * need only the DOM's Request/Response, and a workerd consumer has no @types/node). skipLibCheck is
+ * off so poolgate's shipped declarations are checked too; hono's and zod's pass the same check.
+ */
+const TSCONFIG = {
+  compilerOptions: {
+    target: 'ES2022',
+    module: 'NodeNext',
+    moduleResolution: 'NodeNext',
+    lib: ['ES2023', 'DOM', 'DOM.Iterable'],
+    types: [],
+    strict: true,
+    noUncheckedIndexedAccess: true,
+    allowImportingTsExtensions: true,
+    noEmit: true,
+    skipLibCheck: false,
+  },
+  include: ['*.ts', 'functions/*.ts'],
+};
+
+/** Calls the README's plain function the way Netlify would, prints what it answered, ends the pool. */
+const RUN_REPORT_MJS = `const { default: notesReport } = await import('./functions/notes-report.ts');
+const response = await notesReport(new Request(process.argv[2]));
+const body = await response.json();
+process.stdout.write(JSON.stringify({ status: response.status, body }));
+const { closePool } = await import('poolgate/functions');
+await closePool();
+`;
+
+let work: string;
+let scratch: string;
+let tarball: string;
+const children: Child[] = [];
+
+const versionOf = async (name: string) =>
+  (JSON.parse(await readFile(join(ROOT, 'node_modules', name, 'package.json'), 'utf8')) as { version: string }).version;
+
+beforeAll(async () => {
+  work = await mkdtemp(join(tmpdir(), 'poolgate-package-'));
+  tarball = await withBuildLock(async () => {
+    await buildPackage();
+    return packPackage(work);
+  });
+  scratch = join(work, 'scratch');
+  await mkdir(scratch);
+  await writeFile(
+    join(scratch, 'package.json'),
+    `${JSON.stringify({ name: 'poolgate-scratch', private: true, type: 'module' }, null, 2)}\n`,
+  );
+  // The repo's exact hono and zod, so npm's cache serves them (the tarball's own dependencies too).
+  const [hono, zod] = await Promise.all([versionOf('hono'), versionOf('zod')]);
+  await runOk(
+    'npm',
+    ['install', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', tarball, `hono@${hono}`, `zod@${zod}`],
+    {
+      cwd: scratch,
+      timeoutMs: 150_000,
+    },
+  );
+
+  const snippets = titledSnippets(await readFile(join(ROOT, 'README.md'), 'utf8'));
+  expect([...snippets.keys()].sort(), 'the README library sections hold exactly these titled snippets').toEqual([...SNIPPETS].sort());
+  for (const [title, code] of snippets) {
+    await mkdir(dirname(join(scratch, title)), { recursive: true });
+    await writeFile(join(scratch, title), code);
+  }
+  await writeFile(join(scratch, 'tsconfig.json'), `${JSON.stringify(TSCONFIG, null, 2)}\n`);
+  await writeFile(join(scratch, 'public-types.ts'), PUBLIC_TYPES_TS);
+  await writeFile(join(scratch, 'run-report.mjs'), RUN_REPORT_MJS);
+}, 240_000);
+
+afterAll(async () => {
+  await Promise.all(children.map((child) => child.stop(2_000)));
+  if (work) await rm(work, { recursive: true, force: true });
+});
+
+/** Starts `node args…` in the scratch project; stopped (SIGTERM, then SIGKILL) after the suite at the latest. */
+function startInScratch(args: string[], env: Record<string, string>): Child {
+  const child = startNode(args, { cwd: scratch, env: childEnv(env) });
+  children.push(child);
+  return child;
+}
+
+/** `node node_modules/.bin/poolgate …` in the scratch: the installed bin, on the project's Node 24. */
+const poolgate = (args: string[], env: Record<string, string> = {}) =>
+  run(process.execPath, ['node_modules/.bin/poolgate', ...args], { cwd: scratch, env: childEnv(env), timeoutMs: 60_000 });
+
+interface Answer {
+  status: number;
+  headers: Headers;
+  text: string;
+  body: any;
+}
+
+/** One bounded request, body read and parsed as JSON when it is JSON. */
+async function ask(url: string, init: { method?: string; headers?: Record<string, string>; json?: unknown } = {}): Promise<Answer> {
+  const headers = { ...init.headers, ...(init.json !== undefined ? { 'content-type': 'application/json' } : {}) };
+  const res = await fetch(url, {
+    method: init.method ?? 'GET',
+    headers,
+    ...(init.json !== undefined ? { body: JSON.stringify(init.json) } : {}),
+    signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
+  });
+  const text = await res.text();
+  let body: unknown;
+  try {
+    body = text ? JSON.parse(text) : undefined;
+  } catch {
+    body = undefined;
+  }
+  return { status: res.status, headers: res.headers, text, body };
+}
+
+/** The `desc` of Server-Timing's `db` entry, e.g. "pg-pool 1q". */
+const dbDesc = (serverTiming: string | null) => /(?:^|,\s*)db;[^,]*desc="([^"]*)"/.exec(serverTiming ?? '')?.[1];
+
+interface RouteStats {
+  method: string;
+  route: string;
+  count: number;
+  statusClasses: Record<string, number>;
+  clients: Record<string, number>;
+}
+
+/** The per-route entry of a /stats body. */
+const routeIn = (stats: { routes?: RouteStats[] } | undefined, method: string, route: string) =>
+  stats?.routes?.find((r) => r.method === method && r.route === route);
+
+/** Waits for the gateway's "Node gateway on <url>" line; fails with its output if it exits first. */
+async function gatewayUrl(child: Child): Promise<string> {
+  let exited = false;
+  void child.exited.then(() => (exited = true));
+  return waitFor(
+    () => {
+      const url = /Node gateway on (http:\/\/[\d.]+:\d+)/.exec(child.output())?.[1];
+      if (!url && exited) throw new Error(`node server.ts exited: ${child.output()}`);
+      return url;
+    },
+    { timeoutMs: 30_000, what: 'node server.ts to listen' },
+  );
+}
+
+describe('the installed package', () => {
+  it('comes from the npm pack tarball: a copy in node_modules, the compiled library, no sources', async () => {
+    const manifest = JSON.parse(await readFile(join(scratch, 'package.json'), 'utf8')) as { dependencies: Record<string, string> };
+    expect(manifest.dependencies.poolgate).toMatch(/^file:.*poolgate-\d+\.\d+\.\d+\.tgz$/);
+    const installed = join(scratch, 'node_modules/poolgate');
+    expect((await lstat(installed)).isSymbolicLink()).toBe(false);
+    const resolved = await realpath(createRequire(join(scratch, 'package.json')).resolve('poolgate'));
+    expect(resolved).toBe(await realpath(join(installed, 'dist/lib/index.js')));
+    expect(await readdir(join(installed, 'src'), { recursive: true })).toEqual(['bin', join('bin', 'poolgate.mjs')]);
+    const dist = await readdir(join(installed, 'dist'));
+    expect(dist).toEqual(['lib']);
+    expect(await readdir(join(installed, 'dist/lib'))).not.toContain('fitness');
+  });
+
+  it("pulls in poolgate's runtime dependencies and peers, none of its development tools", async () => {
+    const modules = await readdir(join(scratch, 'node_modules'));
+    for (const name of ['poolgate', 'hono', 'zod', 'pg', '@neondatabase', '@hono', 'ws']) expect(modules, name).toContain(name);
+    for (const name of DEV_ONLY) expect(modules, name).not.toContain(name);
+  });
+
+  it('its bin answers --help and --version on Node 24', async () => {
+    const help = await poolgate(['--help']);
+    expect(help.code, help.stderr).toBe(0);
+    expect(help.stdout).toMatch(/^usage: poolgate <command>/);
+    for (const command of ['migrate', 'serve', 'neon-proxy']) expect(help.stdout).toContain(command);
+    const version = await poolgate(['--version']);
+    const { version: expected } = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+    expect(version.stdout.trim()).toBe(expected);
+  });
+});
+
+describe('types, in a strict consumer', () => {
+  interface Diagnostic {
+    file: string;
+    line: string;
+  }
+  let checked: Promise<Diagnostic[]> | undefined;
+  /** One `tsc -p` of the scratch (the repo's TypeScript), its errors by file. */
+  const typecheck = () =>
+    (checked ??= run(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', scratch, '--pretty', 'false'], {
+      cwd: scratch,
+      timeoutMs: 150_000,
+    }).then(({ code, stdout, stderr }) => {
+      const diagnostics = stdout
+        .split('\n')
+        .filter((line) => /^\S.*\(\d+,\d+\): error TS\d+/.test(line))
+        .map((line) => ({ file: line.slice(0, line.indexOf('(')), line }));
+      if (code !== 0 && diagnostics.length === 0) throw new Error(`tsc exited ${code} without diagnostics: ${stdout} ${stderr}`);
+      return diagnostics;
+    }));
+  const lines = (diagnostics: Diagnostic[]) => diagnostics.map((d) => d.line);
+
+  it('the README snippets compile with strict on', async () => {
+    const diagnostics = await typecheck();
+    expect(lines(diagnostics.filter((d) => SNIPPETS.includes(d.file)))).toEqual([]);
+  }, 180_000);
+
+  it("poolgate's shipped declarations type-check (skipLibCheck off) with only hono and zod installed", async () => {
+    const diagnostics = await typecheck();
+    expect(lines(diagnostics.filter((d) => d.file.startsWith('node_modules/')))).toEqual([]);
+  }, 180_000);
+
+  it('every subpath export has types, and what must not compile does not (each @ts-expect-error meets its error)', async () => {
+    const diagnostics = await typecheck();
+    // An unused directive is TS2578: the public type it guarded has loosened.
+    expect(lines(diagnostics.filter((d) => d.file === 'public-types.ts'))).toEqual([]);
+    expect(PUBLIC_TYPES_TS.match(/@ts-expect-error/g)?.length).toBeGreaterThanOrEqual(15);
+    expect(diagnostics.every((d) => d.file === 'public-types.ts' || SNIPPETS.includes(d.file) || d.file.startsWith('node_modules/'))).toBe(
+      true,
+    );
+  }, 180_000);
+});
+
+describe.skipIf(!realPostgresUrl)('on Node alone: poolgate migrate, then node server.ts', () => {
+  let db: ScratchDatabase;
+  let server: Child;
+  let url: string;
+  /** Requests sent per route, by status class, for the /ops/stats check. */
+  const sent = { get: { '2xx': 0, '4xx': 0 }, post: { '2xx': 0, '4xx': 0 } };
+
+  beforeAll(async () => {
+    db = await createScratchDatabase('poolgate_pkg_node');
+  }, 30_000);
+
+  afterAll(async () => {
+    await server?.stop();
+    await db?.drop();
+  });
+
+  it('`poolgate migrate --app ./app.ts` creates the app’s table, then finds nothing to do', async () => {
+    const first = await poolgate(['migrate', '--app', './app.ts'], { DATABASE_URL: db.url });
+    expect(first.code, `${first.stdout}${first.stderr}`).toBe(0);
+    expect(first.stdout).toMatch(/^poolgate: applied migrations [\d, ]+$/m);
+    expect(await db.admin("SELECT to_regclass('notes') AS t")).toEqual([{ t: 'notes' }]);
+    const again = await poolgate(['migrate', '--app', './app.ts'], { DATABASE_URL: db.url });
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stdout).toMatch(/^poolgate: schema up to date$/m);
+  });
+
+  it('`node server.ts` starts on PORT and is ready', async () => {
+    const port = await freePort();
+    server = startInScratch(['server.ts'], {
+      DATABASE_URL: db.url,
+      PORT: String(port),
+      HOST: '127.0.0.1',
+      LOG_LEVEL: 'info',
+      POOL_MIN: '1',
+    });
+    url = await gatewayUrl(server);
+    expect(url).toBe(`http://127.0.0.1:${port}`);
+    expect(server.output()).toContain(`Node ${process.version}`);
+    const ready = await ask(`${url}/ops/health/ready`);
+    expect(ready.status, ready.text).toBe(200);
+    expect(ready.body.status).toBe('ready');
+  });
+
+  it('POST /api/notes (transactional) → 201 with the row; GET /api/notes/:id (read) → 200; both on the pg Pool', async () => {
+    const created = await ask(`${url}/api/notes`, { method: 'POST', json: { text: 'written on Node' } });
+    sent.post['2xx']++;
+    expect(created.status, created.text).toBe(201);
+    expect(created.headers.get('content-type')).toMatch(/^application\/json/);
+    expect(created.body).toEqual({ id: expect.any(Number), text: 'written on Node' });
+    expect(dbDesc(created.headers.get('server-timing'))).toBe('pg-pool 1q');
+    expect(await db.admin('SELECT id, text FROM notes')).toEqual([created.body]);
+
+    const read = await ask(`${url}/api/notes/${created.body.id}`);
+    sent.get['2xx']++;
+    expect(read.status, read.text).toBe(200);
+    expect(read.body).toEqual(created.body);
+    expect(read.headers.get('server-timing')).toMatch(/(^|,\s*)total;dur=[\d.]+/);
+    expect(dbDesc(read.headers.get('server-timing'))).toBe('pg-pool 1q');
+  });
+
+  it('answers bad input 400 validation_failed and an unknown note 404 not_found, as JSON', async () => {
+    for (const id of ['abc', '0', '-3']) {
+      const bad = await ask(`${url}/api/notes/${id}`);
+      sent.get['4xx']++;
+      expect(bad.status, `${id}: ${bad.text}`).toBe(400);
+      expect(bad.body.error).toMatchObject({ code: 'validation_failed', requestId: expect.any(String) });
+    }
+    const missing = await ask(`${url}/api/notes/987654`);
+    sent.get['4xx']++;
+    expect(missing.status, missing.text).toBe(404);
+    expect(missing.body.error.code).toBe('not_found');
+    expect(missing.headers.get('content-type')).toMatch(/^application\/json/);
+
+    const empty = await ask(`${url}/api/notes`, { method: 'POST', json: { text: '' } });
+    sent.post['4xx']++;
+    expect(empty.status, empty.text).toBe(400);
+    expect(empty.body.error.code).toBe('validation_failed');
+    expect(await db.admin('SELECT count(*)::int AS n FROM notes')).toEqual([{ n: 1 }]);
+  });
+
+  it('serves its own Hono routes around poolgate: GET / and a valid /openapi.json', async () => {
+    const home = await ask(`${url}/`);
+    expect(home.status).toBe(200);
+    expect(home.text).toBe('notes');
+    const openapi = await ask(`${url}/openapi.json`);
+    expect(openapi.status).toBe(200);
+    const validation = await new Validator().validate(structuredClone(openapi.body) as Record<string, unknown>);
+    expect(validation.errors ?? []).toEqual([]);
+    expect(validation.valid).toBe(true);
+    expect(openapi.body.info).toEqual({ title: 'Notes', version: '1.0.0' });
+    expect(Object.keys(openapi.body.paths).sort()).toEqual(['/api/notes', '/api/notes/{id}']);
+    expect(Object.keys(openapi.body.paths['/api/notes'])).toEqual(['post']);
+    expect(Object.keys(openapi.body.paths['/api/notes/{id}'])).toEqual(['get']);
+  });
+
+  it('/ops/stats counts each of its routes, by status class, on the pg Pool', async () => {
+    const stats = await ask(`${url}/ops/stats`);
+    expect(stats.status, stats.text).toBe(200);
+    const get = routeIn(stats.body, 'GET', '/api/notes/:id');
+    const post = routeIn(stats.body, 'POST', '/api/notes');
+    expect(get, stats.text).toMatchObject({ count: sent.get['2xx'] + sent.get['4xx'], statusClasses: sent.get });
+    expect(post, stats.text).toMatchObject({ count: sent.post['2xx'] + sent.post['4xx'], statusClasses: sent.post });
+    expect(get!.clients['pg-pool']).toBeGreaterThanOrEqual(sent.get['2xx']);
+    expect(post!.clients['pg-pool']).toBe(sent.post['2xx']);
+    expect(stats.body.pool).toMatchObject({ max: expect.any(Number), total: expect.any(Number) });
+  });
+
+  it('SIGTERM drains and exits 0', async () => {
+    server.process.kill('SIGTERM');
+    const exit = await server.exited;
+    expect(exit, server.output()).toEqual({ code: 0, signal: null });
+    expect(server.output()).toMatch(/poolgate: stopped/);
+  });
+});
+
+describe.skipIf(!realPostgresUrl)('the plain function (functions/notes-report.ts)', () => {
+  let db: ScratchDatabase;
+
+  beforeAll(async () => {
+    db = await createScratchDatabase('poolgate_pkg_fn');
+    await runOk(process.execPath, ['node_modules/.bin/poolgate', 'migrate', '--app', './app.ts'], {
+      cwd: scratch,
+      env: childEnv({ DATABASE_URL: db.url }),
+      timeoutMs: 60_000,
+    });
+    await db.admin("INSERT INTO notes (text) VALUES ('first'), ('second')");
+  }, 90_000);
+
+  afterAll(async () => {
+    await db?.drop();
+  });
+
+  /** Imports the function in a child Node (DATABASE_URL set) and calls it with `url`. */
+  async function callReport(url: string): Promise<{ status: number; body: any }> {
+    const { stdout } = await runOk(process.execPath, ['run-report.mjs', url], {
+      cwd: scratch,
+      env: childEnv({ DATABASE_URL: db.url, LOG_LEVEL: 'silent' }),
+      timeoutMs: 60_000,
+    });
+    return JSON.parse(stdout) as { status: number; body: any };
+  }
+
+  it('adds a note in one transaction (exactly once), then reports the count, the latest rows, health and stats', async () => {
+    const { status, body } = await callReport('http://x/?add=hello');
+    expect(status).toBe(200);
+    expect(body.count).toBe(3);
+    expect(body.latest).toEqual([
+      { id: 3, text: 'hello (edited)' },
+      { id: 2, text: 'second' },
+      { id: 1, text: 'first' },
+    ]);
+    expect(body.health).toMatchObject({ healthy: true, latencyMs: expect.any(Number) });
+    // Both statements of the transaction took effect, once: one row, already edited.
+    expect(await db.admin("SELECT text FROM notes WHERE text LIKE 'hello%'")).toEqual([{ text: 'hello (edited)' }]);
+
+    const calls = body.stats.routes as RouteStats[];
+    expect(routeIn(body.stats, 'executeTransaction', 'write')).toMatchObject({ count: 1, statusClasses: { '2xx': 1 } });
+    expect(routeIn(body.stats, 'executeQuery', 'read')).toMatchObject({ count: 1, statusClasses: { '2xx': 1 } });
+    expect(routeIn(body.stats, 'sql', 'read')).toMatchObject({ count: 1, statusClasses: { '2xx': 1 } });
+    expect(calls.every((r) => r.clients['pg-pool'] === r.count)).toBe(true);
+    expect(body.stats.pool).toMatchObject({ max: expect.any(Number) });
+  });
+
+  it('without ?add only reads: nothing is written', async () => {
+    const { status, body } = await callReport('http://x/');
+    expect(status).toBe(200);
+    expect(body.count).toBe(3);
+    expect(body.latest[0]).toEqual({ id: 3, text: 'hello (edited)' });
+    expect(routeIn(body.stats, 'executeTransaction', 'write')).toBeUndefined();
+    expect(await db.admin('SELECT count(*)::int AS n FROM notes')).toEqual([{ n: 3 }]);
+  });
+});
+
+describe.skipIf(!realPostgresUrl)('at the edge: worker.ts in workerd → Neon proxy (reads), Node gateway (writes)', () => {
+  let db: ScratchDatabase;
+  let gateway: Child;
+  let proxy: Child;
+  let mf: Miniflare | undefined;
+  let nodeUrl: string;
+  let proxyUrl: string;
+  let edge: string;
+  const forwardSecret = randomBytes(32).toString('base64url');
+  const opsToken = randomBytes(24).toString('base64url');
+  const workerdOutput: string[] = [];
+
+  /** The Node gateway's /ops/stats (it accepts only signed traffic, so its stats need OPS_TOKEN). */
+  const nodeStats = async () => {
+    const res = await ask(`${nodeUrl}/ops/stats`, { headers: { authorization: `Bearer ${opsToken}` } });
+    expect(res.status, res.text).toBe(200);
+    return res.body as { routes: RouteStats[] };
+  };
+
+  beforeAll(async () => {
+    db = await createScratchDatabase('poolgate_pkg_edge');
+    // The scratch's own gateway (it migrates on start), accepting only signed forwards.
+    const nodePort = await freePort();
+    gateway = startInScratch(['server.ts'], {
+      DATABASE_URL: db.url,
+      PORT: String(nodePort),
+      HOST: '127.0.0.1',
+      LOG_LEVEL: 'info',
+      POOL_MIN: '1',
+      FORWARD_SECRET: forwardSecret,
+      OPS_TOKEN: opsToken,
+    });
+    // The package's Neon proxy, from its bin.
+    const proxyPort = await freePort();
+    proxy = startInScratch(['node_modules/.bin/poolgate', 'neon-proxy', '--database-url', db.url, '--port', String(proxyPort)], {});
+    nodeUrl = await gatewayUrl(gateway);
+    proxyUrl = await waitFor(() => /neon-proxy: listening on (http:\/\/[\d.]+:\d+)/.exec(proxy.output())?.[1], {
+      timeoutMs: 30_000,
+      what: `the Neon proxy to listen (${proxy.output()})`,
+    });
+    expect(proxyUrl).toBe(`http://127.0.0.1:${proxyPort}`);
+
+    // worker.ts bundled as src/local/build.ts bundles the edge entries.
+    const bundlePath = join(work, 'edge', 'worker.js');
+    await build({
+      entryPoints: [join(scratch, 'worker.ts')],
+      absWorkingDir: scratch,
+      outfile: bundlePath,
+      bundle: true,
+      format: 'esm',
+      platform: 'neutral',
+      mainFields: ['browser', 'module', 'main'],
+      conditions: ['workerd', 'worker', 'browser'],
+      target: 'es2022',
+      logLevel: 'warning',
+      legalComments: 'none',
+    });
+    mf = new Miniflare({
+      host: '127.0.0.1',
+      port: 0,
+      handleStructuredLogs: ({ message }) => void workerdOutput.push(message),
+      workers: [
+        workerdWorker('edge', bundlePath, {
+          // The edge's Postgres URL is the database's own; NEON_PROXY_URL sends the Neon driver to the local proxy.
+          DATABASE_URL: db.url,
+          NEON_PROXY_URL: proxyUrl,
+          NODE_FUNCTION_URL: nodeUrl,
+          FORWARD_SECRET: forwardSecret,
+        }),
+      ],
+    });
+    edge = (await mf.ready).origin;
+  }, 120_000);
+
+  afterAll(async () => {
+    await mf?.dispose().catch(() => {});
+    await gateway?.stop();
+    await proxy?.stop();
+    await db?.drop();
+  });
+
+  let note: { id: number; text: string };
+
+  it('forwards POST /api/notes (transactional), signed, to the Node gateway, which writes it on its pg Pool', async () => {
+    const res = await ask(`${edge}/api/notes`, { method: 'POST', json: { text: 'written at the edge' } });
+    expect(res.status, `${res.text}\n${workerdOutput.join('\n')}`).toBe(201);
+    note = res.body;
+    expect(note).toEqual({ id: expect.any(Number), text: 'written at the edge' });
+    const timing = res.headers.get('server-timing') ?? '';
+    expect(timing).toMatch(/(^|,\s*)forward;dur=[\d.]+/);
+    expect(dbDesc(timing)).toBe('forwarded 0q');
+    expect(timing).toMatch(/(^|,\s*)node-db;dur=[\d.]+;desc="pg-pool \d+q"/);
+    expect(timing).toMatch(/(^|,\s*)node-total;dur=[\d.]+/);
+    expect(await db.admin('SELECT id, text FROM notes')).toEqual([note]);
+
+    const post = routeIn(await nodeStats(), 'POST', '/api/notes');
+    expect(post).toMatchObject({ count: 1, statusClasses: { '2xx': 1 } });
+    expect(post!.clients['pg-pool']).toBe(1);
+  });
+
+  it('serves GET /api/notes/:id (read) itself, over Neon HTTP through the proxy; nothing reaches the gateway', async () => {
+    const res = await ask(`${edge}/api/notes/${note.id}`);
+    expect(res.status, res.text).toBe(200);
+    expect(res.body).toEqual(note);
+    expect(dbDesc(res.headers.get('server-timing'))).toBe('neon-http 1q');
+    const missing = await ask(`${edge}/api/notes/987654`);
+    expect(missing.status, missing.text).toBe(404);
+    expect(missing.body.error.code).toBe('not_found');
+    expect(routeIn(await nodeStats(), 'GET', '/api/notes/:id')).toBeUndefined();
+  });
+
+  it('checks a write’s body at the edge: 400 validation_failed, never forwarded', async () => {
+    const res = await ask(`${edge}/api/notes`, { method: 'POST', json: { text: '' } });
+    expect(res.status, res.text).toBe(400);
+    expect(res.body.error.code).toBe('validation_failed');
+    expect(routeIn(await nodeStats(), 'POST', '/api/notes')?.count).toBe(1);
+    expect(await db.admin('SELECT count(*)::int AS n FROM notes')).toEqual([{ n: 1 }]);
+  });
+
+  it("the edge's /ops/stats shows both routes: the write forwarded, the reads on Neon HTTP", async () => {
+    const res = await ask(`${edge}/ops/stats`);
+    expect(res.status, res.text).toBe(200);
+    const post = routeIn(res.body, 'POST', '/api/notes');
+    const get = routeIn(res.body, 'GET', '/api/notes/:id');
+    expect(post, res.text).toMatchObject({ count: 2, statusClasses: { '2xx': 1, '4xx': 1 } });
+    expect(post!.clients.forwarded).toBe(1);
+    expect(get, res.text).toMatchObject({ count: 2, statusClasses: { '2xx': 1, '4xx': 1 } });
+    expect(get!.clients['neon-http']).toBe(2);
+  });
+
+  it('the Node gateway refuses an unsigned POST (401 unauthorized) and writes nothing; its stats need OPS_TOKEN', async () => {
+    const unsigned = await ask(`${nodeUrl}/api/notes`, { method: 'POST', json: { text: 'not signed' } });
+    expect(unsigned.status, unsigned.text).toBe(401);
+    expect(unsigned.body.error.code).toBe('unauthorized');
+    expect(await db.admin('SELECT count(*)::int AS n FROM notes')).toEqual([{ n: 1 }]);
+    expect((await ask(`${nodeUrl}/ops/stats`)).status).toBe(401);
+  });
+});
