@@ -10,7 +10,8 @@ import { fileURLToPath } from 'node:url';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 
-const edge: BuildOptions = {
+/** How an edge entry is bundled (workerd and Deno alike); the package tests bundle a scratch project's worker with it. */
+export const edge: BuildOptions = {
   bundle: true,
   format: 'esm',
   platform: 'neutral',

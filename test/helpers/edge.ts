@@ -5,10 +5,10 @@
  * running side by side, or `npm start`, never overwrite each other's dist/). The runtime itself
  * (miniflare, a Deno process) is the suite's to start and stop, before `stop()`.
  */
+import { freePort } from './wait.js';
 import type { Summary } from '../../src/fitness/repo.js';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildNetlifyEdge, buildWorker } from '../../src/local/build.js';
@@ -104,16 +104,7 @@ export async function startEdgeStack(bundle: EdgeBundle, prefix = 'poolgate_edge
 }
 
 /** `http://127.0.0.1:<port>` of a port that was free a moment ago and has nothing listening. */
-export async function closedPortUrl(): Promise<string> {
-  const server = createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return `http://127.0.0.1:${port}`;
-}
+export const closedPortUrl = async (): Promise<string> => `http://127.0.0.1:${await freePort()}`;
 
 /** Rows of `table` in the suite's database, read with pg (not through any app path). */
 export async function countRows(

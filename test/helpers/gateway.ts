@@ -145,25 +145,7 @@ export async function backendsOf(
   return rows;
 }
 
-/** Polls `check` every `intervalMs` until it returns truthy; throws after `timeoutMs`. */
-export async function waitFor<T>(
-  check: () => T | Promise<T>,
-  { timeoutMs = 5_000, intervalMs = 20, what = 'condition' } = {},
-): Promise<NonNullable<T>> {
-  const deadline = Date.now() + timeoutMs;
-  let last: string | undefined;
-  for (;;) {
-    try {
-      const value = await check();
-      if (value) return value;
-    } catch (err) {
-      last = String(err);
-    }
-    if (Date.now() > deadline)
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${last})` : ''}`);
-    await new Promise((r) => setTimeout(r, intervalMs));
-  }
-}
+export { waitFor } from './wait.js';
 
 /**
  * Collects uncaught exceptions and unhandled rejections while a suite runs (a dropped connection

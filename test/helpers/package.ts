@@ -8,7 +8,6 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -163,26 +162,6 @@ export function titledSnippets(readme: string, sections: readonly string[] = LIB
   return snippets;
 }
 
-/** Polls `check` every `intervalMs` until it returns truthy; throws after `timeoutMs`, with the last error. */
-export async function waitFor<T>(
-  check: () => T | Promise<T>,
-  { timeoutMs = 10_000, intervalMs = 50, what = 'condition' } = {},
-): Promise<NonNullable<T>> {
-  const deadline = Date.now() + timeoutMs;
-  let last: string | undefined;
-  for (;;) {
-    try {
-      const value = await check();
-      if (value) return value;
-    } catch (err) {
-      last = String(err);
-    }
-    if (Date.now() > deadline)
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? ` (last error: ${last})` : ''}`);
-    await new Promise((resolve) => setTimeout(resolve, intervalMs));
-  }
-}
-
 /** A long-running child process: its output so far, and its exit. */
 export interface Child {
   process: ChildProcess;
@@ -221,17 +200,7 @@ export function startNode(args: readonly string[], { cwd, env }: { cwd: string; 
   };
 }
 
-/** A port that was free a moment ago (what a user would pick for PORT or --port). */
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => resolve());
-  });
-  const { port } = server.address() as { port: number };
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
+export { freePort, waitFor } from './wait.js';
 
 /** TEST_DATABASE_URL: the real PostgreSQL the runtime parts need (a gateway pool, the proxy and a function side by side). */
 export const realPostgresUrl = process.env.TEST_DATABASE_URL || undefined;

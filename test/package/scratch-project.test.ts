@@ -8,6 +8,7 @@
  * the edge in real workerd (the worker bundled from the scratch with esbuild) through the
  * package's Neon proxy, forwarding its writes, signed, to the scratch's Node gateway.
  */
+import { edge as edgeBundle } from '../../src/local/build.js';
 import { Validator } from '@seriousme/openapi-schema-validator';
 import { randomBytes } from 'node:crypto';
 import { lstat, mkdir, mkdtemp, readdir, readFile, realpath, rm, writeFile } from 'node:fs/promises';
@@ -492,14 +493,7 @@ describe.skipIf(!realPostgresUrl)('at the edge: worker.ts in workerd → Neon pr
       entryPoints: [join(scratch, 'worker.ts')],
       absWorkingDir: scratch,
       outfile: bundlePath,
-      bundle: true,
-      format: 'esm',
-      platform: 'neutral',
-      mainFields: ['browser', 'module', 'main'],
-      conditions: ['workerd', 'worker', 'browser'],
-      target: 'es2022',
-      logLevel: 'warning',
-      legalComments: 'none',
+      ...edgeBundle,
     });
     mf = new Miniflare({
       host: '127.0.0.1',
