@@ -43,8 +43,8 @@ export interface PoolgateDeps {
   readHeader?: (c: Context, name: string) => string | undefined;
   /** Who may read /stats, /metrics and readiness details (src/routes/ops.ts). */
   opsAccess?: OpsAccess;
-  /** A runtime's signal for "the client went away" (Node's comes from the socket; default: the Request's). */
-  clientSignal?: (c: Context) => AbortSignal | undefined;
+  /** A runtime's cheap "the client went away" (Node's comes from the response; default: the Request's signal). */
+  onClientGone?: (c: Context, gone: () => void) => void;
 }
 
 const BODYLESS = new Set(['GET', 'HEAD']);
@@ -120,20 +120,16 @@ function methodsByPath(routes: readonly RouteSpec[], extraGets: readonly string[
   };
 }
 
-/** The middleware every part of poolgate runs first: errors as JSON, the request's stats and Db, the body limit. */
+/** The middleware every part of poolgate runs first: errors as JSON, the request's stats and Db. */
 function commonMiddleware(deps: PoolgateDeps): MiddlewareHandler<AppEnv>[] {
   const stats = connStats({
     registry: deps.registry,
     database: deps.database,
     requestTimeoutMs: deps.requestTimeoutMs ?? 15_000,
     readHeader: deps.readHeader,
-    clientSignal: deps.clientSignal,
+    onClientGone: deps.onClientGone,
   }) as unknown as MiddlewareHandler<AppEnv>;
-  const limit: MiddlewareHandler<AppEnv> = async function bodyLimit(c, next) {
-    c.set('bodyLimitBytes', deps.bodyLimitBytes);
-    await next();
-  };
-  return [onlyErrors, stats, limit];
+  return [onlyErrors, stats];
 }
 
 /** The one mapping of errors to responses: JSON with a stable code; 5xx logged with its cause, never answered with it. */
@@ -164,6 +160,7 @@ function routesApp(routes: readonly RouteSpec[], deps: PoolgateDeps, common: Mid
       ...common,
       async function declaredRoute(c, next) {
         c.set('routePattern', route.path);
+        c.set('bodyLimitBytes', deps.bodyLimitBytes);
         c.get('metrics').intent = route.kind;
         await next();
       },
@@ -212,10 +209,11 @@ function notFoundOrNotAllowed(routes: readonly RouteSpec[], extraGets: readonly 
 function wholeApp(routes: readonly RouteSpec[], deps: PoolgateDeps, options: { openapi?: OpenApiInfo }): Hono<AppEnv> {
   const common = commonMiddleware(deps);
   const app = new Hono<AppEnv>();
-  // Outermost: unmatched requests (404/405) get a request id and are counted too.
+  // Outermost, once for every request: unmatched ones (404/405) get a request id and are counted
+  // too, so the parts inside carry no middleware of their own.
   app.use('*', ...common);
-  app.route('/', opsApp(deps, common, false));
-  app.route('/', routesApp(routes, deps, common, false));
+  app.route('/', opsApp(deps, [], false));
+  app.route('/', routesApp(routes, deps, [], false));
   const extraGets: string[] = [...OPS_PATHS];
   if (options.openapi) {
     const document = openApiDocument(routes, options.openapi);

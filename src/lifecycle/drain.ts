@@ -12,7 +12,8 @@ export class Drain {
   #inFlight = 0;
   #draining = false;
   #idle: (() => void)[] = [];
-  readonly #cut = new AbortController();
+  /** What each in-flight request gave to be cut with (its metrics' abort). */
+  readonly #running = new Set<{ abort(reason?: unknown): void }>();
 
   get inFlight(): number {
     return this.#inFlight;
@@ -32,12 +33,13 @@ export class Drain {
       return;
     }
     this.#inFlight++;
-    const metrics = c.get('metrics' as never) as { signal?: AbortSignal } | undefined;
-    if (metrics) metrics.signal = metrics.signal ? AbortSignal.any([metrics.signal, this.#cut.signal]) : this.#cut.signal;
+    const metrics = c.get('metrics' as never) as { abort(reason?: unknown): void } | undefined;
+    if (metrics) this.#running.add(metrics);
     try {
       await next();
     } finally {
       this.#inFlight--;
+      if (metrics) this.#running.delete(metrics);
       if (this.#inFlight === 0) for (const f of this.#idle.splice(0)) f();
       // Finished while draining: its connection ends once the response is written, so shutdown
       // need not cut it (the drain ends before the response reaches the socket).
@@ -52,9 +54,10 @@ export class Drain {
   async start(timeoutMs: number): Promise<boolean> {
     this.#draining = true;
     if (await this.#settled(timeoutMs)) return true;
-    this.#cut.abort(
-      new AppError(503, 'shutting_down', 'The server shut down before this request finished; it was not applied.', { retryAfterSec: 1 }),
-    );
+    const cut = new AppError(503, 'shutting_down', 'The server shut down before this request finished; it was not applied.', {
+      retryAfterSec: 1,
+    });
+    for (const request of this.#running) request.abort(cut);
     return false;
   }
 

@@ -19,8 +19,13 @@ export interface RequestMetrics extends QueryObserver {
   /** The forwarded-to Node function's own Server-Timing entries, renamed `node-*`. */
   upstreamTiming?: string;
   deadline?: number;
-  /** Aborts when the client goes away; database work is cancelled then. */
+  /**
+   * Aborts when the client goes away or the drain cuts the request; database work is cancelled
+   * then. Setting a signal links it: its abort aborts this one.
+   */
   signal?: AbortSignal;
+  /** Aborts the request's work (the client left: no reason; the drain's cut: its AppError). Once. */
+  abort(reason?: unknown): void;
   /** What the matched route declared (set by the route table). */
   intent?: 'read' | 'transactional';
   retries: number;
@@ -45,17 +50,26 @@ export interface ConnStatsOptions {
   requestTimeoutMs?: number;
   /** Reads a request header without building a Headers object, where the runtime can (Node). */
   readHeader?: (c: Context, name: string) => string | undefined;
-  /** The signal that aborts when the client goes away; default: the Web Request's own. */
-  clientSignal?: (c: Context) => AbortSignal | undefined;
+  /**
+   * Calls `gone` when the client goes away, where the runtime can tell cheaply (Node: the
+   * response's 'close'); default: the Web Request's own signal.
+   */
+  onClientGone?: (c: Context, gone: () => void) => void;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
 
-/** One request's figures; a class so its methods live on the prototype (this runs per request). */
+/**
+ * One request's figures; a class so its methods live on the prototype (this runs per request).
+ * Its signal is made only when something reads it, and one abort() serves every source (the
+ * client leaving, the drain's cut) — no composite signal per request.
+ */
 class Metrics implements RequestMetrics {
   readonly startedAt = now();
   readonly deadline: number | undefined;
-  signal?: AbortSignal;
+  #controller: AbortController | undefined;
+  #aborted = false;
+  #reason: unknown;
   intent?: 'read' | 'transactional';
   dbMs = 0;
   acquireMs = 0;
@@ -69,6 +83,24 @@ class Metrics implements RequestMetrics {
 
   constructor(requestTimeoutMs?: number) {
     this.deadline = requestTimeoutMs === undefined ? undefined : this.startedAt + requestTimeoutMs;
+  }
+  get signal(): AbortSignal {
+    if (!this.#controller) {
+      this.#controller = new AbortController();
+      if (this.#aborted) this.#controller.abort(this.#reason);
+    }
+    return this.#controller.signal;
+  }
+  set signal(source: AbortSignal | undefined) {
+    if (!source) return;
+    if (source.aborted) this.abort(source.reason);
+    else source.addEventListener('abort', () => this.abort(source.reason), { once: true });
+  }
+  abort(reason?: unknown): void {
+    if (this.#aborted) return;
+    this.#aborted = true;
+    this.#reason = reason;
+    this.#controller?.abort(reason);
   }
   acquired(waitMs: number): void {
     this.acquireMs += waitMs;
@@ -120,14 +152,15 @@ export const connStats = ({
   database,
   requestTimeoutMs,
   readHeader,
-  clientSignal = (c) => c.req.raw.signal,
+  onClientGone,
 }: ConnStatsOptions): MiddlewareHandler<{ Variables: ConnStatsVariables }> =>
   async function connStats(c, next) {
     if (c.get('metrics')) return next(); // installed twice: the outer one records
     const incoming = readHeader ? readHeader(c, 'x-request-id') : c.req.header('x-request-id');
     const requestId = incoming && REQUEST_ID.test(incoming) ? incoming : crypto.randomUUID();
     const metrics = newMetrics(requestTimeoutMs);
-    metrics.signal = clientSignal(c);
+    if (onClientGone) onClientGone(c, () => metrics.abort());
+    else metrics.signal = c.req.raw.signal;
     c.set('requestId', requestId);
     c.set('metrics', metrics);
     const db = database.forRequest(metrics);

@@ -21,7 +21,7 @@ export interface NodeAppOptions {
   connectionString: string;
   log: (line: string) => void;
   readHeader?: (c: Context, name: string) => string | undefined;
-  clientSignal?: (c: Context) => AbortSignal | undefined;
+  onClientGone?: (c: Context, gone: () => void) => void;
 }
 
 export interface NodeApp {
@@ -58,7 +58,7 @@ export function createNodeApp(config: Config, options: NodeAppOptions): NodeApp 
     // A gateway that takes only signed traffic keeps its figures to whoever has OPS_TOKEN (open in development).
     opsAccess: { token: config.opsToken, locked: verify !== undefined && !config.development },
     readHeader: options.readHeader,
-    clientSignal: options.clientSignal,
+    onClientGone: options.onClientGone,
   });
   return { app: buildApp(options.app, parts), database, registry, drain };
 }

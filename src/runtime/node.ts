@@ -48,14 +48,11 @@ const readHeader = (c: Context, name: string): string | undefined => {
  * "The client went away", from Node's response: 'close' before the response finished. Cheaper than
  * the Web Request's signal, which would make @hono/node-server build the whole Request.
  */
-const clientSignal = (c: Context): AbortSignal | undefined => {
+const onClientGone = (c: Context, gone: () => void): void => {
   const outgoing = (c.env as { outgoing?: ServerResponse } | undefined)?.outgoing;
-  if (!outgoing) return undefined;
-  const controller = new AbortController();
-  outgoing.once('close', () => {
-    if (!outgoing.writableFinished) controller.abort();
+  outgoing?.once('close', () => {
+    if (!outgoing.writableFinished) gone();
   });
-  return controller.signal;
 };
 
 /** After the drain deadline: how long cut requests get to answer, their answers to flush, and the pool to end (≤ 1 s in all). */
@@ -83,7 +80,7 @@ export async function startGateway(
     log(`poolgate: embedded PGlite on 127.0.0.1:${embedded.port} (data in ${config.embeddedDataDir})`);
   }
 
-  const built = createNodeApp(config, { app, scope: 'node', connectionString, log, readHeader, clientSignal });
+  const built = createNodeApp(config, { app, scope: 'node', connectionString, log, readHeader, onClientGone });
   const { database, registry, drain } = built;
   let server: ServerType | undefined;
 
