@@ -9,7 +9,7 @@
  * and, synchronously, when the process exits.
  */
 import { readFileSync, unlinkSync } from 'node:fs';
-import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { link, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { StartupError } from '../runtime/node.js';
 
@@ -62,24 +62,31 @@ async function acquire(dataDir: string, path: string): Promise<void> {
     const owner = await readOwner(path);
     if (owner === 'gone') continue; // released meanwhile
     if (typeof owner === 'number' && owner !== process.pid && isRunning(owner)) throw new DataDirInUseError(dataDir, owner);
-    if (owner === 'unreadable' && attempt === 1) {
-      await new Promise((r) => setTimeout(r, 100)); // empty: its owner may be between creating and writing it
-      continue;
-    }
-    // Stale: its process is gone (our own pid here means a previous process that had the same pid).
+    // Stale: its process is gone (our own pid here means a previous process that had the same pid),
+    // or it holds no pid (a lock file is never empty while it is being made, so it was damaged).
     // Only what we read is removed; two starts taking over one stale lock in the same instant are not told apart.
     if ((await readOwner(path)) === owner) await rm(path, { force: true });
   }
   throw new StartupError(`cannot take the lock ${path}; delete it if no poolgate is running`);
 }
 
+/**
+ * Creates the lock file with our pid already in it: written under a name of our own, then
+ * hard-linked into place, which is atomic and fails if the lock exists. (O_EXCL then write left
+ * an instant where the lock existed empty; a loaded machine made that instant long enough for a
+ * second process to take the empty lock for a stale one.)
+ */
 async function createExclusive(path: string): Promise<boolean> {
+  const mine = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}`;
+  await writeFile(mine, `${process.pid}\n`, { flag: 'wx' });
   try {
-    await writeFile(path, `${process.pid}\n`, { flag: 'wx' });
+    await link(mine, path);
     return true;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
     throw err;
+  } finally {
+    await rm(mine, { force: true });
   }
 }
 

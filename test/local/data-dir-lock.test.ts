@@ -110,7 +110,36 @@ describe('one process per data dir', () => {
     await lock.release();
   });
 
-  it('takes over a stale lock (its pid is dead) and an empty one (a crash between create and write)', async () => {
+  it('never shows a lock file without its pid, so no one can take a fresh lock for a stale one', async () => {
+    // Before: O_EXCL then write. A loaded machine let a second process read the lock empty in
+    // between, wait, read it empty again, remove it as stale and take it: two owners (seen in CI).
+    const dataDir = await newDataDir();
+    const path = join(dataDir, LOCK_FILE);
+    await lockDataDir(dataDir).then((l) => l.release());
+    // Another process reads the lock as fast as it can while this one takes and releases it.
+    const watcher = spawn(
+      process.execPath,
+      [
+        '-e',
+        `const fs = require('fs'); let reads = 0, empty = 0; const end = Date.now() + 2500;
+         while (Date.now() < end) { let t; try { t = fs.readFileSync(process.argv[1], 'utf8') } catch { continue } reads++; if (t === '') empty++ }
+         console.log(JSON.stringify({ reads, empty }))`,
+        path,
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    let out = '';
+    watcher.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const done = new Promise((resolve) => watcher.once('exit', resolve));
+    const until = Date.now() + 2_000;
+    while (Date.now() < until) await (await lockDataDir(dataDir)).release();
+    await done;
+    const seen = JSON.parse(out) as { reads: number; empty: number };
+    expect(seen.reads).toBeGreaterThan(0);
+    expect(seen.empty).toBe(0);
+  });
+
+  it('takes over a stale lock (its pid is dead) and a damaged one (no pid in it)', async () => {
     const dataDir = await newDataDir();
     await lockDataDir(dataDir).then((l) => l.release());
     for (const content of [`${deadPid()}\n`, '']) {

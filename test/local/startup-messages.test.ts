@@ -26,7 +26,7 @@ afterAll(async () => {
 
 /** Exit 1, exactly one line on stderr, equal to `line`, and no stack anywhere. */
 async function expectOneLine(proc: TopologyProcess, line: string): Promise<void> {
-  const exit = await proc.waitForExit(60_000);
+  const exit = await proc.waitForExit(90_000);
   const output = `stdout: ${proc.stdout()}\nstderr: ${proc.stderr()}`;
   expect(exit, output).toEqual({ code: 1, signal: null });
   expect(proc.stderr(), output).toBe(`${line}\n`);
@@ -77,7 +77,7 @@ describe('a damaged data dir', () => {
     await damage(dataDir);
     const proc = spawnTopology(await topologyEnv(dataDir));
     await expectOneLine(proc, `poolgate: ${dataDir} cannot be opened (damaged?): move it aside or delete it to start fresh`);
-  });
+  }, 150_000); // two PGlite starts: slow on a loaded machine
 });
 
 describe('the curls printed on DATABASE_URL', () => {

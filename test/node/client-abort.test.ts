@@ -22,7 +22,7 @@ import { adminClient, backendsOf, json, leaksIn, seenResponses, startTestGateway
 const POOL_MAX = 5;
 const REQUEST_TIMEOUT_MS = 8_000;
 const PATCHES = 30;
-const ABORT_AFTER_MS = 500;
+const ABORT_AFTER_MS = 1_500; // the PATCHes must be waiting on the lock by then, also on a loaded machine
 /** How long after the last abort the gateway gets to give up what those requests held. */
 const SETTLE_MS = 250;
 
