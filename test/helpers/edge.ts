@@ -6,7 +6,7 @@
  * (miniflare, a Deno process) is the suite's to start and stop, before `stop()`.
  */
 import { freePort } from './wait.js';
-import type { Summary } from '../../src/fitness/repo.js';
+import type { Summary, Workout } from '../../src/fitness/repo.js';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -124,6 +124,8 @@ export interface Athlete {
   expectedUser: { id: string; email: string; name: string; preferences: { units: 'imperial'; weeklyGoal: number }; createdAt: string };
   /** The figures GET /api/users/:id/summary must report (the repo's own Summary shape). */
   expectedSummary: Summary;
+  /** What GET /api/users/:id/workouts/latest must answer (but createdAt, set by the database). */
+  expectedLatest: Omit<Workout, 'createdAt'>;
 }
 
 export async function insertAthlete(db: TestDatabase): Promise<Athlete> {
@@ -157,6 +159,14 @@ export async function insertAthlete(db: TestDatabase): Promise<Athlete> {
       name: 'Edge Athlete',
       preferences: { units: 'imperial', weeklyGoal: 5 },
       createdAt: '2026-03-01T08:00:00.000Z',
+    },
+    expectedLatest: {
+      id: w3,
+      userId,
+      kind: 'strength',
+      startedAt: '2026-03-05T07:00:00.000Z',
+      durationSeconds: null,
+      sets: [{ exercise: 'deadlift', reps: 3, weightKg: 140 }],
     },
     expectedSummary: {
       userId,

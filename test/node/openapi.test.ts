@@ -70,6 +70,7 @@ describe('GET /openapi.json on the Node gateway', () => {
     expect((await call('GET', '/api/workouts/:id', `/api/workouts/${workout.body.id}`)).status).toBe(200);
     expect((await call('GET', '/api/users/:id/workouts', `/api/users/${id}/workouts?limit=5`)).status).toBe(200);
     expect((await call('GET', '/api/users/:id/summary', `/api/users/${id}/summary`)).status).toBe(200);
+    expect((await call('GET', '/api/users/:id/workouts/latest', `/api/users/${id}/workouts/latest`)).status).toBe(200);
     expect((await call('DELETE', '/api/workouts/:id', `/api/workouts/${workout.body.id}`)).status).toBe(204);
     // Errors: documented statuses, and the documented error codes.
     const codes: string[] = doc.components.schemas.Error.properties.error.properties.code.enum;

@@ -504,6 +504,39 @@ describe('GET /api/users/:id/summary', () => {
   });
 });
 
+describe('GET /api/users/:id/workouts/latest', () => {
+  it("answers the user's latest workout with its sets, in order", async () => {
+    const u = await createUser();
+    await createWorkout(u.id, { kind: 'run', startedAt: '2026-05-01T07:00:00Z', sets: [] });
+    const latest = await createWorkout(u.id, {
+      kind: 'strength',
+      startedAt: '2026-05-03T18:00:00Z',
+      sets: [
+        { exercise: 'deadlift', reps: 3, weightKg: 140 },
+        { exercise: 'row', reps: 8 },
+      ],
+    });
+    await createWorkout(u.id, { kind: 'walk', startedAt: '2026-05-02T06:30:00Z', sets: [] });
+    const res = await json(`${api}/users/${u.id}/workouts/latest`);
+    expect(res.status, res.text).toBe(200);
+    expect(res.body).toEqual(latest);
+  });
+
+  it('answers 404 for a user without workouts and for an unknown user, 400 for a malformed id', async () => {
+    const u = await createUser();
+    const none = await json(`${api}/users/${u.id}/workouts/latest`);
+    expect(none.status).toBe(404);
+    expectErrorShape(none.body, 'not_found');
+    expect(none.body.error.message).toMatch(/^Workout of user /);
+    const missing = await json(`${api}/users/${randomUUID()}/workouts/latest`);
+    expect(missing.status).toBe(404);
+    expect(missing.body.error.message).toMatch(/^User /);
+    const bad = await json(`${api}/users/1/workouts/latest`);
+    expect(bad.status).toBe(400);
+    expect(fieldsOf(bad.body)).toEqual(['id']);
+  });
+});
+
 describe('unknown routes', () => {
   it('answers 404 route_not_found with the JSON error shape and a request id', async () => {
     for (const [method, path] of [

@@ -238,11 +238,20 @@ describe('reads at the edge, through the Neon driver', () => {
     });
   });
 
-  it('answers GET /api/users/:id/summary over a WebSocket session, with exact aggregates', async () => {
+  it('answers GET /api/users/:id/summary with exact aggregates in one Neon HTTP read batch, no WebSocket', async () => {
     const opened = stack.proxy.stats().wsOpenedCount;
     const res = await ask(nodeFetch, `${edge}/api/users/${athlete.userId}/summary`);
     expect(res.status, res.text).toBe(200);
     expect(res.body).toEqual(athlete.expectedSummary);
+    expect(dbDescOf(res.headers.get('server-timing'))).toBe('neon-http 3q');
+    expect(stack.proxy.stats().wsOpenedCount).toBe(opened);
+  });
+
+  it('answers GET /api/users/:id/workouts/latest (an interactive read) over a WebSocket session of its own', async () => {
+    const opened = stack.proxy.stats().wsOpenedCount;
+    const res = await ask(nodeFetch, `${edge}/api/users/${athlete.userId}/workouts/latest`);
+    expect(res.status, res.text).toBe(200);
+    expect(res.body).toMatchObject(athlete.expectedLatest);
     expect(dbDescOf(res.headers.get('server-timing'))).toMatch(/^neon-ws \d+q$/);
     expect(stack.proxy.stats().wsOpenedCount).toBe(opened + 1);
   });
@@ -271,8 +280,8 @@ describe('reads with the Neon endpoint down', () => {
     expect(ms).toBeLessThan(NEON_DOWN_DEADLINE_MS + 1_000);
   }
 
-  it('the WebSocket read path (GET /api/users/:id/summary) answers 503 JSON within the deadline', async () => {
-    await expectUnavailable(`/api/users/${athlete.userId}/summary`);
+  it('the WebSocket read path (GET /api/users/:id/workouts/latest) answers 503 JSON within the deadline', async () => {
+    await expectUnavailable(`/api/users/${athlete.userId}/workouts/latest`);
   });
 
   it('the HTTP read path (GET /api/users/:id) answers 503 JSON within the deadline', async () => {
@@ -388,7 +397,7 @@ describe('capacity and the per-request WebSocket pool', () => {
   it('serves 50 concurrent reads (HTTP and WebSocket paths), all correct', async () => {
     const paths = Array.from({ length: 50 }, (_, i) =>
       i % 5 === 0
-        ? `/api/users/${athlete.userId}/summary`
+        ? `/api/users/${athlete.userId}/workouts/latest`
         : i % 2 === 0
           ? `/api/users/${athlete.userId}`
           : `/api/workouts/${athlete.strengthWorkoutId}`,
@@ -398,7 +407,7 @@ describe('capacity and the per-request WebSocket pool', () => {
     expect(statuses).toEqual(paths.map(() => 200));
     answers.forEach((a, i) => {
       const p = paths[i]!;
-      if (p.endsWith('/summary')) expect(a.body).toEqual(athlete.expectedSummary);
+      if (p.endsWith('/latest')) expect(a.body).toMatchObject(athlete.expectedLatest);
       else if (p.startsWith('/api/users/')) expect(a.body).toEqual(athlete.expectedUser);
       else expect(a.body.sets).toHaveLength(3);
     });
@@ -407,9 +416,9 @@ describe('capacity and the per-request WebSocket pool', () => {
   it('serves 30 sequential WebSocket reads, each on a pool of its own that is ended afterwards', async () => {
     const opened = stack.proxy.stats().wsOpenedCount;
     for (let i = 0; i < 30; i++) {
-      const res = await ask(nodeFetch, `${edge}/api/users/${athlete.userId}/summary`);
+      const res = await ask(nodeFetch, `${edge}/api/users/${athlete.userId}/workouts/latest`);
       expect(res.status, `request ${i + 1}: ${res.text}`).toBe(200);
-      expect(res.body).toEqual(athlete.expectedSummary);
+      expect(res.body).toMatchObject(athlete.expectedLatest);
       expect(dbDescOf(res.headers.get('server-timing'))).toMatch(/^neon-ws /);
     }
     // One WebSocket per request (a shared module-scope pool would open one, then hang)…
@@ -431,14 +440,14 @@ describe('stats at the edge', () => {
     const before = await snap();
     expect(before.scope).toBe('workerd isolate');
     await ask(nodeFetch, `${edge}/api/users/${athlete.userId}`);
-    await ask(nodeFetch, `${edge}/api/users/${athlete.userId}/summary`);
+    await ask(nodeFetch, `${edge}/api/users/${athlete.userId}/workouts/latest`);
     const post = await ask(nodeFetch, `${edge}/api/workouts`, { method: 'POST', json: workoutBody(writer.userId, 'stats-run') });
     expect(post.status).toBe(201);
     const after = await snap();
     const delta = (method: string, path: string, client: string) =>
       (route(after, method, path)?.clients[client] ?? 0) - (route(before, method, path)?.clients[client] ?? 0);
     expect(delta('GET', '/api/users/:id', 'neon-http')).toBe(1);
-    expect(delta('GET', '/api/users/:id/summary', 'neon-ws')).toBe(1);
+    expect(delta('GET', '/api/users/:id/workouts/latest', 'neon-ws')).toBe(1);
     expect(delta('POST', '/api/workouts', 'forwarded')).toBe(1);
     // Nothing at the edge ever ran on a pg Pool.
     expect(after.routes.every((r) => !('pg-pool' in r.clients))).toBe(true);
