@@ -260,14 +260,15 @@ describe('an allowed database that does not answer', () => {
     expect(text).not.toContain('not-this-one');
   });
 
-  it('the WebSocket opens, then closes with 1011 when the TCP connect fails', async () => {
-    const code = await new Promise<number>((resolve, reject) => {
+  it('refuses the upgrade with 502 when the TCP connect fails (the database is reached before the WebSocket opens)', async () => {
+    const status = await new Promise<number>((resolve, reject) => {
       const ws = new WebSocket(`ws://${lonely.host}:${lonely.port}/v2?address=127.0.0.1:1`);
-      ws.on('close', (c) => resolve(c));
-      ws.on('error', reject);
+      ws.on('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
+      ws.on('open', () => reject(new Error('the WebSocket opened')));
+      ws.on('error', () => {});
     });
-    expect(code).toBe(1011);
-    expect(lonely.stats()).toMatchObject({ wsOpenedCount: 1, wsActiveCount: 0 });
+    expect(status).toBe(502);
+    expect(lonely.stats()).toMatchObject({ wsActiveCount: 0 });
   });
 });
 

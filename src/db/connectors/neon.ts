@@ -56,6 +56,18 @@ export function neonWsConnector(options: NeonConnectorOptions): SessionConnector
     upstream: 'neon-ws',
     source(): SessionSource {
       let pool: Neon.Pool | undefined;
+      // COMMITs answered before the server did (read-only transactions): end() waits for them.
+      const commits = new Set<Promise<unknown>>();
+      const inBackground = (commit: Promise<unknown>) => {
+        const settled: Promise<void> = commit.then(
+          () => void commits.delete(settled),
+          (err: unknown) => {
+            commits.delete(settled);
+            log(`poolgate: a read-only transaction's COMMIT failed (${describeError(err)})`);
+          },
+        );
+        commits.add(settled);
+      };
       return {
         async acquire() {
           if (!pool) {
@@ -70,11 +82,12 @@ export function neonWsConnector(options: NeonConnectorOptions): SessionConnector
           }
           client.on('error', onError);
           const cancel = () => sendCancelRequest(options.driver.Client, options.connectionString, client, log);
-          return { session: wsSession(client, cancel), opened: true };
+          return { session: wsSession(client, queryClass(options.driver), cancel, inBackground), opened: true };
         },
         async end() {
           const p = pool;
           pool = undefined;
+          await Promise.all(commits);
           await p?.end();
         },
       };
@@ -84,21 +97,92 @@ export function neonWsConnector(options: NeonConnectorOptions): SessionConnector
 }
 
 /**
- * A failed WebSocket rejects with the socket's ErrorEvent in workerd, not an Error: name it for
- * what it is (08006 connection_failure), so it maps to 503 like any other lost connection.
+ * A failed WebSocket rejects with the socket's ErrorEvent, not an Error (e.g. "Unexpected server
+ * response: 502" when the proxy cannot reach the database): name it for what it is (08006
+ * connection_failure), so it maps to 503 and counts against the breaker like any other lost
+ * connection.
  */
 function asConnectionError(err: unknown): Error {
   if (err instanceof Error) return err;
-  return Object.assign(new Error('The WebSocket to the database could not be opened.'), { code: '08006', cause: err });
+  const message = (err as { message?: unknown } | undefined)?.message;
+  const detail = typeof message === 'string' && message ? ` (${message})` : '';
+  return Object.assign(new Error(`The WebSocket to the database could not be opened${detail}.`), { code: '08006', cause: err });
 }
+
+/** The parts of pg's Query (bundled by the Neon driver as `Client.Query`) that the BEGIN piggyback uses; not in its types. */
+interface PgConnection {
+  parse(query: { text: string }): void;
+  bind(config: object): void;
+  execute(config: object): void;
+}
+interface PgQuery {
+  submit(connection: PgConnection): Error | null | undefined;
+}
+type PgQueryClass = new (text: string, values: unknown[] | undefined, callback: (err: Error | null, result: unknown) => void) => PgQuery;
+
+const queryClass = (driver: NeonDriver) => (driver.Client as unknown as { Query?: PgQueryClass }).Query;
+
+/** The core's own transaction control (beginStatement): `BEGIN [ISOLATION LEVEL …] [READ ONLY]`, no parameters. */
+const isBegin = (text: string, params?: readonly unknown[]) => /^BEGIN( |$)/.test(text) && !params?.length;
+
+const answered = (command: string): QueryResult => ({ rows: [], rowCount: null, command });
 
 /**
  * A WebSocket session. Its cancel sends a CancelRequest through the proxy (a socket of its own)
  * and closes this socket, so the statement stops and nothing more runs on it.
+ *
+ * A round trip is the edge's dearest cost, so a transaction saves what it can:
+ * - the core's BEGIN is answered at once and written just before the transaction's first
+ *   statement, both under that statement's one Sync; the server answers both in one go, and a
+ *   BEGIN that failed fails that statement (the transaction then never opened). A transaction
+ *   that ends before any statement never reaches the server.
+ * - COMMIT of a READ ONLY transaction below SERIALIZABLE whose statements all succeeded decides
+ *   nothing (nothing to write, no serialization check): it is answered at once, and its own answer
+ *   read in the background. Every other COMMIT is awaited.
  */
-function wsSession(client: Neon.PoolClient, sendCancel: () => void): Session {
+function wsSession(
+  client: Neon.PoolClient,
+  Query: PgQueryClass | undefined,
+  sendCancel: () => void,
+  inBackground: (commit: Promise<unknown>) => void,
+): Session {
+  let begin: string | undefined;
+  let tx: { quickCommit: boolean; failed: boolean } | undefined;
+  const run = async (text: string, params?: readonly unknown[]) => {
+    const pending = begin;
+    begin = undefined;
+    try {
+      if (pending === undefined) return toResult(await client.query(text, params as unknown[]));
+      if (!Query) {
+        await client.query(pending);
+        return toResult(await client.query(text, params as unknown[]));
+      }
+      return await withBegin(client, Query, pending, text, params);
+    } catch (err) {
+      if (tx) tx.failed = true;
+      throw err;
+    }
+  };
   return {
-    query: async (text, params) => toResult(await client.query(text, params as unknown[])),
+    async query(text, params) {
+      if (isBegin(text, params)) {
+        begin = text;
+        tx = { quickCommit: text.includes(' READ ONLY') && !text.includes('SERIALIZABLE'), failed: false };
+        return answered('BEGIN');
+      }
+      if (text !== 'COMMIT' && text !== 'ROLLBACK') return run(text, params);
+      const ending = tx;
+      tx = undefined;
+      if (begin !== undefined) {
+        begin = undefined;
+        return answered(text);
+      }
+      if (text === 'COMMIT' && ending?.quickCommit && !ending.failed) {
+        inBackground(client.query('COMMIT'));
+        return answered('COMMIT');
+      }
+      return run(text);
+    },
     cancel: () => {
       sendCancel();
       client.release(true);
@@ -111,6 +195,39 @@ function wsSession(client: Neon.PoolClient, sendCancel: () => void): Session {
       }
     },
   };
+}
+
+/**
+ * `statement` with `begin` in front, in one write and one answer. Without parameters the two go
+ * as one simple Query ("BEGIN …;statement"); with them, BEGIN goes as Parse/Bind/Execute ahead of
+ * the statement's own extended-protocol messages, so the statement's Sync closes both. Either
+ * way pg reads two results; the statement's is the last.
+ */
+function withBegin(
+  client: Neon.PoolClient,
+  Query: PgQueryClass,
+  begin: string,
+  text: string,
+  params?: readonly unknown[],
+): Promise<QueryResult> {
+  const values = params?.length ? [...params] : undefined;
+  return new Promise((resolve, reject) => {
+    const query = new Query(values ? text : `${begin};${text}`, values, (err, result) => {
+      if (err) return reject(err);
+      const results = (Array.isArray(result) ? result : [result]) as Parameters<typeof toResult>[0][];
+      resolve(toResult(results[results.length - 1]!));
+    });
+    if (values) {
+      const submit = query.submit.bind(query);
+      query.submit = (connection) => {
+        connection.parse({ text: begin });
+        connection.bind({});
+        connection.execute({});
+        return submit(connection);
+      };
+    }
+    client.query(query as unknown as Neon.Submittable);
+  });
 }
 
 /**
@@ -136,12 +253,17 @@ export interface NeonProxySettings {
   pipelineTLS: boolean;
 }
 
-/** Points the driver at a local Neon-compatible proxy (development and tests only). */
+/**
+ * Points the driver at a local Neon-compatible proxy (development and tests only). The proxy does
+ * the startup as Neon's does (src/local/neon-proxy/auth.ts), so the driver's pipelined connect
+ * ('password': startup, password and first query in one write) works whatever Postgres asks for;
+ * plain ws carries no TLS to pipeline.
+ */
 export function useLocalNeonProxy(neonConfig: NeonProxySettings, proxyUrl: string): void {
   const u = new URL(proxyUrl);
   neonConfig.fetchEndpoint = () => `${u.origin}/sql`;
   neonConfig.wsProxy = (host, port) => `${u.host}/v2?address=${host}:${port}`;
   neonConfig.useSecureWebSocket = u.protocol === 'https:';
-  neonConfig.pipelineConnect = false;
+  neonConfig.pipelineConnect = 'password';
   neonConfig.pipelineTLS = false;
 }

@@ -84,7 +84,7 @@ const CORS_HEADERS = {
  * const proxy = await startNeonProxy({ databaseUrls: [process.env.DATABASE_URL!], port: 0 });
  * neonConfig.fetchEndpoint = () => `${proxy.url}/sql`;
  * neonConfig.wsProxy = (host, port) => `${proxy.host}:${proxy.port}/v2?address=${host}:${port}`;
- * neonConfig.useSecureWebSocket = false; neonConfig.pipelineConnect = false; neonConfig.pipelineTLS = false;
+ * neonConfig.useSecureWebSocket = false; neonConfig.pipelineTLS = false; // pipelineConnect 'password' (the default) works
  * … await proxy.close();
  */
 export async function startNeonProxy(opts: NeonProxyOptions): Promise<NeonProxy> {

@@ -1,17 +1,22 @@
 /**
  * `/v2?address=host:port`: the driver's `Pool`/`Client` speak the ordinary Postgres protocol
- * inside binary WebSocket frames, so this end only pipes bytes between the WebSocket and a TCP
- * connection to the allowed server. Refusals happen before the upgrade (a 403 with a JSON
- * body, which `ws` clients report as "Unexpected server response: 403"). Either side closing or
- * failing closes the other; backpressure is passed through both ways. A client that vanishes
- * without ending its session (no Terminate) gets its running statement cancelled: the pipe reads
- * the backend's key from the startup traffic and sends a CancelRequest (pg-wire.ts).
+ * inside binary WebSocket frames. The proxy does each session's startup itself, as Neon's proxy
+ * does (auth.ts: the client's cleartext password, whatever authentication Postgres asks for), so
+ * the driver's pipelined connect works against trust, password, md5 and SCRAM servers alike; from
+ * AuthenticationOk on it only pipes bytes between the WebSocket and a TCP connection to the
+ * allowed server, which is connected before the upgrade is answered. Refusals happen before the
+ * upgrade (a JSON body with 403 for a server not allowed, 502 for one that cannot be reached;
+ * `ws` clients report "Unexpected server response: 403"). Either side closing or failing closes the other;
+ * backpressure is passed through both ways once piping. A client that vanishes without ending its
+ * session (no Terminate) gets its running statement cancelled: the pipe reads the backend's key
+ * from the startup traffic and sends a CancelRequest (pg-wire.ts).
  */
 import type { IncomingMessage } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
-import { BackendKeySniffer, endsWithTerminate, sendCancel } from './pg-wire.js';
+import { handshake, type Handshake } from './auth.js';
+import { BackendKeySniffer, endsWithTerminate, MessageReader, sendCancel } from './pg-wire.js';
 import { describeTarget, isAllowed, parseAddress, type Target } from './targets.js';
 
 export interface WsPipesOptions {
@@ -27,6 +32,8 @@ const HIGH_WATER_BYTES = 1024 * 1024;
 
 export class WsPipes {
   readonly #wss = new WebSocketServer({ noServer: true });
+  /** Upgrades waiting for their database connection. */
+  readonly #connecting = new Set<{ socket: Duplex; tcp: Socket }>();
   readonly #open = new Set<{ ws: WebSocket; tcp: Socket; cancel: () => void }>();
   readonly #opts: WsPipesOptions;
   openedCount = 0;
@@ -52,11 +59,16 @@ export class WsPipes {
       this.#opts.log(`neon-proxy: refused WebSocket to ${describeTarget(target)}`);
       return refuse(socket, 403, `this proxy does not serve ${describeTarget(target)}`);
     }
-    this.#wss.handleUpgrade(req, socket, head, (ws) => this.#pipe(ws, target));
+    this.#connectThenUpgrade(req, socket, head, target);
   }
 
   /** Drops every open pipe at once (used by close()). */
   closeAll(): void {
+    for (const { socket, tcp } of this.#connecting) {
+      tcp.destroy();
+      socket.destroy();
+    }
+    this.#connecting.clear();
     for (const { ws, tcp, cancel } of this.#open) {
       cancel();
       tcp.destroy();
@@ -65,10 +77,43 @@ export class WsPipes {
     this.#open.clear();
   }
 
-  #pipe(ws: WebSocket, target: Target): void {
+  /**
+   * The WebSocket opens only onto a connected database. An unreachable one is then a failed
+   * connect — a 502, as /sql answers — which a driver that pipelines its startup could otherwise
+   * only learn from its first statement (and the core would not count against the breaker).
+   */
+  #connectThenUpgrade(req: IncomingMessage, socket: Duplex, head: Buffer, target: Target): void {
     const where = describeTarget(target);
     const tcp = connect({ host: target.host, port: target.port });
     tcp.setNoDelay(true);
+    const pending = { socket, tcp };
+    this.#connecting.add(pending);
+    const unreachable = (err: Error) => {
+      this.#connecting.delete(pending);
+      this.#opts.log(`neon-proxy: refused WebSocket to ${where}: the database is unreachable (${err.message})`);
+      refuse(socket, 502, `could not connect to ${where}: ${(err as { code?: string }).code ?? err.message}`);
+    };
+    tcp.once('error', unreachable);
+    // Until the pipe has it: an error after the connect only ends it (below).
+    tcp.on('error', () => {});
+    let piped = false;
+    // The client gave up first, or the upgrade failed.
+    socket.once('close', () => {
+      this.#connecting.delete(pending);
+      if (!piped) tcp.destroy();
+    });
+    tcp.once('connect', () => {
+      tcp.off('error', unreachable);
+      if (!this.#connecting.delete(pending)) return tcp.destroy();
+      this.#wss.handleUpgrade(req, socket, head, (ws) => {
+        piped = true;
+        this.#pipe(ws, target, tcp);
+      });
+    });
+  }
+
+  #pipe(ws: WebSocket, target: Target, tcp: Socket): void {
+    const where = describeTarget(target);
     const sniffer = new BackendKeySniffer();
     // True once the client has sent Terminate: its session is over, nothing to cancel.
     let ended = false;
@@ -79,11 +124,20 @@ export class WsPipes {
     this.#open.add(entry);
     this.openedCount++;
 
+    // Until the handshake is done with a side, that side's bytes go to it; then straight through.
+    const fromClient = new MessageReader();
+    const fromServer = new MessageReader();
+    let pipingFromClient = false;
+    let pipingFromServer = false;
+
     let done = false;
     const finish = (reason: string, wsCode: number) => {
       if (done) return;
       done = true;
       this.#open.delete(entry);
+      const gone = new Error(reason);
+      fromClient.fail(gone);
+      fromServer.fail(gone);
       (reason === SESSION_ENDED ? this.#opts.debug : this.#opts.log)(`neon-proxy: WebSocket to ${where} closed (${reason})`);
       // A statement may still be running for a client that vanished; the backend would only
       // notice the closed socket once it is done.
@@ -95,20 +149,58 @@ export class WsPipes {
       else ws.terminate();
     };
 
-    ws.on('message', (data) => {
-      const chunk = data as Buffer;
-      sniffer.fromClient(chunk);
-      ended = endsWithTerminate(chunk);
-      // Writes made before the TCP connect completes are queued by the socket.
-      if (!tcp.write(chunk)) ws.pause();
-    });
-    tcp.on('drain', () => ws.resume());
-    tcp.on('data', (chunk) => {
+    const toClient = (chunk: Buffer) => {
+      if (chunk.length === 0) return;
       sniffer.fromServer(chunk);
       ws.send(chunk, { binary: true }, () => {
         if (tcp.isPaused() && ws.bufferedAmount < HIGH_WATER_BYTES / 2) tcp.resume();
       });
       if (ws.bufferedAmount > HIGH_WATER_BYTES) tcp.pause();
+    };
+    const toServer = (chunk: Buffer) => {
+      if (chunk.length > 0 && !tcp.write(chunk)) ws.pause();
+    };
+    const pipeFromServer = (first: Buffer) => {
+      pipingFromServer = true;
+      toClient(Buffer.concat([first, fromServer.take()]));
+    };
+    const pipeFromClient = (first: Buffer) => {
+      pipingFromClient = true;
+      // What the client sent after its startup (a pipelined query): Postgres reads it once ready.
+      toServer(Buffer.concat([first, fromClient.take()]));
+    };
+    const afterHandshake = (result: Handshake) => {
+      if (done) return;
+      if (result.kind === 'refused') return finish(`startup refused: ${result.reason}`, 1000);
+      if (result.kind === 'cancel') {
+        // Postgres reads the request and hangs up: the normal end of a cancel session.
+        ended = true;
+        pipeFromServer(Buffer.alloc(0));
+        return pipeFromClient(Buffer.alloc(0));
+      }
+      pipeFromServer(result.authOk);
+      result.clientNext.then(
+        (first) => {
+          if (!done) pipeFromClient(first);
+        },
+        (err: Error) => finish(`startup failed: ${err.message}`, 1011),
+      );
+    };
+    handshake({ client: fromClient, server: fromServer, toClient: (b) => ws.send(b, { binary: true }), toServer }).then(
+      afterHandshake,
+      (err: Error) => finish(`startup failed: ${err.message}`, 1011),
+    );
+
+    ws.on('message', (data) => {
+      const chunk = data as Buffer;
+      ended = endsWithTerminate(chunk);
+      if (pipingFromClient) toServer(chunk);
+      else fromClient.push(chunk);
+    });
+    tcp.on('drain', () => ws.resume());
+    tcp.on('data', (chunk) => {
+      if (pipingFromServer) toClient(chunk);
+      else fromServer.push(chunk);
     });
     tcp.on('error', (err) => finish(`database socket error: ${err.message}`, 1011));
     tcp.on('close', () => finish(ended ? SESSION_ENDED : DATABASE_CLOSED, 1000));
@@ -123,7 +215,7 @@ const SESSION_ENDED = 'session ended';
 
 function refuse(socket: Duplex, status: number, message: string): void {
   const body = JSON.stringify({ message });
-  const reason = status === 403 ? 'Forbidden' : status === 400 ? 'Bad Request' : 'Service Unavailable';
+  const reason = { 400: 'Bad Request', 403: 'Forbidden', 502: 'Bad Gateway' }[status] ?? 'Service Unavailable';
   socket.end(
     `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
       `Access-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n${body}`,

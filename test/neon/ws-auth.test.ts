@@ -1,0 +1,321 @@
+/**
+ * The local Neon proxy does each WebSocket session's startup itself, as Neon's proxy does
+ * (src/local/neon-proxy/auth.ts): the client hands over its password in cleartext, pipelined or
+ * when asked, and the proxy answers whatever Postgres asks for. Both driver majors, pipelined
+ * and not, against one private cluster whose pg_hba.conf has a user per method: trust, password
+ * (cleartext), md5 and scram-sha-256. A wrong password ends in Postgres's own ErrorResponse and a
+ * closed socket; SSLRequest and CancelRequest still work through the WebSocket; a database the
+ * proxy cannot reach fails the upgrade, so a pipelined connect still fails at connect.
+ */
+import { createHash, createHmac, pbkdf2Sync, randomBytes } from 'node:crypto';
+import { createRequire } from 'node:module';
+import * as neonCurrent from '@neondatabase/serverless';
+import * as neonPrevious from 'neon-serverless-0-10';
+import pg from 'pg';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { WebSocket } from 'ws';
+import { sendCancelRequest } from '../../src/db/connectors/cancel.js';
+import { neonWsConnector, type NeonProxySettings } from '../../src/db/connectors/neon.js';
+import { md5Password, ScramClient } from '../../src/local/neon-proxy/auth.js';
+import { startNeonProxy, type NeonProxy } from '../../src/local/neon-proxy/index.js';
+import { useNeonProxy } from '../helpers/neon.js';
+import { privatePostgresAvailable, startPrivatePostgres, type PrivatePostgres } from '../helpers/private-postgres.js';
+
+type NeonConfigLike = NeonProxySettings & { webSocketConstructor: unknown };
+
+const drivers = [
+  { label: '@neondatabase/serverless 1.x', neonConfig: neonCurrent.neonConfig as NeonConfigLike, Client: neonCurrent.Client },
+  {
+    label: '@neondatabase/serverless 0.10.x',
+    neonConfig: neonPrevious.neonConfig as NeonConfigLike,
+    Client: neonPrevious.Client as unknown as typeof neonCurrent.Client,
+  },
+];
+
+const SUPER_PASSWORD = 'super secret ✓';
+/** One login role per authentication method (pg_hba.conf below); `password` is what it must send. */
+const methods = [
+  { method: 'trust', user: 'trust_user', password: undefined },
+  { method: 'password (cleartext)', user: 'plain_user', password: 'plain-pass' },
+  { method: 'md5', user: 'md5_user', password: 'md5 pass' },
+  { method: 'scram-sha-256', user: 'postgres', password: SUPER_PASSWORD },
+] as const;
+
+let cluster: PrivatePostgres | undefined;
+let proxy: NeonProxy | undefined;
+const proxyLog: string[] = [];
+
+const urlFor = (user: string, password?: string) =>
+  `postgres://${user}${password === undefined ? '' : `:${encodeURIComponent(password)}`}@127.0.0.1:${cluster!.port}/postgres`;
+
+beforeAll(async () => {
+  if (!privatePostgresAvailable) return;
+  cluster = await startPrivatePostgres({ password: SUPER_PASSWORD });
+  await useAuthMethods(cluster, SUPER_PASSWORD);
+  proxy = await startNeonProxy({ databaseUrls: [cluster.url()], port: 0, log: (line) => proxyLog.push(line) });
+  for (const driver of drivers) useNeonProxy(proxy, driver.neonConfig);
+});
+
+afterAll(async () => {
+  await proxy?.close();
+  await cluster?.destroy();
+});
+
+afterEach(() => {
+  for (const driver of drivers) driver.neonConfig.pipelineConnect = 'password';
+});
+
+/**
+ * Roles for md5 (stored as md5) and cleartext, and a pg_hba.conf with a line per method, written
+ * by the server itself (COPY … TO, as superuser) and reloaded.
+ */
+async function useAuthMethods(pgx: PrivatePostgres, superPassword: string): Promise<void> {
+  const admin = new pg.Client({ connectionString: pgx.url('postgres', superPassword) });
+  await admin.connect();
+  try {
+    await admin.query(`SET password_encryption = 'md5'; CREATE ROLE md5_user LOGIN PASSWORD 'md5 pass'`);
+    await admin.query(`RESET password_encryption; CREATE ROLE plain_user LOGIN PASSWORD 'plain-pass'; CREATE ROLE trust_user LOGIN`);
+    const hbaFile = (await admin.query<{ hba_file: string }>('SHOW hba_file')).rows[0]!.hba_file;
+    const lines = [
+      'local all all trust',
+      'host all trust_user 127.0.0.1/32 trust',
+      'host all plain_user 127.0.0.1/32 password',
+      'host all md5_user 127.0.0.1/32 md5',
+      'host all all 127.0.0.1/32 scram-sha-256',
+    ];
+    await admin.query(`COPY (VALUES ${lines.map((l) => `('${l}')`).join(', ')}) TO '${hbaFile}'`);
+    await admin.query('SELECT pg_reload_conf()');
+  } finally {
+    await admin.end();
+  }
+  // The reload is asynchronous: trust_user gets in without a password once it has happened.
+  for (let tries = 0; ; tries++) {
+    const probe = new pg.Client({ connectionString: pgx.url('postgres').replace('postgres@', 'trust_user@') });
+    try {
+      await probe.connect();
+      await probe.end();
+      return;
+    } catch (err) {
+      if (tries > 100) throw err;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
+
+const skipReason = privatePostgresAvailable ? undefined : 'needs the PostgreSQL 15 binaries and root or the postgres user';
+
+describe.skipIf(skipReason !== undefined)('the cluster', () => {
+  it.each([
+    ['trust_user', undefined, 'none'],
+    ['plain_user', 'plain-pass', 'authenticationCleartextPassword'],
+    ['md5_user', 'md5 pass', 'authenticationMD5Password'],
+    ['postgres', SUPER_PASSWORD, 'authenticationSASL'],
+  ])('asks %s for its method (seen directly with pg)', async (user, password, expected) => {
+    const client = new pg.Client({ connectionString: urlFor(user, password) });
+    const asked: string[] = [];
+    const connection = (client as unknown as { connection: { on(event: string, fn: () => void): void } }).connection;
+    for (const event of ['authenticationCleartextPassword', 'authenticationMD5Password', 'authenticationSASL'])
+      connection.on(event, () => asked.push(event));
+    await client.connect();
+    await client.end();
+    expect(asked).toEqual(expected === 'none' ? [] : [expected]);
+  });
+});
+
+describe.skipIf(skipReason !== undefined).each(drivers)('$label', (driver) => {
+  describe.each(methods)('$method', ({ user, password }) => {
+    it.each([
+      ['pipelined (startup, password and query in one write)', 'password' as const],
+      ['not pipelined (the password when asked)', false as const],
+    ])('%s: connects, queries, and the backend key is relayed', async (_name, pipelineConnect) => {
+      driver.neonConfig.pipelineConnect = pipelineConnect;
+      const client = new driver.Client({ connectionString: urlFor(user, password) });
+      client.on('error', () => {});
+      await client.connect();
+      try {
+        const { rows } = await client.query('SELECT current_user AS who, $1::int + 1 AS n', [41]);
+        expect(rows).toEqual([{ who: user, n: 42 }]);
+        const pid = (await client.query('SELECT pg_backend_pid() AS pid')).rows[0].pid as number;
+        expect((client as unknown as { processID: number }).processID).toBe(pid);
+      } finally {
+        await client.end();
+      }
+    });
+
+    it.skipIf(password === undefined)('a wrong password: Postgres’s 28P01 reaches the client and the socket closes', async () => {
+      for (const pipelineConnect of ['password', false] as const) {
+        driver.neonConfig.pipelineConnect = pipelineConnect;
+        const client = new driver.Client({ connectionString: urlFor(user, 'wrong') });
+        const ended = new Promise<void>((resolve) => client.on('end', resolve));
+        client.on('error', () => {});
+        // Pipelined, connect() resolves at once and the first query carries the failure.
+        const err = (await client
+          .connect()
+          .then(() => client.query('SELECT 1'))
+          .catch((e: unknown) => e)) as { code?: string; message?: string };
+        expect(err.code, `${pipelineConnect}: ${err.message}`).toBe('28P01');
+        expect(err.message).toMatch(/authentication failed for user/);
+        await ended;
+      }
+      expect(proxyLog.some((l) => l.includes('startup refused: password authentication failed'))).toBe(true);
+      expect(proxyLog.join('\n')).not.toContain('wrong');
+    });
+  });
+
+  it('a CancelRequest sent through the WebSocket stops a statement (SCRAM session)', async () => {
+    const url = urlFor('postgres', SUPER_PASSWORD);
+    const client = new driver.Client({ connectionString: url });
+    client.on('error', () => {});
+    await client.connect();
+    try {
+      const sleeping = client.query('SELECT pg_sleep(10)').catch((e: unknown) => e);
+      await new Promise((r) => setTimeout(r, 200));
+      const started = performance.now();
+      sendCancelRequest(driver.Client, url, client);
+      expect(((await sleeping) as { code?: string }).code).toBe('57014');
+      expect(performance.now() - started).toBeLessThan(2_000);
+    } finally {
+      await client.end();
+    }
+  });
+});
+
+describe.skipIf(skipReason !== undefined)('the startup, byte by byte', () => {
+  it('an SSLRequest is answered N, and the startup goes on in plain text', async () => {
+    const ws = new WebSocket(`ws://${proxy!.host}:${proxy!.port}/v2?address=127.0.0.1:${cluster!.port}`);
+    ws.binaryType = 'nodebuffer';
+    await new Promise((resolve, reject) => {
+      ws.once('open', resolve);
+      ws.once('error', reject);
+    });
+    const received: Buffer[] = [];
+    ws.on('message', (data: Buffer) => received.push(data));
+    const ssl = Buffer.alloc(8);
+    ssl.writeInt32BE(8, 0);
+    ssl.writeInt32BE(80877103, 4);
+    ws.send(ssl);
+    await until(() => received.length > 0);
+    expect(Buffer.concat(received).toString()).toBe('N');
+    received.length = 0;
+    // Startup and the password together, as the driver pipelines them.
+    ws.send(Buffer.concat([startupMessage('postgres', 'postgres'), typed('p', `${SUPER_PASSWORD}\0`)]));
+    await until(() => Buffer.concat(received).includes(Buffer.from([0x5a, 0, 0, 0, 5])));
+    const types = messageTypes(Buffer.concat(received));
+    // The password was pipelined, so the proxy asked for none: Postgres's AuthenticationOk … ReadyForQuery.
+    expect(types[0]).toBe('R');
+    expect(types.filter((t) => t === 'R')).toHaveLength(1);
+    expect(types).toContain('K');
+    expect(types.at(-1)).toBe('Z');
+    ws.close();
+  });
+
+  it('a client that sends no password to a server that wants one gets a FATAL 28P01 from the proxy', async () => {
+    const ws = new WebSocket(`ws://${proxy!.host}:${proxy!.port}/v2?address=127.0.0.1:${cluster!.port}`);
+    ws.binaryType = 'nodebuffer';
+    const received: Buffer[] = [];
+    const closed = new Promise<number>((resolve) => ws.on('close', resolve));
+    ws.on('message', (data: Buffer) => received.push(data));
+    await new Promise((resolve) => ws.once('open', resolve));
+    ws.send(Buffer.concat([startupMessage('postgres', 'postgres'), typed('Q', 'SELECT 1\0')]));
+    expect(await closed).toBe(1000);
+    const all = Buffer.concat(received);
+    // Postgres asked for a password and none came: no request to a client that did not wait for one, just the refusal.
+    expect(messageTypes(all)).toEqual(['E']);
+    expect(all.toString()).toContain('C28P01');
+  });
+});
+
+describe('a database the proxy cannot reach', () => {
+  it('is a failed upgrade (502), so even a pipelined connect fails at connect, as 08006', async () => {
+    const lonely = await startNeonProxy({ databaseUrls: ['postgres://postgres@127.0.0.1:1/postgres'], port: 0 });
+    try {
+      const status = await new Promise<number>((resolve, reject) => {
+        const ws = new WebSocket(`ws://${lonely.host}:${lonely.port}/v2?address=127.0.0.1:1`);
+        ws.on('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
+        ws.on('open', () => reject(new Error('the WebSocket opened')));
+        ws.on('error', () => {});
+      });
+      expect(status).toBe(502);
+      // The connector's acquire() is what the core's breaker and connect retries see.
+      useNeonProxy(lonely, neonCurrent.neonConfig);
+      const source = neonWsConnector({ connectionString: 'postgres://postgres@127.0.0.1:1/postgres', driver: neonCurrent }).source();
+      const err = (await source.acquire().catch((e: unknown) => e)) as { code?: string; message?: string };
+      expect(err.code).toBe('08006');
+      expect(err.message).toContain('502');
+      await source.end?.();
+    } finally {
+      if (proxy) useNeonProxy(proxy, neonCurrent.neonConfig);
+      await lonely.close();
+    }
+  });
+});
+
+describe('the proxy’s own SCRAM and md5 arithmetic', () => {
+  it('md5: "md5" + md5(md5(password + user) + salt), as pg computes it', async () => {
+    // pg's own implementation (untyped, so loaded with require).
+    const { postgresMd5PasswordHash } = createRequire(import.meta.url)('pg/lib/crypto/utils.js') as {
+      postgresMd5PasswordHash: (user: string, password: string, salt: Buffer) => Promise<string>;
+    };
+    const salt = Buffer.from([1, 2, 3, 4]);
+    expect(md5Password('alice', 'pw ✓', salt)).toBe(await postgresMd5PasswordHash('alice', 'pw ✓', salt));
+  });
+
+  it('SCRAM-SHA-256: a server holding the verifier accepts the proof and signs; a wrong signature is refused', async () => {
+    // The server side of RFC 5802, written out here: StoredKey and ServerKey from the password.
+    const salt = randomBytes(16);
+    const iterations = 4096;
+    const salted = pbkdf2Sync('pencil', salt, iterations, 32, 'sha256');
+    const hmac = (key: Buffer, text: string) => createHmac('sha256', key).update(text).digest();
+    const storedKey = createHash('sha256').update(hmac(salted, 'Client Key')).digest();
+    const serverKey = hmac(salted, 'Server Key');
+
+    const client = new ScramClient('pencil');
+    expect(client.clientFirst).toMatch(/^n,,n=,r=[A-Za-z0-9+/=]+$/);
+    const clientNonce = client.clientFirst.slice('n,,n=,r='.length);
+    const serverFirst = `r=${clientNonce}${randomBytes(9).toString('base64')},s=${salt.toString('base64')},i=${iterations}`;
+    const final = await client.clientFinal(serverFirst);
+    const [withoutProof, proofAttr] = final.split(',p=') as [string, string];
+    const authMessage = `n=,r=${clientNonce},${serverFirst},${withoutProof}`;
+    const signature = hmac(storedKey, authMessage);
+    const clientKey = Buffer.from(Buffer.from(proofAttr, 'base64').map((b, i) => b ^ signature[i]!));
+    expect(createHash('sha256').update(clientKey).digest().equals(storedKey)).toBe(true);
+
+    expect(client.verify(`v=${hmac(serverKey, authMessage).toString('base64')}`)).toBe(true);
+    expect(client.verify(`v=${hmac(Buffer.alloc(32), authMessage).toString('base64')}`)).toBe(false);
+    expect(client.verify('e=invalid-proof')).toBe(false);
+    await expect(new ScramClient('pencil').clientFinal(`r=someone-elses-nonce,s=${salt.toString('base64')},i=4096`)).rejects.toThrow(
+      /malformed/,
+    );
+  });
+});
+
+async function until(check: () => boolean, timeoutMs = 5_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+function startupMessage(user: string, database: string): Buffer {
+  const params = Buffer.from(`user\0${user}\0database\0${database}\0\0`);
+  const head = Buffer.alloc(8);
+  head.writeInt32BE(8 + params.length, 0);
+  head.writeInt32BE(196608, 4); // protocol 3.0
+  return Buffer.concat([head, params]);
+}
+
+function typed(type: string, body: string): Buffer {
+  const bytes = Buffer.from(body);
+  const head = Buffer.alloc(5);
+  head.write(type, 0);
+  head.writeInt32BE(4 + bytes.length, 1);
+  return Buffer.concat([head, bytes]);
+}
+
+/** The type bytes of the server messages in `buf`. */
+function messageTypes(buf: Buffer): string[] {
+  const types: string[] = [];
+  for (let at = 0; at + 5 <= buf.length; at += 1 + buf.readInt32BE(at + 1)) types.push(String.fromCharCode(buf[at]!));
+  return types;
+}
