@@ -63,7 +63,7 @@ class Samples {
 
 /** The subset of autocannon this file uses (it ships no types). */
 interface AutocannonInstance {
-  on(event: 'response', fn: (client: unknown, statusCode: number, resBytes: number, responseTimeMs: number) => void): void;
+  on(event: 'response', fn: (client: object, statusCode: number, resBytes: number, responseTimeMs: number) => void): void;
   on(event: 'reqError', fn: (err: Error) => void): void;
   stop(): void;
 }
@@ -84,6 +84,8 @@ export interface LoadSpec {
   /** Called as the measured window opens and closes (CPU readings, profiler start/stop). */
   onWindowStart?: () => void;
   onWindowEnd?: () => void;
+  /** After the window, how long the requests in flight may take to finish before the rest are cut (default 3 s). */
+  drainMs?: number;
 }
 
 export interface LoadResult {
@@ -111,9 +113,22 @@ export interface LiveFigures {
   errors: number;
 }
 
+/** The part of autocannon's per-connection client that ends it after a number of responses. */
+interface AutocannonClient {
+  reqsMade: number;
+  responseMax?: number;
+}
+
 /**
  * Runs one load step: `warmupMs` unmeasured, then `durationMs` measured; latencies are taken
  * per response (2xx only) from autocannon's own timer, so p50 keeps its sub-millisecond digits.
+ *
+ * The step ends by draining, not by cutting: after the window no connection sends another
+ * request, and each closes once its response has arrived (autocannon's own responseMax, set on
+ * the fly). Cutting them would abort up to `connections` requests mid-flight at every step's end,
+ * and a server that cancels the statement of a request whose client left (the gateway does;
+ * a bare pg.Pool does not) would start its next step refilling its pool: a cost of the harness,
+ * not of serving. What is still in flight after `drainMs` is cut.
  */
 export async function runLoad(spec: LoadSpec, onLive?: (live: LiveFigures) => void): Promise<LoadResult> {
   const latencies = new Samples();
@@ -148,7 +163,13 @@ export async function runLoad(spec: LoadSpec, onLive?: (live: LiveFigures) => vo
     },
     () => finish(),
   );
-  instance.on('response', (_client, status, _bytes, ms) => {
+  let draining = false;
+  instance.on('response', (client, status, _bytes, ms) => {
+    if (draining) {
+      // Called before the client sends its next request: it closes its connection instead.
+      const c = client as AutocannonClient;
+      c.responseMax = c.reqsMade;
+    }
     if (closed) return;
     const good = status >= 200 && status < 300;
     if (!measuring) {
@@ -194,6 +215,9 @@ export async function runLoad(spec: LoadSpec, onLive?: (live: LiveFigures) => vo
     windowEnd = now();
     closed = true;
     spec.onWindowEnd?.();
+    draining = true;
+    // Done once every connection has closed after its last response (noticed on autocannon's 100 ms tick).
+    await Promise.race([finished, sleep(spec.drainMs ?? 3_000)]);
     instance.stop();
     // autocannon notices stop on its next sample tick (100 ms); never wait on it for long.
     await Promise.race([finished, sleep(10_000)]);

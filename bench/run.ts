@@ -3,12 +3,19 @@
  * against its baselines, measured in one run on one machine, written to
  * bench/results/<date>.md and .json (`<date>-quick.*` for the quick pass).
  *
- * Order: scratch database → pgbench -S → connect-per-request → ceiling and Node gateway, one
- * concurrency at a time, alternating → the edge topology → the guide's scenarios → targets →
- * (a target missed) CPU profiles of the ceiling and the gateway on the same step → report.
- * The database is PostgreSQL named by BENCH_DATABASE_URL or DATABASE_URL (default
+ * Order: scratch database (+ a private SCRAM + TLS instance, started meanwhile) → pgbench -S →
+ * connect-per-request and the Node gateway on the private instance, alternating → the bare
+ * ceilings (plain, prepared, pipelined) and the Node gateway on the shared server, one
+ * concurrency at a time, in rotating rounds → the edge topology → the guide's scenarios → (the
+ * WAN-latency bench's hook) → targets → (a target missed) CPU profiles of the prepared ceiling and
+ * the gateway on the same step → report.
+ *
+ * The shared database is PostgreSQL named by BENCH_DATABASE_URL or DATABASE_URL (default
  * postgres://postgres@127.0.0.1:5432/test); the bench only ever works in a database of its own,
- * poolgate_bench_<pid>, created there and dropped at the end.
+ * poolgate_bench_<pid>, created there and dropped at the end. Connect-per-request measures what
+ * opening a connection costs, so it runs on an instance of the bench's own that authenticates
+ * like a real deployment (bench/private-postgres.ts), stopped and deleted at the end; when that
+ * instance cannot start, it runs on the shared server and the report says so and names its auth.
  */
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -40,6 +47,7 @@ import {
   type PgbenchTarget,
   type ProcessTreeStats,
 } from './load.js';
+import { BenchPostgresError, removeStaleInstances, startBenchPostgres, type BenchPostgres } from './private-postgres.js';
 import { compareProfiles, summariseProfile, type ProfileSummary } from './profile.js';
 import {
   evaluateTargets,
@@ -48,8 +56,11 @@ import {
   targetsTable,
   TARGET_INFO,
   type BenchResults,
+  type PhaseSection,
   type ProfileReport,
   type ScenarioResult,
+  type ServerInfo,
+  type ServerKey,
   type StepResult,
   type StepTarget,
 } from './report.js';
@@ -63,18 +74,29 @@ const USAGE = `usage: npm run bench [-- --quick] [-- --profile | --no-profile]
 
 Database: BENCH_DATABASE_URL, else DATABASE_URL, else postgres://postgres@127.0.0.1:5432/test.
 The bench creates its own database there (poolgate_bench_<pid>) and drops it at the end.
+Connect-per-request runs on a private PostgreSQL (initdb -A scram-sha-256, TLS with a self-signed
+certificate) that the bench starts from /usr/lib/postgresql/15/bin and deletes at the end.
 Writes bench/results/<YYYY-MM-DD>.md and .json (quick: <YYYY-MM-DD>-quick.*).`;
 
 // ---------------------------------------------------------------------------------------------
 // Plan
 
 interface Plan {
-  /** Alternating rounds per ceiling/gateway pair (the measured duration is split between them). */
+  /** Alternating rounds per step of targets measured side by side (the measured duration is split between them). */
   pairRounds: number;
+  /** The same for connect-per-request and the gateway beside it, and the measured time of each of their rounds. */
+  connectRounds: number;
+  connectSegmentMs: number;
   /** Unmeasured load on each route of a freshly started server before its first step (JIT, pools). */
   primeMs: number;
   warmupMs: number;
   durationMs: number;
+  /**
+   * From 256 connections on, and for connect-per-request: at least this warm-up and this measured
+   * time per round (opening the connections, the pool's queue, responses hundreds of ms apart).
+   */
+  bigWarmupMs: number;
+  bigSegmentMs: number;
   conc: Record<StepTarget, number[]>;
   /** Batches per guide scenario. */
   scenarioBatches: number;
@@ -82,14 +104,21 @@ interface Plan {
 
 const PLANS: Record<'full' | 'quick', Plan> = {
   full: {
-    pairRounds: 4,
+    pairRounds: 3,
+    connectRounds: 1,
+    connectSegmentMs: 2_500,
     primeMs: 1_500,
     warmupMs: 1_000,
-    durationMs: 4_000,
+    durationMs: 3_000,
+    bigWarmupMs: 1_500,
+    bigSegmentMs: 2_000,
     conc: {
       pgbench: [1, 8, 64],
       connect: [1, 8, 64],
+      'gateway-read-vs-connect': [1, 8, 64],
       ceiling: [1, 8, 64, 256, 1000],
+      'ceiling-prepared': [1, 8, 64, 256, 1000],
+      'ceiling-pipelined': [8, 64, 256],
       'gateway-read': [1, 8, 64, 256, 1000],
       'gateway-write': [1, 8, 64, 256, 1000],
       'gateway-summary': [1, 8, 32],
@@ -102,13 +131,20 @@ const PLANS: Record<'full' | 'quick', Plan> = {
   },
   quick: {
     pairRounds: 2,
-    primeMs: 400,
-    warmupMs: 400,
-    durationMs: 1_200,
+    connectRounds: 1,
+    connectSegmentMs: 1_000,
+    primeMs: 300,
+    warmupMs: 300,
+    durationMs: 1_000,
+    bigWarmupMs: 600,
+    bigSegmentMs: 800,
     conc: {
       pgbench: [64],
       connect: [64],
+      'gateway-read-vs-connect': [64],
       ceiling: [1, 64, 1000],
+      'ceiling-prepared': [1, 64, 1000],
+      'ceiling-pipelined': [],
       'gateway-read': [1, 64, 1000],
       'gateway-write': [64],
       'gateway-summary': [8],
@@ -121,6 +157,42 @@ const PLANS: Record<'full' | 'quick', Plan> = {
 };
 
 const POOL_MAX = 20;
+/** Connections the pipelined ceiling shares its requests over (pipelining needs few). */
+const PIPELINE_CLIENTS = 4;
+
+/**
+ * Phases that run after the loopback ones and before the targets are evaluated. The WAN-latency
+ * bench goes here, e.g. `{ name: 'WAN model', run: async ({ mode, sourceUrl, signal, log }) => {
+ * const r = await runWanBench({ quick: mode === 'quick', sourceUrl, signal, log }); return
+ * { title: 'The WAN model of the edge', markdown: renderWanMarkdown(r, { headingLevel: 3 }), data: r } } }`
+ * (bench/wan.ts). A phase may also record steps (record(ctx, …), with the server they ran on) and
+ * notes (ctx.notes); it stops whatever it starts, also when it throws or `signal` aborts (Ctrl-C).
+ * A failed phase is a note in the report, not a failed run. Mind the time budget: the quick pass
+ * stays under a minute and the full one under about six.
+ */
+interface PhaseInput {
+  ctx: Context;
+  mode: 'full' | 'quick';
+  /** The admin URL the bench was given (the shared server), for a phase that makes its own scratch database. */
+  sourceUrl: string;
+  servers: { shared: BenchServer; private?: BenchServer };
+  signal: AbortSignal;
+  log(line: string): void;
+}
+interface Phase {
+  name: string;
+  /** Its section of the report, if it has one (rendered after the guide's scenarios; `data` goes into the .json). */
+  run(input: PhaseInput): Promise<PhaseSection | void>;
+}
+const LATER_PHASES: readonly Phase[] = [];
+
+/** Targets whose miss a CPU profile of the read path would not explain. */
+const NOT_PROFILED = new Set(['reuse', 'run-time', 'connect-scram-tls', 'vs-connect']);
+
+/** The targets measured side by side, in rotating rounds, at every concurrency two or more of them share. */
+const CONNECT_GROUP: readonly StepTarget[] = ['connect', 'gateway-read-vs-connect'];
+const CEILING_GROUP: readonly StepTarget[] = ['ceiling', 'ceiling-prepared', 'ceiling-pipelined', 'gateway-read'];
+
 const SAMPLER_INTERVAL_MS = 50;
 const PROFILE_CONNECTIONS = 64;
 const WRITER_USER_ID = '00000000-0000-4000-8000-0000000000b1';
@@ -130,6 +202,8 @@ const DEFAULT_URL = 'postgres://postgres@127.0.0.1:5432/test';
 const APP = {
   connect: 'poolgate-bench-connect',
   ceiling: 'poolgate-bench-ceiling',
+  ceilingPrepared: 'poolgate-bench-ceiling-prepared',
+  ceilingPipelined: 'poolgate-bench-ceiling-pipelined',
   gateway: 'poolgate-bench-gateway',
   edgeNode: 'poolgate-bench-edge-node',
   sampler: 'poolgate-bench-sampler',
@@ -144,7 +218,10 @@ const NEON_APP = 'pkg:npm/%40neondatabase/serverless';
 
 const MATCH: Record<StepTarget, (app: string) => boolean> = {
   connect: (a) => a === APP.connect,
+  'gateway-read-vs-connect': (a) => a === APP.gateway,
   ceiling: (a) => a === APP.ceiling,
+  'ceiling-prepared': (a) => a === APP.ceilingPrepared,
+  'ceiling-pipelined': (a) => a === APP.ceilingPipelined,
   pgbench: (a) => a === 'pgbench',
   'gateway-read': (a) => a === APP.gateway,
   'gateway-write': (a) => a === APP.gateway,
@@ -234,10 +311,6 @@ class Progress {
   note(text: string): void {
     process.stdout.write(this.#tty ? `\r\x1b[K${text}\n` : `${text}\n`);
   }
-
-  get elapsedMs(): number {
-    return now() - this.#started;
-  }
 }
 
 const liveText = (l: LiveFigures) =>
@@ -280,8 +353,53 @@ interface BenchDatabase {
   server: string;
   postgres: string;
   maxConnections: number;
+  /** How the bench's connections to this server authenticate, in full and in a few words. */
+  auth: string;
+  authShort: string;
+  /** Server settings a private instance copies, so that only auth and TLS differ. */
+  settings: Record<string, string>;
   pgbench: PgbenchTarget;
   drop(): Promise<void>;
+}
+
+/** What the private instance copies from the shared server (as current_setting() shows them). */
+const COPIED_SETTINGS = [
+  'max_connections',
+  'shared_buffers',
+  'work_mem',
+  'maintenance_work_mem',
+  'effective_cache_size',
+  'fsync',
+  'synchronous_commit',
+  'wal_level',
+  'max_wal_size',
+  'min_wal_size',
+  'autovacuum',
+  'jit',
+  'huge_pages',
+];
+
+/**
+ * How a connection made with `source` authenticates, as far as a client can tell: TLS from
+ * pg_stat_ssl; no password in the URL and a connection accepted means trust (or peer/ident).
+ */
+async function describeAuth(client: pg.Client, source: URL): Promise<{ auth: string; authShort: string }> {
+  const ssl = (
+    await client.query<{ ssl: boolean; version: string | null; cipher: string | null }>(
+      'SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()',
+    )
+  ).rows[0];
+  const tls = ssl?.ssl ? `over ${ssl.version} (${ssl.cipher})` : 'no TLS';
+  if (!source.password) return { auth: `trust (no password asked), ${tls}`, authShort: `trust, ${ssl?.ssl ? 'TLS' : 'no TLS'}` };
+  const scram = await client
+    .query<{ scram: boolean }>(`SELECT rolpassword LIKE 'SCRAM-SHA-256$%' AS scram FROM pg_authid WHERE rolname = current_user`)
+    .then((r) => r.rows[0]?.scram)
+    .catch(() => undefined);
+  const method = scram === true ? 'SCRAM-SHA-256' : scram === false ? 'md5' : 'password';
+  return {
+    auth: `${method} password auth, ${tls}`,
+    authShort: `${method === 'SCRAM-SHA-256' ? 'SCRAM' : method}, ${ssl?.ssl ? 'TLS' : 'no TLS'}`,
+  };
 }
 
 /**
@@ -319,6 +437,8 @@ async function createBenchDatabase(sourceUrl: string): Promise<BenchDatabase> {
   let version: string;
   let serverVersion: string;
   let maxConnections: number;
+  let auth: { auth: string; authShort: string };
+  let settings: Record<string, string>;
   try {
     version = (await admin.query<{ v: string }>('SELECT version() AS v')).rows[0]!.v;
     if (/PGlite|emscripten|wasm32/i.test(version)) {
@@ -331,6 +451,12 @@ async function createBenchDatabase(sourceUrl: string): Promise<BenchDatabase> {
     }
     serverVersion = (await admin.query<{ v: string }>("SELECT current_setting('server_version') AS v")).rows[0]!.v.split(' ')[0]!;
     maxConnections = Number((await admin.query<{ m: string }>("SELECT current_setting('max_connections') AS m")).rows[0]!.m);
+    auth = await describeAuth(admin, source);
+    const { rows } = await admin.query<{ name: string; value: string }>(
+      'SELECT name, current_setting(name) AS value FROM pg_settings WHERE name = ANY($1)',
+      [COPIED_SETTINGS],
+    );
+    settings = Object.fromEntries(rows.map((r) => [r.name, r.value]));
   } catch (err) {
     await admin.end().catch(() => {});
     throw err;
@@ -356,6 +482,8 @@ async function createBenchDatabase(sourceUrl: string): Promise<BenchDatabase> {
     server: `${source.hostname}:${source.port || '5432'}`,
     postgres: serverVersion,
     maxConnections,
+    ...auth,
+    settings,
     pgbench: {
       host: source.hostname.replace(/^\[(.*)\]$/, '$1'),
       port: Number(source.port || 5432),
@@ -405,23 +533,72 @@ async function prepareSchema(url: string): Promise<void> {
   }
 }
 
+/** A server the bench loads targets against: its scratch database and a pg_stat_activity sampler there. */
+interface BenchServer {
+  key: ServerKey;
+  db: BenchDatabase;
+  info: ServerInfo;
+  sampler: ConnectionSampler;
+  samplerClient: pg.Client;
+}
+
+async function openServer(key: ServerKey, db: BenchDatabase, extra: Partial<ServerInfo> = {}): Promise<BenchServer> {
+  const samplerClient = new pg.Client({ connectionString: db.url, application_name: APP.sampler });
+  samplerClient.on('error', () => {});
+  await samplerClient.connect();
+  return {
+    key,
+    db,
+    sampler: new ConnectionSampler(samplerClient, db.name, SAMPLER_INTERVAL_MS),
+    samplerClient,
+    info: {
+      server: db.server,
+      database: db.name,
+      postgres: db.postgres,
+      maxConnections: db.maxConnections,
+      auth: db.auth,
+      authShort: db.authShort,
+      ...extra,
+    },
+  };
+}
+
+/** The private SCRAM + TLS instance with the bench's schema in a scratch database of its own. */
+async function startPrivateServer(settings: Record<string, string>): Promise<{ instance: BenchPostgres; db: BenchDatabase }> {
+  const instance = await startBenchPostgres({ settings });
+  try {
+    const db = await createBenchDatabase(instance.url('postgres'));
+    await prepareSchema(db.url);
+    return { instance, db: { ...db, auth: instance.auth } };
+  } catch (err) {
+    await instance.destroy().catch(() => {});
+    throw err;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The run
 
 interface Context {
   plan: Plan;
   progress: Progress;
-  sampler: ConnectionSampler;
-  samplerClient: pg.Client;
-  db: BenchDatabase;
+  /** Where the current phase's targets run (and whose connections the sampler counts). */
+  server: BenchServer;
   steps: StepResult[];
   notes: string[];
+}
+
+/** A step's figures, stamped with the server (and so the auth) they were measured on. */
+function record(ctx: Context, result: StepResult): StepResult {
+  const stamped = { ...result, server: ctx.server.key };
+  ctx.steps.push(stamped);
+  return stamped;
 }
 
 /** Skips a step that would open more Postgres connections than the server has free. */
 async function headroomSkip(ctx: Context, target: StepTarget, c: number): Promise<string | undefined> {
   if (!PER_CLIENT_CONNECTIONS.has(target)) return undefined;
-  const { headroom, max, used } = await connectionHeadroom(ctx.samplerClient);
+  const { headroom, max, used } = await connectionHeadroom(ctx.server.samplerClient);
   // A WebSocket request's connection outlives it briefly (ended after the response): allow for two per slot.
   const needed = target === 'edge-read-ws' ? 2 * c : c;
   if (needed <= headroom) return undefined;
@@ -450,7 +627,7 @@ async function segment(
   let atEnd: ProcessTreeStats | undefined;
   let load: LoadResult;
   let peaks: ConnectionPeaks;
-  ctx.sampler.start();
+  ctx.server.sampler.start();
   try {
     load = await runLoad(
       {
@@ -472,7 +649,7 @@ async function segment(
       (live) => ctx.progress.live(`${liveLabel}${liveText(live)}`),
     );
   } finally {
-    peaks = await ctx.sampler.stop();
+    peaks = await ctx.server.sampler.stop();
   }
   const server =
     atStart && atEnd
@@ -532,10 +709,18 @@ function mergeSegments(target: StepTarget, c: number, segs: Segment[]): StepResu
  * and filling the pool's queue takes a while, and with p50 near a second a short window would
  * measure the ramp, not the steady state.
  */
-function shapeFor(plan: Plan, c: number): { rounds: number; warmupMs: number; segmentMs: number } {
+function shapeFor(plan: Plan, c: number, target?: StepTarget): { rounds: number; warmupMs: number; segmentMs: number } {
+  // A new connection per request answers in hundreds of ms under load: a short window would hold
+  // a handful of responses, or only the ramp. Its ratio is tens of times, so fewer rounds suffice.
+  if (target && CONNECT_GROUP.includes(target))
+    return { rounds: plan.connectRounds, warmupMs: Math.max(plan.warmupMs, plan.bigWarmupMs), segmentMs: plan.connectSegmentMs };
   if (c < 256) return { rounds: plan.pairRounds, warmupMs: plan.warmupMs, segmentMs: plan.durationMs / plan.pairRounds };
-  const rounds = Math.max(1, Math.floor(plan.pairRounds / 2));
-  return { rounds, warmupMs: Math.max(plan.warmupMs, 1_500), segmentMs: Math.max(plan.durationMs / rounds, 2_000) };
+  const rounds = Math.max(1, Math.ceil(plan.pairRounds / 2));
+  return {
+    rounds,
+    warmupMs: Math.max(plan.warmupMs, plan.bigWarmupMs),
+    segmentMs: Math.max(plan.durationMs / plan.pairRounds, plan.bigSegmentMs),
+  };
 }
 
 const failed = (target: StepTarget, c: number, err: unknown): StepResult => ({
@@ -556,7 +741,7 @@ async function httpStep(
   try {
     if (!proc) throw new Error('its server did not start');
     const skip = await headroomSkip(ctx, target, c);
-    const { warmupMs, segmentMs, rounds } = shapeFor(ctx.plan, c);
+    const { warmupMs, segmentMs, rounds } = shapeFor(ctx.plan, c, target);
     result = skip
       ? { target, connections: c, skipped: skip }
       : mergeSegments(target, c, [await segment(ctx, proc, route, c, warmupMs, segmentMs * rounds)]);
@@ -564,46 +749,57 @@ async function httpStep(
     result = failed(target, c, err);
   }
   ctx.progress.end(stepLine(result));
-  ctx.steps.push(result);
-  return result;
+  return record(ctx, result);
+}
+
+interface Side {
+  target: StepTarget;
+  proc: TargetProcess | undefined;
 }
 
 /**
- * Two targets on the same route and concurrency, in alternating rounds (A B A B…), each round
- * with its own short warm-up; each target's rounds are merged. Drift on a shared machine (other
- * work starting or stopping) then lands on both sides of the ratio instead of on one.
+ * Several targets on the same route and concurrency, in rounds (A B C, B C A, C A B…), each
+ * round with its own short warm-up; each target's rounds are merged. Drift on a shared machine
+ * (other work starting or stopping) then lands on every side of a ratio instead of on one, and
+ * the rotation gives no target the same neighbour every time (the GC or TIME_WAIT sockets a
+ * round leaves behind land on the next).
  */
-async function pairedStep(
-  ctx: Context,
-  c: number,
-  route: RouteSpec,
-  a: { target: StepTarget; proc: TargetProcess | undefined },
-  b: { target: StepTarget; proc: TargetProcess | undefined },
-): Promise<void> {
+async function alternatingStep(ctx: Context, c: number, route: RouteSpec, sides: readonly Side[]): Promise<void> {
+  if (sides.length === 1) {
+    await httpStep(ctx, sides[0]!.target, c, sides[0]!.proc, route);
+    return;
+  }
   const { plan, progress } = ctx;
-  const { rounds, warmupMs, segmentMs } = shapeFor(plan, c);
+  const { rounds, warmupMs, segmentMs } = shapeFor(plan, c, sides[0]!.target);
   const label = (t: StepTarget) => `${TARGET_INFO[t].label}  c=${c}`;
-  progress.begin(`${TARGET_INFO[a.target].label} ⇄ ${TARGET_INFO[b.target].label}  c=${c}`);
-  const segs: Record<'a' | 'b', Segment[]> = { a: [], b: [] };
-  const errors: Partial<Record<'a' | 'b', unknown>> = {};
-  for (let round = 1; round <= rounds; round++) {
-    for (const side of ['a', 'b'] as const) {
-      const { target, proc } = side === 'a' ? a : b;
-      if (errors[side]) continue;
+  progress.begin(`${sides.map((s) => TARGET_INFO[s.target].label).join(' ⇄ ')}  c=${c}`);
+  const segs = sides.map((): Segment[] => []);
+  const outcome = sides.map((): { skipped?: string; error?: unknown } => ({}));
+  for (const [i, side] of sides.entries()) {
+    if (!side.proc) outcome[i]!.error = new Error('its server did not start');
+    else {
+      const skipped = await headroomSkip(ctx, side.target, c);
+      if (skipped) outcome[i]!.skipped = skipped;
+    }
+  }
+  for (let round = 0; round < rounds; round++) {
+    for (let k = 0; k < sides.length; k++) {
+      const i = (k + round) % sides.length;
+      const { target, proc } = sides[i]!;
+      if (outcome[i]!.error || outcome[i]!.skipped) continue;
       try {
-        if (!proc) throw new Error('its server did not start');
         // Every round reopens its connections, so each keeps the full warm-up; the measured time is split.
-        segs[side].push(await segment(ctx, proc, route, c, warmupMs, segmentMs, `round ${round}/${rounds} ${target}: `));
+        segs[i]!.push(await segment(ctx, proc!, route, c, warmupMs, segmentMs, `round ${round + 1}/${rounds} ${target}: `));
       } catch (err) {
-        errors[side] = err;
+        outcome[i]!.error = err;
       }
     }
   }
-  for (const side of ['a', 'b'] as const) {
-    const target = side === 'a' ? a.target : b.target;
-    const result = errors[side] ? failed(target, c, errors[side]) : mergeSegments(target, c, segs[side]);
+  for (const [i, { target }] of sides.entries()) {
+    const { skipped, error } = outcome[i]!;
+    const result = skipped ? { target, connections: c, skipped } : error ? failed(target, c, error) : mergeSegments(target, c, segs[i]!);
     progress.end(stepLine(result), label(target));
-    ctx.steps.push(result);
+    record(ctx, result);
   }
 }
 
@@ -624,7 +820,8 @@ async function prime(ctx: Context, proc: TargetProcess | undefined, route: Route
 }
 
 async function pgbenchStep(ctx: Context, bin: string, c: number): Promise<void> {
-  const { plan, progress, sampler } = ctx;
+  const { plan, progress } = ctx;
+  const { sampler } = ctx.server;
   progress.begin(`${TARGET_INFO.pgbench.label}  c=${c}`);
   let result: StepResult;
   try {
@@ -638,7 +835,7 @@ async function pgbenchStep(ctx: Context, bin: string, c: number): Promise<void> 
       let r: PgbenchResult;
       let peaks: ConnectionPeaks;
       try {
-        r = await runPgbench(bin, ctx.db.pgbench, { clients: c, warmupMs: plan.warmupMs, durationMs: plan.durationMs });
+        r = await runPgbench(bin, ctx.server.db.pgbench, { clients: c, warmupMs: plan.warmupMs, durationMs: plan.durationMs });
       } finally {
         clearInterval(ticker);
         peaks = await sampler.stop();
@@ -666,7 +863,7 @@ async function pgbenchStep(ctx: Context, bin: string, c: number): Promise<void> 
     result = { target: 'pgbench', connections: c, skipped: `failed: ${(err as Error).message.split('\n')[0]}` };
   }
   progress.end(stepLine(result));
-  ctx.steps.push(result);
+  record(ctx, result);
 }
 
 interface ScenarioDef {
@@ -733,7 +930,7 @@ async function scenario(
   }
   const runs: BurstResult[] = [];
   let peaks: ConnectionPeaks;
-  ctx.sampler.start();
+  ctx.server.sampler.start();
   try {
     for (let i = 0; i < ctx.plan.scenarioBatches; i++) {
       runs.push(await burst(requests));
@@ -741,7 +938,7 @@ async function scenario(
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
   } finally {
-    peaks = await ctx.sampler.stop();
+    peaks = await ctx.server.sampler.stop();
   }
   const sorted = runs.map((r) => r.wallMs).sort((a, b) => a - b);
   const result: ScenarioResult = {
@@ -762,7 +959,7 @@ async function scenario(
 async function launch(ctx: Context, kind: TargetKind, cfg: Omit<TargetConfig, 'databaseUrl'>): Promise<TargetProcess | undefined> {
   ctx.progress.note(`  starting ${kind}…`);
   try {
-    return await launchTarget(kind, { ...cfg, databaseUrl: ctx.db.url });
+    return await launchTarget(kind, { ...cfg, databaseUrl: ctx.server.db.url });
   } catch (err) {
     const msg = (err as Error).message;
     ctx.progress.note(`  ${kind} failed to start: ${msg}`);
@@ -794,13 +991,17 @@ async function profilePhase(ctx: Context): Promise<ProfileReport | { skipped: st
   const c = PROFILE_CONNECTIONS;
   try {
     for (const kind of kinds) {
-      const proc = await launch(ctx, kind, { applicationName: kind === 'ceiling' ? APP.ceiling : APP.gateway, poolMax: POOL_MAX });
+      // The baseline is the prepared ceiling: the faster bare route, the one the gateway must come closest to.
+      const proc = await launch(ctx, kind === 'ceiling' ? 'ceiling-prepared' : 'gateway', {
+        applicationName: kind === 'ceiling' ? APP.ceilingPrepared : APP.gateway,
+        poolMax: POOL_MAX,
+      });
       if (!proc) return { skipped: `the ${kind} did not start for profiling` };
       procs[kind] = proc;
       await prime(ctx, proc, READ, 32);
     }
     const { rounds, warmupMs, segmentMs } = shapeFor(ctx.plan, c);
-    ctx.progress.begin(`profile ceiling ⇄ gateway  c=${c}`);
+    ctx.progress.begin(`profile prepared ceiling ⇄ gateway  c=${c}`);
     for (let round = 1; round <= rounds; round++) {
       for (const kind of kinds) {
         const proc = procs[kind]!;
@@ -829,11 +1030,11 @@ async function profilePhase(ctx: Context): Promise<ProfileReport | { skipped: st
   }
   const summaries = {} as Record<(typeof kinds)[number], { summary: ProfileSummary; rps: number }>;
   for (const kind of kinds) {
-    const merged = mergeSegments(kind === 'ceiling' ? 'ceiling' : 'gateway-read', c, segs[kind]);
+    const merged = mergeSegments(kind === 'ceiling' ? 'ceiling-prepared' : 'gateway-read', c, segs[kind]);
     summaries[kind] = { summary: summariseProfile(files[kind], merged.ok ?? 0), rps: merged.rps ?? 0 };
     ctx.progress.end(
       `${Math.round(merged.rps ?? 0).toLocaleString('en-US')} req/s under the profiler; ${summaries[kind].summary.busyUsPerRequest.toFixed(0)} µs main-thread CPU/request`,
-      `profile ${kind}  c=${c}`,
+      `profile ${kind === 'ceiling' ? 'prepared ceiling' : kind}  c=${c}`,
     );
   }
   const allFiles = [...files.ceiling, ...files.gateway];
@@ -843,12 +1044,16 @@ async function profilePhase(ctx: Context): Promise<ProfileReport | { skipped: st
   const busy = (s: ProfileSummary) => s.busyMs / Math.max(1, s.busyMs + s.idleMs);
   const findings: string[] = [];
   // Magnitudes from the unprofiled paired step (the profiler slows deep call stacks more than shallow ones).
-  const plainC = ctx.steps.find((s) => s.target === 'ceiling' && s.connections === PROFILE_CONNECTIONS && !s.skipped);
-  const plainG = ctx.steps.find((s) => s.target === 'gateway-read' && s.connections === PROFILE_CONNECTIONS && !s.skipped);
+  const plainC = ctx.steps.find(
+    (s) => s.target === 'ceiling-prepared' && s.server === 'shared' && s.connections === PROFILE_CONNECTIONS && !s.skipped,
+  );
+  const plainG = ctx.steps.find(
+    (s) => s.target === 'gateway-read' && s.server === 'shared' && s.connections === PROFILE_CONNECTIONS && !s.skipped,
+  );
   if (plainC?.serverCpuUsPerRequest && plainG?.serverCpuUsPerRequest && plainC.rps && plainG.rps) {
     const cpuRatio = plainG.serverCpuUsPerRequest / plainC.serverCpuUsPerRequest;
     findings.push(
-      `Without the profiler (the measured step at ${PROFILE_CONNECTIONS} connections) the gateway process used ${plainG.serverCpuUsPerRequest.toFixed(0)} µs of CPU per request against the ceiling’s ` +
+      `Without the profiler (the measured step at ${PROFILE_CONNECTIONS} connections) the gateway process used ${plainG.serverCpuUsPerRequest.toFixed(0)} µs of CPU per request against the prepared ceiling’s ` +
         `${plainC.serverCpuUsPerRequest.toFixed(0)} µs (×${cpuRatio.toFixed(2)}), the servers using ${((plainG.serverCpuCores ?? 0) * 100).toFixed(0)}% and ${((plainC.serverCpuCores ?? 0) * 100).toFixed(0)}% of a core. ` +
         (Math.abs((plainG.serverCpuCores ?? 0) - (plainC.serverCpuCores ?? 0)) <= 0.15 * Math.max(plainC.serverCpuCores ?? 0, 0.1)
           ? `Both got about the same CPU share of the 2 cores (the load generator and Postgres take the rest), so req/s follows CPU per request: `
@@ -904,7 +1109,8 @@ async function profilePhase(ctx: Context): Promise<ProfileReport | { skipped: st
     );
   }
   return {
-    step: `GET /api/users/:id at ${PROFILE_CONNECTIONS} connections, ceiling and gateway alternating`,
+    step: `GET /api/users/:id at ${PROFILE_CONNECTIONS} connections, the prepared ceiling and the gateway alternating`,
+    baselineLabel: 'prepared ceiling',
     ceiling: base.summary,
     gateway: g.summary,
     delta,
@@ -915,30 +1121,59 @@ async function profilePhase(ctx: Context): Promise<ProfileReport | { skipped: st
 
 /** Roughly how long a pass takes (for the progress line): steps, priming runs, start-ups, scenarios. */
 function estimateMs(plan: Plan, pgbench: boolean): number {
-  const paired = (c: number) => plan.conc.ceiling.includes(c) && plan.conc['gateway-read'].includes(c);
-  let ms = 8 * plan.primeMs + 12_000 + SCENARIOS.length * 1_000;
+  const sharing = (target: StepTarget, c: number) =>
+    [CONNECT_GROUP, CEILING_GROUP].some((g) => g.includes(target) && g.filter((t) => plan.conc[t].includes(c)).length > 1);
+  // Primes, target start-ups (the private instance among them), the guide's scenarios.
+  let ms = 10 * plan.primeMs + 18_000 + SCENARIOS.length * 1_000;
   if (pgbench) ms += plan.conc.pgbench.length * (Math.round((plan.warmupMs + plan.durationMs) / 1000) * 1000 + 400);
   for (const [target, list] of Object.entries(plan.conc) as [StepTarget, number[]][]) {
     if (target === 'pgbench') continue;
     for (const c of list) {
-      const { rounds, warmupMs, segmentMs } = shapeFor(plan, c);
-      const isPaired = (target === 'ceiling' || target === 'gateway-read') && paired(c);
-      ms += isPaired ? rounds * (warmupMs + segmentMs + 250) : warmupMs + segmentMs * rounds + 300;
+      const { rounds, warmupMs, segmentMs } = shapeFor(plan, c, target);
+      ms += sharing(target, c) ? rounds * (warmupMs + segmentMs + 250) : warmupMs + segmentMs * rounds + 300;
     }
   }
   return ms;
 }
 
 /** Observations the figures need beside them, drawn from this run's own numbers. */
-function addNotes(ctx: Context): void {
+function addNotes(ctx: Context, loadAvgStart: number[]): void {
+  const cpus = os.availableParallelism?.() ?? os.cpus().length;
+  const busiest = Math.max(loadAvgStart[0] ?? 0, os.loadavg()[0] ?? 0);
+  if (busiest > cpus) {
+    ctx.notes.push(
+      `The machine was busy with other work: load average up to ${busiest.toFixed(1)} on ${cpus} cores over the run. Absolute figures mean little here; ` +
+        'the ratios of targets measured in the same alternating rounds hold better, but even they move by tens of percent between runs like this one.',
+    );
+  }
   const find = (t: StepTarget, c: number) => ctx.steps.find((s) => s.target === t && s.connections === c && !s.skipped);
   const connect = ctx.steps.find((s) => s.target === 'connect' && !s.skipped && s.latencyMs);
-  const pooled = find('gateway-read', connect?.connections ?? 1) ?? find('gateway-read', 1);
+  const pooled = find('gateway-read-vs-connect', connect?.connections ?? 1);
   if (connect?.latencyMs && pooled?.latencyMs) {
     ctx.notes.push(
-      `Opening a PostgreSQL connection is slow on this machine: connect-per-request p50 is ${connect.latencyMs.p50.toFixed(1)} ms at ${connect.connections} connection(s), ` +
-        `against ${pooled.latencyMs.p50.toFixed(2)} ms for a pooled request at ${pooled.connections}. Postgres forks one backend per connection, one at a time, which is also why ` +
-        `connect-per-request barely gains from more concurrency.`,
+      `A new connection costs: connect-per-request p50 is ${connect.latencyMs.p50.toFixed(1)} ms at ${connect.connections} connection(s), against ${pooled.latencyMs.p50.toFixed(2)} ms ` +
+        `for the gateway's pooled request on the same server (${connect.server === 'private' ? 'SCRAM-SHA-256 over TLS' : 'the shared server’s auth'}). Each connect pays a TCP handshake, ` +
+        `${connect.server === 'private' ? 'a TLS handshake, the SCRAM exchange (4096 PBKDF2 iterations on both sides), ' : ''}and a backend fork; Postgres forks one backend at a time, ` +
+        'which is also why connect-per-request barely gains from more concurrency.',
+    );
+  }
+  const piped = ctx.steps.filter((s) => s.target === 'ceiling-pipelined' && !s.skipped && s.rps);
+  const vsPrepared = piped.flatMap((s) => {
+    const p = find('ceiling-prepared', s.connections);
+    return p?.rps ? [{ c: s.connections, ratio: s.rps! / p.rps }] : [];
+  });
+  if (vsPrepared.length) {
+    // Below a tenth either way, alternating rounds on a shared machine cannot tell the two apart.
+    const wins = vsPrepared.filter((x) => x.ratio >= 1.1).map((x) => x.c);
+    const losses = vsPrepared.filter((x) => x.ratio <= 0.9).map((x) => x.c);
+    ctx.notes.push(
+      `Pipelining the bare route (${PIPELINE_CLIENTS} connections opened with \`pipeline: true\`, named statements) against the prepared ceiling on its pool of ${POOL_MAX}: ` +
+        `${vsPrepared.map((x) => `${x.ratio.toFixed(2)}× at ${x.c}`).join(', ')}. ` +
+        (wins.length
+          ? `It helps the bare route at ${wins.join(', ')} connections: queries queue behind each other on a few busy connections instead of waiting for one of their own, ` +
+            'and fewer Postgres backends share the cores. '
+          : `It did not help the bare route by a tenth or more at any concurrency in this run${losses.length ? ` (slower at ${losses.join(', ')})` : ''}. `) +
+        'It is kept as a third ceiling, measured in the same rounds; the targets are against the plain and the prepared ones, as issue 13 states them.',
     );
   }
   for (const s of ctx.steps) {
@@ -1011,14 +1246,25 @@ async function main(): Promise<number> {
   }
 
   const children = new Set<TargetProcess>();
+  // Started in the background while the shared database is prepared; stopped and deleted at the end.
+  let privateStart: Promise<{ instance: BenchPostgres; db: BenchDatabase }> | undefined;
+  const destroyPrivate = async () => {
+    const started = await privateStart?.catch(() => undefined);
+    if (!started) return;
+    await started.db.drop().catch(() => {}); // closes its admin connection; the folder goes next anyway
+    await started.instance.destroy();
+  };
   let interrupted = false;
+  const stopping = new AbortController();
   const onSignal = (signal: string) => {
     if (interrupted) return;
     interrupted = true;
-    process.stdout.write(`\nbench: ${signal}, stopping servers and dropping ${db.name}…\n`);
+    stopping.abort();
+    process.stdout.write(`\nbench: ${signal}, stopping servers and the private PostgreSQL, dropping ${db.name}…\n`);
     const hardExit = setTimeout(() => process.exit(130), 30_000);
     hardExit.unref();
     void Promise.allSettled([...children].map((c) => c.stop(5_000)))
+      .then(() => destroyPrivate().catch(() => {}))
       .then(() => db.drop())
       .then(
         () => process.stdout.write(`bench: dropped ${db.name}\n`),
@@ -1029,24 +1275,19 @@ async function main(): Promise<number> {
   process.on('SIGINT', () => onSignal('SIGINT'));
   process.on('SIGTERM', () => onSignal('SIGTERM'));
 
-  const samplerClient = new pg.Client({ connectionString: db.url, application_name: APP.sampler });
-  samplerClient.on('error', () => {});
   const pgbenchBin = findPgbench();
   const stepCount = Object.values(plan.conc).reduce((n, list) => n + list.length, 0) - (pgbenchBin ? 0 : plan.conc.pgbench.length);
-  // Per-step estimate for the ETA, with the priming runs (8 routes) and start-ups spread over the steps.
+  // Per-step estimate for the ETA, with the priming runs and start-ups spread over the steps.
   const perStepMs = estimateMs(plan, Boolean(pgbenchBin)) / (stepCount + SCENARIOS.length);
   const progress = new Progress(stepCount + SCENARIOS.length, perStepMs);
   const loadAvgStart = os.loadavg();
-  const ctx: Context = {
-    plan,
-    progress,
-    sampler: new ConnectionSampler(samplerClient, db.name, SAMPLER_INTERVAL_MS),
-    samplerClient,
-    db,
-    steps: [],
-    notes: [],
-  };
+  const steps: StepResult[] = [];
+  const notes: string[] = [];
+  let shared: BenchServer | undefined;
+  let priv: BenchServer | undefined;
+  let privateFailure: string | undefined;
   const scenarios: ScenarioResult[] = [];
+  const sections: PhaseSection[] = [];
   let gatewayPool: PoolStats | undefined;
   let edgeNodePool: PoolStats | undefined;
   let profile: BenchResults['profile'];
@@ -1055,64 +1296,133 @@ async function main(): Promise<number> {
     if (proc) children.add(proc);
     return proc;
   };
-  const stop = async (proc: TargetProcess | undefined) => {
-    if (!proc) return;
-    await proc.stop();
-    children.delete(proc);
+  const stop = async (...procs: (TargetProcess | undefined)[]) => {
+    await Promise.all(
+      procs.map(async (proc) => {
+        if (!proc) return;
+        await proc.stop();
+        children.delete(proc);
+      }),
+    );
   };
 
   try {
     const secs = Math.round(((stepCount + SCENARIOS.length) * perStepMs) / 1000);
     progress.note(
       `poolgate bench (${mode}): ${stepCount} load steps + ${SCENARIOS.length} guide scenarios, about ${fmtClock(secs * 1000)} min. ` +
-        `PostgreSQL ${db.postgres} at ${db.server}, scratch database ${db.name}.`,
+        `PostgreSQL ${db.postgres} at ${db.server} (${db.authShort}), scratch database ${db.name}.`,
     );
     if (!/^(127\.|localhost$|\[?::1\]?$)/.test(new URL(sourceUrl).hostname)) {
       progress.note('  note: the database is not on loopback; its network latency is in every figure.');
-      ctx.notes.push('The database was not on loopback: its network latency is in every figure.');
+      notes.push('The database was not on loopback: its network latency is in every figure.');
     }
     if (db.staleDropped.length) progress.note(`  dropped scratch databases left by runs that were killed: ${db.staleDropped.join(', ')}`);
+    privateStart = (async () => {
+      const stale = await removeStaleInstances();
+      if (stale.length) progress.note(`  removed private PostgreSQL instances left by runs that were killed: ${stale.join(', ')}`);
+      return startPrivateServer(db.settings);
+    })();
+    privateStart.catch(() => {}); // awaited below; a failure is reported there
+    progress.note('  preparing the schema; starting a private PostgreSQL (SCRAM + TLS) for connect-per-request…');
     await prepareSchema(db.url);
-    await samplerClient.connect();
-
-    // pgbench -S: what the database does alone.
+    shared = await openServer('shared', db);
+    const ctx: Context = { plan, progress, server: shared, steps, notes };
+    // Every server starts now, at once, while nothing is measured (those on the private instance
+    // once it is up); each idles until its phase (an idle server uses about 1% of a core) and is
+    // primed just before it.
+    const ceilingKinds = (
+      [
+        ['ceiling', 'ceiling', APP.ceiling],
+        ['ceiling-prepared', 'ceiling-prepared', APP.ceilingPrepared],
+        ['ceiling-pipelined', 'ceiling-pipelined', APP.ceilingPipelined],
+        ['gateway-read', 'gateway', APP.gateway],
+      ] as const
+    ).filter(([target]) => plan.conc[target].length > 0 || target === 'gateway-read');
+    const sharedLaunches = Promise.all([
+      track(launch(ctx, 'topology', { applicationName: APP.edgeNode, poolMax: POOL_MAX })),
+      ...ceilingKinds.map(([, kind, applicationName]) =>
+        track(launch(ctx, kind, { applicationName, poolMax: POOL_MAX, pipelineClients: PIPELINE_CLIENTS })),
+      ),
+    ]);
+    let pgbenchReady: string | undefined;
     if (pgbenchBin) {
       progress.note('  pgbench -i -s 1 (scratch database only)…');
       try {
         await initPgbench(pgbenchBin, db.pgbench);
-        for (const c of plan.conc.pgbench) await pgbenchStep(ctx, pgbenchBin, c);
+        pgbenchReady = pgbenchBin;
       } catch (err) {
-        ctx.notes.push(`pgbench could not run: ${(err as Error).message}`);
+        notes.push(`pgbench could not run: ${(err as Error).message}`);
         for (const c of plan.conc.pgbench)
-          ctx.steps.push({ target: 'pgbench', connections: c, skipped: `pgbench failed: ${(err as Error).message}` });
+          record(ctx, { target: 'pgbench', connections: c, skipped: `pgbench failed: ${(err as Error).message}` });
       }
     } else {
-      ctx.notes.push('pgbench is not installed (looked on PATH and in /usr/bin): no pgbench baseline.');
-      for (const c of plan.conc.pgbench) ctx.steps.push({ target: 'pgbench', connections: c, skipped: 'pgbench not installed' });
+      notes.push('pgbench is not installed (looked on PATH and in /usr/bin): no pgbench baseline.');
+      for (const c of plan.conc.pgbench) record(ctx, { target: 'pgbench', connections: c, skipped: 'pgbench not installed' });
+    }
+    try {
+      const p = await privateStart;
+      priv = await openServer('private', p.db, { differences: p.instance.differences });
+      progress.note(`  private PostgreSQL at ${priv.info.server}: ${priv.info.auth}`);
+    } catch (err) {
+      privateFailure = (err as Error).message;
+      const why = err instanceof BenchPostgresError ? privateFailure : `${privateFailure} (${(err as Error).name})`;
+      progress.note(`  the private PostgreSQL did not start (${why}); connect-per-request runs on the shared server (${db.authShort})`);
+      notes.push(
+        `The private SCRAM + TLS PostgreSQL could not start (${why}): connect-per-request and the gateway beside it ran on the shared server, ` +
+          `with its auth (${db.auth}), so their ratio reflects that server's connection cost, not a real deployment's.`,
+      );
     }
 
-    // Connect-per-request, alone: it needs the Postgres connections the pools would otherwise hold.
-    {
-      const proc = await track(launch(ctx, 'connect', { applicationName: APP.connect, poolMax: POOL_MAX }));
-      await prime(ctx, proc, READ, 4);
-      for (const c of plan.conc.connect) await httpStep(ctx, 'connect', c, proc, READ);
-      await stop(proc);
-    }
+    const cctx: Context = { ...ctx, server: priv ?? shared };
+    const [connect, connectGateway] = await Promise.all([
+      track(launch(cctx, 'connect', { applicationName: APP.connect, poolMax: POOL_MAX })),
+      track(launch(cctx, 'gateway', { applicationName: APP.gateway, poolMax: POOL_MAX })),
+    ]);
+    const [topology, ...ceilingProcs] = await sharedLaunches;
 
-    // Ceiling and gateway side by side, alternating per concurrency so drift hits both alike.
+    // pgbench -S: what the database does alone.
+    if (pgbenchReady) for (const c of plan.conc.pgbench) await pgbenchStep(ctx, pgbenchReady, c);
+
+    // Connect-per-request, and the gateway's pool beside it on the same server (the private
+    // SCRAM + TLS one): both pay that server's auth and TLS, one per request, the other once per
+    // pooled connection, so their ratio is the cost of connecting and nothing else.
     {
-      const ceiling = await track(launch(ctx, 'ceiling', { applicationName: APP.ceiling, poolMax: POOL_MAX }));
-      const gateway = await track(launch(ctx, 'gateway', { applicationName: APP.gateway, poolMax: POOL_MAX }));
-      await prime(ctx, ceiling, READ, 32);
-      await prime(ctx, gateway, READ, 32);
-      const levels = [...new Set([...plan.conc.ceiling, ...plan.conc['gateway-read']])].sort((a, b) => a - b);
+      const gateway = connectGateway;
+      await prime(cctx, connect, READ, 4);
+      await prime(cctx, gateway, READ, 32);
+      const levels = [...new Set(CONNECT_GROUP.flatMap((t) => plan.conc[t]))].sort((x, y) => x - y);
+      const procOf: Partial<Record<StepTarget, TargetProcess | undefined>> = { connect, 'gateway-read-vs-connect': gateway };
       for (const c of levels) {
-        const both = plan.conc.ceiling.includes(c) && plan.conc['gateway-read'].includes(c);
-        if (both) await pairedStep(ctx, c, READ, { target: 'ceiling', proc: ceiling }, { target: 'gateway-read', proc: gateway });
-        else if (plan.conc.ceiling.includes(c)) await httpStep(ctx, 'ceiling', c, ceiling, READ);
-        else await httpStep(ctx, 'gateway-read', c, gateway, READ);
+        const sides = CONNECT_GROUP.filter((t) => plan.conc[t].includes(c)).map((target) => ({ target, proc: procOf[target] }));
+        await alternatingStep(cctx, c, READ, sides);
       }
-      await stop(ceiling);
+      await stop(connect, gateway);
+    }
+
+    // The bare ceilings and the gateway side by side, in rotating rounds per concurrency so drift hits all alike.
+    {
+      const procs = ceilingProcs;
+      const procOf = Object.fromEntries(ceilingKinds.map(([target], i) => [target, procs[i]])) as Partial<
+        Record<StepTarget, TargetProcess | undefined>
+      >;
+      // Their pools fill side by side: say so when the server (shared with whatever else runs there) has no room for them.
+      const poolsNeed = ceilingKinds.reduce((n, [target]) => n + (target === 'ceiling-pipelined' ? PIPELINE_CLIENTS : POOL_MAX), 0);
+      const room = await connectionHeadroom(shared.samplerClient, 0).catch(() => undefined);
+      if (room && room.headroom < poolsNeed) {
+        const msg =
+          `The shared server had ${room.headroom} connections free (max_connections ${room.max}, ${room.used} in use by everything on it) for the ` +
+          `${poolsNeed} the bare ceilings' and the gateway's pools hold side by side: a pool that cannot fill answers slower or with errors (the gateway: 503).`;
+        progress.note(`  note: ${msg}`);
+        notes.push(msg);
+      }
+      for (const proc of procs) await prime(ctx, proc, READ, 32);
+      const gateway = procOf['gateway-read'];
+      const levels = [...new Set(CEILING_GROUP.flatMap((t) => plan.conc[t]))].sort((x, y) => x - y);
+      for (const c of levels) {
+        const sides = CEILING_GROUP.filter((t) => plan.conc[t].includes(c)).map((target) => ({ target, proc: procOf[target] }));
+        await alternatingStep(ctx, c, READ, sides);
+      }
+      await stop(...procs.filter((p) => p !== gateway));
       await prime(ctx, gateway, WRITE, 32);
       for (const c of plan.conc['gateway-write']) await httpStep(ctx, 'gateway-write', c, gateway, WRITE);
       await prime(ctx, gateway, SUMMARY, 8);
@@ -1142,7 +1452,7 @@ async function main(): Promise<number> {
 
     // The edge topology: workerd + local Neon proxy + its own Node gateway.
     {
-      const topo = await track(launch(ctx, 'topology', { applicationName: APP.edgeNode, poolMax: POOL_MAX }));
+      const topo = topology;
       await prime(ctx, topo, SUMMARY, 4);
       for (const c of plan.conc['edge-read-ws']) await httpStep(ctx, 'edge-read-ws', c, topo, SUMMARY);
       await prime(ctx, topo, READ, 16);
@@ -1170,7 +1480,25 @@ async function main(): Promise<number> {
       await stop(topo);
     }
 
-    addNotes(ctx);
+    // Later phases (the WAN-latency bench), on the same servers.
+    for (const phase of LATER_PHASES) {
+      try {
+        const section = await phase.run({
+          ctx,
+          mode,
+          sourceUrl,
+          servers: { shared, ...(priv ? { private: priv } : {}) },
+          signal: stopping.signal,
+          log: (line) => progress.note(`  ${line}`),
+        });
+        if (section) sections.push({ name: phase.name, ...section });
+      } catch (err) {
+        progress.note(`  ${phase.name} failed: ${(err as Error).message}`);
+        notes.push(`${phase.name} failed: ${(err as Error).message.split('\n')[0]}`);
+      }
+    }
+
+    addNotes(ctx, loadAvgStart);
 
     // Targets, and a profile where one is missed.
     const draft = (): BenchResults => ({
@@ -1179,31 +1507,39 @@ async function main(): Promise<number> {
       date: localDate(startedAt),
       startedAt: startedAt.toISOString(),
       finishedAt: new Date().toISOString(),
-      durationSec: progress.elapsedMs / 1000,
+      // From this process's start (the clock's origin), so start-up and the database's creation count too.
+      durationSec: now() / 1000,
       machine: { ...machine(db.postgres, undefined), loadAvg: { start: loadAvgStart, end: os.loadavg() } },
       database: { server: db.server, name: db.name, maxConnections: db.maxConnections },
+      servers: { shared: shared!.info, ...(priv ? { private: priv.info } : {}) },
+      ...(privateFailure ? { privateFailure } : {}),
       settings: {
         warmupMs: plan.warmupMs,
         durationMs: plan.durationMs,
         pairRounds: plan.pairRounds,
+        bigWarmupMs: plan.bigWarmupMs,
+        bigSegmentMs: plan.bigSegmentMs,
         samplerIntervalMs: SAMPLER_INTERVAL_MS,
         poolMax: POOL_MAX,
+        pipelineClients: PIPELINE_CLIENTS,
+        connectRounds: plan.connectRounds,
+        connectSegmentMs: plan.connectSegmentMs,
         concurrencies: plan.conc,
       },
       steps: ctx.steps,
       ...(gatewayPool ? { gatewayPool } : {}),
       ...(edgeNodePool ? { edgeNodePool } : {}),
       scenarios,
+      ...(sections.length ? { sections } : {}),
       targets: [],
       notes: ctx.notes,
     });
-    const targets = evaluateTargets(draft(), POOL_MAX);
-    const missed = targets.filter((t) => t.status === 'missed' && t.id !== 'reuse');
+    const missed = evaluateTargets(draft(), POOL_MAX).filter((t) => t.status === 'missed' && !NOT_PROFILED.has(t.id));
     const wantProfile = args['no-profile'] ? false : args.profile ? true : mode === 'full' && missed.length > 0;
     if (wantProfile) {
       progress.addSteps(2);
       progress.note(
-        `  ${missed.length ? `missed: ${missed.map((t) => t.id).join(', ')}; ` : ''}profiling the ceiling and the gateway at ${PROFILE_CONNECTIONS} connections…`,
+        `  ${missed.length ? `missed: ${missed.map((t) => t.id).join(', ')}; ` : ''}profiling the prepared ceiling and the gateway at ${PROFILE_CONNECTIONS} connections…`,
       );
       profile = await profilePhase(ctx);
     } else if (missed.length) {
@@ -1215,12 +1551,13 @@ async function main(): Promise<number> {
     }
 
     const d = draft();
-    const results: BenchResults = {
+    const final: BenchResults = {
       ...d,
       machine: { ...d.machine, ...machine(db.postgres, pgbenchBin ? await pgbenchVersion(pgbenchBin) : undefined) },
-      targets,
       ...(profile ? { profile } : {}),
     };
+    // Evaluated again at the end: the run's own duration is one of them.
+    const results: BenchResults = { ...final, targets: evaluateTargets(final, POOL_MAX) };
     const outDir = fileURLToPath(new URL('./results/', import.meta.url));
     mkdirSync(outDir, { recursive: true });
     const base = join(outDir, mode === 'quick' ? `${results.date}-quick` : results.date);
@@ -1229,14 +1566,17 @@ async function main(): Promise<number> {
     progress.note('');
     progress.note(targetsTable(results));
     progress.note('');
-    progress.note(`bench: wrote ${base}.md and ${base}.json in ${fmtClock(progress.elapsedMs)} min`);
+    progress.note(`bench: wrote ${base}.md and ${base}.json in ${fmtClock(now())} min`);
     return 0;
   } catch (err) {
     progress.note(`bench: failed: ${(err as Error).stack ?? String(err)}`);
     return 1;
   } finally {
     await Promise.allSettled([...children].map((c) => c.stop(5_000)));
-    await samplerClient.end().catch(() => {});
+    await Promise.allSettled([shared?.samplerClient.end(), priv?.samplerClient.end()]);
+    await destroyPrivate().catch((err: unknown) =>
+      progress.note(`bench: could not remove the private PostgreSQL: ${(err as Error).message}`),
+    );
     await db.drop().catch((err: unknown) => progress.note(`bench: could not drop ${db.name}: ${(err as Error).message}`));
   }
 }

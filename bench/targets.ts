@@ -1,8 +1,13 @@
 /**
  * What the bench loads, each in a process of its own so the load generator (the parent) and the
  * server do not share one event loop:
- *   connect   baseline: bare Hono on @hono/node-server, a new pg.Client per request
- *   ceiling   baseline: bare Hono on a pg.Pool (max 20), no middleware
+ *   connect            baseline: bare Hono on @hono/node-server, a new pg.Client per request (over
+ *                      whatever auth and TLS the database URL asks for: SCRAM + TLS in the bench)
+ *   ceiling            baseline: bare Hono on a pg.Pool (max 20), no middleware, plain queries
+ *   ceiling-prepared   the same, each statement a named prepared statement ({ name, text, values }):
+ *                      parsed and planned once per connection, then Bind/Execute only
+ *   ceiling-pipelined  the same route on a few pg.Clients with node-postgres's `pipeline: true`,
+ *                      each request's query sent on the least busy one without waiting for a checkout
  *   gateway   poolgate's Node gateway (startGateway), unsigned, all routes on its pg Pool
  *   topology  poolgate's edge topology (startTopology): workerd + local Neon proxy + Node gateway
  * The baselines run the very same SELECT as the read route (repo.getUser), through a minimal Db.
@@ -26,13 +31,16 @@ import type { Db, QueryResult } from '../src/db/types.js';
 import { AppError } from '../src/errors.js';
 import { getUser } from '../src/fitness/repo.js';
 
-export type TargetKind = 'connect' | 'ceiling' | 'gateway' | 'topology';
+export const TARGET_KINDS = ['connect', 'ceiling', 'ceiling-prepared', 'ceiling-pipelined', 'gateway', 'topology'] as const;
+export type TargetKind = (typeof TARGET_KINDS)[number];
 
 export interface TargetConfig {
   databaseUrl: string;
   applicationName: string;
   /** Pool size of the ceiling and of the gateway. */
   poolMax: number;
+  /** ceiling-pipelined only: how many pipelined connections share the requests (default 4). */
+  pipelineClients?: number;
 }
 
 export interface TargetUrls {
@@ -119,8 +127,25 @@ export function startConnectPerRequest(cfg: Pick<TargetConfig, 'databaseUrl' | '
   return serveApp(app, async () => {});
 }
 
-/** Baseline (b), the ceiling: a pg.Pool and nothing else between the route and the query. */
-export function startCeiling(cfg: Pick<TargetConfig, 'databaseUrl' | 'applicationName' | 'poolMax'>): Promise<BaselineServer> {
+/** A statement name per distinct SQL text, as an application using named statements would keep. */
+function statementNames(): (text: string) => string {
+  const names = new Map<string, string>();
+  return (text) => {
+    let name = names.get(text);
+    if (name === undefined) names.set(text, (name = `bench_${names.size + 1}`));
+    return name;
+  };
+}
+
+/**
+ * Baseline (b), the ceiling: a pg.Pool and nothing else between the route and the query; with
+ * `prepared`, each statement goes as a named prepared statement (node-postgres parses it once per
+ * connection and then sends only Bind/Execute).
+ */
+export function startCeiling(
+  cfg: Pick<TargetConfig, 'databaseUrl' | 'applicationName' | 'poolMax'>,
+  { prepared = false }: { prepared?: boolean } = {},
+): Promise<BaselineServer> {
   const pool = new pg.Pool({
     connectionString: cfg.databaseUrl,
     application_name: cfg.applicationName,
@@ -128,10 +153,47 @@ export function startCeiling(cfg: Pick<TargetConfig, 'databaseUrl' | 'applicatio
     idleTimeoutMillis: 30_000,
   });
   pool.on('error', () => {});
-  const db = queryOnlyDb((text, params) => pool.query(text, params));
+  const nameOf = statementNames();
+  const db = queryOnlyDb(
+    prepared ? (text, values) => pool.query({ name: nameOf(text), text, values }) : (text, params) => pool.query(text, params),
+  );
   return serveApp(
     bareApp((id) => getUser(db, id)),
     () => pool.end(),
+  );
+}
+
+/**
+ * Baseline (c), the pipelined ceiling: `clients` connections opened once with `pipeline: true`;
+ * a request's statement is written to the connection with the fewest in flight at once, behind
+ * the others already on the wire, instead of waiting for a connection of its own.
+ */
+export async function startPipelinedCeiling(
+  cfg: Pick<TargetConfig, 'databaseUrl' | 'applicationName' | 'pipelineClients'>,
+): Promise<BaselineServer> {
+  const count = cfg.pipelineClients ?? 4;
+  const clients = Array.from({ length: count }, () => {
+    const client = new pg.Client({ connectionString: cfg.databaseUrl, application_name: cfg.applicationName, pipeline: true });
+    client.on('error', () => {});
+    return { client, inFlight: 0 };
+  });
+  await Promise.all(clients.map((c) => c.client.connect()));
+  const nameOf = statementNames();
+  const db = queryOnlyDb(async (text, values) => {
+    let least = clients[0]!;
+    for (const c of clients) if (c.inFlight < least.inFlight) least = c;
+    least.inFlight++;
+    try {
+      return await least.client.query({ name: nameOf(text), text, values });
+    } finally {
+      least.inFlight--;
+    }
+  });
+  return serveApp(
+    bareApp((id) => getUser(db, id)),
+    async () => {
+      await Promise.allSettled(clients.map((c) => c.client.end()));
+    },
   );
 }
 
@@ -150,8 +212,13 @@ async function startInChild(
       const s = await startConnectPerRequest(cfg);
       return { urls: { url: s.url }, close: () => s.close() };
     }
-    case 'ceiling': {
-      const s = await startCeiling(cfg);
+    case 'ceiling':
+    case 'ceiling-prepared': {
+      const s = await startCeiling(cfg, { prepared: kind === 'ceiling-prepared' });
+      return { urls: { url: s.url }, close: () => s.close() };
+    }
+    case 'ceiling-pipelined': {
+      const s = await startPipelinedCeiling(cfg);
       return { urls: { url: s.url }, close: () => s.close() };
     }
     case 'gateway': {
@@ -367,8 +434,8 @@ export function launchTarget(kind: TargetKind, cfg: TargetConfig, readyTimeoutMs
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const kind = process.argv[2] as TargetKind;
-  if (!['connect', 'ceiling', 'gateway', 'topology'].includes(kind)) {
-    console.error(`usage: tsx bench/targets.ts connect|ceiling|gateway|topology (started by bench/run.ts)`);
+  if (!(TARGET_KINDS as readonly string[]).includes(kind)) {
+    console.error(`usage: tsx bench/targets.ts ${TARGET_KINDS.join('|')} (started by bench/run.ts)`);
     process.exit(2);
   }
   void childMain(kind);
