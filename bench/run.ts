@@ -64,6 +64,7 @@ import {
   type StepResult,
   type StepTarget,
 } from './report.js';
+import { renderWanMarkdown, runWanBench, writeWanResults } from './wan.js';
 import { launchTarget, type TargetConfig, type TargetKind, type TargetProcess } from './targets.js';
 
 const USAGE = `usage: npm run bench [-- --quick] [-- --profile | --no-profile]
@@ -177,14 +178,25 @@ interface PhaseInput {
   sourceUrl: string;
   servers: { shared: BenchServer; private?: BenchServer };
   signal: AbortSignal;
-  log(line: string): void;
+  log: (line: string) => void;
 }
 interface Phase {
   name: string;
   /** Its section of the report, if it has one (rendered after the guide's scenarios; `data` goes into the .json). */
   run(input: PhaseInput): Promise<PhaseSection | void>;
 }
-const LATER_PHASES: readonly Phase[] = [];
+const LATER_PHASES: readonly Phase[] = [
+  {
+    // The full pass only: the quick one stays under a minute (`npm run bench:wan -- --quick` on its own).
+    name: 'WAN model',
+    run: async ({ mode, sourceUrl, signal, log }) => {
+      if (mode === 'quick') return;
+      const r = await runWanBench({ quick: false, sourceUrl, signal, log });
+      writeWanResults(r);
+      return { title: 'The WAN model of the edge', markdown: renderWanMarkdown(r, { headingLevel: 3 }), data: r };
+    },
+  },
+];
 
 /** Targets whose miss a CPU profile of the read path would not explain. */
 const NOT_PROFILED = new Set(['reuse', 'run-time', 'connect-scram-tls', 'vs-connect']);
