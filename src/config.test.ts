@@ -29,6 +29,8 @@ describe('parseConfig', () => {
       statementTimeoutMs: 30_000,
       queryTimeoutMs: 31_000,
       applicationName: 'poolgate',
+      preparedStatements: true,
+      preparedStatementsMax: 200,
     });
     expect(c.bodyLimitBytes).toBe(64 * 1024);
     expect(c.logLevel).toBe('info');
@@ -48,6 +50,8 @@ describe('parseConfig', () => {
       QUERY_TIMEOUT_MS: '1500',
       APPLICATION_NAME: 'poolgate-test',
       BODY_LIMIT_BYTES: '512',
+      PG_PREPARED_STATEMENTS: 'off',
+      PG_PREPARED_STATEMENTS_MAX: '50',
     });
     expect(c.databaseUrl).toBe(URL_WITH_SECRET);
     expect(c.port).toBe(0);
@@ -61,6 +65,8 @@ describe('parseConfig', () => {
       statementTimeoutMs: 1000,
       queryTimeoutMs: 1500,
       applicationName: 'poolgate-test',
+      preparedStatements: false,
+      preparedStatementsMax: 50,
     });
     expect(c.bodyLimitBytes).toBe(512);
   });
@@ -99,6 +105,8 @@ describe('parseConfig', () => {
     ['LOG_LEVEL', 'loud'],
     ['APPLICATION_NAME', 'x'.repeat(64)],
     ['APPLICATION_NAME', 'tab\tname'],
+    ['PG_PREPARED_STATEMENTS', 'yes'],
+    ['PG_PREPARED_STATEMENTS_MAX', '0'],
   ])('refuses %s=%j with an error naming it', (name, value) => {
     const err = configError(() => parseConfig({ [name]: value }));
     expect(err.variable).toBe(name);
@@ -118,6 +126,7 @@ describe('parseConfig', () => {
       'SHUTDOWN_TIMEOUT_MS: must be zero or a positive whole number, got "-5" (too small; allowed: 0 to 600000)',
     ],
     ['IDEMPOTENCY_TTL_MS', '5', 'IDEMPOTENCY_TTL_MS: must be at least 60000, got "5" (too small; allowed: 60000 to 2592000000)'],
+    ['PG_PREPARED_STATEMENTS', 'true', 'PG_PREPARED_STATEMENTS: must be on or off, got "true"'],
   ])('says what is wrong with %s=%j: not a number, or out of range (naming the range)', (name, value, message) => {
     expect(configError(() => parseConfig({ [name]: value })).message).toBe(message);
   });
@@ -125,6 +134,12 @@ describe('parseConfig', () => {
   it('refuses POOL_MIN above POOL_MAX, and a query timeout not above the statement timeout', () => {
     expect(configError(() => parseConfig({ POOL_MAX: '2', POOL_MIN: '3' })).variable).toBe('POOL_MIN');
     expect(configError(() => parseConfig({ STATEMENT_TIMEOUT_MS: '1000', QUERY_TIMEOUT_MS: '1000' })).variable).toBe('QUERY_TIMEOUT_MS');
+  });
+
+  it('reads PG_PREPARED_STATEMENTS as on or off, in any case and with blanks around it', () => {
+    expect(parseConfig({ PG_PREPARED_STATEMENTS: ' OFF ' }).pool.preparedStatements).toBe(false);
+    expect(parseConfig({ PG_PREPARED_STATEMENTS: 'On' }).pool.preparedStatements).toBe(true);
+    expect(parseConfig({ PG_PREPARED_STATEMENTS: '' }).pool.preparedStatements).toBe(true);
   });
 
   it('treats empty and blank values as unset', () => {

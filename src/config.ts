@@ -21,7 +21,17 @@ export interface PoolConfig {
   /** Client-side timeout, a little longer than the statement timeout. */
   queryTimeoutMs: number;
   applicationName: string;
+  /**
+   * Statements with parameters run as named prepared statements, parsed and planned once per
+   * connection (PG_PREPARED_STATEMENTS=on|off); off for a pooler that cannot keep them.
+   */
+  preparedStatements: boolean;
+  /** Named statements one connection keeps at most; further ones run unnamed. */
+  preparedStatementsMax: number;
 }
+
+/** Named statements per connection by default: more than an application's fixed statements, few enough to cost little memory. */
+export const PREPARED_STATEMENTS_MAX = 200;
 
 export interface Config {
   /** postgres:// URL, or undefined to run on the embedded database. Non-enumerable. */
@@ -99,6 +109,15 @@ function int(env: Env, name: string, fallback: number, min: number, max: number)
   return value;
 }
 
+/** "on" or "off", in any case; the error names both. */
+function onOff(env: Env, name: string, fallback: boolean): boolean {
+  const raw = env[name];
+  if (raw === undefined || raw.trim() === '') return fallback;
+  const value = raw.trim().toLowerCase();
+  if (value !== 'on' && value !== 'off') throw new ConfigError(name, `must be on or off, got "${raw}"`);
+  return value === 'on';
+}
+
 /** Checks a postgres URL without ever echoing it (it may hold a password). */
 export function validateDatabaseUrl(name: string, raw: string): string {
   let url: URL;
@@ -152,6 +171,8 @@ export function parseConfig(env: Env): Config {
       statementTimeoutMs,
       queryTimeoutMs: int(env, 'QUERY_TIMEOUT_MS', statementTimeoutMs + 1_000, 1, 3_700_000),
       applicationName,
+      preparedStatements: onOff(env, 'PG_PREPARED_STATEMENTS', true),
+      preparedStatementsMax: int(env, 'PG_PREPARED_STATEMENTS_MAX', PREPARED_STATEMENTS_MAX, 1, 10_000),
     },
     bodyLimitBytes: int(env, 'BODY_LIMIT_BYTES', 64 * 1024, 1, 64 * 1024 * 1024),
     shutdownTimeoutMs: int(env, 'SHUTDOWN_TIMEOUT_MS', 10_000, 0, 600_000),

@@ -2,7 +2,8 @@
  * The one retry decision, shared by every path. A retry is allowed only when the request
  * provably never reached the database (connect refused or timed out, no free connection,
  * too many connections, server starting up), or for a whole transaction that the server aborted
- * as a serialization failure or deadlock, or for a read-only statement. Never for a caller's
+ * as a serialization failure or deadlock, or for a read-only statement, or for any attempt whose
+ * error its connector marked rerunnable (it failed before it ran). Never for a caller's
  * mistake, a statement timeout, an open breaker, or past the request's deadline; and only while
  * the process-wide retry budget allows (so retries stop adding load when most calls fail).
  */
@@ -21,6 +22,18 @@ export type RetryScope =
 const NEVER_REACHED = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', '53300', '57P03']);
 const TX_RETRYABLE = new Set(['40001', '40P01']);
 
+const RERUNNABLE = Symbol.for('poolgate.rerunnable');
+
+/**
+ * A connector's word that `err` failed its statement before it ran and that a fresh attempt will
+ * not meet it again (pg-pool: a prepared statement a schema change made stale, on a connection
+ * being replaced): the statement, or its whole transaction from BEGIN, may run again.
+ */
+export function markRerunnable<E>(err: E): E {
+  if (typeof err === 'object' && err !== null) Object.defineProperty(err, RERUNNABLE, { value: true });
+  return err;
+}
+
 function codeOf(err: unknown): string {
   const c = (err as { code?: unknown } | undefined)?.code;
   return typeof c === 'string' ? c : '';
@@ -29,6 +42,7 @@ function codeOf(err: unknown): string {
 /** True when `err` in `scope` may be retried (before budget and deadline checks). */
 export function isRetryable(err: unknown, scope: RetryScope): boolean {
   if (err instanceof AppError) return err.code === 'pool_exhausted' && scope === 'connect';
+  if ((err as { [RERUNNABLE]?: unknown } | undefined)?.[RERUNNABLE] === true) return true;
   const code = codeOf(err);
   if (code === '57014') return false; // statement timeout / cancel: the work may have run
   const msg = (err as { message?: unknown } | undefined)?.message;

@@ -97,7 +97,7 @@ export class SessionRunner {
     return this.#run(source, observer, scope, false, (tx) => tx.query(text, params));
   }
 
-  /** BEGIN … COMMIT around `fn`; the whole transaction runs again on 40001/40P01 (nothing of it applied). */
+  /** BEGIN … COMMIT around `fn`; the whole transaction runs again on 40001/40P01 or an error marked rerunnable (nothing of it applied). */
   transaction<T>(source: SessionSource, observer: QueryObserver, fn: (tx: Queryable) => Promise<T>, opts: TxOptions = {}): Promise<T> {
     return this.#run(source, observer, 'transaction', true, async (tx) => {
       await tx.query(beginStatement(opts));
