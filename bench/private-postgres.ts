@@ -11,6 +11,7 @@
  * root), as the bench's own user otherwise. The folder is named after the bench's pid: one left
  * by a run that was killed outright (its postmaster still up) is stopped and deleted by the next.
  */
+import { isAlive } from './stale.js';
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
@@ -72,21 +73,12 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-};
-
 /** Stops and deletes instances left by bench runs that are gone; returns their folders. */
 export async function removeStaleInstances(binDir = '/usr/lib/postgresql/15/bin'): Promise<string[]> {
   const removed: string[] = [];
   for (const entry of readdirSync(tmpdir())) {
     const m = new RegExp(`^${PREFIX}(\\d+)-`).exec(entry);
-    if (!m || Number(m[1]) === process.pid || alive(Number(m[1]))) continue;
+    if (!m || Number(m[1]) === process.pid || isAlive(Number(m[1]))) continue;
     const dir = join(tmpdir(), entry);
     if (existsSync(join(dir, 'data', 'postmaster.pid')))
       await asServerUser(join(binDir, 'pg_ctl'), ['-D', join(dir, 'data'), 'stop', '-m', 'immediate', '-w']).catch(() => {});

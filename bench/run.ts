@@ -64,6 +64,7 @@ import {
   type StepResult,
   type StepTarget,
 } from './report.js';
+import { dropStaleDatabases } from './stale.js';
 import { renderWanMarkdown, runWanBench, writeWanResults } from './wan.js';
 import { launchTarget, type TargetConfig, type TargetKind, type TargetProcess } from './targets.js';
 
@@ -414,29 +415,6 @@ async function describeAuth(client: pg.Client, source: URL): Promise<{ auth: str
   };
 }
 
-/**
- * A run killed outright (SIGKILL; or `tsx` escalating a Ctrl-C it thinks went unanswered) cannot
- * drop its database. On a loopback server the name's pid is a process of this machine: a scratch
- * database whose process is gone is dropped here. Anything else is left alone.
- */
-async function dropStaleDatabases(admin: pg.Client, source: URL): Promise<string[]> {
-  if (!/^(127\.|localhost$|\[?::1\]?$)/.test(source.hostname)) return [];
-  const alive = (pid: number) => {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch (err) {
-      return (err as NodeJS.ErrnoException).code === 'EPERM';
-    }
-  };
-  const { rows } = await admin.query<{ name: string }>(`SELECT datname AS name FROM pg_database WHERE datname ~ '^poolgate_bench_[0-9]+$'`);
-  const stale = rows
-    .map((r) => r.name)
-    .filter((n) => Number(n.slice('poolgate_bench_'.length)) !== process.pid && !alive(Number(n.slice('poolgate_bench_'.length))));
-  for (const n of stale) await admin.query(`DROP DATABASE IF EXISTS ${n} WITH (FORCE)`).catch(() => {});
-  return stale;
-}
-
 async function createBenchDatabase(sourceUrl: string): Promise<BenchDatabase> {
   const source = new URL(sourceUrl);
   const admin = new pg.Client({ connectionString: sourceUrl, application_name: APP.admin, connectionTimeoutMillis: 5_000 });
@@ -474,7 +452,7 @@ async function createBenchDatabase(sourceUrl: string): Promise<BenchDatabase> {
     throw err;
   }
   const name = `poolgate_bench_${process.pid}`;
-  const dropped = await dropStaleDatabases(admin, source);
+  const dropped = await dropStaleDatabases(admin, source, 'poolgate_bench_');
   try {
     await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
     await admin.query(`CREATE DATABASE ${name}`);

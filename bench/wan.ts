@@ -22,6 +22,7 @@
  * there and dropped at the end. Writes bench/results/<date>-wan.md and .json (--quick:
  * <date>-wan-quick.*). `runWanBench` and `renderWanMarkdown` are for bench/run.ts.
  */
+import { dropStaleDatabases } from './stale.js';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -568,27 +569,6 @@ interface ScratchDatabase {
   drop(): Promise<void>;
 }
 
-/**
- * A run killed outright cannot drop its database: on a loopback server, a poolgate_wan_<pid> whose
- * process is gone is dropped here. Anything else is left alone.
- */
-async function dropStaleDatabases(admin: pg.Client, source: URL): Promise<void> {
-  if (!/^(127\.|localhost$|\[?::1\]?$)/.test(source.hostname)) return;
-  const alive = (pid: number) => {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch (err) {
-      return (err as NodeJS.ErrnoException).code === 'EPERM';
-    }
-  };
-  const { rows } = await admin.query<{ name: string }>(`SELECT datname AS name FROM pg_database WHERE datname ~ '^poolgate_wan_[0-9]+$'`);
-  for (const { name } of rows) {
-    const pid = Number(name.slice('poolgate_wan_'.length));
-    if (pid !== process.pid && !alive(pid)) await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`).catch(() => {});
-  }
-}
-
 /** poolgate_wan_<pid> on the server of `sourceUrl`, created fresh; refuses the embedded PGlite. */
 async function createScratchDatabase(sourceUrl: string): Promise<ScratchDatabase> {
   const admin = new pg.Client({ connectionString: sourceUrl, application_name: 'poolgate-wan-admin', connectionTimeoutMillis: 5_000 });
@@ -607,7 +587,7 @@ async function createScratchDatabase(sourceUrl: string): Promise<ScratchDatabase
     if (/PGlite|emscripten|wasm32/i.test(version))
       throw new WanError('refusing the embedded PGlite: point BENCH_DATABASE_URL at a real PostgreSQL');
     postgres = (await admin.query<{ v: string }>("SELECT current_setting('server_version') AS v")).rows[0]!.v.split(' ')[0]!;
-    await dropStaleDatabases(admin, new URL(sourceUrl));
+    await dropStaleDatabases(admin, new URL(sourceUrl), 'poolgate_wan_');
     await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
     await admin.query(`CREATE DATABASE ${name}`);
   } catch (err) {
