@@ -39,7 +39,15 @@ import {
 import { PUBLIC_TYPES_TS } from './consumer-types.js';
 
 /** The README's titled snippets; the scratch project is made of exactly these (plus test glue). */
-const SNIPPETS = ['app.ts', 'worker.ts', 'server.ts', 'delete-note.ts', 'functions/notes-report.ts'];
+const SNIPPETS = [
+  'app.ts',
+  'worker.ts',
+  'server.ts',
+  'netlify/edge-functions/api.ts',
+  'netlify/functions/gateway.ts',
+  'delete-note.ts',
+  'functions/notes-report.ts',
+];
 /** What a consumer's install must not pull in: poolgate's development tools. */
 const DEV_ONLY = [
   'tsx',
