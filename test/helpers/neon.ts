@@ -30,3 +30,34 @@ export const fieldShape = (f: pg.FieldDef) => ({
   dataTypeSize: f.dataTypeSize,
   dataTypeModifier: f.dataTypeModifier,
 });
+
+/** A StartupMessage (protocol 3.0), as a raw client sends it. */
+export function startupMessage(user: string, database: string): Buffer {
+  const params = Buffer.from(`user\0${user}\0database\0${database}\0\0`);
+  const head = Buffer.alloc(8);
+  head.writeInt32BE(8 + params.length, 0);
+  head.writeInt32BE(196608, 4);
+  return Buffer.concat([head, params]);
+}
+
+/** A typed frontend message: its type byte, its length, `body` (e.g. `pgMessage('Q', 'SELECT 1\0')`). */
+export function pgMessage(type: string, body: string): Buffer {
+  const bytes = Buffer.from(body);
+  const head = Buffer.alloc(5);
+  head.write(type, 0);
+  head.writeInt32BE(4 + bytes.length, 1);
+  return Buffer.concat([head, bytes]);
+}
+
+/** A raw WebSocket to the proxy's `/v2` for `address` (host:port), open, keeping every message it receives. */
+export async function openRawSocket(proxy: ProxyAddress, address: string): Promise<{ ws: WebSocket; received: Buffer[] }> {
+  const ws = new WebSocket(`ws://${proxy.host}:${proxy.port}/v2?address=${address}`);
+  ws.binaryType = 'nodebuffer';
+  const received: Buffer[] = [];
+  ws.on('message', (data: Buffer) => received.push(data));
+  await new Promise((resolve, reject) => {
+    ws.once('open', resolve);
+    ws.once('error', reject);
+  });
+  return { ws, received };
+}

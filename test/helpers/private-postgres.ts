@@ -141,3 +141,50 @@ export async function privateTestDatabase(cluster: PrivatePostgres, name: string
     drop: () => pool.end().catch(() => {}),
   };
 }
+
+/** The roles `useAuthMethods` makes: one per auth method besides the superuser's SCRAM (the md5 password has a space on purpose). */
+export const AUTH_ROLES = {
+  trust: { user: 'trust_user', password: undefined },
+  password: { user: 'plain_user', password: 'plain-pass' },
+  md5: { user: 'md5_user', password: 'md5 pass' },
+} as const;
+
+/**
+ * Roles for trust, cleartext and md5 (stored as md5), and a pg_hba.conf with a line per method
+ * (everyone else: SCRAM), written by the server itself (COPY … TO, as superuser) and reloaded;
+ * resolves once the reload has taken effect.
+ */
+export async function useAuthMethods(cluster: PrivatePostgres, superPassword: string): Promise<void> {
+  const { trust, password, md5 } = AUTH_ROLES;
+  const admin = new pg.Client({ connectionString: cluster.url('postgres', superPassword) });
+  await admin.connect();
+  try {
+    await admin.query(`SET password_encryption = 'md5'; CREATE ROLE ${md5.user} LOGIN PASSWORD '${md5.password}'`);
+    await admin.query(`RESET password_encryption; CREATE ROLE ${password.user} LOGIN PASSWORD '${password.password}'`);
+    await admin.query(`CREATE ROLE ${trust.user} LOGIN`);
+    const hbaFile = (await admin.query<{ hba_file: string }>('SHOW hba_file')).rows[0]!.hba_file;
+    const lines = [
+      'local all all trust',
+      `host all ${trust.user} 127.0.0.1/32 trust`,
+      `host all ${password.user} 127.0.0.1/32 password`,
+      `host all ${md5.user} 127.0.0.1/32 md5`,
+      'host all all 127.0.0.1/32 scram-sha-256',
+    ];
+    await admin.query(`COPY (VALUES ${lines.map((l) => `('${l}')`).join(', ')}) TO '${hbaFile}'`);
+    await admin.query('SELECT pg_reload_conf()');
+  } finally {
+    await admin.end();
+  }
+  // The reload is asynchronous: trust_user gets in without a password once it has happened.
+  for (let tries = 0; ; tries++) {
+    const probe = new pg.Client({ connectionString: cluster.url('postgres').replace('postgres@', `${trust.user}@`) });
+    try {
+      await probe.connect();
+      await probe.end();
+      return;
+    } catch (err) {
+      if (tries > 100) throw err;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { startNeonProxy, type NeonProxy } from '../../src/local/neon-proxy/index.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
-import { useNeonProxy } from '../helpers/neon.js';
+import { openRawSocket, pgMessage, startupMessage, useNeonProxy } from '../helpers/neon.js';
 
 let db: TestDatabase;
 /** The proxy under test with one pooled connection, so each request surely reuses the last one's. */
@@ -173,18 +173,11 @@ describe('a client that goes away stops its statement', () => {
     if (!db.real) skip('needs pg_stat_activity: TEST_DATABASE_URL');
     const marker = `ws_probe_${randomBytes(3).toString('hex')}`;
     const { hostname, port, pathname, username } = new URL(db.url);
-    const ws = new WebSocket(`ws://${proxy.host}:${proxy.port}/v2?address=${hostname}:${port}`);
-    ws.binaryType = 'nodebuffer';
-    await new Promise((resolve, reject) => {
-      ws.once('open', resolve);
-      ws.once('error', reject);
-    });
-    const received: Buffer[] = [];
-    ws.on('message', (data: Buffer) => received.push(data));
+    const { ws, received } = await openRawSocket(proxy, `${hostname}:${port}`);
     ws.send(startupMessage(username, pathname.slice(1)));
     // ReadyForQuery ('Z', length 5) ends the startup.
     await waitFor(() => Promise.resolve(Buffer.concat(received).includes(Buffer.from([0x5a, 0, 0, 0, 5]))));
-    ws.send(queryMessage(`SELECT pg_sleep(8) /* ${marker} */`));
+    ws.send(pgMessage('Q', `SELECT pg_sleep(8) /* ${marker} */\0`));
     await waitFor(() => running(marker));
     const closed = performance.now();
     ws.terminate();
@@ -198,22 +191,6 @@ describe('a client that goes away stops its statement', () => {
 /** `ask`, aborted by `signal`; resolves either way (an abort is the point). */
 function ask2(base: string, query: string, signal: AbortSignal): Promise<unknown> {
   return post(base, { query, params: [] }, {}, signal).catch((e: unknown) => e);
-}
-
-function startupMessage(user: string, database: string): Buffer {
-  const params = Buffer.from(`user\0${user}\0database\0${database}\0\0`);
-  const head = Buffer.alloc(8);
-  head.writeInt32BE(8 + params.length, 0);
-  head.writeInt32BE(196608, 4); // protocol 3.0
-  return Buffer.concat([head, params]);
-}
-
-function queryMessage(text: string): Buffer {
-  const body = Buffer.from(`${text}\0`);
-  const head = Buffer.alloc(5);
-  head.write('Q', 0);
-  head.writeInt32BE(4 + body.length, 1);
-  return Buffer.concat([head, body]);
 }
 
 describe('Neon-Raw-Text-Output', () => {

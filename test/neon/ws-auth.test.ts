@@ -18,8 +18,14 @@ import { sendCancelRequest } from '../../src/db/connectors/cancel.js';
 import { neonWsConnector, type NeonProxySettings } from '../../src/db/connectors/neon.js';
 import { md5Password, ScramClient } from '../../src/local/neon-proxy/auth.js';
 import { startNeonProxy, type NeonProxy } from '../../src/local/neon-proxy/index.js';
-import { useNeonProxy } from '../helpers/neon.js';
-import { privatePostgresAvailable, startPrivatePostgres, type PrivatePostgres } from '../helpers/private-postgres.js';
+import { openRawSocket, pgMessage, startupMessage, useNeonProxy } from '../helpers/neon.js';
+import {
+  AUTH_ROLES,
+  privatePostgresAvailable,
+  startPrivatePostgres,
+  useAuthMethods,
+  type PrivatePostgres,
+} from '../helpers/private-postgres.js';
 
 type NeonConfigLike = NeonProxySettings & { webSocketConstructor: unknown };
 
@@ -33,11 +39,11 @@ const drivers = [
 ];
 
 const SUPER_PASSWORD = 'super secret ✓';
-/** One login role per authentication method (pg_hba.conf below); `password` is what it must send. */
+/** One login role per authentication method (useAuthMethods); `password` is what it must send. */
 const methods = [
-  { method: 'trust', user: 'trust_user', password: undefined },
-  { method: 'password (cleartext)', user: 'plain_user', password: 'plain-pass' },
-  { method: 'md5', user: 'md5_user', password: 'md5 pass' },
+  { method: 'trust', ...AUTH_ROLES.trust },
+  { method: 'password (cleartext)', ...AUTH_ROLES.password },
+  { method: 'md5', ...AUTH_ROLES.md5 },
   { method: 'scram-sha-256', user: 'postgres', password: SUPER_PASSWORD },
 ] as const;
 
@@ -64,43 +70,6 @@ afterAll(async () => {
 afterEach(() => {
   for (const driver of drivers) driver.neonConfig.pipelineConnect = 'password';
 });
-
-/**
- * Roles for md5 (stored as md5) and cleartext, and a pg_hba.conf with a line per method, written
- * by the server itself (COPY … TO, as superuser) and reloaded.
- */
-async function useAuthMethods(pgx: PrivatePostgres, superPassword: string): Promise<void> {
-  const admin = new pg.Client({ connectionString: pgx.url('postgres', superPassword) });
-  await admin.connect();
-  try {
-    await admin.query(`SET password_encryption = 'md5'; CREATE ROLE md5_user LOGIN PASSWORD 'md5 pass'`);
-    await admin.query(`RESET password_encryption; CREATE ROLE plain_user LOGIN PASSWORD 'plain-pass'; CREATE ROLE trust_user LOGIN`);
-    const hbaFile = (await admin.query<{ hba_file: string }>('SHOW hba_file')).rows[0]!.hba_file;
-    const lines = [
-      'local all all trust',
-      'host all trust_user 127.0.0.1/32 trust',
-      'host all plain_user 127.0.0.1/32 password',
-      'host all md5_user 127.0.0.1/32 md5',
-      'host all all 127.0.0.1/32 scram-sha-256',
-    ];
-    await admin.query(`COPY (VALUES ${lines.map((l) => `('${l}')`).join(', ')}) TO '${hbaFile}'`);
-    await admin.query('SELECT pg_reload_conf()');
-  } finally {
-    await admin.end();
-  }
-  // The reload is asynchronous: trust_user gets in without a password once it has happened.
-  for (let tries = 0; ; tries++) {
-    const probe = new pg.Client({ connectionString: pgx.url('postgres').replace('postgres@', 'trust_user@') });
-    try {
-      await probe.connect();
-      await probe.end();
-      return;
-    } catch (err) {
-      if (tries > 100) throw err;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-}
 
 const skipReason = privatePostgresAvailable ? undefined : 'needs the PostgreSQL 15 binaries and root or the postgres user';
 
@@ -182,14 +151,7 @@ describe.skipIf(skipReason !== undefined).each(drivers)('$label', (driver) => {
 
 describe.skipIf(skipReason !== undefined)('the startup, byte by byte', () => {
   it('an SSLRequest is answered N, and the startup goes on in plain text', async () => {
-    const ws = new WebSocket(`ws://${proxy!.host}:${proxy!.port}/v2?address=127.0.0.1:${cluster!.port}`);
-    ws.binaryType = 'nodebuffer';
-    await new Promise((resolve, reject) => {
-      ws.once('open', resolve);
-      ws.once('error', reject);
-    });
-    const received: Buffer[] = [];
-    ws.on('message', (data: Buffer) => received.push(data));
+    const { ws, received } = await openRawSocket(proxy!, `127.0.0.1:${cluster!.port}`);
     const ssl = Buffer.alloc(8);
     ssl.writeInt32BE(8, 0);
     ssl.writeInt32BE(80877103, 4);
@@ -198,7 +160,7 @@ describe.skipIf(skipReason !== undefined)('the startup, byte by byte', () => {
     expect(Buffer.concat(received).toString()).toBe('N');
     received.length = 0;
     // Startup and the password together, as the driver pipelines them.
-    ws.send(Buffer.concat([startupMessage('postgres', 'postgres'), typed('p', `${SUPER_PASSWORD}\0`)]));
+    ws.send(Buffer.concat([startupMessage('postgres', 'postgres'), pgMessage('p', `${SUPER_PASSWORD}\0`)]));
     await until(() => Buffer.concat(received).includes(Buffer.from([0x5a, 0, 0, 0, 5])));
     const types = messageTypes(Buffer.concat(received));
     // The password was pipelined, so the proxy asked for none: Postgres's AuthenticationOk … ReadyForQuery.
@@ -210,13 +172,9 @@ describe.skipIf(skipReason !== undefined)('the startup, byte by byte', () => {
   });
 
   it('a client that sends no password to a server that wants one gets a FATAL 28P01 from the proxy', async () => {
-    const ws = new WebSocket(`ws://${proxy!.host}:${proxy!.port}/v2?address=127.0.0.1:${cluster!.port}`);
-    ws.binaryType = 'nodebuffer';
-    const received: Buffer[] = [];
+    const { ws, received } = await openRawSocket(proxy!, `127.0.0.1:${cluster!.port}`);
     const closed = new Promise<number>((resolve) => ws.on('close', resolve));
-    ws.on('message', (data: Buffer) => received.push(data));
-    await new Promise((resolve) => ws.once('open', resolve));
-    ws.send(Buffer.concat([startupMessage('postgres', 'postgres'), typed('Q', 'SELECT 1\0')]));
+    ws.send(Buffer.concat([startupMessage('postgres', 'postgres'), pgMessage('Q', 'SELECT 1\0')]));
     expect(await closed).toBe(1000);
     const all = Buffer.concat(received);
     // Postgres asked for a password and none came: no request to a client that did not wait for one, just the refusal.
@@ -295,22 +253,6 @@ async function until(check: () => boolean, timeoutMs = 5_000): Promise<void> {
     if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 10));
   }
-}
-
-function startupMessage(user: string, database: string): Buffer {
-  const params = Buffer.from(`user\0${user}\0database\0${database}\0\0`);
-  const head = Buffer.alloc(8);
-  head.writeInt32BE(8 + params.length, 0);
-  head.writeInt32BE(196608, 4); // protocol 3.0
-  return Buffer.concat([head, params]);
-}
-
-function typed(type: string, body: string): Buffer {
-  const bytes = Buffer.from(body);
-  const head = Buffer.alloc(5);
-  head.write(type, 0);
-  head.writeInt32BE(4 + bytes.length, 1);
-  return Buffer.concat([head, bytes]);
 }
 
 /** The type bytes of the server messages in `buf`. */

@@ -31,7 +31,7 @@ import { createDatabase } from '../../src/db/core/database.js';
 import type { QueryObserver, TxOptions } from '../../src/db/types.js';
 import { startNeonProxy, type NeonProxy } from '../../src/local/neon-proxy/index.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
-import { privatePostgresAvailable, startPrivatePostgres, type PrivatePostgres } from '../helpers/private-postgres.js';
+import { privatePostgresAvailable, startPrivatePostgres, useAuthMethods, type PrivatePostgres } from '../helpers/private-postgres.js';
 
 const ONE_WAY_MS = 20;
 
@@ -65,7 +65,7 @@ const report: string[] = [];
 const methods = {
   trust: () => shared.url,
   'scram-sha-256': () => cluster && cluster.url('postgres', SUPER_PASSWORD),
-  md5: () => cluster && `postgres://md5_user:md5-pass@127.0.0.1:${cluster.port}/postgres`,
+  md5: () => cluster && `postgres://md5_user:md5%20pass@127.0.0.1:${cluster.port}/postgres`,
   'password (cleartext)': () => cluster && `postgres://plain_user:plain-pass@127.0.0.1:${cluster.port}/postgres`,
 };
 type Method = keyof typeof methods;
@@ -75,7 +75,10 @@ beforeAll(async () => {
   await shared.admin(ITEMS_TABLE);
   if (privatePostgresAvailable) {
     cluster = await startPrivatePostgres({ password: SUPER_PASSWORD });
-    await useAuthMethods(cluster);
+    await useAuthMethods(cluster, SUPER_PASSWORD);
+    const admin = new pg.Client({ connectionString: cluster.url('postgres', SUPER_PASSWORD) });
+    await admin.connect();
+    await admin.query(ITEMS_TABLE).finally(() => admin.end());
   }
   proxy = await startNeonProxy({
     databaseUrls: [shared.url, ...(cluster ? [cluster.url()] : [])],
@@ -370,43 +373,6 @@ describe.each(drivers)('driver $label: pipelined statements keep the transaction
     expect(proxyLog.slice(logged).filter((l) => l.includes('WebSocket to'))).toEqual([expect.stringContaining('(session ended)')]);
   });
 });
-
-/**
- * Roles for md5 (stored as md5) and cleartext, and a pg_hba.conf with a line for each, written by
- * the server itself (COPY … TO, as superuser) and reloaded.
- */
-async function useAuthMethods(pgx: PrivatePostgres): Promise<void> {
-  const admin = new pg.Client({ connectionString: pgx.url('postgres', SUPER_PASSWORD) });
-  await admin.connect();
-  try {
-    await admin.query(`SET password_encryption = 'md5'; CREATE ROLE md5_user LOGIN PASSWORD 'md5-pass'`);
-    await admin.query(`RESET password_encryption; CREATE ROLE plain_user LOGIN PASSWORD 'plain-pass'`);
-    await admin.query(ITEMS_TABLE);
-    const hbaFile = (await admin.query<{ hba_file: string }>('SHOW hba_file')).rows[0]!.hba_file;
-    const lines = [
-      'local all all trust',
-      'host all plain_user 127.0.0.1/32 password',
-      'host all md5_user 127.0.0.1/32 md5',
-      'host all all 127.0.0.1/32 scram-sha-256',
-    ];
-    await admin.query(`COPY (VALUES ${lines.map((l) => `('${l}')`).join(', ')}) TO '${hbaFile}'`);
-    await admin.query('SELECT pg_reload_conf()');
-  } finally {
-    await admin.end();
-  }
-  // The reload is asynchronous: md5_user (stored as md5) gets in once it has happened.
-  for (let tries = 0; ; tries++) {
-    const probe = new pg.Client({ connectionString: methods.md5()! });
-    try {
-      await probe.connect();
-      await probe.end();
-      return;
-    } catch (err) {
-      if (tries > 100) throw err;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-}
 
 interface Chunk {
   from: 'client' | 'server';

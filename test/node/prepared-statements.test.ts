@@ -14,19 +14,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPgPoolDatabase, type PgPoolConnectorOptions, type PgPoolDatabase } from '../../src/db/connectors/pg-pool.js';
 import type { QueryObserver, Queryable } from '../../src/db/types.js';
 import { startEmbeddedPostgres } from '../../src/local/embedded.js';
+import { POOL as CONTRACT_POOL } from '../contract/backends.js';
 import { createTestDatabase, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
 import { json, startTestGateway, uniqueName, type TestGateway } from '../helpers/gateway.js';
 
-const POOL = {
-  max: 1,
-  min: 0,
-  idleTimeoutMs: 10_000,
-  connectionTimeoutMs: 2_000,
-  acquireTimeoutMs: 2_000,
-  queueMax: 100,
-  statementTimeoutMs: 10_000,
-  queryTimeoutMs: 11_000,
-};
+/** The contract suite's pool, with one connection: every statement meets the same session. */
+const POOL = { ...CONTRACT_POOL, max: 1 };
 
 /** An observer that counts the core's retries (a whole transaction run again counts one). */
 function observer(intent: QueryObserver['intent'] = 'transactional'): QueryObserver & { retries: number } {
