@@ -97,8 +97,12 @@ class StatementNames {
     this.#max = max;
   }
 
-  /** The name to run `text` under on `client`, or undefined to run it unnamed. */
-  async nameFor(client: PoolClient, text: string, params: readonly unknown[] | undefined): Promise<string | undefined> {
+  /**
+   * The name to run `text` under on `client`, or undefined to run it unnamed. Answers at once
+   * (no promise, so no extra turn per statement) except while the first connection's probe of
+   * its server is pending.
+   */
+  nameFor(client: PoolClient, text: string, params: readonly unknown[] | undefined): string | undefined | Promise<string | undefined> {
     if (!params?.length) return undefined;
     const parsed = client.connection?.parsedStatements;
     if (typeof parsed !== 'object') return undefined; // not the pg this was written against
@@ -107,9 +111,13 @@ class StatementNames {
     const name = this.#nameOf(text);
     if (prepared.names.has(name)) return parsed[name] === text ? name : undefined;
     if (prepared.names.size >= this.#max || parsed[name] !== undefined) return undefined;
-    if (!(await this.#backendOfItsOwn(client))) return undefined;
-    if (prepared.names.size === 0) prepared.epoch = this.#epoch;
-    return name;
+    const own = this.#backendOfItsOwn(client);
+    const claim = (ok: boolean) => {
+      if (!ok) return undefined;
+      if (prepared.names.size === 0) prepared.epoch = this.#epoch;
+      return name;
+    };
+    return typeof own === 'boolean' ? claim(own) : own.then(claim);
   }
 
   /** True when `name` was prepared on `client` before (so a plan is cached for it). */
@@ -286,7 +294,8 @@ export class PgPoolConnector implements SessionConnector {
    */
   async #query(client: PoolClient, text: string, params: readonly unknown[] | undefined): Promise<QueryResult> {
     const statements = this.#statements;
-    const name = await statements?.nameFor(client, text, params);
+    const named = statements?.nameFor(client, text, params);
+    const name = named instanceof Promise ? await named : named;
     if (statements === undefined || name === undefined) return send(client, text, params);
     const cached = statements.has(client, name);
     // Unknown (a pg without it) counts as in a transaction: the core's rerun is safe either way.
