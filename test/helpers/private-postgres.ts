@@ -4,10 +4,10 @@
  * (the shared one trusts every local connection). Runs the server binaries as the postgres user
  * (through `su` when the tests run as root). `destroy()` stops it and deletes the folder.
  */
+import { freePort } from './wait.js';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { chown, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -44,14 +44,6 @@ const quote = (arg: string) => `'${arg.replace(/'/g, `'\\''`)}'`;
 function asPostgres(args: string[]): Promise<{ stdout: string; stderr: string }> {
   if (!isRoot) return exec(args[0]!, args.slice(1));
   return exec('su', ['postgres', '-c', args.map(quote).join(' ')]);
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as { port: number };
-  await new Promise((resolve) => server.close(resolve));
-  return port;
 }
 
 /**
