@@ -52,6 +52,7 @@ describe('parseConfig', () => {
       BODY_LIMIT_BYTES: '512',
       PG_PREPARED_STATEMENTS: 'off',
       PG_PREPARED_STATEMENTS_MAX: '50',
+      PG_PIPELINE_LANES: '2',
     });
     expect(c.databaseUrl).toBe(URL_WITH_SECRET);
     expect(c.port).toBe(0);
@@ -67,6 +68,7 @@ describe('parseConfig', () => {
       applicationName: 'poolgate-test',
       preparedStatements: false,
       preparedStatementsMax: 50,
+      pipelineLanes: 2,
     });
     expect(c.bodyLimitBytes).toBe(512);
   });
@@ -91,6 +93,16 @@ describe('parseConfig', () => {
   });
 
   it.each([
+    [{}, 4],
+    [{ POOL_MAX: '10' }, 2],
+    [{ POOL_MAX: '4' }, 0],
+    [{ POOL_MAX: '100' }, 4],
+    [{ POOL_MAX: '5', PG_PIPELINE_LANES: '0' }, 0],
+  ])('pipelined read lanes by default: one per five connections, at most four (%j → %d)', (env, lanes) => {
+    expect(parseConfig(env).pool.pipelineLanes).toBe(lanes);
+  });
+
+  it.each([
     ['POOL_MAX', 'abc'],
     ['POOL_MAX', '0'],
     ['POOL_MAX', '-1'],
@@ -107,6 +119,8 @@ describe('parseConfig', () => {
     ['APPLICATION_NAME', 'tab\tname'],
     ['PG_PREPARED_STATEMENTS', 'yes'],
     ['PG_PREPARED_STATEMENTS_MAX', '0'],
+    ['PG_PIPELINE_LANES', '-1'],
+    ['PG_PIPELINE_LANES', '20'], // POOL_MAX 20: the pool keeps at least one connection
   ])('refuses %s=%j with an error naming it', (name, value) => {
     const err = configError(() => parseConfig({ [name]: value }));
     expect(err.variable).toBe(name);
@@ -127,6 +141,7 @@ describe('parseConfig', () => {
     ],
     ['IDEMPOTENCY_TTL_MS', '5', 'IDEMPOTENCY_TTL_MS: must be at least 60000, got "5" (too small; allowed: 60000 to 2592000000)'],
     ['PG_PREPARED_STATEMENTS', 'true', 'PG_PREPARED_STATEMENTS: must be on or off, got "true"'],
+    ['PG_PIPELINE_LANES', '20', 'PG_PIPELINE_LANES: must be at most 19, got "20" (too large; allowed: 0 to 19)'],
   ])('says what is wrong with %s=%j: not a number, or out of range (naming the range)', (name, value, message) => {
     expect(configError(() => parseConfig({ [name]: value })).message).toBe(message);
   });

@@ -28,7 +28,15 @@ export interface PoolConfig {
   preparedStatements: boolean;
   /** Named statements one connection keeps at most; further ones run unnamed. */
   preparedStatementsMax: number;
+  /**
+   * How many of the `max` connections are pipelined lanes for reads (PG_PIPELINE_LANES; 0 = none):
+   * concurrent requests' read statements written back to back on them, the rest on the pool.
+   */
+  pipelineLanes: number;
 }
+
+/** Lanes by default: one per five connections, at most four; none below five connections. */
+export const defaultPipelineLanes = (max: number): number => Math.min(4, Math.floor(max / 5));
 
 /** Named statements per connection by default: more than an application's fixed statements, few enough to cost little memory. */
 export const PREPARED_STATEMENTS_MAX = 200;
@@ -144,6 +152,7 @@ export function parseConfig(env: Env): Config {
   const max = int(env, 'POOL_MAX', 20, 1, 1000);
   const min = int(env, 'POOL_MIN', Math.min(2, max), 0, 1000);
   if (min > max) throw new ConfigError('POOL_MIN', `must not exceed POOL_MAX (${max}), got ${min}`);
+  const pipelineLanes = int(env, 'PG_PIPELINE_LANES', defaultPipelineLanes(max), 0, Math.max(0, max - 1));
   const statementTimeoutMs = int(env, 'STATEMENT_TIMEOUT_MS', 30_000, 1, 3_600_000);
   const applicationName = env.APPLICATION_NAME?.trim() || 'poolgate';
   if (!/^[\x20-\x7e]{1,63}$/.test(applicationName)) {
@@ -173,6 +182,7 @@ export function parseConfig(env: Env): Config {
       applicationName,
       preparedStatements: onOff(env, 'PG_PREPARED_STATEMENTS', true),
       preparedStatementsMax: int(env, 'PG_PREPARED_STATEMENTS_MAX', PREPARED_STATEMENTS_MAX, 1, 10_000),
+      pipelineLanes,
     },
     bodyLimitBytes: int(env, 'BODY_LIMIT_BYTES', 64 * 1024, 1, 64 * 1024 * 1024),
     shutdownTimeoutMs: int(env, 'SHUTDOWN_TIMEOUT_MS', 10_000, 0, 600_000),

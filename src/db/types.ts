@@ -6,7 +6,7 @@
  */
 import type { BreakerSnapshot } from '../resilience/breaker.js';
 
-export type ClientKind = 'pg-pool' | 'neon-http' | 'neon-ws' | 'forwarded';
+export type ClientKind = 'pg-pool' | 'pg-pipeline' | 'neon-http' | 'neon-ws' | 'forwarded';
 
 export type Row = Record<string, unknown>;
 
@@ -85,6 +85,19 @@ export interface PoolStats {
   retryDeniedCount: number;
   /** Statements cancelled on the server because their request's deadline passed. */
   cancelledCount: number;
+  /** The pipelined lanes for reads, where there are any. */
+  pipeline?: PipelineStats;
+}
+
+export interface PipelineStats {
+  /** Lanes open now, and statements in flight on them. */
+  lanes: number;
+  inFlight: number;
+  openedCount: number;
+  /** Lanes that sent a CancelRequest (a read cut short) and were retired. */
+  cancelledCount: number;
+  /** Reads sent to the pool because every lane was full or stalled. */
+  overflowCount: number;
 }
 
 export interface ReadyReport {

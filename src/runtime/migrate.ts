@@ -24,7 +24,7 @@ export async function runMigrations(env: Record<string, string | undefined>, app
   const config = parseConfig(env);
   if (!config.databaseUrl) throw new ConfigError('DATABASE_URL', 'is required to migrate (the database to apply the schema to)');
   const database = createPgPoolDatabase(
-    { ...config.pool, min: 0, max: 1, connectionString: config.databaseUrl },
+    { ...config.pool, min: 0, max: 1, pipelineLanes: 0, connectionString: config.databaseUrl },
     { Pool: pg.Pool, Client: pg.Client },
   );
   try {

@@ -77,6 +77,8 @@ export async function startGateway(
   if (!connectionString) {
     embedded = await startEmbedded(config.embeddedDataDir);
     connectionString = embedded.url;
+    // One backend serves every connection there: a lane's read batch would share it with others' statements.
+    config.pool.pipelineLanes = 0;
     log(`poolgate: embedded PGlite on 127.0.0.1:${embedded.port} (data in ${config.embeddedDataDir})`);
   }
 

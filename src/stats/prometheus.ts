@@ -33,7 +33,7 @@ export function renderPrometheus(snap: StatsSnapshot): string {
   family(
     'poolgate_http_requests_by_client_total',
     'counter',
-    'Requests by the database client that served them (pg-pool, neon-http, neon-ws, forwarded, none).',
+    'Requests by the database client that served them (pg-pool, pg-pipeline, neon-http, neon-ws, forwarded, none).',
     snap.routes.flatMap((r) =>
       Object.entries(r.clients).map(
         ([client, n]) => [{ ...scope, method: r.method, route: r.route, client }, n ?? 0] as [Record<string, string>, number],
@@ -111,6 +111,17 @@ export function renderPrometheus(snap: StatsSnapshot): string {
     family('poolgate_pool_retries_denied_total', 'counter', 'Retries the retry budget refused.', [[scope, p.retryDeniedCount]]);
     family('poolgate_pool_statements_cancelled_total', 'counter', 'Statements cancelled on the server at their deadline.', [
       [scope, p.cancelledCount],
+    ]);
+  }
+  const lanes = p?.pipeline;
+  if (lanes) {
+    family('poolgate_pipeline_lanes', 'gauge', 'Pipelined read lanes open.', [[scope, lanes.lanes]]);
+    family('poolgate_pipeline_in_flight', 'gauge', 'Statements in flight on the pipelined lanes.', [[scope, lanes.inFlight]]);
+    family('poolgate_pipeline_cancelled_total', 'counter', 'Lanes retired after cancelling a read cut short.', [
+      [scope, lanes.cancelledCount],
+    ]);
+    family('poolgate_pipeline_overflow_total', 'counter', 'Reads sent to the pool because every lane was full or stalled.', [
+      [scope, lanes.overflowCount],
     ]);
   }
   family(

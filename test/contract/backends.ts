@@ -35,6 +35,8 @@ export interface Backend {
   readonly kind: ClientKind;
   /** query() runs on a session (acquired() is reported), not as a one-shot round trip. */
   readonly sessions: boolean;
+  /** Read batches (and a `read` route's statements) go one-shot on this kind beside the sessions (pipelined lanes). */
+  readonly readsOn?: ClientKind;
   /** Why the whole backend cannot run here; undefined when it can. */
   readonly unavailable?: string;
   readonly cannot: Partial<Record<Ability, string>>;
@@ -106,17 +108,18 @@ async function terminateLeftovers(admin: StartedBackend['admin']): Promise<void>
 
 const appName = (what: string) => `poolgate-contract-${what}-${process.pid}-${randomBytes(3).toString('hex')}`;
 
-function pgPoolBackend(name: string, embedded: boolean): Backend {
+function pgPoolBackend(name: string, embedded: boolean, pipelineLanes = 0): Backend {
   return {
     name,
     kind: 'pg-pool',
     sessions: true,
+    ...(pipelineLanes > 0 ? { readsOn: 'pg-pipeline' as const } : {}),
     unavailable: embedded || realPostgresUrl ? undefined : NO_REAL_POSTGRES,
     cannot: embedded ? PGLITE : {},
     async start() {
       const closed = await closedPortUrl();
       const make = (connectionString: string) =>
-        createPgPoolDatabase({ ...POOL, connectionString, applicationName: appName('pg-pool') }, pgDriver);
+        createPgPoolDatabase({ ...POOL, pipelineLanes, connectionString, applicationName: appName('pg-pool') }, pgDriver);
       if (embedded) {
         const server = await startEmbeddedPostgres();
         const adminPool = new pg.Pool({ connectionString: server.url, max: 1 });
@@ -142,6 +145,7 @@ function pgPoolBackend(name: string, embedded: boolean): Backend {
       }
       const db = await freshDatabase('poolgate_contract_pg');
       const database = make(db.url);
+      await database.warm(0); // the lanes, if any, answer from the first read on
       return {
         database,
         admin: (sql, params) => db.admin(sql, params),
@@ -213,6 +217,8 @@ function neonBackend(kind: 'neon-http' | 'neon-ws'): Backend {
 export const BACKENDS: readonly Backend[] = [
   pgPoolBackend('pg-pool on PostgreSQL', false),
   pgPoolBackend('pg-pool on PGlite', true),
+  // Read statements and read batches on 2 pipelined lanes; the rest on the pool's other 2 connections.
+  pgPoolBackend('pg-pool with pipelined reads on PostgreSQL', false, 2),
   neonBackend('neon-http'),
   neonBackend('neon-ws'),
 ];

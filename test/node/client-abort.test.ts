@@ -47,7 +47,8 @@ describe.skipIf(!realPostgresUrl)(
     };
 
     beforeAll(async () => {
-      t = await startTestGateway({ POOL_MAX: String(POOL_MAX), REQUEST_TIMEOUT_MS: String(REQUEST_TIMEOUT_MS) });
+      // No pipelined lanes: all 5 connections are the pool's, where the PATCHes wait.
+      t = await startTestGateway({ POOL_MAX: String(POOL_MAX), PG_PIPELINE_LANES: '0', REQUEST_TIMEOUT_MS: String(REQUEST_TIMEOUT_MS) });
       lockedUser = await createUser('Locked');
       otherUser = await createUser('Other');
       locker = await adminClient(t.db);

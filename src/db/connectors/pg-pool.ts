@@ -8,13 +8,16 @@
 import type pg from 'pg';
 import { PREPARED_STATEMENTS_MAX, type PoolConfig } from '../../config.js';
 import { describeError } from '../../errors.js';
-import { markRerunnable } from '../../resilience/retry.js';
 import { createDatabase, type CoreDatabase } from '../core/database.js';
 import type { PoolFigures, Session, SessionConnector, SessionSource } from '../core/connector.js';
 import type { QueryResult } from '../types.js';
 import { sendCancelRequest } from './cancel.js';
+import { PgPipelineConnector } from './pg-pipeline.js';
+import { send, StatementNames, type NamedClient } from './statement-names.js';
 
-type PreparedOptions = Pick<PoolConfig, 'preparedStatements' | 'preparedStatementsMax'>;
+type PoolClient = pg.PoolClient & NamedClient;
+
+type PreparedOptions = Pick<PoolConfig, 'preparedStatements' | 'preparedStatementsMax' | 'pipelineLanes'>;
 
 export interface PgPoolConnectorOptions extends Omit<PoolConfig, keyof PreparedOptions>, Partial<PreparedOptions> {
   connectionString: string;
@@ -35,148 +38,6 @@ export interface PgDriver {
  */
 const CANCEL_GRACE_MS = 1_000;
 
-type PoolClient = pg.PoolClient & {
-  processID?: number;
-  /** pg's connection: its socket, and the statement names pg has seen parsed on it (name → text). */
-  connection?: { stream?: { destroy(): void }; parsedStatements?: Record<string, string> };
-};
-
-/** Statement names remembered for texts (a cache of the hash, nothing more), at most this many. */
-const NAME_CACHE_MAX = 1_000;
-
-/**
- * A short stable name for a statement text: 64 bits of two multiply-xor lanes, as `pg_` + 16 hex.
- * Not cryptographic; a collision is caught before use (see StatementNames.nameFor).
- */
-export function statementName(text: string): string {
-  let a = 0x811c9dc5;
-  let b = 0x9747b28c;
-  for (let i = 0; i < text.length; i++) {
-    const c = text.charCodeAt(i);
-    a = Math.imul(a ^ c, 0x01000193);
-    b = Math.imul(b ^ c, 0x5bd1e995);
-  }
-  a = Math.imul(a ^ (a >>> 15), 0x2c1b3c6d) ^ Math.imul(b ^ (b >>> 13), 0x297a2d39);
-  b = Math.imul(b ^ (b >>> 16), 0x85ebca6b) ^ Math.imul(a ^ (a >>> 13), 0xc2b2ae35);
-  return `pg_${(a >>> 0).toString(16).padStart(8, '0')}${(b >>> 0).toString(16).padStart(8, '0')}`;
-}
-
-/** "cached plan must not change result type": a named statement prepared before a schema change. */
-const isStalePlan = (err: unknown) => {
-  const e = err as { code?: unknown; routine?: unknown } | undefined;
-  return e?.code === '0A000' && (e.routine === undefined || e.routine === 'RevalidateCachedQuery');
-};
-
-/** What one connection has prepared: the names, and the schema epoch it prepared the first of them in. */
-interface Prepared {
-  names: Set<string>;
-  epoch: number;
-}
-
-/**
- * Which statements run under a name, per connection. Only statements with parameters: the server
- * refuses a prepared statement of several commands, so such text (a migration) has none and stays
- * unnamed, and so do BEGIN, COMMIT, SET and the like, which gain nothing from a plan. A connection
- * keeps at most `max` names and runs further statements unnamed: no DEALLOCATE, so nothing to
- * go wrong behind a pooler, and a connection's names go with it when it is closed.
- *
- * A schema change makes a prepared statement answer 0A000 when its result type changed. The first
- * connection to meet it moves the epoch on: from then on no connection that prepared statements
- * before uses them (its statements run unnamed) and each is replaced when released, so a
- * transaction run again after the error does not meet another stale plan on another connection.
- */
-class StatementNames {
-  readonly #max: number;
-  readonly #names = new Map<string, string>();
-  readonly #connections = new WeakMap<PoolClient, Prepared>();
-  #epoch = 0;
-  /** Whether the server gives each connection a backend of its own; settled by the first named statement. */
-  #ownBackends: boolean | Promise<boolean> | undefined;
-
-  constructor(max: number) {
-    this.#max = max;
-  }
-
-  /**
-   * The name to run `text` under on `client`, or undefined to run it unnamed. Answers at once
-   * (no promise, so no extra turn per statement) except while the first connection's probe of
-   * its server is pending.
-   */
-  nameFor(client: PoolClient, text: string, params: readonly unknown[] | undefined): string | undefined | Promise<string | undefined> {
-    if (!params?.length) return undefined;
-    const parsed = client.connection?.parsedStatements;
-    if (typeof parsed !== 'object') return undefined; // not the pg this was written against
-    const prepared = this.#prepared(client);
-    if (this.#isStale(prepared)) return undefined;
-    const name = this.#nameOf(text);
-    if (prepared.names.has(name)) return parsed[name] === text ? name : undefined;
-    if (prepared.names.size >= this.#max || parsed[name] !== undefined) return undefined;
-    const own = this.#backendOfItsOwn(client);
-    const claim = (ok: boolean) => {
-      if (!ok) return undefined;
-      if (prepared.names.size === 0) prepared.epoch = this.#epoch;
-      return name;
-    };
-    return typeof own === 'boolean' ? claim(own) : own.then(claim);
-  }
-
-  /** True when `name` was prepared on `client` before (so a plan is cached for it). */
-  has(client: PoolClient, name: string): boolean {
-    return this.#prepared(client).names.has(name);
-  }
-
-  /** After a named statement ran (or failed): remembered when pg saw it parsed. */
-  record(client: PoolClient, name: string): void {
-    if (client.connection?.parsedStatements?.[name] !== undefined) this.#prepared(client).names.add(name);
-  }
-
-  /** A stale plan was met: every connection's statements prepared until now may be stale too. */
-  schemaChanged(): void {
-    this.#epoch++;
-  }
-
-  /** The connection holds statements prepared before the last schema change seen: it runs none of them and is replaced. */
-  isStale(client: PoolClient): boolean {
-    const prepared = this.#connections.get(client);
-    return prepared !== undefined && this.#isStale(prepared);
-  }
-
-  #isStale(prepared: Prepared): boolean {
-    return prepared.names.size > 0 && prepared.epoch < this.#epoch;
-  }
-
-  #prepared(client: PoolClient): Prepared {
-    let prepared = this.#connections.get(client);
-    if (!prepared) this.#connections.set(client, (prepared = { names: new Set(), epoch: this.#epoch }));
-    return prepared;
-  }
-
-  #nameOf(text: string): string {
-    let name = this.#names.get(text);
-    if (name === undefined) {
-      if (this.#names.size >= NAME_CACHE_MAX) this.#names.delete(this.#names.keys().next().value!);
-      this.#names.set(text, (name = statementName(text)));
-    }
-    return name;
-  }
-
-  /**
-   * PGlite behind pglite-socket serves every connection from one backend, where one connection's
-   * name already exists for the next (42P05) and the local Neon proxy's DISCARD ALL drops them all:
-   * no names there. Asked once, on the first connection that would name a statement.
-   */
-  #backendOfItsOwn(client: PoolClient): boolean | Promise<boolean> {
-    this.#ownBackends ??= client.query<{ v: string }>('SELECT version() AS v').then(
-      ({ rows }) => (this.#ownBackends = !/PGlite/i.test(String(rows[0]?.v))),
-      () => {
-        this.#ownBackends = undefined; // asked again next time; unnamed until then
-        return false;
-      },
-    );
-    return this.#ownBackends;
-  }
-}
-
 export class PgPoolConnector implements SessionConnector {
   readonly kind = 'pg-pool';
   readonly upstream = 'postgres';
@@ -186,7 +47,7 @@ export class PgPoolConnector implements SessionConnector {
   readonly #options: PgPoolConnectorOptions;
   readonly #driver: PgDriver;
   /** Undefined when prepared statements are switched off. */
-  readonly #statements: StatementNames | undefined;
+  readonly statements: StatementNames | undefined;
   #openedCount = 0;
   #closedCount = 0;
   #errorCount = 0;
@@ -194,7 +55,7 @@ export class PgPoolConnector implements SessionConnector {
   constructor(options: PgPoolConnectorOptions, driver: PgDriver) {
     this.#options = options;
     this.#driver = driver;
-    this.#statements =
+    this.statements =
       options.preparedStatements === false ? undefined : new StatementNames(options.preparedStatementsMax ?? PREPARED_STATEMENTS_MAX);
     this.pool = new driver.Pool({
       connectionString: options.connectionString,
@@ -281,46 +142,21 @@ export class PgPoolConnector implements SessionConnector {
       },
       release: (discard) => {
         clearTimeout(cut);
-        client.release(discard || this.#statements?.isStale(client) || undefined);
+        client.release(discard || this.statements?.isStale(client) || undefined);
       },
     };
   }
 
-  /**
-   * Runs a statement, under its name when it has one. A plan made stale by a schema change fails
-   * the statement before it ran: in autocommit it runs again here at once, unnamed (safe even for a
-   * write); in a transaction, which the error aborted, it is marked so the core runs the whole
-   * transaction again. Either way this connection is replaced when released.
-   */
-  async #query(client: PoolClient, text: string, params: readonly unknown[] | undefined): Promise<QueryResult> {
-    const statements = this.#statements;
-    const named = statements?.nameFor(client, text, params);
-    const name = named instanceof Promise ? await named : named;
-    if (statements === undefined || name === undefined) return send(client, text, params);
-    const cached = statements.has(client, name);
+  #query(client: PoolClient, text: string, params: readonly unknown[] | undefined): Promise<QueryResult> {
+    if (this.statements === undefined) return send(client, text, params);
     // Unknown (a pg without it) counts as in a transaction: the core's rerun is safe either way.
     const autocommit = typeof client.getTransactionStatus === 'function' && client.getTransactionStatus() === 'I';
-    try {
-      return await send(client, text, params, name);
-    } catch (err) {
-      if (!cached || !isStalePlan(err)) throw err;
-      statements.schemaChanged();
-      if (!autocommit) throw markRerunnable(err);
-      return send(client, text, params);
-    } finally {
-      statements.record(client, name);
-    }
+    return this.statements.run(client, text, params, autocommit);
   }
 
   #sendCancel(client: PoolClient): void {
     sendCancelRequest(this.#driver.Client, this.#options.connectionString, client, this.#driver.log);
   }
-}
-
-async function send(client: PoolClient, text: string, params: readonly unknown[] | undefined, name?: string): Promise<QueryResult> {
-  const values = params as unknown[] | undefined;
-  const res = await client.query<QueryResult['rows'][number]>(name === undefined ? { text, values } : { name, text, values });
-  return { rows: res.rows, rowCount: res.rowCount ?? null, command: res.command };
 }
 
 export type PgPoolDatabase = CoreDatabase & { readonly pool: pg.Pool };
@@ -332,10 +168,28 @@ export type PgPoolDatabase = CoreDatabase & { readonly pool: pg.Pool };
  * await database.warm(config.pool.min);
  */
 export function createPgPoolDatabase(options: PgPoolConnectorOptions, driver: PgDriver): PgPoolDatabase {
-  const connector = new PgPoolConnector(options, driver);
+  // `max` is the budget: the lanes come out of it, and the pool keeps at least one connection.
+  const lanes = Math.max(0, Math.min(options.pipelineLanes ?? 0, options.max - 1));
+  const max = options.max - lanes;
+  const connector = new PgPoolConnector({ ...options, max, min: Math.min(options.min, max) }, driver);
   const database = createDatabase({
     sessions: connector,
-    admission: { permits: options.max, queueMax: options.queueMax, timeoutMs: options.acquireTimeoutMs },
+    oneShot:
+      lanes > 0
+        ? new PgPipelineConnector(
+            {
+              connectionString: options.connectionString,
+              lanes,
+              statementTimeoutMs: connector.sessionStatementTimeoutMs,
+              connectionTimeoutMs: options.connectionTimeoutMs,
+              applicationName: options.applicationName,
+              statements: connector.statements,
+            },
+            driver,
+          )
+        : undefined,
+    oneShotTimeoutMs: options.requestTimeoutMs,
+    admission: { permits: max, queueMax: options.queueMax, timeoutMs: options.acquireTimeoutMs },
     sessionStatementTimeoutMs: connector.sessionStatementTimeoutMs,
   });
   return Object.assign(database, { pool: connector.pool });

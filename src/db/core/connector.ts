@@ -4,7 +4,7 @@
  * one round trip without a session (OneShotConnector). Transactions, deadlines, retries, the
  * breaker and the observer calls are the core's (src/db/core/database.ts), written once.
  */
-import type { ClientKind, QueryResult, Statement, TxOptions } from '../types.js';
+import type { ClientKind, PipelineStats, QueryResult, Statement, TxOptions } from '../types.js';
 
 /** One server session: a pooled connection, checked out by one request at a time. */
 export interface Session {
@@ -57,6 +57,14 @@ export interface SessionConnector {
 export interface OneShotConnector {
   readonly kind: ClientKind;
   readonly upstream: string;
+  /** Takes only the single statements of `read` routes (and read batches); the rest goes to sessions. */
+  readonly readsOnly?: boolean;
+  /** False when the connector is full right now: with sessions beside it, the work goes there. */
+  hasRoom?(): boolean;
+  figures?(): PipelineStats;
+  /** Opens what the connector needs before the first request; false when it will take no work here. */
+  warm?(): Promise<boolean>;
+  close?(): Promise<void>;
   /** One statement in one round trip; `signal` aborts it. */
   query(statement: Statement, signal: AbortSignal): Promise<QueryResult>;
   /** The statements in one transaction, in one round trip. */

@@ -73,9 +73,12 @@ export class CoreDatabase implements Database {
       new OneShotRunner(options.oneShot, {
         timeoutMs: options.oneShotTimeoutMs ?? 10_000,
         budget: this.#budget,
+        // One upstream, one breaker: both paths open and close it.
+        breaker: this.sessions?.connector.upstream === options.oneShot.upstream ? this.sessions.breaker : undefined,
         breakerOptions: options.breaker,
       });
-    this.kind = (options.oneShot ?? options.sessions)!.kind;
+    // A reads-only one-shot connector serves beside the sessions; the backend is the sessions'.
+    this.kind = (options.oneShot?.readsOnly ? options.sessions : undefined)?.kind ?? (options.oneShot ?? options.sessions)!.kind;
   }
 
   forRequest(observer: QueryObserver): Db {
@@ -97,6 +100,7 @@ export class CoreDatabase implements Database {
 
   async warm(count: number): Promise<void> {
     if (this.sessions && count > 0) await this.sessions.warm(this.sessions.connector.source(), count);
+    await this.oneShot?.connector.warm?.();
   }
 
   stats(): PoolStats | undefined {
@@ -119,15 +123,17 @@ export class CoreDatabase implements Database {
       retryCount: this.#budget.retriedCount,
       retryDeniedCount: this.#budget.deniedCount,
       cancelledCount: runner.cancelledCount,
+      ...(this.oneShot?.connector.figures ? { pipeline: this.oneShot.connector.figures() } : {}),
     };
   }
 
   breakers(): BreakerSnapshot[] {
-    return [this.oneShot?.breaker.snapshot(), this.sessions?.breaker.snapshot()].filter((b) => b !== undefined);
+    const breakers = new Set([this.oneShot?.breaker, this.sessions?.breaker].filter((b) => b !== undefined));
+    return [...breakers].map((b) => b.snapshot());
   }
 
   close(): Promise<void> {
-    return (this.#closing ??= this.sessions?.close() ?? Promise.resolve());
+    return (this.#closing ??= Promise.all([this.sessions?.close(), this.oneShot?.connector.close?.()]).then(() => {}));
   }
 
   /** A session round trip that gives up at the deadline even if getting a session hangs. */
@@ -163,7 +169,7 @@ class RequestDb implements Db {
   }
 
   query<R>(text: string, params?: readonly unknown[]): Promise<QueryResult<R>> {
-    const oneShot = this.#core.oneShot;
+    const oneShot = this.#oneShot(this.#observer.intent === 'read');
     if (oneShot) {
       this.#observer.served(oneShot.connector.kind);
       return oneShot.query(this.#observer, { text, params }) as Promise<QueryResult<R>>;
@@ -173,7 +179,7 @@ class RequestDb implements Db {
   }
 
   readBatch(statements: readonly Statement[]): Promise<QueryResult[]> {
-    const oneShot = this.#core.oneShot;
+    const oneShot = this.#oneShot(true);
     if (oneShot) {
       this.#observer.served(oneShot.connector.kind);
       return oneShot.batch(this.#observer, statements, READ_BATCH);
@@ -195,6 +201,15 @@ class RequestDb implements Db {
     const source = this.#source;
     this.#source = undefined;
     return source?.end?.();
+  }
+
+  /** The one-shot runner for this work, if it takes it (a reads-only one with room, beside sessions). */
+  #oneShot(readOnly: boolean): OneShotRunner | undefined {
+    const oneShot = this.#core.oneShot;
+    if (!oneShot || !this.#core.sessions) return oneShot;
+    const connector = oneShot.connector;
+    if (connector.readsOnly && !readOnly) return undefined;
+    return connector.hasRoom && !connector.hasRoom() ? undefined : oneShot;
   }
 
   #sessions(): SessionRunner {

@@ -1,0 +1,269 @@
+/**
+ * Pipelined lanes for reads (Node; node-postgres ≥ 8.23 `pipeline: true`): a few connections on
+ * which concurrent requests' read statements are written back to back, with no checkout and no
+ * wait for the statement before. One socket write and one read then serve several requests, on
+ * our side and on the server's. To the core this is a one-shot connector: a statement, or a read
+ * batch (BEGIN … COMMIT written as one burst, so nothing of another request lands inside it), in
+ * one round trip. A lane that is full, or stalled behind a slow statement, takes nothing more:
+ * the core then runs the read on a pooled session as before.
+ *
+ * Cancelling: a CancelRequest stops whatever the lane's backend runs at that moment, which may be
+ * a statement queued behind the one cut short. So a lane that sent one takes no new statements;
+ * another statement of it that then fails with 57014 is marked rerunnable (in autocommit, or in a
+ * read batch's transaction, a cancelled statement applied nothing); the lane closes once empty.
+ */
+import type pg from 'pg';
+import { describeError, isConnectionError } from '../../errors.js';
+import { markRerunnable } from '../../resilience/retry.js';
+import { now } from '../../stats/clock.js';
+import type { PipelineStats, QueryResult, Statement, TxOptions } from '../types.js';
+import type { OneShotConnector } from '../core/connector.js';
+import { beginStatement } from '../core/sessions.js';
+import { sendCancelRequest } from './cancel.js';
+import { send, StatementNames, type NamedClient } from './statement-names.js';
+
+export interface PgPipelineOptions {
+  connectionString: string;
+  /** How many pipelined connections (lanes). */
+  lanes: number;
+  /** Statements one lane may have in flight; beyond that the read goes to the pool. */
+  depth?: number;
+  /** A lane whose oldest statement has run this long takes no more (head-of-line blocking). */
+  stallMs?: number;
+  statementTimeoutMs: number;
+  connectionTimeoutMs?: number;
+  applicationName?: string;
+  /** The pool's statement names, or undefined when prepared statements are off. */
+  statements: StatementNames | undefined;
+}
+
+export interface PgPipelineDriver {
+  Client: new (config: pg.ClientConfig & { pipeline?: boolean }) => pg.Client;
+  log?: (line: string) => void;
+}
+
+const abortReason = (signal: AbortSignal): Error =>
+  signal.reason instanceof Error ? signal.reason : new Error('The statement was aborted.', { cause: signal.reason });
+
+const DEPTH = 32;
+const STALL_MS = 50;
+
+class Lane {
+  readonly client: pg.Client & NamedClient;
+  inFlight = 0;
+  /** Takes no new statements: it sent a cancel, broke, or is closing. */
+  retired = false;
+  cancelled = false;
+  connected = false;
+  readonly ready: Promise<void>;
+  /** When each statement in flight was written, oldest first (answers come back in order). */
+  readonly #sentAt: number[] = [];
+
+  constructor(options: PgPipelineOptions, driver: PgPipelineDriver) {
+    this.client = new driver.Client({
+      connectionString: options.connectionString,
+      pipeline: true,
+      statement_timeout: options.statementTimeoutMs,
+      connectionTimeoutMillis: options.connectionTimeoutMs,
+      application_name: options.applicationName,
+      keepAlive: true,
+    });
+    this.client.on('error', (err) => {
+      this.retired = true;
+      driver.log?.(`poolgate: pipelined db connection error (${describeError(err)}); it will be replaced`);
+    });
+    this.client.on('end', () => void (this.retired = true));
+    this.ready = this.client.connect().then(() => void (this.connected = true));
+    this.ready.catch(() => void (this.retired = true));
+  }
+
+  stalled(at: number, stallMs: number): boolean {
+    const oldest = this.#sentAt[0];
+    return oldest !== undefined && at - oldest > stallMs;
+  }
+
+  sent(at: number): void {
+    this.#sentAt.push(at);
+  }
+
+  answered(): void {
+    this.#sentAt.shift();
+  }
+
+  closeWhenEmpty(): void {
+    if (this.retired && this.inFlight === 0) this.client.end().catch(() => {});
+  }
+}
+
+export class PgPipelineConnector implements OneShotConnector {
+  readonly kind = 'pg-pipeline';
+  readonly upstream = 'postgres';
+  readonly readsOnly = true;
+  readonly #lanes: (Lane | undefined)[];
+  readonly #options: PgPipelineOptions;
+  readonly #driver: PgPipelineDriver;
+  readonly #depth: number;
+  readonly #stallMs: number;
+  #openedCount = 0;
+  #cancelledCount = 0;
+  #overflowCount = 0;
+  #closed = false;
+  /**
+   * Whether the server gives each connection a backend of its own (PGlite behind pglite-socket
+   * does not: a lane's read batch would share its one backend with others' statements). Asked
+   * once, on the first lane; the lanes take nothing before the answer is yes.
+   */
+  #ownBackends: boolean | Promise<boolean> | undefined;
+
+  constructor(options: PgPipelineOptions, driver: PgPipelineDriver) {
+    this.#options = options;
+    this.#driver = driver;
+    this.#lanes = Array.from({ length: options.lanes }, () => undefined);
+    this.#depth = options.depth ?? DEPTH;
+    this.#stallMs = options.stallMs ?? STALL_MS;
+  }
+
+  /** A lane with room, or none (the read then takes a pooled session). */
+  hasRoom(): boolean {
+    if (this.#ownBackends !== true) {
+      void this.warm();
+      return false;
+    }
+    if (this.#pick() !== undefined) return true;
+    this.#overflowCount++;
+    return false;
+  }
+
+  /** Opens the first lane and asks its server whether lanes can be used there; true when they are. */
+  async warm(): Promise<boolean> {
+    this.#ownBackends ??= this.#probe().then(
+      (own) => (this.#ownBackends = own),
+      () => {
+        this.#ownBackends = undefined; // asked again by a later read
+        return false;
+      },
+    );
+    return (await this.#ownBackends) === true;
+  }
+
+  async #probe(): Promise<boolean> {
+    const lane = (this.#lanes[0] = this.#open());
+    await lane.ready;
+    const { rows } = await lane.client.query<{ v: string }>('SELECT version() AS v');
+    return !/PGlite/i.test(String(rows[0]?.v));
+  }
+
+  #open(): Lane {
+    this.#openedCount++;
+    return new Lane(this.#options, this.#driver);
+  }
+
+  query(statement: Statement, signal: AbortSignal): Promise<QueryResult> {
+    return this.#onLane(signal, 1, (lane) => [this.#send(lane, statement, true)]).then((r) => r[0]!);
+  }
+
+  async batch(statements: readonly Statement[], options: TxOptions, signal: AbortSignal): Promise<QueryResult[]> {
+    const results = await this.#onLane(signal, statements.length + 2, (lane) => [
+      send(lane.client, beginStatement(options), undefined),
+      ...statements.map((s) => this.#send(lane, s, false)),
+      send(lane.client, 'COMMIT', undefined),
+    ]);
+    return results.slice(1, -1);
+  }
+
+  figures(): PipelineStats {
+    const open = this.#lanes.filter((l) => l && !l.retired) as Lane[];
+    return {
+      lanes: open.length,
+      inFlight: open.reduce((n, l) => n + l.inFlight, 0),
+      openedCount: this.#openedCount,
+      cancelledCount: this.#cancelledCount,
+      overflowCount: this.#overflowCount,
+    };
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    const lanes = this.#lanes.splice(0).filter((l) => l !== undefined);
+    await Promise.allSettled(lanes.map((l) => ((l.retired = true), l.ready.then(() => l.client.end()))));
+  }
+
+  #pick(): Lane | undefined {
+    if (this.#closed) return undefined;
+    const at = now();
+    let best: Lane | undefined;
+    for (let i = 0; i < this.#lanes.length; i++) {
+      let lane = this.#lanes[i];
+      if (lane === undefined || lane.retired || this.#options.statements?.isStale(lane.client)) {
+        if (lane) {
+          lane.retired = true;
+          lane.closeWhenEmpty();
+        }
+        lane = this.#lanes[i] = this.#open();
+      }
+      if (lane.inFlight >= this.#depth || lane.stalled(at, this.#stallMs)) continue;
+      if (best === undefined || lane.inFlight < best.inFlight) best = lane;
+    }
+    return best;
+  }
+
+  /**
+   * Writes the statements `write` sends, as one burst, on the least busy lane; answers with all
+   * their results, or the first error. A statement of a lane cancelled for another request's
+   * sake fails rerunnable.
+   */
+  async #onLane(signal: AbortSignal, count: number, write: (lane: Lane) => Promise<QueryResult>[]): Promise<QueryResult[]> {
+    const lane = this.#pick();
+    if (lane === undefined) throw Object.assign(new Error('No pipelined connection has room.'), { code: '53300' });
+    lane.inFlight++;
+    try {
+      if (!lane.connected) await lane.ready;
+      if (signal.aborted) throw abortReason(signal); // nothing written yet
+      const at = now();
+      for (let i = 0; i < count; i++) lane.sent(at);
+      const pending = write(lane);
+      for (const p of pending)
+        p.then(
+          () => lane.answered(),
+          () => lane.answered(),
+        );
+      return await this.#abortable(lane, Promise.all(pending), signal);
+    } catch (err) {
+      if (isConnectionError(err)) lane.retired = true; // before the 'error' event: a retry must not meet this lane
+      if (lane.cancelled && !signal.aborted && (err as { code?: unknown }).code === '57014') throw markRerunnable(err);
+      throw err;
+    } finally {
+      lane.inFlight--;
+      lane.closeWhenEmpty();
+    }
+  }
+
+  #send(lane: Lane, s: Statement, autocommit: boolean): Promise<QueryResult> {
+    const statements = this.#options.statements;
+    return statements ? statements.run(lane.client, s.text, s.params, autocommit, false) : send(lane.client, s.text, s.params);
+  }
+
+  /** Settles with `work`, or rejects at once when `signal` aborts: the lane is then cancelled and retired. */
+  #abortable<T>(lane: Lane, work: Promise<T>, signal: AbortSignal): Promise<T> {
+    work.catch(() => {}); // an answer that comes after the abort is dropped
+    return new Promise<T>((resolve, reject) => {
+      const onAbort = () => {
+        this.#cancel(lane);
+        reject(abortReason(signal));
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      work.then(
+        (v) => (signal.removeEventListener('abort', onAbort), resolve(v)),
+        (e: unknown) => (signal.removeEventListener('abort', onAbort), reject(e as Error)),
+      );
+    });
+  }
+
+  #cancel(lane: Lane): void {
+    lane.retired = true;
+    if (lane.cancelled) return;
+    lane.cancelled = true;
+    this.#cancelledCount++;
+    sendCancelRequest(this.#driver.Client, this.#options.connectionString, lane.client, this.#driver.log);
+  }
+}

@@ -1,0 +1,234 @@
+/**
+ * Pipelined lanes (PG_PIPELINE_LANES): the single statements of `read` routes and every read batch
+ * are written back to back on a few pipelined connections; everything else runs on the pool.
+ * Real PostgreSQL throughout (pg_stat_activity, pg_backend_pid, CancelRequest): what runs where,
+ * that a batch is one transaction nothing else lands in, that a cut-short read stops on the
+ * server and the reads queued behind it are not lost, that a slow statement does not hold up the
+ * reads behind it, that a broken lane is replaced, that close() leaves nothing open, and that PGlite
+ * (one backend for every connection) gets no lanes.
+ */
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { createPgPoolDatabase, type PgPoolDatabase } from '../../src/db/connectors/pg-pool.js';
+import { now } from '../../src/stats/clock.js';
+import type { ClientKind, QueryObserver } from '../../src/db/types.js';
+import { startEmbeddedPostgres } from '../../src/local/embedded.js';
+import { POOL } from '../contract/backends.js';
+import { createTestDatabase, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { json, startTestGateway } from '../helpers/gateway.js';
+import { waitFor } from '../helpers/wait.js';
+
+const driver = { Pool: pg.Pool, Client: pg.Client };
+
+interface Seen extends QueryObserver {
+  served: (kind: ClientKind) => void;
+  kinds: ClientKind[];
+  acquisitions: number;
+  retries: number;
+}
+
+function observer(intent: QueryObserver['intent'], extra: Partial<QueryObserver> = {}): Seen {
+  return {
+    intent,
+    ...extra,
+    kinds: [],
+    acquisitions: 0,
+    retries: 0,
+    acquired() {
+      this.acquisitions++;
+    },
+    queried() {},
+    served(kind: ClientKind) {
+      this.kinds.push(kind);
+    },
+    retried() {
+      this.retries++;
+    },
+  };
+}
+
+describe.skipIf(!realPostgresUrl)('pipelined lanes for reads (real PostgreSQL)', () => {
+  let db: TestDatabase;
+  const opened: PgPoolDatabase[] = [];
+  const appName = () => `poolgate-lanes-${randomUUID().slice(0, 8)}`;
+
+  async function lanes(pipelineLanes: number, applicationName = appName()) {
+    const database = createPgPoolDatabase({ ...POOL, pipelineLanes, connectionString: db.url, applicationName }, driver);
+    opened.push(database);
+    await database.warm(0);
+    return { database, applicationName };
+  }
+
+  const running = async (pattern: string) =>
+    (
+      await db.admin(
+        `SELECT count(*)::int AS n FROM pg_stat_activity WHERE query LIKE $1 AND state = 'active' AND pid <> pg_backend_pid()`,
+        [pattern],
+      )
+    ).rows[0].n as number;
+
+  beforeAll(async () => {
+    db = await createTestDatabase('poolgate_lanes');
+  });
+
+  afterEach(async () => {
+    await Promise.allSettled(opened.splice(0).map((d) => d.close()));
+  });
+
+  afterAll(async () => {
+    await db?.drop();
+  });
+
+  it('reads of many concurrent requests share the lanes; writes and transactions take the pool', async () => {
+    const { database } = await lanes(2);
+    const readers = Array.from({ length: 40 }, () => observer('read'));
+    const pids = await Promise.all(
+      readers.map(async (o) => (await database.forRequest(o).query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid),
+    );
+    expect(new Set(pids).size).toBeLessThanOrEqual(2);
+    expect(readers.every((o) => o.kinds.join() === 'pg-pipeline' && o.acquisitions === 0)).toBe(true);
+
+    const writer = observer('transactional');
+    const { rows } = await database.forRequest(writer).query<{ pid: number }>('SELECT pg_backend_pid() AS pid');
+    expect(writer.kinds).toEqual(['pg-pool']);
+    expect(writer.acquisitions).toBe(1);
+    expect(pids).not.toContain(rows[0]!.pid);
+
+    const inTx = observer('read');
+    const txPid = await database
+      .forRequest(inTx)
+      .transaction(async (tx) => (await tx.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]!.pid);
+    expect(inTx.kinds).toEqual(['pg-pool']);
+    expect(pids).not.toContain(txPid);
+    expect(database.kind).toBe('pg-pool');
+  });
+
+  it('a read batch on a lane is one read-only transaction, even with other requests written around it', async () => {
+    const { database } = await lanes(1);
+    const batches = Array.from({ length: 20 }, () =>
+      database
+        .forRequest(observer('read'))
+        .readBatch([
+          { text: 'SELECT now() AS t, pg_current_xact_id_if_assigned() AS x' },
+          { text: 'SELECT pg_sleep(0.01)' },
+          { text: 'SELECT now() AS t, current_setting($1) AS ro', params: ['transaction_read_only'] },
+        ]),
+    );
+    const singles = Array.from({ length: 20 }, () => database.forRequest(observer('read')).query('SELECT now() AS t'));
+    const results = await Promise.all(batches);
+    await Promise.all(singles);
+    for (const [first, , last] of results) {
+      expect(first!.rows[0]!.t).toEqual(last!.rows[0]!.t); // one transaction: now() does not move
+      expect(last!.rows[0]!.ro).toBe('on');
+    }
+    const write = database.forRequest(observer('read')).readBatch([{ text: 'CREATE TEMP TABLE lanes_nope (x int)' }]);
+    await expect(write).rejects.toMatchObject({ code: '25006' }); // read-only transaction
+    expect((await database.forRequest(observer('read')).query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
+  });
+
+  it('a read cut short by its deadline stops on the server; the reads written behind it still answer', async () => {
+    const { database } = await lanes(1);
+    const slow = database.forRequest(observer('read', { deadline: now() + 300 })).query("SELECT pg_sleep(5), 'lanes-deadline'");
+    const behind = Array.from({ length: 5 }, (_, i) => database.forRequest(observer('read')).query('SELECT $1::int AS i', [i]));
+    const started = now();
+    await expect(slow).rejects.toMatchObject({ status: 504, code: 'timeout' });
+    expect(now() - started).toBeLessThan(2_000);
+    expect((await Promise.all(behind)).map((r) => r.rows[0]!.i)).toEqual([0, 1, 2, 3, 4]);
+    await waitFor(async () => (await running('%lanes-deadline%')) === 0, { timeoutMs: 3_000 });
+  });
+
+  it("a client that leaves stops its read on the server; another request's statement hit by that cancel runs again", async () => {
+    const { database } = await lanes(1);
+    const leaving = new AbortController();
+    const gone = database.forRequest(observer('read', { signal: leaving.signal })).query('SELECT 1 AS quick');
+    const innocent = observer('read');
+    const bystander = database.forRequest(innocent).query("SELECT 'lanes-bystander' AS b, pg_sleep(0.5)");
+    leaving.abort(); // after both were written: the cancel reaches a backend already past SELECT 1, running the bystander
+    await expect(gone).rejects.toMatchObject({ status: 499 });
+    const { rows } = await bystander;
+    expect(rows[0]!.b).toBe('lanes-bystander');
+    expect(innocent.retries).toBe(1);
+    expect(database.stats()?.pipeline).toMatchObject({ cancelledCount: 1 });
+  });
+
+  it('a slow statement does not hold up the reads behind it: they take another lane, then the pool', async () => {
+    const { database } = await lanes(1);
+    const slow = database.forRequest(observer('read')).query("SELECT pg_sleep(1.5), 'lanes-stall'");
+    await waitFor(async () => (await running('%lanes-stall%')) === 1, { timeoutMs: 3_000 });
+    await new Promise((r) => setTimeout(r, 100)); // past the lane's stall threshold (50 ms)
+    const o = observer('read');
+    const started = now();
+    await database.forRequest(o).query('SELECT 1');
+    expect(o.kinds).toEqual(['pg-pool']);
+    expect(now() - started).toBeLessThan(1_000);
+    expect(database.stats()?.pipeline?.overflowCount).toBeGreaterThanOrEqual(1);
+    await slow;
+  });
+
+  it('a lane whose backend is terminated is replaced; a read in flight on it runs again', async () => {
+    const { database, applicationName } = await lanes(1);
+    const inFlight = observer('read');
+    const read = database.forRequest(inFlight).query("SELECT 'lanes-terminated' AS t, pg_sleep(0.3)");
+    await waitFor(async () => (await running('%lanes-terminated%')) === 1, { timeoutMs: 3_000 });
+    await db.admin(
+      `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND query LIKE '%lanes-terminated%'`,
+      [applicationName],
+    );
+    expect((await read).rows[0]!.t).toBe('lanes-terminated');
+    expect(inFlight.retries).toBe(1);
+    const after = observer('read');
+    await database.forRequest(after).query('SELECT 1');
+    expect(after.kinds).toEqual(['pg-pipeline']);
+  });
+
+  it('close() ends every lane: nothing of the application is left on the server', async () => {
+    const { database, applicationName } = await lanes(2);
+    await Promise.all(Array.from({ length: 10 }, () => database.forRequest(observer('read')).query('SELECT 1')));
+    await database.close();
+    await waitFor(
+      async () =>
+        (await db.admin('SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1', [applicationName])).rows[0].n === 0,
+      { timeoutMs: 3_000 },
+    );
+  });
+
+  it('through the gateway: a read says pg-pipeline in Server-Timing; a write says pg-pool', async () => {
+    const t = await startTestGateway({ POOL_MAX: '5' }, { db });
+    try {
+      const created = await json(`${t.url}/api/users`, {
+        method: 'POST',
+        json: { email: `lanes-${randomUUID()}@example.com`, name: 'Lanes' },
+      });
+      expect(created.status).toBe(201);
+      expect(created.headers.get('server-timing')).toContain('desc="pg-pool');
+      const read = await json(`${t.url}/api/users/${created.body.id}`);
+      expect(read.status).toBe(200);
+      expect(read.headers.get('server-timing')).toContain('desc="pg-pipeline 1q"');
+      const metrics = await (await fetch(`${t.url}/metrics`)).text();
+      expect(metrics).toMatch(/^poolgate_pipeline_lanes\{[^}]*\} 1$/m);
+      expect(metrics).toMatch(/^poolgate_http_requests_by_client_total\{[^}]*client="pg-pipeline"[^}]*\} 1$/m);
+    } finally {
+      await t.stop();
+    }
+  });
+});
+
+describe('no lanes where every connection shares one backend (PGlite)', () => {
+  it('reads stay on the pool', async () => {
+    const server = await startEmbeddedPostgres();
+    const database = createPgPoolDatabase(
+      { ...POOL, pipelineLanes: 2, connectionString: server.url, applicationName: 'lanes-pglite' },
+      driver,
+    );
+    try {
+      await database.warm(0);
+      const o = observer('read');
+      await database.forRequest(o).query('SELECT $1::int AS one', [1]);
+      expect(o.kinds).toEqual(['pg-pool']);
+    } finally {
+      await database.close();
+      await server.stop();
+    }
+  });
+});
