@@ -10,6 +10,7 @@ import { createDatabase, type CoreDatabase } from '../core/database.js';
 import type { OneShotConnector, Session, SessionConnector, SessionSource } from '../core/connector.js';
 import type { QueryResult, Statement, TxOptions } from '../types.js';
 import { sendCancelRequest } from './cancel.js';
+import { pgSession, queryClassOf, withBegin, type PgQueryClass } from './pg-session.js';
 
 export type NeonDriver = Pick<typeof Neon, 'neon' | 'Pool' | 'Client'>;
 
@@ -82,7 +83,7 @@ export function neonWsConnector(options: NeonConnectorOptions): SessionConnector
           }
           client.on('error', onError);
           const cancel = () => sendCancelRequest(options.driver.Client, options.connectionString, client, log);
-          return { session: wsSession(client, queryClass(options.driver), cancel, inBackground), opened: true };
+          return { session: wsSession(client, queryClassOf(options.driver.Client), cancel, inBackground), opened: true };
         },
         async end() {
           const p = pool;
@@ -109,36 +110,10 @@ function asConnectionError(err: unknown): Error {
   return Object.assign(new Error(`The WebSocket to the database could not be opened${detail}.`), { code: '08006', cause: err });
 }
 
-/** The parts of pg's Query (bundled by the Neon driver as `Client.Query`) that the BEGIN piggyback uses; not in its types. */
-interface PgConnection {
-  parse(query: { text: string }): void;
-  bind(config: object): void;
-  execute(config: object): void;
-}
-interface PgQuery {
-  submit(connection: PgConnection): Error | null | undefined;
-}
-type PgQueryClass = new (text: string, values: unknown[] | undefined, callback: (err: Error | null, result: unknown) => void) => PgQuery;
-
-const queryClass = (driver: NeonDriver) => (driver.Client as unknown as { Query?: PgQueryClass }).Query;
-
-/** The core's own transaction control (beginStatement): `BEGIN [ISOLATION LEVEL …] [READ ONLY]`, no parameters. */
-const isBegin = (text: string, params?: readonly unknown[]) => /^BEGIN( |$)/.test(text) && !params?.length;
-
-const answered = (command: string): QueryResult => ({ rows: [], rowCount: null, command });
-
 /**
- * A WebSocket session. Its cancel sends a CancelRequest through the proxy (a socket of its own)
- * and closes this socket, so the statement stops and nothing more runs on it.
- *
- * A round trip is the edge's dearest cost, so a transaction saves what it can:
- * - the core's BEGIN is answered at once and written just before the transaction's first
- *   statement, both under that statement's one Sync; the server answers both in one go, and a
- *   BEGIN that failed fails that statement (the transaction then never opened). A transaction
- *   that ends before any statement never reaches the server.
- * - COMMIT of a READ ONLY transaction below SERIALIZABLE whose statements all succeeded decides
- *   nothing (nothing to write, no serialization check): it is answered at once, and its own answer
- *   read in the background. Every other COMMIT is awaited.
+ * A WebSocket session (pgSession: BEGIN written with the first statement, a read-only COMMIT read
+ * in the background). Its cancel sends a CancelRequest through the proxy (a socket of its own) and
+ * closes this socket, so the statement stops and nothing more runs on it.
  */
 function wsSession(
   client: Neon.PoolClient,
@@ -146,43 +121,13 @@ function wsSession(
   sendCancel: () => void,
   inBackground: (commit: Promise<unknown>) => void,
 ): Session {
-  let begin: string | undefined;
-  let tx: { quickCommit: boolean; failed: boolean } | undefined;
-  const run = async (text: string, params?: readonly unknown[]) => {
-    const pending = begin;
-    begin = undefined;
-    try {
-      if (pending === undefined) return toResult(await client.query(text, params as unknown[]));
-      if (!Query) {
-        await client.query(pending);
-        return toResult(await client.query(text, params as unknown[]));
-      }
-      return await withBegin(client, Query, pending, text, params);
-    } catch (err) {
-      if (tx) tx.failed = true;
-      throw err;
-    }
-  };
-  return {
-    async query(text, params) {
-      if (isBegin(text, params)) {
-        begin = text;
-        tx = { quickCommit: text.includes(' READ ONLY') && !text.includes('SERIALIZABLE'), failed: false };
-        return answered('BEGIN');
-      }
-      if (text !== 'COMMIT' && text !== 'ROLLBACK') return run(text, params);
-      const ending = tx;
-      tx = undefined;
-      if (begin !== undefined) {
-        begin = undefined;
-        return answered(text);
-      }
-      if (text === 'COMMIT' && ending?.quickCommit && !ending.failed) {
-        inBackground(client.query('COMMIT'));
-        return answered('COMMIT');
-      }
-      return run(text);
-    },
+  return pgSession({
+    run: async (text, params, begin) =>
+      toResult(
+        begin === undefined
+          ? await client.query(text, params as unknown[])
+          : await withBegin(client, Query, begin, text, params),
+      ),
     cancel: () => {
       sendCancel();
       client.release(true);
@@ -194,39 +139,7 @@ function wsSession(
         // Already released by cancel().
       }
     },
-  };
-}
-
-/**
- * `statement` with `begin` in front, in one write and one answer. Without parameters the two go
- * as one simple Query ("BEGIN …;statement"); with them, BEGIN goes as Parse/Bind/Execute ahead of
- * the statement's own extended-protocol messages, so the statement's Sync closes both. Either
- * way pg reads two results; the statement's is the last.
- */
-function withBegin(
-  client: Neon.PoolClient,
-  Query: PgQueryClass,
-  begin: string,
-  text: string,
-  params?: readonly unknown[],
-): Promise<QueryResult> {
-  const values = params?.length ? [...params] : undefined;
-  return new Promise((resolve, reject) => {
-    const query = new Query(values ? text : `${begin};${text}`, values, (err, result) => {
-      if (err) return reject(err);
-      const results = (Array.isArray(result) ? result : [result]) as Parameters<typeof toResult>[0][];
-      resolve(toResult(results[results.length - 1]!));
-    });
-    if (values) {
-      const submit = query.submit.bind(query);
-      query.submit = (connection) => {
-        connection.parse({ text: begin });
-        connection.bind({});
-        connection.execute({});
-        return submit(connection);
-      };
-    }
-    client.query(query as unknown as Neon.Submittable);
+    inBackground,
   });
 }
 

@@ -240,7 +240,8 @@ export class PgPipelineConnector implements OneShotConnector {
 
   #send(lane: Lane, s: Statement, autocommit: boolean): Promise<QueryResult> {
     const statements = this.#options.statements;
-    return statements ? statements.run(lane.client, s.text, s.params, autocommit, false) : send(lane.client, s.text, s.params);
+    const exec = (name: string | undefined) => send(lane.client, s.text, s.params, name);
+    return statements ? statements.run(lane.client, s.text, s.params, autocommit, exec, false) : exec(undefined);
   }
 
   /** Settles with `work`, or rejects at once when `signal` aborts: the lane is then cancelled and retired. */

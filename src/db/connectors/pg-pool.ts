@@ -13,6 +13,7 @@ import type { PoolFigures, Session, SessionConnector, SessionSource } from '../c
 import type { QueryResult } from '../types.js';
 import { sendCancelRequest } from './cancel.js';
 import { PgPipelineConnector } from './pg-pipeline.js';
+import { pgSession, queryClassOf, withBegin, type PgQueryClass } from './pg-session.js';
 import { send, StatementNames, type NamedClient } from './statement-names.js';
 
 type PoolClient = pg.PoolClient & NamedClient;
@@ -46,6 +47,8 @@ export class PgPoolConnector implements SessionConnector {
   readonly #source: SessionSource;
   readonly #options: PgPoolConnectorOptions;
   readonly #driver: PgDriver;
+  /** pg's Query class, for BEGIN written with a transaction's first statement (pgSession). */
+  readonly #Query: PgQueryClass | undefined;
   /** Undefined when prepared statements are switched off. */
   readonly statements: StatementNames | undefined;
   #openedCount = 0;
@@ -55,6 +58,7 @@ export class PgPoolConnector implements SessionConnector {
   constructor(options: PgPoolConnectorOptions, driver: PgDriver) {
     this.#options = options;
     this.#driver = driver;
+    this.#Query = queryClassOf(driver.Client);
     this.statements =
       options.preparedStatements === false ? undefined : new StatementNames(options.preparedStatementsMax ?? PREPARED_STATEMENTS_MAX);
     this.pool = new driver.Pool({
@@ -124,11 +128,11 @@ export class PgPoolConnector implements SessionConnector {
   #session(client: PoolClient): Session {
     let cut: ReturnType<typeof setTimeout> | undefined;
     let busy = 0;
-    return {
-      query: async (text, params) => {
+    return pgSession({
+      run: async (text, params, begin) => {
         busy++;
         try {
-          return await this.#query(client, text, params);
+          return await this.#query(client, text, params, begin);
         } finally {
           busy--;
         }
@@ -144,20 +148,29 @@ export class PgPoolConnector implements SessionConnector {
         clearTimeout(cut);
         client.release(discard || this.statements?.isStale(client) || undefined);
       },
-    };
+    });
   }
 
-  #query(client: PoolClient, text: string, params: readonly unknown[] | undefined): Promise<QueryResult> {
-    if (this.statements === undefined) return send(client, text, params);
+  /** One statement, named where it has a name; with `begin` (a transaction's first statement), BEGIN goes in the same write. */
+  #query(client: PoolClient, text: string, params: readonly unknown[] | undefined, begin: string | undefined): Promise<QueryResult> {
+    const exec = (name: string | undefined) =>
+      begin === undefined ? send(client, text, params, name) : withBegin(client, this.#Query, begin, text, params, name).then(toResult);
+    if (this.statements === undefined) return exec(undefined);
     // Unknown (a pg without it) counts as in a transaction: the core's rerun is safe either way.
-    const autocommit = typeof client.getTransactionStatus === 'function' && client.getTransactionStatus() === 'I';
-    return this.statements.run(client, text, params, autocommit);
+    const autocommit = begin === undefined && typeof client.getTransactionStatus === 'function' && client.getTransactionStatus() === 'I';
+    return this.statements.run(client, text, params, autocommit, exec);
   }
 
   #sendCancel(client: PoolClient): void {
     sendCancelRequest(this.#driver.Client, this.#options.connectionString, client, this.#driver.log);
   }
 }
+
+const toResult = (r: { rows: unknown[]; rowCount?: number | null; command?: string }): QueryResult => ({
+  rows: r.rows as QueryResult['rows'],
+  rowCount: r.rowCount ?? null,
+  command: r.command,
+});
 
 export type PgPoolDatabase = CoreDatabase & { readonly pool: pg.Pool };
 

@@ -104,20 +104,22 @@ export class StatementNames {
     text: string,
     params: readonly unknown[] | undefined,
     autocommit: boolean,
+    /** Sends the statement, under `name` or unnamed. */
+    exec: (name: string | undefined) => Promise<QueryResult>,
     /** False where statements must be written in call order (a pipeline): while the probe is pending, unnamed. */
     waitForProbe = true,
   ): Promise<QueryResult> {
     const named = this.nameFor(client, text, params);
     const name = named instanceof Promise ? (waitForProbe ? await named : undefined) : named;
-    if (name === undefined) return send(client, text, params);
+    if (name === undefined) return exec(undefined);
     const cached = this.has(client, name);
     try {
-      return await send(client, text, params, name);
+      return await exec(name);
     } catch (err) {
       if (!cached || !isStalePlan(err)) throw err;
       this.schemaChanged();
       if (!autocommit) throw markRerunnable(err);
-      return send(client, text, params);
+      return exec(undefined);
     } finally {
       this.record(client, name);
     }
