@@ -94,6 +94,7 @@ export interface PipelineStats {
   lanes: number;
   inFlight: number;
   openedCount: number;
+  closedCount: number;
   /** Lanes that sent a CancelRequest (a read cut short) and were retired. */
   cancelledCount: number;
   /** Reads sent to the pool because every lane was full or stalled. */

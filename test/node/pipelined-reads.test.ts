@@ -16,6 +16,7 @@ import type { ClientKind, QueryObserver } from '../../src/db/types.js';
 import { startEmbeddedPostgres } from '../../src/local/embedded.js';
 import { POOL } from '../contract/backends.js';
 import { createTestDatabase, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { startFaultProxy } from '../helpers/fault-proxy.js';
 import { json, startTestGateway } from '../helpers/gateway.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -146,6 +147,7 @@ describe.skipIf(!realPostgresUrl)('pipelined lanes for reads (real PostgreSQL)',
     const bystander = database.forRequest(innocent).query("SELECT 'lanes-bystander' AS b, pg_sleep(0.5)");
     leaving.abort(); // after both were written: the cancel reaches a backend already past SELECT 1, running the bystander
     await expect(gone).rejects.toMatchObject({ status: 499 });
+    await waitFor(() => database.stats()?.pipeline?.closedCount === 1, { what: 'the cancelled lane closed once empty' });
     const { rows } = await bystander;
     expect(rows[0]!.b).toBe('lanes-bystander');
     expect(innocent.retries).toBe(1);
@@ -180,6 +182,26 @@ describe.skipIf(!realPostgresUrl)('pipelined lanes for reads (real PostgreSQL)',
     const after = observer('read');
     await database.forRequest(after).query('SELECT 1');
     expect(after.kinds).toEqual(['pg-pipeline']);
+  });
+
+  it('a lane the network went silent on is cut a second after its cancel: no retired lane outlives the budget', async () => {
+    const { hostname, port } = new URL(db.url);
+    const proxy = await startFaultProxy({ target: { host: hostname, port: Number(port) } });
+    try {
+      const database = createPgPoolDatabase(
+        { ...POOL, pipelineLanes: 1, connectionString: proxy.urlFor(db.url), applicationName: appName() },
+        driver,
+      );
+      opened.push(database);
+      await database.warm(0);
+      await proxy.setMode({ kind: 'blackhole' });
+      const read = database.forRequest(observer('read', { deadline: now() + 300 })).query('SELECT 1');
+      await expect(read).rejects.toMatchObject({ status: 504, code: 'timeout' });
+      expect(database.stats()?.pipeline).toMatchObject({ cancelledCount: 1, closedCount: 0 });
+      await waitFor(() => database.stats()?.pipeline?.closedCount === 1, { timeoutMs: 3_000, what: 'the silent lane cut' });
+    } finally {
+      await proxy.close();
+    }
   });
 
   it('close() ends every lane: nothing of the application is left on the server', async () => {

@@ -6,6 +6,12 @@
  */
 import { describeError } from '../../errors.js';
 
+/**
+ * How long after a CancelRequest a statement may still hold its connection before the socket is
+ * cut on our side: the cancel travels over the network too, and a silent network only the cut ends.
+ */
+export const CANCEL_GRACE_MS = 1_000;
+
 /** A connected client's identity on the server (set during its startup; not in pg's types). */
 interface Backend {
   processID?: number;

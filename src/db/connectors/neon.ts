@@ -123,11 +123,7 @@ function wsSession(
 ): Session {
   return pgSession({
     run: async (text, params, begin) =>
-      toResult(
-        begin === undefined
-          ? await client.query(text, params as unknown[])
-          : await withBegin(client, Query, begin, text, params),
-      ),
+      toResult(begin === undefined ? await client.query(text, params as unknown[]) : await withBegin(client, Query, begin, text, params)),
     cancel: () => {
       sendCancel();
       client.release(true);

@@ -19,7 +19,7 @@ import { now } from '../../stats/clock.js';
 import type { PipelineStats, QueryResult, Statement, TxOptions } from '../types.js';
 import type { OneShotConnector } from '../core/connector.js';
 import { beginStatement } from '../core/sessions.js';
-import { sendCancelRequest } from './cancel.js';
+import { CANCEL_GRACE_MS, sendCancelRequest } from './cancel.js';
 import { send, StatementNames, type NamedClient } from './statement-names.js';
 
 export interface PgPipelineOptions {
@@ -55,11 +55,13 @@ class Lane {
   retired = false;
   cancelled = false;
   connected = false;
+  /** Its connection has closed. */
+  ended = false;
   readonly ready: Promise<void>;
   /** When each statement in flight was written, oldest first (answers come back in order). */
   readonly #sentAt: number[] = [];
 
-  constructor(options: PgPipelineOptions, driver: PgPipelineDriver) {
+  constructor(options: PgPipelineOptions, driver: PgPipelineDriver, onEnd: () => void) {
     this.client = new driver.Client({
       connectionString: options.connectionString,
       pipeline: true,
@@ -72,7 +74,11 @@ class Lane {
       this.retired = true;
       driver.log?.(`poolgate: pipelined db connection error (${describeError(err)}); it will be replaced`);
     });
-    this.client.on('end', () => void (this.retired = true));
+    this.client.on('end', () => {
+      this.retired = true;
+      this.ended = true;
+      onEnd();
+    });
     this.ready = this.client.connect().then(() => void (this.connected = true));
     this.ready.catch(() => void (this.retired = true));
   }
@@ -106,6 +112,7 @@ export class PgPipelineConnector implements OneShotConnector {
   readonly #stallMs: number;
   #openedCount = 0;
   #cancelledCount = 0;
+  #closedCount = 0;
   #overflowCount = 0;
   #closed = false;
   /**
@@ -155,7 +162,7 @@ export class PgPipelineConnector implements OneShotConnector {
 
   #open(): Lane {
     this.#openedCount++;
-    return new Lane(this.#options, this.#driver);
+    return new Lane(this.#options, this.#driver, () => void this.#closedCount++);
   }
 
   query(statement: Statement, signal: AbortSignal): Promise<QueryResult> {
@@ -177,6 +184,7 @@ export class PgPipelineConnector implements OneShotConnector {
       lanes: open.length,
       inFlight: open.reduce((n, l) => n + l.inFlight, 0),
       openedCount: this.#openedCount,
+      closedCount: this.#closedCount,
       cancelledCount: this.#cancelledCount,
       overflowCount: this.#overflowCount,
     };
@@ -266,5 +274,10 @@ export class PgPipelineConnector implements OneShotConnector {
     lane.cancelled = true;
     this.#cancelledCount++;
     sendCancelRequest(this.#driver.Client, this.#options.connectionString, lane.client, this.#driver.log);
+    // Not closed by then (a silent network, a statement the cancel missed): cut it, so no retired lane outlives the budget.
+    const cut = setTimeout(() => {
+      if (!lane.ended) (lane.client as { connection?: { stream?: { destroy(): void } } }).connection?.stream?.destroy();
+    }, CANCEL_GRACE_MS);
+    (cut as { unref?: () => void }).unref?.();
   }
 }

@@ -11,7 +11,7 @@ import { describeError } from '../../errors.js';
 import { createDatabase, type CoreDatabase } from '../core/database.js';
 import type { PoolFigures, Session, SessionConnector, SessionSource } from '../core/connector.js';
 import type { QueryResult } from '../types.js';
-import { sendCancelRequest } from './cancel.js';
+import { CANCEL_GRACE_MS, sendCancelRequest } from './cancel.js';
 import { PgPipelineConnector } from './pg-pipeline.js';
 import { pgSession, queryClassOf, withBegin, type PgQueryClass } from './pg-session.js';
 import { send, StatementNames, type NamedClient } from './statement-names.js';
@@ -32,12 +32,6 @@ export interface PgDriver {
   Client: new (config: pg.ClientConfig) => pg.Client;
   log?: (line: string) => void;
 }
-
-/**
- * How long after a CancelRequest a statement may still hold its session before the socket is cut
- * on our side: the cancel travels over the network too, and a silent network only the cut ends.
- */
-const CANCEL_GRACE_MS = 1_000;
 
 export class PgPoolConnector implements SessionConnector {
   readonly kind = 'pg-pool';
