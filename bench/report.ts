@@ -754,6 +754,13 @@ export function renderMarkdown(r: BenchResults): string {
       `max ${p.max}; ${p.acquisitionCount} acquisitions; ${p.openedCount} connections opened, ${p.closedCount} closed; reuse rate ${p.reuseRate.toFixed(5)}; ` +
         `acquire timeouts ${p.acquireTimeoutCount}; queue rejections ${p.queueRejectedCount}; client errors ${p.errorCount}; retries ${p.retryCount}.`,
     );
+    const l = p.pipeline;
+    if (l)
+      out.push(
+        '',
+        `Pipelined read lanes (besides the pool's ${p.max}): ${l.lanes} open; ${l.openedCount} opened, ${l.closedCount} closed; ` +
+          `${l.cancelledCount} retired after a cancel; ${l.overflowCount} reads sent to the pool because every lane was stalled; ${l.queueRejectedCount ?? 0} refused by the lanes' full queue.`,
+      );
     out.push('');
   }
   out.push('## Profile');

@@ -8,7 +8,8 @@
  *                      parsed and planned once per connection, then Bind/Execute only
  *   ceiling-pipelined  the same route on a few pg.Clients with node-postgres's `pipeline: true`,
  *                      each request's query sent on the least busy one without waiting for a checkout
- *   gateway   poolgate's Node gateway (startGateway), unsigned, all routes on its pg Pool
+ *   gateway   poolgate's Node gateway (startGateway), unsigned: reads on its pipelined lanes (4 of POOL_MAX
+ *             20 by default), the rest on its pg Pool
  *   topology  poolgate's edge topology (startTopology): workerd + local Neon proxy + Node gateway
  * The baselines run the very same SELECT as the read route (repo.getUser), through a minimal Db.
  *

@@ -97,8 +97,12 @@ export interface PipelineStats {
   closedCount: number;
   /** Lanes that sent a CancelRequest (a read cut short) and were retired. */
   cancelledCount: number;
-  /** Reads sent to the pool because every lane was full or stalled. */
+  /** Reads sent to the pool because every lane was stalled behind a slow statement. */
   overflowCount: number;
+  /** Reads waiting for room on the lanes (first come, first served), and those that gave up or were refused. */
+  waiting?: number;
+  acquireTimeoutCount?: number;
+  queueRejectedCount?: number;
 }
 
 export interface ReadyReport {

@@ -117,12 +117,16 @@ export function renderPrometheus(snap: StatsSnapshot): string {
   if (lanes) {
     family('poolgate_pipeline_lanes', 'gauge', 'Pipelined read lanes open.', [[scope, lanes.lanes]]);
     family('poolgate_pipeline_in_flight', 'gauge', 'Statements in flight on the pipelined lanes.', [[scope, lanes.inFlight]]);
+    family('poolgate_pipeline_waiting', 'gauge', 'Reads waiting for room on the pipelined lanes.', [[scope, lanes.waiting ?? 0]]);
     family('poolgate_pipeline_cancelled_total', 'counter', 'Lanes retired after cancelling a read cut short.', [
       [scope, lanes.cancelledCount],
     ]);
-    family('poolgate_pipeline_overflow_total', 'counter', 'Reads sent to the pool because every lane was full or stalled.', [
-      [scope, lanes.overflowCount],
-    ]);
+    family(
+      'poolgate_pipeline_overflow_total',
+      'counter',
+      'Reads sent to the pool because every lane was stalled behind a slow statement.',
+      [[scope, lanes.overflowCount]],
+    );
   }
   family(
     'poolgate_breaker_state',

@@ -10,6 +10,7 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { LANE_DEPTH } from '../../src/db/connectors/pg-pipeline.js';
 import { createPgPoolDatabase, type PgPoolDatabase } from '../../src/db/connectors/pg-pool.js';
 import { now } from '../../src/stats/clock.js';
 import type { ClientKind, QueryObserver } from '../../src/db/types.js';
@@ -54,8 +55,8 @@ describe.skipIf(!realPostgresUrl)('pipelined lanes for reads (real PostgreSQL)',
   const opened: PgPoolDatabase[] = [];
   const appName = () => `poolgate-lanes-${randomUUID().slice(0, 8)}`;
 
-  async function lanes(pipelineLanes: number, applicationName = appName()) {
-    const database = createPgPoolDatabase({ ...POOL, pipelineLanes, connectionString: db.url, applicationName }, driver);
+  async function lanes(pipelineLanes: number, applicationName = appName(), pool: Partial<typeof POOL> = {}) {
+    const database = createPgPoolDatabase({ ...POOL, ...pool, pipelineLanes, connectionString: db.url, applicationName }, driver);
     opened.push(database);
     await database.warm(0);
     return { database, applicationName };
@@ -145,13 +146,45 @@ describe.skipIf(!realPostgresUrl)('pipelined lanes for reads (real PostgreSQL)',
     const gone = database.forRequest(observer('read', { signal: leaving.signal })).query('SELECT 1 AS quick');
     const innocent = observer('read');
     const bystander = database.forRequest(innocent).query("SELECT 'lanes-bystander' AS b, pg_sleep(0.5)");
-    leaving.abort(); // after both were written: the cancel reaches a backend already past SELECT 1, running the bystander
+    await new Promise((resolve) => setImmediate(resolve)); // both written on the lane
+    leaving.abort(); // the cancel reaches a backend already past SELECT 1, running the bystander
     await expect(gone).rejects.toMatchObject({ status: 499 });
     await waitFor(() => database.stats()?.pipeline?.closedCount === 1, { what: 'the cancelled lane closed once empty' });
     const { rows } = await bystander;
     expect(rows[0]!.b).toBe('lanes-bystander');
     expect(innocent.retries).toBe(1);
     expect(database.stats()?.pipeline).toMatchObject({ cancelledCount: 1 });
+  });
+
+  it('reads beyond the lanes’ room wait their turn for a lane, first come first served, and do not jump to the pool', async () => {
+    const { database } = await lanes(1, appName(), { queueMax: 1_000 });
+    const readers = Array.from({ length: 200 }, () => observer('read'));
+    const reads = readers.map((o, i) => database.forRequest(o).query('SELECT $1::int AS i', [i]));
+    const maxWaiting = database.stats()?.pipeline?.waiting ?? 0;
+    const answers = await Promise.all(reads);
+    expect(answers.map((r) => r.rows[0]!.i)).toEqual(readers.map((_, i) => i));
+    expect(maxWaiting).toBe(200 - LANE_DEPTH); // one lane: LANE_DEPTH in flight, the rest queued
+    expect(readers.every((o) => o.kinds.join() === 'pg-pipeline')).toBe(true);
+    // The queued ones report their wait as the request's acquire wait; the pool was never asked.
+    expect(readers.filter((o) => o.acquisitions === 1)).toHaveLength(200 - LANE_DEPTH);
+    expect(database.stats()).toMatchObject({ acquisitionCount: 0, pipeline: { overflowCount: 0, waiting: 0, queueRejectedCount: 0 } });
+  });
+
+  it('beyond the queue bound a read is refused at once with 503 overloaded, as on the pool', async () => {
+    const { database } = await lanes(1, appName(), { queueMax: 10 });
+    const reads = Array.from({ length: LANE_DEPTH + 15 }, (_, i) =>
+      database
+        .forRequest(observer('read'))
+        .query('SELECT $1::int AS i', [i])
+        .then(
+          () => 'ok',
+          (err: { status?: number; code?: string }) => `${err.status} ${err.code}`,
+        ),
+    );
+    const outcomes = await Promise.all(reads);
+    expect(outcomes.filter((o) => o === 'ok')).toHaveLength(LANE_DEPTH + 10);
+    expect(outcomes.filter((o) => o !== 'ok')).toEqual(Array(5).fill('503 overloaded'));
+    expect(database.stats()?.pipeline).toMatchObject({ queueRejectedCount: 5 });
   });
 
   it('a slow statement does not hold up the reads behind it: they take another lane, then the pool', async () => {

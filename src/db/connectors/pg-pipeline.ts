@@ -4,8 +4,9 @@
  * wait for the statement before. One socket write and one read then serve several requests, on
  * our side and on the server's. To the core this is a one-shot connector: a statement, or a read
  * batch (BEGIN … COMMIT written as one burst, so nothing of another request lands inside it), in
- * one round trip. A lane that is full, or stalled behind a slow statement, takes nothing more:
- * the core then runs the read on a pooled session as before.
+ * one round trip. Reads wait their turn for room on the lanes (the core's admission in front of
+ * them: first come, first served, bounded like the pool's); only when every lane is stalled behind
+ * a slow statement does a read go to a pooled session instead.
  *
  * Cancelling: a CancelRequest stops whatever the lane's backend runs at that moment, which may be
  * a statement queued behind the one cut short. So a lane that sent one takes no new statements;
@@ -26,8 +27,6 @@ export interface PgPipelineOptions {
   connectionString: string;
   /** How many pipelined connections (lanes). */
   lanes: number;
-  /** Statements one lane may have in flight; beyond that the read goes to the pool. */
-  depth?: number;
   /** A lane whose oldest statement has run this long takes no more (head-of-line blocking). */
   stallMs?: number;
   statementTimeoutMs: number;
@@ -45,7 +44,8 @@ export interface PgPipelineDriver {
 const abortReason = (signal: AbortSignal): Error =>
   signal.reason instanceof Error ? signal.reason : new Error('The statement was aborted.', { cause: signal.reason });
 
-const DEPTH = 32;
+/** Statements in flight per lane that the admission in front of the lanes allows (lanes × this in all). */
+export const LANE_DEPTH = 32;
 const STALL_MS = 50;
 
 class Lane {
@@ -108,7 +108,6 @@ export class PgPipelineConnector implements OneShotConnector {
   readonly #lanes: (Lane | undefined)[];
   readonly #options: PgPipelineOptions;
   readonly #driver: PgPipelineDriver;
-  readonly #depth: number;
   readonly #stallMs: number;
   #openedCount = 0;
   #cancelledCount = 0;
@@ -126,7 +125,6 @@ export class PgPipelineConnector implements OneShotConnector {
     this.#options = options;
     this.#driver = driver;
     this.#lanes = Array.from({ length: options.lanes }, () => undefined);
-    this.#depth = options.depth ?? DEPTH;
     this.#stallMs = options.stallMs ?? STALL_MS;
   }
 
@@ -196,6 +194,7 @@ export class PgPipelineConnector implements OneShotConnector {
     await Promise.allSettled(lanes.map((l) => ((l.retired = true), l.ready.then(() => l.client.end()))));
   }
 
+  /** The least busy lane not stalled behind a slow statement; undefined when every lane is. */
   #pick(): Lane | undefined {
     if (this.#closed) return undefined;
     const at = now();
@@ -209,9 +208,16 @@ export class PgPipelineConnector implements OneShotConnector {
         }
         lane = this.#lanes[i] = this.#open();
       }
-      if (lane.inFlight >= this.#depth || lane.stalled(at, this.#stallMs)) continue;
+      if (lane.stalled(at, this.#stallMs)) continue;
       if (best === undefined || lane.inFlight < best.inFlight) best = lane;
     }
+    return best;
+  }
+
+  /** Every lane stalled since the read was admitted: the least busy one still takes it. */
+  #leastBusy(): Lane | undefined {
+    let best: Lane | undefined;
+    for (const lane of this.#lanes) if (lane && !lane.retired && (best === undefined || lane.inFlight < best.inFlight)) best = lane;
     return best;
   }
 
@@ -221,8 +227,8 @@ export class PgPipelineConnector implements OneShotConnector {
    * sake fails rerunnable.
    */
   async #onLane(signal: AbortSignal, count: number, write: (lane: Lane) => Promise<QueryResult>[]): Promise<QueryResult[]> {
-    const lane = this.#pick();
-    if (lane === undefined) throw Object.assign(new Error('No pipelined connection has room.'), { code: '53300' });
+    const lane = this.#pick() ?? this.#leastBusy();
+    if (lane === undefined) throw Object.assign(new Error('The pipelined connections are closed.'), { code: '57P01' });
     lane.inFlight++;
     try {
       if (!lane.connected) await lane.ready;

@@ -12,7 +12,7 @@ import { createDatabase, type CoreDatabase } from '../core/database.js';
 import type { PoolFigures, Session, SessionConnector, SessionSource } from '../core/connector.js';
 import type { QueryResult } from '../types.js';
 import { CANCEL_GRACE_MS, sendCancelRequest } from './cancel.js';
-import { PgPipelineConnector } from './pg-pipeline.js';
+import { LANE_DEPTH, PgPipelineConnector } from './pg-pipeline.js';
 import { pgSession, queryClassOf, withBegin, type PgQueryClass } from './pg-session.js';
 import { send, StatementNames, type NamedClient } from './statement-names.js';
 
@@ -196,6 +196,7 @@ export function createPgPoolDatabase(options: PgPoolConnectorOptions, driver: Pg
           )
         : undefined,
     oneShotTimeoutMs: options.requestTimeoutMs,
+    oneShotAdmission: { permits: lanes * LANE_DEPTH, queueMax: options.queueMax, timeoutMs: options.acquireTimeoutMs },
     admission: { permits: max, queueMax: options.queueMax, timeoutMs: options.acquireTimeoutMs },
     sessionStatementTimeoutMs: connector.sessionStatementTimeoutMs,
   });

@@ -12,6 +12,7 @@ import type {
   ClientKind,
   Database,
   Db,
+  PipelineStats,
   PoolStats,
   QueryObserver,
   QueryResult,
@@ -29,6 +30,8 @@ export interface CoreOptions {
   oneShot?: OneShotConnector;
   /** Bounded wait and queue in front of a shared session pool. */
   admission?: GateOptions;
+  /** The same in front of a one-shot connector of fixed capacity (the pipelined lanes). */
+  oneShotAdmission?: GateOptions;
   /** The statement_timeout sessions are opened with (see SessionRunner). */
   sessionStatementTimeoutMs?: number;
   /** Upper bound of one one-shot round trip (default 10 s). */
@@ -72,6 +75,7 @@ export class CoreDatabase implements Database {
       options.oneShot &&
       new OneShotRunner(options.oneShot, {
         timeoutMs: options.oneShotTimeoutMs ?? 10_000,
+        admission: options.oneShotAdmission,
         budget: this.#budget,
         // One upstream, one breaker: both paths open and close it.
         breaker: this.sessions?.connector.upstream === options.oneShot.upstream ? this.sessions.breaker : undefined,
@@ -123,8 +127,16 @@ export class CoreDatabase implements Database {
       retryCount: this.#budget.retriedCount,
       retryDeniedCount: this.#budget.deniedCount,
       cancelledCount: runner.cancelledCount,
-      ...(this.oneShot?.connector.figures ? { pipeline: this.oneShot.connector.figures() } : {}),
+      ...this.#pipelineStats(),
     };
+  }
+
+  /** The pipelined lanes' own figures and their admission's, where there are lanes. */
+  #pipelineStats(): { pipeline?: PipelineStats } {
+    const figures = this.oneShot?.connector.figures?.();
+    if (!figures) return {};
+    const gate = this.oneShot!.gateFigures;
+    return { pipeline: { ...figures, waiting: this.oneShot!.waiting, ...gate } };
   }
 
   breakers(): BreakerSnapshot[] {
@@ -133,6 +145,7 @@ export class CoreDatabase implements Database {
   }
 
   close(): Promise<void> {
+    this.oneShot?.close();
     return (this.#closing ??= Promise.all([this.sessions?.close(), this.oneShot?.connector.close?.()]).then(() => {}));
   }
 

@@ -6,15 +6,18 @@
  */
 import { isConnectionError } from '../../errors.js';
 import { createBreaker, type Breaker, type BreakerTuning } from '../../resilience/breaker.js';
+import { Gate, type GateOptions } from '../../resilience/gate.js';
 import { RetryBudget, withRetry } from '../../resilience/retry.js';
 import { now } from '../../stats/clock.js';
 import type { QueryObserver, QueryResult, Statement, TxOptions } from '../types.js';
 import type { OneShotConnector } from './connector.js';
-import { cutShort, withAbort } from './deadline.js';
+import { cutShort, remainingMs, withAbort } from './deadline.js';
 
 export interface OneShotRunnerOptions {
   /** Upper bound for one round trip, inside the request's deadline. */
   timeoutMs: number;
+  /** Bounded wait and FIFO queue in front of a connector of fixed capacity (the pipelined lanes); none for HTTP. */
+  admission?: GateOptions;
   budget: RetryBudget;
   breaker?: Breaker;
   /** For the breaker created when none is given. */
@@ -25,25 +28,49 @@ export class OneShotRunner {
   readonly connector: OneShotConnector;
   readonly breaker: Breaker;
   readonly #options: OneShotRunnerOptions;
+  readonly #gate: Gate | undefined;
 
   constructor(connector: OneShotConnector, options: OneShotRunnerOptions) {
     this.connector = connector;
     this.#options = options;
+    this.#gate = options.admission && new Gate(options.admission);
     this.breaker = options.breaker ?? createBreaker(connector.upstream, { ...options.breakerOptions, isFailure: isConnectionError });
   }
 
-  query(observer: QueryObserver, statement: Statement): Promise<QueryResult> {
-    return withRetry(() => this.#timed(observer, 1, (signal) => this.connector.query(statement, signal)), {
-      scope: observer.intent === 'read' ? 'read' : 'write',
-      budget: this.#options.budget,
-      deadline: observer.deadline,
-      now,
-      onRetry: () => observer.retried?.(),
-    });
+  async query(observer: QueryObserver, statement: Statement): Promise<QueryResult> {
+    const release = await this.#admit(observer);
+    try {
+      return await withRetry(() => this.#timed(observer, 1, (signal) => this.connector.query(statement, signal)), {
+        scope: observer.intent === 'read' ? 'read' : 'write',
+        budget: this.#options.budget,
+        deadline: observer.deadline,
+        now,
+        onRetry: () => observer.retried?.(),
+      });
+    } finally {
+      release?.();
+    }
   }
 
-  batch(observer: QueryObserver, statements: readonly Statement[], options: TxOptions): Promise<QueryResult[]> {
-    return this.#timed(observer, statements.length, (signal) => this.connector.batch(statements, options, signal));
+  async batch(observer: QueryObserver, statements: readonly Statement[], options: TxOptions): Promise<QueryResult[]> {
+    const release = await this.#admit(observer);
+    try {
+      return await this.#timed(observer, statements.length, (signal) => this.connector.batch(statements, options, signal));
+    } finally {
+      release?.();
+    }
+  }
+
+  get waiting(): number {
+    return this.#gate?.waiting ?? 0;
+  }
+
+  get gateFigures(): { acquireTimeoutCount: number; queueRejectedCount: number } | undefined {
+    return this.#gate && { acquireTimeoutCount: this.#gate.timedOutCount, queueRejectedCount: this.#gate.rejectedCount };
+  }
+
+  close(): void {
+    this.#gate?.close();
   }
 
   /** Times the round trip itself: a call refused before one (deadline, client gone, breaker) ran no statement. */
@@ -61,5 +88,22 @@ export class OneShotRunner {
         }
       }),
     );
+  }
+
+  /**
+   * First come, first served when the connector is at capacity: a wait bounded by the gate and the
+   * deadline, reported as the request's acquire wait (nothing is reported when no wait was needed).
+   */
+  #admit(observer: QueryObserver): Promise<(() => void) | undefined> | undefined {
+    const gate = this.#gate;
+    if (!gate) return undefined;
+    const queued = gate.held >= this.#options.admission!.permits || gate.waiting > 0;
+    const started = now();
+    const admitted = gate.acquire(Math.min(this.#options.admission!.timeoutMs, remainingMs(observer)), observer.signal);
+    if (!queued) return admitted;
+    return admitted.then((release) => {
+      observer.acquired(now() - started, false);
+      return release;
+    });
   }
 }
