@@ -6,7 +6,7 @@
  * batch (BEGIN … COMMIT written as one burst, so nothing of another request lands inside it), in
  * one round trip. Reads wait their turn for room on the lanes (the core's admission in front of
  * them: first come, first served, bounded like the pool's); only when every lane is stalled behind
- * a slow statement does a read go to a pooled session instead.
+ * a slow statement (its head statement running 50 ms) does a read go to a pooled session instead.
  *
  * Cancelling: a CancelRequest stops whatever the lane's backend runs at that moment, which may be
  * a statement queued behind the one cut short. So a lane that sent one takes no new statements;
@@ -60,6 +60,7 @@ class Lane {
   readonly ready: Promise<void>;
   /** When each statement in flight was written, oldest first (answers come back in order). */
   readonly #sentAt: number[] = [];
+  #answeredAt = 0;
 
   constructor(options: PgPipelineOptions, driver: PgPipelineDriver, onEnd: () => void) {
     this.client = new driver.Client({
@@ -83,9 +84,14 @@ class Lane {
     this.ready.catch(() => void (this.retired = true));
   }
 
+  /**
+   * The statement at the head (the one the server runs now) has run `stallMs`: since it was sent,
+   * or since the answer before it came back, whichever is later. A deep queue that keeps moving is
+   * not stalled.
+   */
   stalled(at: number, stallMs: number): boolean {
     const oldest = this.#sentAt[0];
-    return oldest !== undefined && at - oldest > stallMs;
+    return oldest !== undefined && at - Math.max(oldest, this.#answeredAt) > stallMs;
   }
 
   sent(at: number): void {
@@ -94,6 +100,7 @@ class Lane {
 
   answered(): void {
     this.#sentAt.shift();
+    this.#answeredAt = now();
   }
 
   closeWhenEmpty(): void {
