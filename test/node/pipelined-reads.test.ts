@@ -106,6 +106,21 @@ describe.skipIf(!realPostgresUrl)('pipelined lanes for reads (real PostgreSQL)',
     expect(database.kind).toBe('pg-pool');
   });
 
+  it('a quiet process keeps one lane; reads at once open more, up to PG_PIPELINE_LANES', async () => {
+    const { database, applicationName } = await lanes(3);
+    const connections = async () =>
+      (await db.admin('SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1', [applicationName])).rows[0]
+        .n as number;
+    for (let i = 0; i < 10; i++) await database.forRequest(observer('read')).query('SELECT $1::int', [i]);
+    expect(database.stats()?.pipeline).toMatchObject({ lanes: 1, openedCount: 1 });
+    expect(await connections()).toBe(1);
+    await Promise.all(
+      Array.from({ length: 30 }, (_, i) => database.forRequest(observer('read')).query('SELECT $1::int, pg_sleep(0.01)', [i])),
+    );
+    expect(database.stats()?.pipeline).toMatchObject({ lanes: 3, openedCount: 3 });
+    expect(await connections()).toBe(3);
+  });
+
   it('a read batch on a lane is one read-only transaction, even with other requests written around it', async () => {
     const { database } = await lanes(1);
     const batches = Array.from({ length: 20 }, () =>

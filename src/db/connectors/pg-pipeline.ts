@@ -201,23 +201,31 @@ export class PgPipelineConnector implements OneShotConnector {
     await Promise.allSettled(lanes.map((l) => ((l.retired = true), l.ready.then(() => l.client.end()))));
   }
 
-  /** The least busy lane not stalled behind a slow statement; undefined when every lane is. */
+  /**
+   * The least busy lane not stalled behind a slow statement; undefined when every lane is. A new
+   * lane is opened only when every open one is busy, so a quiet process (a function serving one
+   * request at a time) keeps a single connection.
+   */
   #pick(): Lane | undefined {
     if (this.#closed) return undefined;
     const at = now();
     let best: Lane | undefined;
+    let free = -1;
     for (let i = 0; i < this.#lanes.length; i++) {
       let lane = this.#lanes[i];
-      if (lane === undefined || lane.retired || this.#options.statements?.isStale(lane.client)) {
-        if (lane) {
-          lane.retired = true;
-          lane.closeWhenEmpty();
-        }
-        lane = this.#lanes[i] = this.#open();
+      if (lane !== undefined && (lane.retired || this.#options.statements?.isStale(lane.client))) {
+        lane.retired = true;
+        lane.closeWhenEmpty();
+        lane = this.#lanes[i] = undefined;
+      }
+      if (lane === undefined) {
+        if (free < 0) free = i;
+        continue;
       }
       if (lane.stalled(at, this.#stallMs)) continue;
       if (best === undefined || lane.inFlight < best.inFlight) best = lane;
     }
+    if (free >= 0 && (best === undefined || best.inFlight > 0)) return (this.#lanes[free] = this.#open());
     return best;
   }
 
