@@ -144,6 +144,27 @@ describe.skipIf(!realPostgresUrl)('pipelined lanes for reads (real PostgreSQL)',
     expect((await database.forRequest(observer('read')).query('SELECT 1 AS one')).rows).toEqual([{ one: 1 }]);
   });
 
+  it('after a schema change, a read batch whose named statement went stale runs again whole, on a fresh lane', async () => {
+    await db.admin('CREATE TABLE lanes_items (id int PRIMARY KEY, name text NOT NULL)');
+    await db.admin("INSERT INTO lanes_items VALUES (1, 'one')");
+    const { database } = await lanes(1);
+    const batch = () => {
+      const o = observer('read');
+      const done = database
+        .forRequest(o)
+        .readBatch([{ text: 'SELECT name FROM lanes_items WHERE id = $1', params: [1] }, { text: 'SELECT 2 AS two' }]);
+      return done.then((results) => ({ results, o }));
+    };
+    await batch(); // first use: unnamed until the probe has answered, prepared from here on
+    await batch();
+    await db.admin('ALTER TABLE lanes_items ALTER COLUMN name TYPE varchar(200)');
+    const { results, o } = await batch();
+    expect(results.map((r) => r.rows)).toEqual([[{ name: 'one' }], [{ two: 2 }]]);
+    expect(o.kinds).toEqual(['pg-pipeline']);
+    expect(o.retries).toBe(1);
+    expect(database.stats()?.pipeline?.openedCount).toBe(2); // the stale lane was replaced
+  });
+
   it('a read cut short by its deadline stops on the server; the reads written behind it still answer', async () => {
     const { database } = await lanes(1);
     const slow = database.forRequest(observer('read', { deadline: now() + 300 })).query("SELECT pg_sleep(5), 'lanes-deadline'");
@@ -296,6 +317,8 @@ describe('no lanes where every connection shares one backend (PGlite)', () => {
       const o = observer('read');
       await database.forRequest(o).query('SELECT $1::int AS one', [1]);
       expect(o.kinds).toEqual(['pg-pool']);
+      await waitFor(() => database.stats()?.pipeline?.closedCount === 1, { what: 'the probing lane closed' });
+      expect(database.stats()?.pipeline).toMatchObject({ lanes: 0, openedCount: 1 });
     } finally {
       await database.close();
       await server.stop();

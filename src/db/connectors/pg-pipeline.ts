@@ -162,7 +162,13 @@ export class PgPipelineConnector implements OneShotConnector {
     const lane = (this.#lanes[0] = this.#open());
     await lane.ready;
     const { rows } = await lane.client.query<{ v: string }>('SELECT version() AS v');
-    return !/PGlite/i.test(String(rows[0]?.v));
+    const own = !/PGlite/i.test(String(rows[0]?.v));
+    if (!own) {
+      this.#lanes[0] = undefined;
+      lane.retired = true;
+      lane.closeWhenEmpty();
+    }
+    return own;
   }
 
   #open(): Lane {

@@ -1,8 +1,10 @@
 /**
- * Work without a session (Neon HTTP): one statement, or a batch in one transaction, each in one
- * round trip, through the breaker, aborted at the request's deadline or when its client leaves.
- * A single statement of a `read` route may run again after a lost connection; nothing else does
- * (a fetch that failed may still have run its statement).
+ * Work without a session (Neon HTTP, the pipelined lanes): one statement, or a batch in one
+ * transaction, each in one round trip, through the breaker (and an admission gate where the
+ * connector has fixed room), aborted at the request's deadline or when its client leaves.
+ * A single statement of a `read` route may run again after a lost connection, and a batch (one
+ * transaction) where a transaction would; nothing else does (a fetch that failed may still have
+ * run its statement).
  */
 import { isConnectionError } from '../../errors.js';
 import { createBreaker, type Breaker, type BreakerTuning } from '../../resilience/breaker.js';
@@ -52,10 +54,14 @@ export class OneShotRunner {
     }
   }
 
+  /** A batch is one transaction: it runs again, whole, where a transaction would (40001/40P01, or marked rerunnable). */
   async batch(observer: QueryObserver, statements: readonly Statement[], options: TxOptions): Promise<QueryResult[]> {
     const release = await this.#admit(observer);
     try {
-      return await this.#timed(observer, statements.length, (signal) => this.connector.batch(statements, options, signal));
+      return await withRetry(
+        () => this.#timed(observer, statements.length, (signal) => this.connector.batch(statements, options, signal)),
+        { scope: 'transaction', budget: this.#options.budget, deadline: observer.deadline, now, onRetry: () => observer.retried?.() },
+      );
     } finally {
       release?.();
     }
