@@ -61,3 +61,13 @@ export async function openRawSocket(proxy: ProxyAddress, address: string): Promi
   });
   return { ws, received };
 }
+
+/** The HTTP status a WebSocket upgrade to the proxy gets when it is refused; rejects if the socket opens. */
+export function refusedUpgradeStatus(proxy: ProxyAddress, address: string): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    const ws = new WebSocket(`ws://${proxy.host}:${proxy.port}/v2?address=${address}`);
+    ws.on('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
+    ws.on('open', () => reject(new Error('the WebSocket opened')));
+    ws.on('error', () => {});
+  });
+}

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { runNeonProxyCli, startNeonProxy, type NeonProxy } from '../../src/local/neon-proxy/index.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
-import { useNeonProxy } from '../helpers/neon.js';
+import { refusedUpgradeStatus, useNeonProxy } from '../helpers/neon.js';
 
 const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 /** An address nothing listens on and the proxy was not told about. */
@@ -179,12 +179,7 @@ describe('targets that are not allowed are refused', () => {
 
   it('over WebSocket: the upgrade is refused and the driver fails to connect', async () => {
     const before = proxy.stats().refusedCount;
-    const status = await new Promise<number>((resolve, reject) => {
-      const ws = new WebSocket(`ws://${proxy.host}:${proxy.port}/v2?address=127.0.0.1:1`);
-      ws.on('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
-      ws.on('open', () => reject(new Error('the WebSocket opened')));
-      ws.on('error', () => {});
-    });
+    const status = await refusedUpgradeStatus(proxy, '127.0.0.1:1');
     expect(status).toBe(403);
     const pool = new NeonPool({ connectionString: FOREIGN_URL, connectionTimeoutMillis: 5_000 });
     pool.on('error', () => {});
@@ -261,12 +256,7 @@ describe('an allowed database that does not answer', () => {
   });
 
   it('refuses the upgrade with 502 when the TCP connect fails (the database is reached before the WebSocket opens)', async () => {
-    const status = await new Promise<number>((resolve, reject) => {
-      const ws = new WebSocket(`ws://${lonely.host}:${lonely.port}/v2?address=127.0.0.1:1`);
-      ws.on('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
-      ws.on('open', () => reject(new Error('the WebSocket opened')));
-      ws.on('error', () => {});
-    });
+    const status = await refusedUpgradeStatus(lonely, '127.0.0.1:1');
     expect(status).toBe(502);
     expect(lonely.stats()).toMatchObject({ wsActiveCount: 0 });
   });

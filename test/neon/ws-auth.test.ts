@@ -13,12 +13,11 @@ import * as neonCurrent from '@neondatabase/serverless';
 import * as neonPrevious from 'neon-serverless-0-10';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { WebSocket } from 'ws';
 import { sendCancelRequest } from '../../src/db/connectors/cancel.js';
 import { neonWsConnector, type NeonProxySettings } from '../../src/db/connectors/neon.js';
 import { md5Password, ScramClient } from '../../src/local/neon-proxy/auth.js';
 import { startNeonProxy, type NeonProxy } from '../../src/local/neon-proxy/index.js';
-import { openRawSocket, pgMessage, startupMessage, useNeonProxy } from '../helpers/neon.js';
+import { openRawSocket, pgMessage, refusedUpgradeStatus, startupMessage, useNeonProxy } from '../helpers/neon.js';
 import {
   AUTH_ROLES,
   privatePostgresAvailable,
@@ -187,12 +186,7 @@ describe('a database the proxy cannot reach', () => {
   it('is a failed upgrade (502), so even a pipelined connect fails at connect, as 08006', async () => {
     const lonely = await startNeonProxy({ databaseUrls: ['postgres://postgres@127.0.0.1:1/postgres'], port: 0 });
     try {
-      const status = await new Promise<number>((resolve, reject) => {
-        const ws = new WebSocket(`ws://${lonely.host}:${lonely.port}/v2?address=127.0.0.1:1`);
-        ws.on('unexpected-response', (_req, res) => resolve(res.statusCode ?? 0));
-        ws.on('open', () => reject(new Error('the WebSocket opened')));
-        ws.on('error', () => {});
-      });
+      const status = await refusedUpgradeStatus(lonely, '127.0.0.1:1');
       expect(status).toBe(502);
       // The connector's acquire() is what the core's breaker and connect retries see.
       useNeonProxy(lonely, neonCurrent.neonConfig);

@@ -28,7 +28,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket, WebSocketServer } from 'ws';
 import { neonWsConnector, useLocalNeonProxy, type NeonDriver, type NeonProxySettings } from '../../src/db/connectors/neon.js';
 import { createDatabase } from '../../src/db/core/database.js';
-import type { QueryObserver, TxOptions } from '../../src/db/types.js';
+import type { Db, QueryObserver, TxOptions } from '../../src/db/types.js';
 import { startNeonProxy, type NeonProxy } from '../../src/local/neon-proxy/index.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
 import { privatePostgresAvailable, startPrivatePostgres, useAuthMethods, type PrivatePostgres } from '../helpers/private-postgres.js';
@@ -266,6 +266,18 @@ describe.each(drivers)('driver $label: transactions on a fresh session', (driver
 describe.each(drivers)('driver $label: pipelined statements keep the transaction’s meaning', (driver) => {
   const connector = () => neonWsConnector({ connectionString: shared.url, driver: driver.module });
   const count = async (name: string) => (await shared.admin('SELECT count(*)::int AS n FROM rt_items WHERE name = $1', [name])).rows[0].n;
+  /** A request's Db over the core and neonWsConnector, through the proxy with password auth; ended and closed after `fn`. */
+  const withRequestDb = async (fn: (db: Db) => Promise<void>) => {
+    route(driver, viaProxy, 'password');
+    const database = createDatabase({ sessions: connector() });
+    const db = database.forRequest(observer);
+    try {
+      await fn(db);
+    } finally {
+      await db.end?.();
+      await database.close();
+    }
+  };
 
   it('a BEGIN that fails fails the statement written with it, which did not run', async () => {
     route(driver, viaProxy, 'password');
@@ -291,10 +303,7 @@ describe.each(drivers)('driver $label: pipelined statements keep the transaction
   });
 
   it('results of the statement sent with BEGIN are its own (with and without parameters)', async () => {
-    route(driver, viaProxy, 'password');
-    const database = createDatabase({ sessions: connector() });
-    const db = database.forRequest(observer);
-    try {
+    await withRequestDb(async (db) => {
       const name = `results-${driver.label}`;
       const inserted = await db.transaction((tx) =>
         tx.query<{ id: number }>('INSERT INTO rt_items (name) VALUES ($1) RETURNING id', [name]),
@@ -313,18 +322,12 @@ describe.each(drivers)('driver $label: pipelined statements keep the transaction
         },
       );
       expect(iso).toMatchObject({ command: 'SELECT', rowCount: 1, rows: [{ iso: 'serializable', ro: 'on' }] });
-    } finally {
-      await db.end?.();
-      await database.close();
-    }
+    });
   });
 
   it('a write’s COMMIT is awaited: a deferred constraint failing there fails the transaction, nothing written', async () => {
-    route(driver, viaProxy, 'password');
-    const database = createDatabase({ sessions: connector() });
-    const db = database.forRequest(observer);
     const name = `deferred-${driver.label}`;
-    try {
+    await withRequestDb(async (db) => {
       const err = (await db
         .transaction(async (tx) => {
           await tx.query('INSERT INTO rt_items (name) VALUES ($1)', [name]);
@@ -333,17 +336,11 @@ describe.each(drivers)('driver $label: pipelined statements keep the transaction
         .catch((e: unknown) => e)) as { code?: string };
       expect(err.code).toBe('23505');
       expect(await count(name)).toBe(0);
-    } finally {
-      await db.end?.();
-      await database.close();
-    }
+    });
   });
 
   it('a read-only transaction whose callback swallowed an error still hears 25P02 (its COMMIT is awaited)', async () => {
-    route(driver, viaProxy, 'password');
-    const database = createDatabase({ sessions: connector() });
-    const db = database.forRequest(observer);
-    try {
+    await withRequestDb(async (db) => {
       const err = (await db
         .transaction(
           async (tx) => {
@@ -354,21 +351,15 @@ describe.each(drivers)('driver $label: pipelined statements keep the transaction
         )
         .catch((e: unknown) => e)) as { code?: string };
       expect(err.code).toBe('25P02');
-    } finally {
-      await db.end?.();
-      await database.close();
-    }
+    });
   });
 
   it('a read-only COMMIT answered early is read before the session ends: a clean Terminate, no cancel', async () => {
-    route(driver, viaProxy, 'password');
-    const database = createDatabase({ sessions: connector() });
-    const db = database.forRequest(observer);
     const logged = proxyLog.length;
-    const result = await db.transaction((tx) => tx.query('SELECT 1 AS one'), { isolation: 'repeatable read', readOnly: true });
-    expect(result.rows).toEqual([{ one: 1 }]);
-    await db.end?.();
-    await database.close();
+    await withRequestDb(async (db) => {
+      const result = await db.transaction((tx) => tx.query('SELECT 1 AS one'), { isolation: 'repeatable read', readOnly: true });
+      expect(result.rows).toEqual([{ one: 1 }]);
+    });
     await until(() => proxyLog.slice(logged).some((l) => l.includes('WebSocket to')));
     expect(proxyLog.slice(logged).filter((l) => l.includes('WebSocket to'))).toEqual([expect.stringContaining('(session ended)')]);
   });
