@@ -147,13 +147,17 @@ export interface PhaseSection {
   data?: unknown;
 }
 
-export interface BenchResults {
+/** When and how a bench report was made (the main bench and the WAN model alike). */
+export interface RunStamp {
   version: 1;
   mode: 'full' | 'quick';
   date: string;
   startedAt: string;
   finishedAt: string;
   durationSec: number;
+}
+
+export interface BenchResults extends RunStamp {
   machine: {
     cpus: number;
     cpuModel: string;

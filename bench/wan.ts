@@ -42,6 +42,7 @@ import { createMiniflare, workerdWorker } from '../src/local/workerd.js';
 import { startGateway } from '../src/runtime/node.js';
 import { startLatencyProxy, type LatencyProxy, type LatencyProxyStats } from './latency-proxy.js';
 import { latencyOf, type Latency } from './load.js';
+import type { RunStamp } from './report.js';
 
 // ---------------------------------------------------------------------------------------------
 // Options and results
@@ -131,13 +132,7 @@ export interface WanTarget {
   status: 'met' | 'missed' | 'not measured';
 }
 
-export interface WanResult {
-  version: 1;
-  mode: 'full' | 'quick';
-  date: string;
-  startedAt: string;
-  finishedAt: string;
-  durationSec: number;
+export interface WanResult extends RunStamp {
   model: {
     oneWayMs: Record<HopId, number>;
     rttMs: Record<HopId, number>;
