@@ -8,9 +8,9 @@ import type * as Neon from '@neondatabase/serverless';
 import { describeError } from '../../errors.js';
 import { createDatabase, type CoreDatabase } from '../core/database.js';
 import type { OneShotConnector, Session, SessionConnector, SessionSource } from '../core/connector.js';
-import type { QueryResult, Statement, TxOptions } from '../types.js';
+import type { Statement, TxOptions } from '../types.js';
 import { sendCancelRequest } from './cancel.js';
-import { pgSession, queryClassOf, withBegin, type PgQueryClass } from './pg-session.js';
+import { pgSession, queryClassOf, toResult, withBegin, type PgQueryClass } from './pg-session.js';
 
 export type NeonDriver = Pick<typeof Neon, 'neon' | 'Pool' | 'Client'>;
 
@@ -21,12 +21,6 @@ export interface NeonConnectorOptions {
 }
 
 const ISOLATION = { 'read committed': 'ReadCommitted', 'repeatable read': 'RepeatableRead', serializable: 'Serializable' } as const;
-
-const toResult = (r: { rows: unknown[]; rowCount?: number | null; command?: string }): QueryResult => ({
-  rows: r.rows as QueryResult['rows'],
-  rowCount: r.rowCount ?? null,
-  command: r.command,
-});
 
 export function neonHttpConnector(options: NeonConnectorOptions): OneShotConnector {
   const sql = options.driver.neon(options.connectionString, { fullResults: true });

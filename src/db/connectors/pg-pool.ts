@@ -13,7 +13,7 @@ import type { PoolFigures, Session, SessionConnector, SessionSource } from '../c
 import type { QueryResult } from '../types.js';
 import { CANCEL_GRACE_MS, sendCancelRequest } from './cancel.js';
 import { LANE_DEPTH, PgPipelineConnector } from './pg-pipeline.js';
-import { pgSession, queryClassOf, withBegin, type PgQueryClass } from './pg-session.js';
+import { pgSession, queryClassOf, toResult, withBegin, type PgQueryClass } from './pg-session.js';
 import { send, StatementNames, type NamedClient } from './statement-names.js';
 
 type PoolClient = pg.PoolClient & NamedClient;
@@ -159,12 +159,6 @@ export class PgPoolConnector implements SessionConnector {
     sendCancelRequest(this.#driver.Client, this.#options.connectionString, client, this.#driver.log);
   }
 }
-
-const toResult = (r: { rows: unknown[]; rowCount?: number | null; command?: string }): QueryResult => ({
-  rows: r.rows as QueryResult['rows'],
-  rowCount: r.rowCount ?? null,
-  command: r.command,
-});
 
 export type PgPoolDatabase = CoreDatabase & { readonly pool: pg.Pool };
 

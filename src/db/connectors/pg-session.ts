@@ -41,6 +41,13 @@ export const queryClassOf = (Client: unknown): PgQueryClass | undefined => (Clie
 /** The core's own transaction control (beginStatement): `BEGIN [ISOLATION LEVEL …] [READ ONLY]`, no parameters. */
 const isBegin = (text: string, params?: readonly unknown[]) => /^BEGIN( |$)/.test(text) && !params?.length;
 
+/** A pg-shaped result (node-postgres, the Neon driver's HTTP and WebSocket) as the core's QueryResult. */
+export const toResult = (r: { rows: unknown[]; rowCount?: number | null; command?: string }): QueryResult => ({
+  rows: r.rows as QueryResult['rows'],
+  rowCount: r.rowCount ?? null,
+  command: r.command,
+});
+
 const answered = (command: string): QueryResult => ({ rows: [], rowCount: null, command });
 
 export interface PgSessionParts {

@@ -6,6 +6,7 @@
 import type pg from 'pg';
 import { markRerunnable } from '../../resilience/retry.js';
 import type { QueryResult } from '../types.js';
+import { toResult } from './pg-session.js';
 
 /** A pg client as these rules see it: its backend and the statement names pg has seen parsed on it. */
 export type NamedClient = pg.ClientBase & {
@@ -190,6 +191,5 @@ export async function send(
   name?: string,
 ): Promise<QueryResult> {
   const values = params as unknown[] | undefined;
-  const res = await client.query<QueryResult['rows'][number]>(name === undefined ? { text, values } : { name, text, values });
-  return { rows: res.rows, rowCount: res.rowCount ?? null, command: res.command };
+  return toResult(await client.query(name === undefined ? { text, values } : { name, text, values }));
 }
