@@ -514,7 +514,7 @@ async function prepareSchema(url: string): Promise<void> {
     }
   };
   try {
-    await migrate(runTx, MIGRATIONS);
+    await migrate(runTx, { name: 'fitness', migrations: MIGRATIONS });
     await runTx(seed);
     await client.query(`INSERT INTO users (id, email, name) VALUES ($1, 'bench-writer@poolgate.dev', 'Bench Writer')`, [WRITER_USER_ID]);
     await client.query(`INSERT INTO user_preferences (user_id, units) VALUES ($1, 'metric')`, [WRITER_USER_ID]);

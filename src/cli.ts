@@ -8,6 +8,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
+import type { MigrationReport } from './db/migrate.js';
 import type { PoolgateApp } from './definition.js';
 
 const USAGE = `usage: poolgate <command> [options]
@@ -120,13 +121,15 @@ async function migrateCommand(appModule: string | undefined, io: CliIo): Promise
     import('./runtime/node.js'),
     import('./db/migrate.js'),
   ]);
-  let applied: number[];
+  let report: MigrationReport;
   try {
-    applied = await runMigrations(io.env ?? process.env, app);
+    report = await runMigrations(io.env ?? process.env, app);
   } catch (err) {
     throw new CommandError(err instanceof MigrationError ? `poolgate: ${err.message}` : startupErrorLine(err));
   }
-  return applied.length ? `poolgate: applied migrations ${applied.join(', ')}` : 'poolgate: schema up to date';
+  // Warnings go to stderr and the command still succeeds: an edited applied migration is never run again.
+  for (const warning of report.warnings) io.stderr.write(`poolgate: warning: ${warning}\n`);
+  return report.applied.length ? `poolgate: applied migrations ${report.applied.join(', ')}` : 'poolgate: schema up to date';
 }
 
 /** `runGateway` starts the gateway from the environment, handles SIGTERM/SIGINT and exits 1 on a failed start. */

@@ -4,6 +4,7 @@
  * Netlify function, Netlify Edge, workerd) and to `poolgate migrate`.
  */
 import type { Hono } from 'hono';
+import { checkAppName } from './db/migrate.js';
 import type { Queryable } from './db/types.js';
 import type { AppEnv, RouteSpec } from './routes/types.js';
 
@@ -41,11 +42,29 @@ export interface FetchApp {
   fetch(request: Request, env?: unknown, ctx?: unknown): Response | Promise<Response>;
 }
 
-export interface PoolgateApp {
+/**
+ * An application: its routes and parts, and — when it has migrations — its name, which its
+ * migrations are recorded under (so apps sharing a database each have their own ids).
+ */
+export type PoolgateApp = PoolgateAppParts & (NamedSchema | NoSchema);
+
+/** An app with migrations, and its name. */
+interface NamedSchema {
+  /** A short identifier (`fitness`, `notes-api`): a lowercase letter, then up to 39 lowercase letters, digits, `_` or `-`. */
+  name: string;
+  /** The application's schema; applied by `poolgate migrate` and by the Node gateway at start. */
+  migrations?: readonly Migration[] | undefined;
+}
+
+/** An app without migrations needs no name. */
+interface NoSchema {
+  name?: string | undefined;
+  migrations?: undefined;
+}
+
+interface PoolgateAppParts {
   /** Every route poolgate serves, each declared `read` or `transactional`. */
   routes: readonly RouteSpec[];
-  /** The application's schema; applied by `poolgate migrate` and by the Node gateway at start. */
-  migrations?: readonly Migration[];
   /** Demo data for the embedded database (or SEED=true); returns a line to log when it inserted something. */
   seed?: (tx: Queryable) => Promise<string | undefined>;
   /** Served at /openapi.json by the default app. */
@@ -55,9 +74,11 @@ export interface PoolgateApp {
 }
 
 /**
- * Declares an application (a typed identity: the definition is plain data).
- * @example export default defineApp({ routes: [getNote, createNote], migrations });
+ * Declares an application (the definition is plain data); throws a MigrationError when its name
+ * is not a short identifier, or missing while it has migrations.
+ * @example export default defineApp({ name: 'notes', routes: [getNote, createNote], migrations });
  */
 export function defineApp(app: PoolgateApp): PoolgateApp {
+  checkAppName(app.name, (app.migrations?.length ?? 0) > 0);
   return app;
 }

@@ -9,6 +9,7 @@ import { fitnessRoutes } from './routes.js';
 import { seed } from './seed.js';
 
 export const fitness = defineApp({
+  name: 'fitness',
   routes: fitnessRoutes,
   migrations: MIGRATIONS,
   seed,

@@ -9,18 +9,18 @@ import { pathToFileURL } from 'node:url';
 import pg from 'pg';
 import { ConfigError, databaseTarget, parseConfig } from '../config.js';
 import { createPgPoolDatabase } from '../db/connectors/pg-pool.js';
-import { migrate, MigrationError } from '../db/migrate.js';
-import type { PoolgateApp } from '../definition.js';
+import { migrate, MigrationError, type MigratingApp, type MigrationReport } from '../db/migrate.js';
 import { describeStartupFailure } from '../errors.js';
 import { StartupError } from './node.js';
 
 /**
- * Applies poolgate's tables and `app`'s pending migrations; returns the ids applied. Throws
- * ConfigError (no or a bad DATABASE_URL), MigrationError (a bad list, a failing step) or, when the
- * database cannot be reached, StartupError naming the cause — each one line for `startupErrorLine`.
- * @example const applied = await runMigrations(process.env, app);
+ * Applies poolgate's tables and `app`'s pending migrations; returns the ids applied and a warning
+ * line for each applied migration edited since. Throws ConfigError (no or a bad DATABASE_URL),
+ * MigrationError (a bad list or app name, a failing step) or, when the database cannot be reached,
+ * StartupError naming the cause — each one line for `startupErrorLine`.
+ * @example const { applied, warnings } = await runMigrations(process.env, app);
  */
-export async function runMigrations(env: Record<string, string | undefined>, app?: Pick<PoolgateApp, 'migrations'>): Promise<number[]> {
+export async function runMigrations(env: Record<string, string | undefined>, app: MigratingApp = {}): Promise<MigrationReport> {
   const config = parseConfig(env);
   if (!config.databaseUrl) throw new ConfigError('DATABASE_URL', 'is required to migrate (the database to apply the schema to)');
   const database = createPgPoolDatabase(
@@ -29,7 +29,7 @@ export async function runMigrations(env: Record<string, string | undefined>, app
   );
   try {
     const db = database.forRequest({ acquired() {}, queried() {}, served() {}, internal: true });
-    return await migrate((fn) => db.transaction(fn), app?.migrations ?? []);
+    return await migrate((fn) => db.transaction(fn), app);
   } catch (err) {
     if (err instanceof MigrationError) throw err;
     const line = describeStartupFailure(err, databaseTarget(config.databaseUrl));

@@ -89,8 +89,9 @@ export async function startGateway(
   try {
     const setup = database.forRequest({ acquired() {}, queried() {}, served() {}, internal: true });
     const runTx = <T>(fn: (tx: Queryable) => Promise<T>) => setup.transaction(fn);
-    const applied = await migrate(runTx, app.migrations ?? []);
+    const { applied, warnings } = await migrate(runTx, app);
     if (applied.length) log(`poolgate: applied migrations ${applied.join(', ')}`);
+    for (const warning of warnings) log(`poolgate: warning: ${warning}`);
     if (app.seed && (embedded || env.SEED === 'true')) {
       const seeded = await runTx((tx) => app.seed!(tx));
       if (seeded) log(`poolgate: ${seeded}`);
