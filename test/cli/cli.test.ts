@@ -2,7 +2,8 @@
  * The `poolgate` command as a user runs it: the real bin (src/bin/poolgate.mjs) in a child process
  * on the project's Node, from a folder of the user's own (so `--app` paths start there). Usage
  * errors are one line and the usage, exit 2; failures are one line, exit 1; `migrate --app`
- * applies a module's migrations to DATABASE_URL once; `serve --app` runs the gateway until SIGTERM.
+ * applies a module's migrations to DATABASE_URL once (each app its own ids) and warns of an applied
+ * one edited since; `serve --app` runs the gateway until SIGTERM.
  * `runCli` in-process covers the rest.
  */
 import { spawn } from 'node:child_process';
@@ -28,19 +29,40 @@ beforeAll(async () => {
   await writeFile(
     join(dir, 'notes-app.mjs'),
     `export default {
+      name: 'notes',
       routes: [],
       migrations: [{ id: 1, name: 'notes', sql: 'CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL)' }],
     };\n`,
   );
   await writeFile(
+    join(dir, 'edited-notes-app.mjs'),
+    `export default {
+      name: 'notes',
+      routes: [],
+      migrations: [{ id: 1, name: 'notes', sql: 'CREATE TABLE notes (id serial PRIMARY KEY, body text NOT NULL, pinned boolean)' }],
+    };\n`,
+  );
+  await writeFile(
+    join(dir, 'tasks-app.mjs'),
+    `export default {
+      name: 'tasks',
+      routes: [],
+      migrations: [{ id: 1, name: 'tasks', sql: 'CREATE TABLE tasks (id serial PRIMARY KEY, title text NOT NULL)' }],
+    };\n`,
+  );
+  await writeFile(
+    join(dir, 'unnamed-app.mjs'),
+    `export default { routes: [], migrations: [{ id: 1, name: 'notes', sql: 'CREATE TABLE notes (id int)' }] };\n`,
+  );
+  await writeFile(
     join(dir, 'typed-app.ts'),
     `import type { PoolgateApp } from '${join(ROOT, 'src/definition.ts')}';
     const migrations: PoolgateApp['migrations'] = [{ id: 7, name: 'typed', sql: 'CREATE TABLE typed (id int)' }];
-    export const app: PoolgateApp = { routes: [], migrations };\n`,
+    export const app: PoolgateApp = { name: 'typed', routes: [], migrations };\n`,
   );
   await writeFile(
     join(dir, 'broken-app.mjs'),
-    `export default { routes: [], migrations: [{ id: 1, name: 'broken', sql: 'CREAT TABLE x (id int)' }] };\n`,
+    `export default { name: 'broken', routes: [], migrations: [{ id: 1, name: 'broken', sql: 'CREAT TABLE x (id int)' }] };\n`,
   );
   await writeFile(join(dir, 'not-an-app.mjs'), `export const something = 1;\n`);
   await writeFile(join(dir, 'empty-app.mjs'), `export default { routes: [] };\n`);
@@ -143,6 +165,34 @@ describe('poolgate (the bin)', () => {
       'poolgate_idempotency_keys',
       'poolgate_migrations',
     ]);
+  });
+
+  it('migrate --app for a second app on the same database applies its own migration 1', async () => {
+    const db = await freshDatabase();
+    const notes = await poolgate(['migrate', '--app', 'notes-app.mjs'], { DATABASE_URL: db.url });
+    expect(notes, JSON.stringify(notes)).toEqual({ code: 0, stdout: 'poolgate: applied migrations 1\n', stderr: '' });
+    const tasks = await poolgate(['migrate', '--app', 'tasks-app.mjs'], { DATABASE_URL: db.url });
+    expect(tasks, JSON.stringify(tasks)).toEqual({ code: 0, stdout: 'poolgate: applied migrations 1\n', stderr: '' });
+    expect((await db.admin("SELECT to_regclass('tasks') IS NOT NULL AS ok")).rows[0].ok).toBe(true);
+  });
+
+  it('migrate --app warns on stderr of an applied migration edited since, runs nothing and exits 0', async () => {
+    const db = await freshDatabase();
+    expect((await poolgate(['migrate', '--app', 'notes-app.mjs'], { DATABASE_URL: db.url })).code).toBe(0);
+    const run = await poolgate(['migrate', '--app', 'edited-notes-app.mjs'], { DATABASE_URL: db.url });
+    expect(run, JSON.stringify(run)).toEqual({
+      code: 0,
+      stdout: 'poolgate: schema up to date\n',
+      stderr:
+        'poolgate: warning: migration 1 ("notes") of app "notes" was edited after it was applied and is not run again; restore its text and put the change in a new migration (id 2)\n',
+    });
+  });
+
+  it('migrate --app with migrations but no app name: one line naming the fix, exit 1', async () => {
+    expectOneLine(
+      await poolgate(['migrate', '--app', 'unnamed-app.mjs'], { DATABASE_URL: 'postgres://x@127.0.0.1:1/x' }),
+      /^poolgate: an app with migrations needs a name \(its migrations are recorded under it\): defineApp\(\{ name: 'notes', … \}\)$/,
+    );
   });
 
   it('migrate --app takes a .ts module (its export named app)', async () => {
