@@ -89,16 +89,24 @@ route({
 route({ method: 'GET', path: '/x', kind: 'read' });
 
 export const app: PoolgateApp = defineApp({
+  name: 'things',
   routes: [typed, created],
   migrations: [{ id: 1, name: 'things', sql: 'CREATE TABLE things (name text)' }],
   openapi: { title: 'Things', version: '1.0.0' },
 });
 
 defineApp({
+  name: 'things',
   routes: [typed],
   // @ts-expect-error a migration's id is a number
   migrations: [{ id: '1', name: 'things', sql: '' }],
 });
+
+// @ts-expect-error an app with migrations has a name (they are recorded under it)
+defineApp({ routes: [typed], migrations: [{ id: 1, name: 'things', sql: 'CREATE TABLE things (name text)' }] });
+
+// An app without migrations needs no name.
+defineApp({ routes: [typed] });
 
 // @ts-expect-error an app has routes
 defineApp({ migrations: [] });
