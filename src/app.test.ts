@@ -9,16 +9,17 @@
  * send (matched by prefix), keeps writes of an open transaction apart until COMMIT, and lets a
  * test make chosen statements (or acquires) fail or hang.
  */
-import type { Context } from 'hono';
+import { Hono, type Context } from 'hono';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { z } from 'zod';
-import { createApp } from './app.js';
+import { createApp, createPoolgate } from './app.js';
 import type { Session, SessionConnector, SessionSource } from './db/core/connector.js';
 import { createDatabase } from './db/core/database.js';
 import type { Db, QueryResult, Row } from './db/types.js';
 import { notFound } from './errors.js';
 import { Drain } from './lifecycle/drain.js';
 import { jsonBody } from './routes/input.js';
+import { routeNotFound } from './routes/not-found.js';
 import type { AppEnv, RouteSpec } from './routes/types.js';
 import { StatsRegistry } from './stats/registry.js';
 
@@ -217,20 +218,22 @@ function setup(options: { requestTimeoutMs?: number; drain?: Drain } = {}) {
       },
     },
   ];
-  const app = createApp({
-    routes,
+  const deps = {
     database,
     registry,
     bodyLimitBytes: BODY_LIMIT,
     requestTimeoutMs: options.requestTimeoutMs,
     drain: options.drain,
-    log: (line) => logs.push(line),
-  });
+    log: (line: string) => logs.push(line),
+  };
+  const app = createApp({ routes, ...deps });
   const post = (body: string, headers: Record<string, string> = {}) =>
     app.request('/api/things', { method: 'POST', body, headers: { 'content-type': 'application/json', ...headers } });
   const stats = async () => ((await (await app.request('/stats')).json()) as { routes: any[]; pool?: any }).routes;
   const routeStats = async (method: string, route: string) => (await stats()).find((r) => r.method === method && r.route === route);
-  return { app, fake, database, registry, calls, logs, post, stats, routeStats };
+  /** poolgate's parts over the same database, for an application's own Hono app. */
+  const parts = () => createPoolgate(deps);
+  return { app, routes, parts, fake, database, registry, calls, logs, post, stats, routeStats };
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -414,6 +417,41 @@ describe('error mapping: JSON with a stable code, never a stack', FAST, () => {
     expect(res.status).toBe(404);
     expect(res.headers.get('content-type')).toMatch(/^application\/json/);
     expect(await errorOf(res)).toMatchObject({ code: 'route_not_found', message: 'No route for PUT /api/nothing-here.' });
+  });
+
+  it("an application's own Hono app answers its misses the same way with routeNotFound(app), over every route it serves", async () => {
+    const t = setup();
+    const pg = t.parts();
+    const own = new Hono();
+    own.get('/', (c) => c.text('home'));
+    own.route('/', pg.routes(t.routes));
+    own.route('/ops', pg.ops());
+    own.notFound(routeNotFound(own));
+    own.post('/later', (c) => c.text('added after routeNotFound'));
+
+    const cases = [
+      ['PUT', '/api/things/a', 'GET, DELETE, HEAD'],
+      ['POST', '/ops/health', 'GET, HEAD'],
+      ['DELETE', '/', 'GET, HEAD'],
+      ['GET', '/later', 'POST'],
+    ] as const;
+    for (const [method, path, allow] of cases) {
+      const res = await own.request(path, { method });
+      expect(res.status, `${method} ${path}`).toBe(405);
+      expect(res.headers.get('allow'), `${method} ${path}`).toBe(allow);
+      expect(await errorOf(res)).toMatchObject({ code: 'method_not_allowed' });
+    }
+    const none = await own.request('/api/nothing-here', { method: 'PUT' });
+    expect(none.status).toBe(404);
+    expect(none.headers.get('content-type')).toMatch(/^application\/json/);
+    const error = await errorOf(none);
+    expect(error).toMatchObject({
+      code: 'route_not_found',
+      message: 'No route for PUT /api/nothing-here.',
+      requestId: expect.stringMatching(UUID),
+    });
+    expect(none.headers.get('x-request-id')).toBe(error.requestId);
+    expect((await own.request('/api/things/a/more')).status).toBe(404);
   });
 
   it('invalid JSON → 400 invalid_json; invalid UTF-8 → 400 invalid_json; schema mismatch → 400 validation_failed', async () => {

@@ -5,20 +5,21 @@
  * carries its own middleware per route, so mounting it in a larger Hono app adds nothing to the
  * application's other routes.
  */
-import { Hono, type Context, type ErrorHandler, type Handler, type MiddlewareHandler, type NotFoundHandler } from 'hono';
+import { Hono, type Context, type ErrorHandler, type Handler, type MiddlewareHandler } from 'hono';
 import type { FetchApp, OpenApiInfo, Poolgate, PoolgateApp } from './definition.js';
 import { openApiDocument } from './openapi.js';
 import { bindToTransaction } from './db/tx-db.js';
 import type { Database, Db } from './db/types.js';
 import { claimNonce } from './idempotency/nonces.js';
-import { AppError, describeError, toAppError } from './errors.js';
+import { describeError, toAppError } from './errors.js';
 import type { Drain } from './lifecycle/drain.js';
 import { connStats, requestIdOf, responseHeaders } from './middleware/conn-stats.js';
 import { checkKey, IDEMPOTENCY_HEADER, REPLAYED_HEADER, requestHash, runIdempotent } from './idempotency/idempotency.js';
 import type { AppEnv, RouteResult, RouteSpec } from './routes/types.js';
 import { jsonBody, parseWith, takeBody } from './routes/input.js';
 import { register } from './routes/register.js';
-import { OPS_PATHS, opsRoutes, type OpsAccess } from './routes/ops.js';
+import { routeNotFound } from './routes/not-found.js';
+import { opsRoutes, type OpsAccess } from './routes/ops.js';
 import type { StatsRegistry } from './stats/registry.js';
 
 export interface PoolgateDeps {
@@ -106,20 +107,6 @@ async function onlyErrors(_c: Context, next: () => Promise<void>): Promise<void>
   }
 }
 
-/** The methods the routes (and the extra GET paths) serve on a concrete path, for 405's Allow header. */
-function methodsByPath(routes: readonly RouteSpec[], extraGets: readonly string[]): (path: string) => string[] {
-  const gets = extraGets.map((path) => ({ method: 'GET', path }));
-  const patterns = [...routes, ...gets].map((r) => ({
-    method: r.method,
-    re: new RegExp(`^${r.path.replace(/[.*+?^${}()|[\]\\]/g, '\\$&').replace(/:\w+/g, '[^/]+')}$`),
-  }));
-  return (path) => {
-    const methods = new Set(patterns.filter((p) => p.re.test(path)).map((p) => p.method));
-    if (methods.has('GET')) methods.add('HEAD');
-    return [...methods];
-  };
-}
-
 /** The middleware every part of poolgate runs first: errors as JSON, the request's stats and Db. */
 function commonMiddleware(deps: PoolgateDeps): MiddlewareHandler<AppEnv>[] {
   const stats = connStats({
@@ -191,21 +178,6 @@ function opsApp(deps: PoolgateDeps, common: MiddlewareHandler<AppEnv>[], mounted
   return ops;
 }
 
-/** 404 in the API's error shape, or 405 with Allow when the path is served with other methods. */
-function notFoundOrNotAllowed(routes: readonly RouteSpec[], extraGets: readonly string[]): NotFoundHandler<AppEnv> {
-  const allowedOn = methodsByPath(routes, extraGets);
-  return (c) => {
-    const allow = allowedOn(c.req.path);
-    if (allow.length === 0)
-      return new AppError(404, 'route_not_found', `No route for ${c.req.method} ${c.req.path}.`).toResponse(requestIdOf(c));
-    const res = new AppError(405, 'method_not_allowed', `${c.req.method} is not allowed here; use ${allow.join(', ')}.`).toResponse(
-      requestIdOf(c),
-    );
-    res.headers.set('allow', allow.join(', '));
-    return res;
-  };
-}
-
 function wholeApp(routes: readonly RouteSpec[], deps: PoolgateDeps, options: { openapi?: OpenApiInfo }): Hono<AppEnv> {
   const common = commonMiddleware(deps);
   const app = new Hono<AppEnv>();
@@ -214,16 +186,14 @@ function wholeApp(routes: readonly RouteSpec[], deps: PoolgateDeps, options: { o
   app.use('*', ...common);
   app.route('/', opsApp(deps, [], false));
   app.route('/', routesApp(routes, deps, [], false));
-  const extraGets: string[] = [...OPS_PATHS];
   if (options.openapi) {
     const document = openApiDocument(routes, options.openapi);
     app.get('/openapi.json', (c) => {
       c.set('routePattern', '/openapi.json');
       return c.json(document);
     });
-    extraGets.push('/openapi.json');
   }
-  app.notFound(notFoundOrNotAllowed(routes, extraGets));
+  app.notFound(routeNotFound(app));
   app.onError(answerError(deps.log ?? (() => {})));
   return app;
 }

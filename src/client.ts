@@ -6,19 +6,21 @@
  * in the stats registry under its call type and kind (`executeQuery read`), as a route would be.
  * Runtime-neutral: src/runtime/functions.ts (Node) and edge-functions.ts build the Database.
  *
- * Errors are what the core throws, unchanged:
- * - `AppError` (src/errors.ts) for poolgate's own decisions, with a stable `code`: `pool_exhausted`
- *   (no connection within POOL_ACQUIRE_TIMEOUT_MS), `overloaded` (the wait queue is full),
- *   `timeout` (the call's deadline passed; its statement was cancelled on the server),
- *   `client_closed` (the call's signal aborted), `circuit_open` (the database kept failing),
- *   `shutting_down` (the client was closed);
- * - the driver's own error for what the database said, with its SQLSTATE in `code` (`23505`,
- *   `40001` once the retries are spent, …) and `constraint`, `detail`;
+ * Errors:
+ * - `AppError` (src/errors.ts), with a stable `code`, for poolgate's own decisions and for a
+ *   database that could not be used: `pool_exhausted` (no connection within
+ *   POOL_ACQUIRE_TIMEOUT_MS), `overloaded` (the wait queue is full), `timeout` (the call's deadline
+ *   or the server's statement_timeout passed; the statement was cancelled), `client_closed` (the
+ *   call's signal aborted), `circuit_open` (the database kept failing), `database_unavailable`
+ *   (refused, unreachable, the connection lost — the driver's error is its `cause`, and its
+ *   message names no host or secret), `shutting_down` (the client was closed);
+ * - the driver's own error for what the database said about the SQL, with its SQLSTATE in `code`
+ *   (`23505`, `40001` once the retries are spent, …) and `constraint`, `detail`;
  * - a TypeError for misuse (a transaction-control statement, a `sql` call without a template).
  * `toAppError(err)` maps any of them onto one AppError (status, code), e.g. to answer an HTTP request.
  */
 import type { Database, Db, QueryResult, Queryable, Row, Statement, TxOptions } from './db/types.js';
-import { AppError, toAppError } from './errors.js';
+import { AppError, isConnectionError, isTimeoutError, toAppError } from './errors.js';
 import { newMetrics, type RequestMetrics } from './middleware/conn-stats.js';
 import { now } from './stats/clock.js';
 import { StatsRegistry, type StatsSnapshot } from './stats/registry.js';
@@ -181,8 +183,9 @@ class Calls {
     try {
       return await work(db);
     } catch (err) {
-      status = toAppError(err).status;
-      throw err;
+      const appErr = toAppError(err);
+      status = appErr.status;
+      throw isConnectionError(err) || isTimeoutError(err) ? appErr : err;
     } finally {
       // A per-call WebSocket pool (the edge's transactions) is ended before the call returns.
       await db.end?.()?.catch(() => {});

@@ -11,3 +11,4 @@ export { defineApp, type FetchApp, type Migration, type OpenApiInfo, type Poolga
 export type { ClientKind, Db, Queryable, QueryResult, Row, Statement, TxOptions } from './db/types.js';
 export { AppError, notFound, type ErrorCode, type FieldError } from './errors.js';
 export { openApiDocument } from './openapi.js';
+export { routeNotFound } from './routes/not-found.js';

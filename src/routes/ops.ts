@@ -32,9 +32,6 @@ export interface OpsOptions {
   before?: MiddlewareHandler<AppEnv>[];
 }
 
-/** The paths opsRoutes serves (GET), relative to where they are mounted. */
-export const OPS_PATHS = ['/health', '/health/ready', '/stats', '/metrics'] as const;
-
 const sha256 = async (text: string) => new Uint8Array(await crypto.subtle.digest('SHA-256', new TextEncoder().encode(text)));
 
 /** Compares digests, not the strings, so the time taken says nothing about the token. */

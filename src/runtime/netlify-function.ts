@@ -5,6 +5,11 @@
  * it drains in-flight requests on SIGTERM before ending the pool, and purges expired idempotency
  * records — here when an invocation finds a purge due, since a function has no timer between
  * invocations. Migrations are not run here: run `poolgate migrate --app <module>` once per deploy.
+ *
+ * Routing. Netlify serves a function that exports no `config.path` at
+ * `/.netlify/functions/<file name>`, and the paths below it reach it too: the edge forwards to
+ * NODE_FUNCTION_URL + `/api/…`. A `config.path` would replace that URL (Netlify serves such a
+ * function only at its path), so export none; the prefix is stripped whatever the file is named.
  */
 import { buildOnce, ConfigError, parseConfig } from '../config.js';
 import type { FetchApp, PoolgateApp } from '../definition.js';
@@ -12,8 +17,17 @@ import { IdempotencyPurger } from '../idempotency/purge.js';
 import { createNodeApp } from './node-app.js';
 
 export interface NodeFunctionOptions {
-  /** The path the function is served at; stripped before routing (default `/.netlify/functions/gateway`). */
+  /** The path the function is served at, stripped before routing (default: `/.netlify/functions/<any name>`). */
   basePath?: string;
+}
+
+/** Netlify's default URL of a function, `/.netlify/functions/<name>`. */
+const DEFAULT_URL = /^\/\.netlify\/functions\/[^/]+/;
+
+/** The app's own path: the request's, without the function's URL (the signature covers /api/…). */
+function pathWithin(pathname: string, basePath: string | undefined): string {
+  if (basePath === undefined) return pathname.replace(DEFAULT_URL, '') || '/';
+  return pathname.startsWith(basePath) ? pathname.slice(basePath.length) || '/' : pathname;
 }
 
 interface Instance {
@@ -39,17 +53,17 @@ function build(app: PoolgateApp): Instance {
 
 /**
  * The Netlify Function (Node) for `app`: the edge forwards transactional routes here, signed.
- * @example export default createNodeFunction(app); export const config = { path: '/.netlify/functions/gateway/*' };
+ * @example
+ * // netlify/functions/gateway.ts — no `config` export: NODE_FUNCTION_URL = https://<site>/.netlify/functions/gateway
+ * export default createNodeFunction(app);
  */
 export function createNodeFunction(app: PoolgateApp, options: NodeFunctionOptions = {}): (request: Request) => Promise<Response> {
-  const basePath = options.basePath ?? '/.netlify/functions/gateway';
   const instanceFor = buildOnce(() => build(app));
   return async function gateway(request) {
     const instance = instanceFor(undefined, request);
     if (instance instanceof Response) return instance;
-    // The app's routes are /api/…; strip the function's own prefix (the signature covers /api/…).
     const url = new URL(request.url);
-    if (url.pathname.startsWith(basePath)) url.pathname = url.pathname.slice(basePath.length) || '/';
+    url.pathname = pathWithin(url.pathname, options.basePath);
     void instance.purger.runIfDue();
     return instance.app.fetch(new Request(url, request));
   };

@@ -152,8 +152,9 @@ export async function startGateway(
 }
 
 /**
- * The embedded PGlite is a development dependency: a production install (`npm ci --omit=dev`)
- * lacks it, so it is loaded only when DATABASE_URL is unset, and its absence names the fix.
+ * The embedded PGlite is an optional peer: an application installs it for development (a
+ * production install lacks it), so it is loaded only when DATABASE_URL is unset, and its
+ * absence names both ways out.
  */
 async function startEmbedded(dataDir: string): Promise<EmbeddedPostgres> {
   let embedded: typeof import('../local/embedded.js');
@@ -163,7 +164,7 @@ async function startEmbedded(dataDir: string): Promise<EmbeddedPostgres> {
     if ((err as { code?: string }).code !== 'ERR_MODULE_NOT_FOUND') throw err;
     throw new ConfigError(
       'DATABASE_URL',
-      'is required here: the embedded PGlite default is a development dependency, not installed with --omit=dev',
+      'is required (a postgres:// URL); or, for local development, install the embedded PGlite: npm i -D @electric-sql/pglite @electric-sql/pglite-socket',
     );
   }
   return embedded.startEmbeddedPostgres({ dataDir });

@@ -13,6 +13,7 @@ import { startNeonProxy, type NeonProxy } from '../../src/local/neon-proxy/index
 import * as functions from '../../src/runtime/functions.js';
 import { AppError, ConfigError, createNodeClient, statement, type NodeClient } from '../../src/runtime/functions.js';
 import { createTestDatabase, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { freePort } from '../helpers/wait.js';
 
 const FUNCTIONS_MODULE = fileURLToPath(new URL('../../src/runtime/functions.ts', import.meta.url));
 
@@ -59,6 +60,28 @@ afterAll(async () => {
   await functions.closePool();
   for (const c of opened) await c.close().catch(() => {});
   await db?.drop();
+});
+
+describe('a database that is down (a real closed port)', () => {
+  const calls: [string, (c: NodeClient) => Promise<unknown>][] = [
+    ['executeQuery read', (c) => c.executeQuery('SELECT 1', [], 'read')],
+    ['executeQuery write', (c) => c.executeQuery('SELECT 1')],
+    ['executeTransaction', (c) => c.executeTransaction((tx) => tx.query('SELECT 1'))],
+    ['sql', (c) => c.sql`SELECT ${1}::int`],
+    ['readBatch', (c) => c.readBatch([statement`SELECT ${1}::int`])],
+  ];
+  it.each(calls)(
+    '%s fails with AppError database_unavailable (503): the driver error kept as its cause, no address, password or stack in its message',
+    async (_name, call) => {
+      const port = await freePort();
+      const down = createNodeClient({ connectionString: `postgres://app:s3cret-pw@127.0.0.1:${port}/notes`, env: { LOG_LEVEL: 'silent' } });
+      opened.push(down);
+      const err = await call(down).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(AppError);
+      expect(err).toMatchObject({ status: 503, code: 'database_unavailable', cause: { code: 'ECONNREFUSED' } });
+      expect((err as Error).message).not.toMatch(new RegExp(`${port}|s3cret|127\\.0\\.0\\.1|\\sat\\s`));
+    },
+  );
 });
 
 describe.skipIf(!realPostgresUrl)('createNodeClient on PostgreSQL', () => {

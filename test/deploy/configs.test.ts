@@ -3,11 +3,11 @@
  * brings, `npm run build` makes every folder netlify.toml names, and wrangler.toml runs at the
  * same compatibility date as the local workerd and ships no development variables.
  */
-import { withBuildLock } from '../helpers/package.js';
+import { titledSnippets, withBuildLock } from '../helpers/package.js';
 import { execFile } from 'node:child_process';
 import { readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { COMPATIBILITY_DATE } from '../../src/local/workerd.js';
@@ -49,6 +49,23 @@ describe('netlify.toml', () => {
       expect((await stat(join(ROOT, file))).size, file).toBeGreaterThan(0);
     }
     for (const p of pairs.filter((p) => p.key === 'function')) expect(p.value).toBe('poolgate');
+  });
+
+  // Netlify serves a function with a config.path only at that path: the edge's forwards to
+  // NODE_FUNCTION_URL/api/… (/.netlify/functions/gateway/api/…) would then reach nothing.
+  it('deploys the Node function at /.netlify/functions/gateway, sub-paths included: no config.path here or in the README', async () => {
+    const fn = (await import(pathToFileURL(join(ROOT, 'dist/netlify/functions/gateway.mjs')).href)) as {
+      default: unknown;
+      config?: unknown;
+    };
+    expect(typeof fn.default).toBe('function');
+    expect(fn.config).toBeUndefined();
+    const readme = titledSnippets(await readFile(join(ROOT, 'README.md'), 'utf8'));
+    expect(readme.get('netlify/functions/gateway.ts')).toContain('/.netlify/functions/gateway');
+    expect(readme.get('netlify/functions/gateway.ts')).not.toMatch(/export\s+const\s+config\b/);
+    const toml = await readFile(join(ROOT, 'netlify.toml'), 'utf8');
+    expect(toml).toMatch(/^#\s+NODE_FUNCTION_URL\s+https:\/\/<your-site>\/\.netlify\/functions\/gateway$/m);
+    expect(toml.replace(/#.*$/gm, '')).not.toMatch(/\.netlify\/functions|\[\[redirects\]\]/);
   });
 
   it('builds on Node 24 (and so runs the Node function on it)', async () => {

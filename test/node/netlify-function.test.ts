@@ -99,6 +99,18 @@ describe('Netlify Node function bundle', () => {
     expect(res.status).toBe(200);
   });
 
+  // Netlify serves a function without config.path at /.netlify/functions/<file name>, sub-paths
+  // included: whatever the user names the file, the edge's forwards must reach the app's routes.
+  it('routes the sub-paths of /.netlify/functions/<name> whatever the function file is named', async () => {
+    for (const name of ['gateway', 'api', 'notes-gateway']) {
+      const res = await gateway(new Request(`http://site.example/.netlify/functions/${name}/health`));
+      expect(res.status, name).toBe(200);
+    }
+    const unknown = await gateway(new Request(`${BASE}/nothing-here`));
+    expect(unknown.status).toBe(404);
+    expect(((await unknown.json()) as { error: { code: string } }).error.code).toBe('route_not_found');
+  });
+
   it('purges expired idempotency records when an invocation finds a purge due (no timer between invocations)', async () => {
     await db.admin(
       `INSERT INTO poolgate_idempotency_keys (key, request_hash, status, body, expires_at) VALUES

@@ -1,9 +1,10 @@
 /**
  * poolgate as a consumer gets it: `npm run build`, `npm pack`, then a scratch project in a temp
- * folder that installs the tarball (with hono and zod, as the README says) and holds exactly the
- * README's titled snippets — app.ts (its own Hono app with a read and a transactional route),
- * worker.ts, server.ts, delete-note.ts and functions/notes-report.ts. Those files are compiled
- * with a strict tsconfig (the package's own declarations included), and run against real
+ * folder made of exactly the README's titled snippets — its package.json (installed into: the
+ * tarball, hono and zod, as the README says), its tsconfig.json, app.ts (its own Hono app with a
+ * read and a transactional route), worker.ts, server.ts, delete-note.ts and
+ * functions/notes-report.ts. Those files are compiled with a stricter tsconfig extending the
+ * README's (the package's own declarations included), and run against real
  * PostgreSQL: on Node alone (`poolgate migrate`, `node server.ts`), as a plain function, and at
  * the edge in real workerd (the worker bundled from the scratch with esbuild) through the
  * package's Neon proxy, forwarding its writes, signed, to the scratch's Node gateway.
@@ -40,6 +41,8 @@ import { PUBLIC_TYPES_TS } from './consumer-types.js';
 
 /** The README's titled snippets; the scratch project is made of exactly these (plus test glue). */
 const SNIPPETS = [
+  'package.json',
+  'tsconfig.json',
   'app.ts',
   'worker.ts',
   'server.ts',
@@ -65,21 +68,17 @@ const DEV_ONLY = [
 const REQUEST_TIMEOUT_MS = 20_000;
 
 /**
- * The consumer's tsconfig: strict, Node's own module rules, and no `@types/*` at all (the snippets
- * need only the DOM's Request/Response, and a workerd consumer has no @types/node). skipLibCheck is
- * off so poolgate's shipped declarations are checked too; hono's and zod's pass the same check.
+ * The README's tsconfig.json, made stricter with options that only add errors: strict, no
+ * `@types/*` at all (the snippets need only the DOM's Request/Response, and a workerd consumer has
+ * no @types/node), and skipLibCheck off so poolgate's shipped declarations are checked too (hono's
+ * and zod's pass the same check). What compiles here compiles with the README's file alone.
  */
-const TSCONFIG = {
+const TSCONFIG_STRICT = {
+  extends: './tsconfig.json',
   compilerOptions: {
-    target: 'ES2022',
-    module: 'NodeNext',
-    moduleResolution: 'NodeNext',
-    lib: ['ES2023', 'DOM', 'DOM.Iterable'],
     types: [],
     strict: true,
     noUncheckedIndexedAccess: true,
-    allowImportingTsExtensions: true,
-    noEmit: true,
     skipLibCheck: false,
   },
   include: ['*.ts', 'functions/*.ts', 'netlify/**/*.ts'],
@@ -110,10 +109,10 @@ beforeAll(async () => {
   });
   scratch = join(work, 'scratch');
   await mkdir(scratch);
-  await writeFile(
-    join(scratch, 'package.json'),
-    `${JSON.stringify({ name: 'poolgate-scratch', private: true, type: 'module' }, null, 2)}\n`,
-  );
+  const snippets = titledSnippets(await readFile(join(ROOT, 'README.md'), 'utf8'));
+  expect([...snippets.keys()].sort(), 'the README library sections hold exactly these titled snippets').toEqual([...SNIPPETS].sort());
+  // The README's package.json first: npm installs into it.
+  await writeFile(join(scratch, 'package.json'), snippets.get('package.json')!);
   // The repo's exact hono and zod, so npm's cache serves them (the tarball's own dependencies too).
   const [hono, zod] = await Promise.all([versionOf('hono'), versionOf('zod')]);
   await runOk(
@@ -125,13 +124,12 @@ beforeAll(async () => {
     },
   );
 
-  const snippets = titledSnippets(await readFile(join(ROOT, 'README.md'), 'utf8'));
-  expect([...snippets.keys()].sort(), 'the README library sections hold exactly these titled snippets').toEqual([...SNIPPETS].sort());
   for (const [title, code] of snippets) {
+    if (title === 'package.json') continue;
     await mkdir(dirname(join(scratch, title)), { recursive: true });
     await writeFile(join(scratch, title), code);
   }
-  await writeFile(join(scratch, 'tsconfig.json'), `${JSON.stringify(TSCONFIG, null, 2)}\n`);
+  await writeFile(join(scratch, 'tsconfig.strict.json'), `${JSON.stringify(TSCONFIG_STRICT, null, 2)}\n`);
   await writeFile(join(scratch, 'public-types.ts'), PUBLIC_TYPES_TS);
   await writeFile(join(scratch, 'run-report.mjs'), RUN_REPORT_MJS);
 }, 240_000);
@@ -227,6 +225,14 @@ describe('the installed package', () => {
     for (const name of DEV_ONLY) expect(modules, name).not.toContain(name);
   });
 
+  it('`node server.ts` without DATABASE_URL (no PGlite installed) exits with one line naming both ways out', async () => {
+    const child = startInScratch(['server.ts'], { DATABASE_URL: '', PORT: String(await freePort()) });
+    expect(await child.exited).toEqual({ code: 1, signal: null });
+    expect(child.output().trim()).toBe(
+      'poolgate: invalid configuration: DATABASE_URL: is required (a postgres:// URL); or, for local development, install the embedded PGlite: npm i -D @electric-sql/pglite @electric-sql/pglite-socket',
+    );
+  });
+
   it('its bin answers --help and --version on Node 24', async () => {
     const help = await poolgate(['--help']);
     expect(help.code, help.stderr).toBe(0);
@@ -246,7 +252,7 @@ describe('types, in a strict consumer', () => {
   let checked: Promise<Diagnostic[]> | undefined;
   /** One `tsc -p` of the scratch (the repo's TypeScript), its errors by file. */
   const typecheck = () =>
-    (checked ??= run(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', scratch, '--pretty', 'false'], {
+    (checked ??= run(process.execPath, [join(ROOT, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.strict.json', '--pretty', 'false'], {
       cwd: scratch,
       timeoutMs: 150_000,
     }).then(({ code, stdout, stderr }) => {
@@ -373,6 +379,24 @@ describe.skipIf(!realPostgresUrl)('on Node alone: poolgate migrate, then node se
     expect(Object.keys(openapi.body.paths).sort()).toEqual(['/api/notes', '/api/notes/{id}']);
     expect(Object.keys(openapi.body.paths['/api/notes'])).toEqual(['post']);
     expect(Object.keys(openapi.body.paths['/api/notes/{id}'])).toEqual(['get']);
+  });
+
+  it('answers what none of its routes serves as poolgate does: 404 route_not_found, or 405 method_not_allowed + Allow', async () => {
+    const none = await ask(`${url}/api/nothing-here`);
+    expect(none.status, none.text).toBe(404);
+    expect(none.headers.get('content-type')).toMatch(/^application\/json/);
+    expect(none.body.error).toMatchObject({ code: 'route_not_found', requestId: expect.any(String) });
+    const cases = [
+      ['DELETE', '/api/notes/1', 'GET, HEAD'],
+      ['PUT', '/ops/health', 'GET, HEAD'],
+      ['POST', '/', 'GET, HEAD'],
+    ] as const;
+    for (const [method, path, allow] of cases) {
+      const res = await ask(`${url}${path}`, { method });
+      expect(res.status, `${method} ${path}: ${res.text}`).toBe(405);
+      expect(res.headers.get('allow')).toBe(allow);
+      expect(res.body.error.code).toBe('method_not_allowed');
+    }
   });
 
   it('/ops/stats counts each of its routes, by status class, reads on the lanes and writes on the pool', async () => {
@@ -555,6 +579,13 @@ describe.skipIf(!realPostgresUrl)('at the edge: worker.ts in workerd → Neon pr
     expect(missing.status, missing.text).toBe(404);
     expect(missing.body.error.code).toBe('not_found');
     expect(routeIn(await nodeStats(), 'GET', '/api/notes/:id')).toBeUndefined();
+  });
+
+  it('answers a wrong method at the edge 405 method_not_allowed + Allow, as JSON, without forwarding it', async () => {
+    const res = await ask(`${edge}/api/notes`, { method: 'PUT', json: { text: 'x' } });
+    expect(res.status, res.text).toBe(405);
+    expect(res.headers.get('allow')).toBe('POST');
+    expect(res.body.error.code).toBe('method_not_allowed');
   });
 
   it('checks a write’s body at the edge: 400 validation_failed, never forwarded', async () => {
