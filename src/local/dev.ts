@@ -30,9 +30,13 @@ const listed = (names: string[]) => (names.length === 1 ? names[0]! : `${names.s
  * poolgate's peerDependencies, so the command it names installs versions that fit.
  * @example missingPeersLine(process.env, pkg.peerDependencies) // 'poolgate: poolgate dev needs esbuild … npm i -D esbuild@^0.28.2'
  */
-export function missingPeersLine(env: Record<string, string | undefined>, peerRanges: Record<string, string>): string | undefined {
+export function missingPeersLine(
+  env: Record<string, string | undefined>,
+  peerRanges: Record<string, string>,
+  isInstalled: (name: string) => boolean = installed,
+): string | undefined {
   const needed = env.DATABASE_URL ? TOOLS : [...TOOLS, ...EMBEDDED];
-  const missing = needed.filter((name) => !installed(name));
+  const missing = needed.filter((name) => !isInstalled(name));
   if (missing.length === 0) return undefined;
   const why = missing.some((name) => EMBEDDED.includes(name)) ? ' (PGlite is the embedded database when DATABASE_URL is unset)' : '';
   const specs = missing.map((name) => (peerRanges[name] ? `${name}@${peerRanges[name]}` : name));
