@@ -32,6 +32,23 @@ export default tseslint.config(
     },
   },
   {
+    // `npm start`'s entry hands the example to the local topology, as `poolgate dev` does a user's app.
+    files: ['src/fitness/entries/local.ts'],
+    rules: {
+      'no-restricted-imports': [
+        'error',
+        {
+          patterns: [
+            {
+              regex: String.raw`^\.\./(?!app\.js$|seed\.js$|\.\./local/(?:topology|build)\.js$)`,
+              message: "npm start's entry imports the example (app, seed) and the local topology and build only.",
+            },
+          ],
+        },
+      ],
+    },
+  },
+  {
     // Tests read JSON bodies as any on purpose (the assertion is the type check); promises stay strict.
     files: ['test/**', '**/*.test.ts'],
     rules: {

@@ -242,7 +242,10 @@ async function startInChild(
       return { urls: { url: g.url }, close: () => g.close() };
     }
     case 'topology': {
-      const { startTopology } = await import('../src/local/topology.js');
+      const [{ startTopology }, { fitnessLocal }] = await Promise.all([
+        import('../src/local/topology.js'),
+        import('../src/fitness/entries/local.js'),
+      ]);
       const t = await startTopology(
         {
           DATABASE_URL: cfg.databaseUrl,
@@ -256,6 +259,7 @@ async function startInChild(
           SHUTDOWN_TIMEOUT_MS: '2000',
         },
         log,
+        fitnessLocal,
       );
       return { urls: { url: t.edgeUrl, nodeUrl: t.nodeUrl, proxyUrl: t.proxyUrl }, close: () => t.close() };
     }

@@ -10,28 +10,33 @@ import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { MigrationReport } from './db/migrate.js';
 import type { PoolgateApp } from './definition.js';
+import type { LoadedApp } from './local/dev.js';
 
 const USAGE = `usage: poolgate <command> [options]
 
 commands:
   migrate [--app <module>]   apply poolgate's tables and the app's migrations to DATABASE_URL
   serve --app <module>       run the Node gateway for the app (configured by the environment: DATABASE_URL, PORT, …)
+  dev --app <module>         run the app locally until Ctrl-C: embedded PGlite (or DATABASE_URL), the local
+                             Neon proxy (NEON_PROXY_PORT, 4444), the Node gateway (NODE_PORT, 8788) and the
+                             edge in workerd (EDGE_PORT, 8787); needs esbuild and miniflare installed
   neon-proxy --database-url <url> [--port 4444] [--host 127.0.0.1] [--verbose]
                              a local Neon-compatible proxy in front of PostgreSQL
   help                       show this text
 
 options:
-  --app <module>   the app's module, relative to the current folder (.js, .mjs or .ts); its default
-                   export or its export named "app", as made by defineApp
+  --app <module>   the app's module, relative to the current folder (.js, .mjs or .ts, the last
+                   loaded with Node's type stripping); its default export or its export named "app",
+                   as made by defineApp
   -h, --help       show this text
   -v, --version    print poolgate's version
 `;
 
-/** Where the command writes its own lines, and what it reads; `serve` and `neon-proxy` log to the console as they always do. */
+/** Where the command writes its own lines, and what it reads; `serve`, `dev` and `neon-proxy` log to the console as they always do. */
 export interface CliIo {
   stdout: { write(text: string): unknown };
   stderr: { write(text: string): unknown };
-  /** The environment `migrate` and `neon-proxy` read (`serve` reads process.env); default: process.env. */
+  /** The environment `migrate` and `neon-proxy` read (`serve` and `dev` read process.env); default: process.env. */
   env?: Record<string, string | undefined>;
   /** Where `--app` paths start from; default: process.cwd(). */
   cwd?: string;
@@ -43,7 +48,7 @@ class UsageError extends Error {}
 class CommandError extends Error {}
 
 /**
- * Runs `poolgate <argv…>`; resolves with the exit code (for `serve`, once the gateway is up).
+ * Runs `poolgate <argv…>`; resolves with the exit code (for `serve` and `dev`, once they run).
  * @example process.exitCode = await runCli(process.argv.slice(2));
  */
 export async function runCli(argv: string[], io: CliIo = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {
@@ -77,6 +82,9 @@ export async function runCli(argv: string[], io: CliIo = { stdout: process.stdou
       case 'serve':
         await serveCommand(command.app, io);
         return 0;
+      case 'dev':
+        await devCommand(command.app, io);
+        return 0;
     }
   } catch (err) {
     if (!(err instanceof CommandError)) throw err;
@@ -85,7 +93,7 @@ export async function runCli(argv: string[], io: CliIo = { stdout: process.stdou
   }
 }
 
-type Command = { name: 'help' | 'version' } | { name: 'migrate'; app: string | undefined } | { name: 'serve'; app: string };
+type Command = { name: 'help' | 'version' } | { name: 'migrate'; app: string | undefined } | { name: 'serve' | 'dev'; app: string };
 
 function parseCommand(argv: string[]): Command {
   let parsed;
@@ -106,11 +114,11 @@ function parseCommand(argv: string[]): Command {
   if (values.help || name === 'help') return { name: 'help' };
   if (values.version) return { name: 'version' };
   if (name === undefined) throw new UsageError('no command given');
-  if (name !== 'migrate' && name !== 'serve') throw new UsageError(`unknown command "${name}"`);
+  if (name !== 'migrate' && name !== 'serve' && name !== 'dev') throw new UsageError(`unknown command "${name}"`);
   if (rest.length > 0) throw new UsageError(`unexpected argument "${rest[0]}" after ${name}`);
   if (values.app === '') throw new UsageError('--app needs a module path');
   if (name === 'migrate') return { name, app: values.app };
-  if (values.app === undefined) throw new UsageError('serve needs --app <module> (the app to serve)');
+  if (values.app === undefined) throw new UsageError(`${name} needs --app <module> (the app to ${name === 'serve' ? 'serve' : 'run'})`);
   return { name, app: values.app };
 }
 
@@ -139,8 +147,25 @@ async function serveCommand(appModule: string, io: CliIo): Promise<void> {
   await runGateway(app);
 }
 
+/**
+ * `poolgate dev`: its optional peers are checked before the app is even loaded; then the topology
+ * (which handles Ctrl-C and exits 1 with one line on a failed start) runs until stopped.
+ */
+async function devCommand(appModule: string, io: CliIo): Promise<void> {
+  const { missingPeersLine, runDev } = await import('./local/dev.js');
+  const missing = missingPeersLine(process.env, (await packageJson()).peerDependencies ?? {});
+  if (missing) throw new CommandError(missing);
+  const cwd = io.cwd ?? process.cwd();
+  await runDev(await loadAppModule(appModule, cwd), cwd);
+}
+
 /** Imports the module at `specifier` (relative to `cwd`) and returns its default export or its export `app`. */
 async function loadApp(specifier: string, cwd: string): Promise<PoolgateApp> {
+  return (await loadAppModule(specifier, cwd)).app;
+}
+
+/** `loadApp`, also saying where the module is and which export holds the app. */
+async function loadAppModule(specifier: string, cwd: string): Promise<LoadedApp> {
   const path = resolve(cwd, specifier);
   const isFile = await stat(path).then(
     (s) => s.isFile(),
@@ -154,21 +179,32 @@ async function loadApp(specifier: string, cwd: string): Promise<PoolgateApp> {
     const reason = err instanceof Error ? `${err.name}: ${err.message.split('\n')[0]}` : String(err);
     throw new CommandError(`poolgate: could not load the app module ${specifier} (${reason})`);
   }
-  const app = exports.default ?? exports.app;
+  const exportName = exports.default === undefined || exports.default === null ? 'app' : 'default';
+  const app = exports[exportName];
   if (typeof app !== 'object' || app === null || !Array.isArray((app as Partial<PoolgateApp>).routes)) {
     throw new CommandError(
       `poolgate: ${specifier} exports no poolgate app (expected a default export or an export named "app", made with defineApp)`,
     );
   }
-  return app as PoolgateApp;
+  return { app: app as PoolgateApp, path, exportName };
 }
 
-/** package.json sits one folder above src/cli.ts, two above dist/lib/cli.js. */
-async function packageVersion(): Promise<string> {
+interface PackageJson {
+  name: string;
+  version: string;
+  peerDependencies?: Record<string, string>;
+}
+
+/** poolgate's package.json: one folder above src/cli.ts, two above dist/lib/cli.js. */
+async function packageJson(): Promise<PackageJson> {
   for (const candidate of ['../package.json', '../../package.json']) {
     const text = await readFile(new URL(candidate, import.meta.url), 'utf8').catch(() => undefined);
-    const pkg = text === undefined ? undefined : (JSON.parse(text) as { name?: unknown; version?: unknown });
-    if (pkg?.name === 'poolgate' && typeof pkg.version === 'string') return pkg.version;
+    const pkg = text === undefined ? undefined : (JSON.parse(text) as Partial<PackageJson>);
+    if (pkg?.name === 'poolgate' && typeof pkg.version === 'string') return pkg as PackageJson;
   }
-  throw new CommandError("poolgate: cannot find poolgate's package.json to read its version");
+  throw new CommandError("poolgate: cannot find poolgate's package.json");
+}
+
+async function packageVersion(): Promise<string> {
+  return (await packageJson()).version;
 }

@@ -1,26 +1,18 @@
 /**
- * Bundles the edge entries with esbuild: the worker (for miniflare/workerd), the Netlify Edge
- * function (for Deno) and the Netlify Node function, and writes the small static site Netlify
- * publishes. `npm run build` runs tsc (src/ → dist/lib/, the Node gateway) and then this; the
- * local topology and the runtime tests bundle the same way, so what is tested is what ships.
+ * The repository's build of the example's deploy bundles: the worker (for miniflare/workerd; `npm
+ * start` runs it), the Netlify Edge function (for Deno) and the Netlify Node function, and the small
+ * static site Netlify publishes. `npm run build` runs tsc (src/ → dist/lib/, the Node gateway) and
+ * then this; the edge entries are bundled with worker-bundle.ts's options, as `poolgate dev` bundles
+ * a user's app and the runtime tests theirs, so what is tested is what ships. Not in the package.
  */
-import { build, type BuildOptions } from 'esbuild';
+import { build } from 'esbuild';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
+import { edge } from './worker-bundle.js';
+
+export { edge };
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
-
-/** How an edge entry is bundled (workerd and Deno alike); the package tests bundle a scratch project's worker with it. */
-export const edge: BuildOptions = {
-  bundle: true,
-  format: 'esm',
-  platform: 'neutral',
-  mainFields: ['browser', 'module', 'main'],
-  conditions: ['workerd', 'worker', 'browser'],
-  target: 'es2022',
-  logLevel: 'warning',
-  legalComments: 'none',
-};
 
 export async function buildWorker(outfile = `${root}dist/worker/worker.js`): Promise<string> {
   await build({ ...edge, entryPoints: [`${root}src/fitness/entries/worker.ts`], outfile });

@@ -1,5 +1,6 @@
 /**
- * `npm start`: the whole edge topology on one machine, offline.
+ * The whole edge topology of an app on one machine, offline: `npm start` runs it for the fitness
+ * example (src/fitness/entries/local.ts), `poolgate dev --app <module>` for a user's app (dev.ts).
  *   database   embedded PGlite in EMBEDDED_DATA_DIR (.data/pglite), locked to this process; or DATABASE_URL
  *   :4444      local Neon-compatible proxy (HTTP /sql + WebSocket) in front of it     NEON_PROXY_PORT
  *   :8788      Node gateway (pg Pool), accepting only signed forwards                 NODE_PORT
@@ -7,17 +8,15 @@
  * Every port is checked before the database is opened. Ctrl-C (or SIGTERM) drains the Node gateway,
  * then stops the edge, the proxy and the database, and exits 0; a second Ctrl-C exits at once (130).
  * `npm run dev:edge` (`--edge=wrangler`) serves the edge app with `wrangler dev` instead.
+ * Generic: the app, its edge bundle and what to suggest trying come from the caller (LocalApp).
  */
 import { randomBytes } from 'node:crypto';
 import { ConfigError } from '../config.js';
+import type { PoolgateApp } from '../definition.js';
 import { describeError } from '../errors.js';
-import { DEMO_USER_ID } from '../fitness/seed.js';
-import { fitness } from '../fitness/app.js';
 import { startGateway, startupErrorLine, type Gateway } from '../runtime/node.js';
-import { buildWorker } from './build.js';
 import { lockDataDir, type DataDirLock } from './data-dir-lock.js';
 import { startWranglerDev } from './dev-edge.js';
-import { startEmbeddedPostgres } from './embedded.js';
 import { startNeonProxy, type NeonProxy, type NeonProxyOptions } from './neon-proxy/index.js';
 import { checkPortsFree, type PortClaim } from './ports.js';
 import { onStopSignals } from './stop-signals.js';
@@ -36,10 +35,22 @@ export interface Topology {
   close(): Promise<{ clean: boolean }>;
 }
 
-export interface TopologyOptions {
+/** What the topology runs: `npm start` passes the fitness example, `poolgate dev` the user's module. */
+export interface LocalApp {
+  /** The app the Node gateway serves (the edge bundle carries the same one). */
+  app: PoolgateApp;
+  /** Bundles the edge entry (its default export `createWorker(app)`) for workerd; resolves with the bundle's path. */
+  buildWorker(): Promise<string>;
+  /** The command, as its messages name it: `npm start`, `poolgate dev`. */
+  command: string;
+  /** What to suggest once everything runs: only requests that answer. */
+  tryLines(topology: Topology): string[];
+}
+
+export interface TopologyOptions extends Omit<LocalApp, 'tryLines'> {
   /**
    * What runs the edge app: `miniflare` (default) loads the esbuild bundle of the worker;
-   * `wrangler` runs `wrangler dev` on src/fitness/entries/worker.ts (wrangler.toml), bundled by wrangler.
+   * `wrangler` runs `wrangler dev` on the repository's wrangler.toml (the example's worker), bundled by wrangler.
    */
   edge?: 'miniflare' | 'wrangler';
   /** Aborting it stops start-up after the current step and undoes the steps done. */
@@ -102,9 +113,9 @@ class Parts {
   }
 }
 
-export async function startTopology(env: Env, log: (line: string) => void = console.log, options: TopologyOptions = {}): Promise<Topology> {
+export async function startTopology(env: Env, log: (line: string) => void, options: TopologyOptions): Promise<Topology> {
   const ports = topologyPorts(env);
-  if (env.PORT) log('poolgate: PORT is not used by npm start; its ports are EDGE_PORT, NODE_PORT and NEON_PROXY_PORT');
+  if (env.PORT) log(`poolgate: PORT is not used by ${options.command}; its ports are EDGE_PORT, NODE_PORT and NEON_PROXY_PORT`);
   const forwardSecret = env.FORWARD_SECRET || randomBytes(32).toString('base64url');
   const checkpoint = () => options.signal?.throwIfAborted();
   const parts = new Parts(log);
@@ -112,11 +123,11 @@ export async function startTopology(env: Env, log: (line: string) => void = cons
     const lock = await claimFolderAndPorts(env, ports, parts);
     // Built before the database opens: a failed build, or a Ctrl-C that kills esbuild's service
     // (it is in the terminal's process group), then leaves nothing open.
-    const scriptPath = options.edge === 'wrangler' ? undefined : await buildWorker();
+    const scriptPath = options.edge === 'wrangler' ? undefined : await options.buildWorker();
     checkpoint();
     const databaseUrl = lock ? await startEmbedded(lock, parts) : env.DATABASE_URL!;
     checkpoint();
-    const gateway = await startNode(env, databaseUrl, ports.node, forwardSecret, lock !== undefined, parts);
+    const gateway = await startNode(options.app, env, databaseUrl, ports.node, forwardSecret, lock !== undefined, parts);
     checkpoint();
     const proxy = await startProxy(databaseUrl, ports.proxy, gateway.config.logLevel, parts);
     checkpoint();
@@ -153,6 +164,8 @@ async function claimFolderAndPorts(env: Env, ports: Record<string, PortClaim>, p
 
 async function startEmbedded(lock: DataDirLock, parts: Parts): Promise<string> {
   const { dataDir } = lock;
+  // Loaded here: PGlite is an optional peer, needed only when DATABASE_URL is unset.
+  const { startEmbeddedPostgres } = await import('./embedded.js');
   const embedded = await startEmbeddedPostgres({ dataDir, lock });
   parts.set('database', async () => {
     await embedded.stop();
@@ -162,8 +175,9 @@ async function startEmbedded(lock: DataDirLock, parts: Parts): Promise<string> {
   return embedded.url;
 }
 
-/** The Node gateway on NODE_PORT; it seeds the demo data on the embedded database, or with SEED=true. */
+/** The Node gateway on NODE_PORT; it seeds the app's demo data on the embedded database, or with SEED=true. */
 async function startNode(
+  app: PoolgateApp,
   env: Env,
   databaseUrl: string,
   claim: PortClaim,
@@ -180,7 +194,7 @@ async function startNode(
     // A development topology: the gateway's /stats and /metrics stay readable without OPS_TOKEN.
     POOLGATE_ENV: env.POOLGATE_ENV ?? 'development',
   };
-  const gateway = await explainBusyPort(claim, () => startGateway(fitness, gatewayEnv, { log: parts.log }));
+  const gateway = await explainBusyPort(claim, () => startGateway(app, gatewayEnv, { log: parts.log }));
   parts.set('gateway', async () => {
     parts.log(`poolgate: draining the Node gateway (up to ${gateway.config.shutdownTimeoutMs} ms)`);
     const { drained } = await gateway.close();
@@ -217,7 +231,7 @@ async function startEdge(
     });
     return dev.url;
   }
-  const scriptPath = options.scriptPath ?? (await buildWorker());
+  const scriptPath = options.scriptPath ?? (await options.buildWorker());
   const mf = createMiniflare(
     { host: HOST, port, workers: [workerdWorker('poolgate', scriptPath, bindings)] },
     { ownsSignals: options.ownsSignals },
@@ -248,15 +262,6 @@ async function explainBusyPort<T>(claim: PortClaim, start: () => Promise<T>): Pr
   }
 }
 
-/** What to try once it runs: only requests that answer with this database. */
-export function tryLines({ edgeUrl, seeded }: Pick<Topology, 'edgeUrl' | 'seeded'>): string[] {
-  if (seeded) return [`poolgate: try  curl ${edgeUrl}/api/users/${DEMO_USER_ID}`];
-  return [
-    `poolgate: try  curl ${edgeUrl}/health/ready`,
-    `poolgate: no demo data on DATABASE_URL; set SEED=true to load it (user ${DEMO_USER_ID})`,
-  ];
-}
-
 /**
  * `npm start` runs us under tsx's CLI, a parent process that relays SIGINT/SIGTERM and, when this
  * process has not acknowledged a signal within 30 ms (twice), SIGKILLs it and exits 130 itself.
@@ -265,7 +270,12 @@ export function tryLines({ edgeUrl, seeded }: Pick<Topology, 'edgeUrl' | 'seeded
  */
 const TSX_ACK_GRACE_MS = 200;
 
-export async function main(argv: string[] = process.argv.slice(2)): Promise<void> {
+/**
+ * A command's whole main (`npm start`, `poolgate dev`): starts the topology for `local`, stops it
+ * on Ctrl-C, and exits 1 with one line when it cannot start.
+ * @example await main(fitnessLocal, process.argv.slice(2));
+ */
+export async function main(local: LocalApp, argv: string[]): Promise<void> {
   const edgeArg = argv.find((a) => a.startsWith('--edge='))?.slice('--edge='.length) ?? 'miniflare';
   if (edgeArg !== 'miniflare' && edgeArg !== 'wrangler') {
     console.error(`poolgate: --edge must be miniflare or wrangler, got "${edgeArg}"`);
@@ -281,7 +291,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<void
     setTimeout(() => (topology ? void stopAndExit(topology) : starting.abort()), TSX_ACK_GRACE_MS);
   });
   try {
-    topology = await startTopology(process.env, console.log, { edge: edgeArg, signal: starting.signal, ownsSignals: true });
+    topology = await startTopology(process.env, console.log, { ...local, edge: edgeArg, signal: starting.signal, ownsSignals: true });
   } catch (err) {
     // A Ctrl-C also kills esbuild's service (it is in the terminal's process group), and the build's
     // error can arrive before the signal's handler has run: give the signal a moment. After a
@@ -294,7 +304,7 @@ export async function main(argv: string[] = process.argv.slice(2)): Promise<void
     console.error(startupErrorLine(err));
     process.exit(1);
   }
-  if (!stopRequested) for (const line of tryLines(topology)) console.log(line);
+  if (!stopRequested) for (const line of local.tryLines(topology)) console.log(line);
 }
 
 async function stopAndExit(topology: Topology): Promise<never> {
@@ -302,5 +312,3 @@ async function stopAndExit(topology: Topology): Promise<never> {
   console.log(clean ? 'poolgate: stopped' : 'poolgate: stopped, not cleanly (see above)');
   process.exit(clean ? 0 : 1);
 }
-
-if (process.argv[1] && import.meta.url.endsWith(process.argv[1].replace(/\\/g, '/'))) void main();

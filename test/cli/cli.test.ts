@@ -123,7 +123,8 @@ describe('poolgate (the bin)', () => {
     expect(run.code, run.stderr).toBe(0);
     expect(run.stderr).toBe('');
     expect(run.stdout).toMatch(/^usage: poolgate <command> \[options\]\n/);
-    for (const command of ['migrate', 'serve', 'neon-proxy', 'help']) expect(run.stdout).toMatch(new RegExp(`^  ${command}\\b`, 'm'));
+    for (const command of ['migrate', 'serve', 'dev', 'neon-proxy', 'help'])
+      expect(run.stdout).toMatch(new RegExp(`^  ${command}\\b`, 'm'));
   });
 
   it('--version prints the package version', async () => {
@@ -139,9 +140,10 @@ describe('poolgate (the bin)', () => {
     expectUsageError(await poolgate(['migrate', '--frob']), /^poolgate: Unknown option '--frob'$/);
   });
 
-  it('a flag without its value, serve without --app, no command: the same', async () => {
+  it('a flag without its value, serve or dev without --app, no command: the same', async () => {
     expectUsageError(await poolgate(['migrate', '--app']), /^poolgate: Option '--app <value>' argument missing$/);
     expectUsageError(await poolgate(['serve']), /^poolgate: serve needs --app <module>/);
+    expectUsageError(await poolgate(['dev']), /^poolgate: dev needs --app <module> \(the app to run\)$/);
     expectUsageError(await poolgate([]), /^poolgate: no command given$/);
   });
 
@@ -212,6 +214,13 @@ describe('poolgate (the bin)', () => {
     expectOneLine(
       await poolgate(['migrate', '--app', 'nowhere/app.mjs'], { DATABASE_URL: 'postgres://x@127.0.0.1:1/x' }),
       /^poolgate: no app module at nowhere\/app\.mjs \(looked for .*nowhere\/app\.mjs\)$/,
+    );
+  });
+
+  it('dev --app with a missing file: the same one line, exit 1, nothing started', async () => {
+    expectOneLine(
+      await poolgate(['dev', '--app', 'nowhere/app.ts'], { EDGE_PORT: '0', NODE_PORT: '0', NEON_PROXY_PORT: '0' }),
+      /^poolgate: no app module at nowhere\/app\.ts \(looked for .*nowhere\/app\.ts\)$/,
     );
   });
 

@@ -4,6 +4,7 @@
  * local Neon proxy on a database of this suite's own. Proves the deploy config runs as written.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { fitnessLocal } from '../../src/fitness/entries/local.js';
 import { startTopology, type Topology } from '../../src/local/topology.js';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
 import { closedPortUrl, dbDescOf, insertAthlete, workoutBody, type Athlete } from '../helpers/edge.js';
@@ -19,7 +20,7 @@ const freePort = async () => new URL(await closedPortUrl()).port;
 beforeAll(async () => {
   db = await createTestDatabase('poolgate_wrangler');
   const env = { DATABASE_URL: db.url, EDGE_PORT: await freePort(), NODE_PORT: await freePort(), NEON_PROXY_PORT: await freePort() };
-  topology = await startTopology(env, (line) => logs.push(line), { edge: 'wrangler' });
+  topology = await startTopology(env, (line) => logs.push(line), { ...fitnessLocal, edge: 'wrangler' });
   athlete = await insertAthlete(db);
 }, 120_000);
 

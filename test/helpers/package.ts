@@ -168,13 +168,27 @@ export interface Child {
   /** stdout and stderr as they arrived, interleaved. */
   output(): string;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-  /** SIGTERM, then SIGKILL if it has not exited after `graceMs`. Resolves when it has exited. */
+  /** SIGTERM (to its group, when it has one), then SIGKILL if it has not exited after `graceMs`. Resolves when it has exited. */
   stop(graceMs?: number): Promise<void>;
+  /** What a terminal's Ctrl-C does: SIGINT to every process of its group (started with `group: true`). */
+  pressCtrlC(): void;
 }
 
 /** Starts `process.execPath args…` (the project's Node 24) in `cwd` with `env`. */
-export function startNode(args: readonly string[], { cwd, env }: { cwd: string; env: Record<string, string> }): Child {
-  const child = spawn(process.execPath, args, { cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
+export function startNode(args: readonly string[], options: { cwd: string; env: Record<string, string> }): Child {
+  return startProcess(process.execPath, args, options);
+}
+
+/**
+ * Starts `command args…` in `cwd` with `env`; with `group`, in a process group of its own, as a
+ * terminal runs a command (its Ctrl-C signals the whole group: npx, npm's shell and the command).
+ */
+export function startProcess(
+  command: string,
+  args: readonly string[],
+  { cwd, env, group = false }: { cwd: string; env: Record<string, string>; group?: boolean },
+): Child {
+  const child = spawn(command, args, { cwd, env, stdio: ['ignore', 'pipe', 'pipe'], detached: group });
   let out = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString('utf8')));
   child.stderr.on('data', (d: Buffer) => (out += d.toString('utf8')));
@@ -182,6 +196,14 @@ export function startNode(args: readonly string[], { cwd, env }: { cwd: string; 
     if (child.exitCode !== null || child.signalCode !== null) resolve({ code: child.exitCode, signal: child.signalCode });
     else child.once('close', (code, signal) => resolve({ code, signal }));
   });
+  const signal = (name: NodeJS.Signals) => {
+    try {
+      if (group) process.kill(-child.pid!, name);
+      else child.kill(name);
+    } catch {
+      // gone already
+    }
+  };
   let stopping: Promise<void> | undefined;
   return {
     process: child,
@@ -189,14 +211,18 @@ export function startNode(args: readonly string[], { cwd, env }: { cwd: string; 
     exited,
     stop(graceMs = 5_000) {
       stopping ??= (async () => {
-        if (child.exitCode !== null || child.signalCode !== null) return;
-        child.kill('SIGTERM');
-        const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
+        if (child.exitCode !== null || child.signalCode !== null) {
+          if (group) signal('SIGKILL'); // whatever of its group outlived it
+          return;
+        }
+        signal('SIGTERM');
+        const timer = setTimeout(() => signal('SIGKILL'), graceMs);
         await exited;
         clearTimeout(timer);
       })();
       return stopping;
     },
+    pressCtrlC: () => signal('SIGINT'),
   };
 }
 

@@ -133,7 +133,7 @@ function expectLinesInOrder(stdout: string, expected: RegExp[]): void {
     ).toHaveLength(1);
 }
 
-describe('Ctrl-C on the topology (tsx src/local/topology.ts, what npm start runs)', () => {
+describe('Ctrl-C on the topology (tsx src/fitness/entries/local.ts, what npm start runs)', () => {
   it('drains the write in flight, stops every part saying so, exits 0, and the data dir opens again', async () => {
     const t = await startRunning();
     await readThroughEdge(t);

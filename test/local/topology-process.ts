@@ -36,11 +36,11 @@ export interface TopologyProcess {
 const running = new Set<TopologyProcess>();
 
 /**
- * Starts `tsx src/local/topology.ts` (what `npm start` runs) or, with `npm: true`, `npm start`
+ * Starts `tsx src/fitness/entries/local.ts` (what `npm start` runs) or, with `npm: true`, `npm start`
  * itself, with exactly `env` plus PATH and HOME.
  */
 export function spawnTopology(env: Record<string, string>, options: { npm?: boolean } = {}): TopologyProcess {
-  const [command, args] = options.npm ? ['npm', ['start', '--silent']] : [join(BIN, 'tsx'), ['src/local/topology.ts']];
+  const [command, args] = options.npm ? ['npm', ['start', '--silent']] : [join(BIN, 'tsx'), ['src/fitness/entries/local.ts']];
   const child: ChildProcessByStdio<null, Readable, Readable> = spawn(command, args, {
     cwd: ROOT,
     env: { PATH: `${BIN}:${process.env.PATH ?? ''}`, HOME: process.env.HOME ?? '', ...env },

@@ -1,9 +1,10 @@
 /**
  * What `npm pack` puts into poolgate's tarball, after `npm run build`: the compiled library and
  * the bin, nothing of the development side (tests, benches, local data, sources, source maps, the
- * example app, the development-only local tooling, the deploy bundles); every file the exports
- * map and the bin name; and shipped code that imports only what a consumer's install has — the
- * dependencies, the peers, Node's builtins — with the optional PGlite peers reached only lazily.
+ * example app, the build script, the deploy bundles); every file the exports map and the bin
+ * name, and the local topology `poolgate dev` runs; and shipped code that imports only what a
+ * consumer's install has — the dependencies, the peers, Node's builtins — with the optional peers
+ * (PGlite, esbuild, miniflare) reached only lazily.
  * Imports are read with TypeScript's parser, not a regex: the JSDoc examples in the shipped
  * JavaScript say `import … from 'poolgate/…'`, and a regex would take them for imports.
  */
@@ -31,7 +32,8 @@ const DEVELOPMENT_ONLY: [what: string, pattern: RegExp][] = [
   ['source maps', /\.map$/],
   ['sources other than the bin', /^src\/(?!bin\/poolgate\.mjs$)/],
   ['the example app', /^dist\/lib\/fitness(\/|$)/],
-  ['development-only local tooling', /^dist\/lib\/local\/(topology|workerd|build|dev-edge|stop-signals)\./],
+  // The repository's own build script (it bundles the example's entries); `poolgate dev` ships the rest of local/.
+  ['the build script', /^dist\/lib\/local\/build\./],
   ['the deploy bundles (dist/worker, dist/netlify, dist/public)', /^dist\/(?!lib\/)/],
   [
     'development configuration',
@@ -137,6 +139,11 @@ describe('the tarball', () => {
     for (const file of js) expect(files, `${file} has its declarations`).toContain(file.replace(/\.js$/, '.d.ts'));
   });
 
+  it('holds what `poolgate dev` runs: the local topology and each of its parts', () => {
+    for (const part of ['dev', 'topology', 'worker-bundle', 'workerd', 'dev-edge', 'stop-signals', 'ports', 'embedded', 'neon-proxy/index'])
+      expect(files).toContain(`dist/lib/local/${part}.js`);
+  });
+
   it('holds every file the exports map and the bin name', () => {
     const missing = namedTargets().filter((target) => target !== 'package.json' && !files.includes(target));
     expect(missing).toEqual([]);
@@ -188,13 +195,13 @@ describe('what the shipped code imports', () => {
     expect(Object.keys(pkg.dependencies).filter((name) => !used.has(name) && !typesUsed.has(name))).toEqual([]);
   });
 
-  it('the optional PGlite peers are reached only through import(): no entry loads them up front', () => {
+  it('the optional peers (PGlite, esbuild, miniflare) are reached only through import(): no entry loads them up front', () => {
     const optional = new Set(
       Object.entries(pkg.peerDependenciesMeta ?? {})
         .filter(([, meta]) => meta.optional)
         .map(([name]) => name),
     );
-    expect([...optional].sort()).toEqual(['@electric-sql/pglite', '@electric-sql/pglite-socket']);
+    expect([...optional].sort()).toEqual(['@electric-sql/pglite', '@electric-sql/pglite-socket', 'esbuild', 'miniflare']);
     // What loading each entry (the exports, the bin and the CLI it loads) runs at once: static imports only.
     const entries = [...namedTargets().filter((t) => /\.m?js$/.test(t)), 'dist/lib/cli.js'];
     const eager = entries.flatMap((entry) =>
@@ -205,10 +212,20 @@ describe('what the shipped code imports', () => {
       ),
     );
     expect(eager).toEqual([]);
-    // The walk does follow the graph, and the lazy path exists: the embedded database, when DATABASE_URL is unset.
+    // The walk does follow the graph, and the lazy paths exist: the embedded database, when DATABASE_URL is
+    // unset; `poolgate dev` (the topology, esbuild's bundle, workerd), once its peers are found.
     expect(loadedWith('dist/lib/runtime/node.js')).toContain('dist/lib/runtime/node-app.js');
     expect(loadedWith('dist/lib/runtime/node.js')).not.toContain('dist/lib/local/embedded.js');
-    const usesPglite = shippedCode().filter(([, found]) => found.some((i) => !i.dynamic && optional.has(packageOf(i.specifier))));
-    expect(usesPglite.map(([file]) => file)).toEqual(['dist/lib/local/embedded.js']);
+    expect(loadedWith('dist/lib/local/topology.js')).toContain('dist/lib/local/workerd.js');
+    expect(loadedWith('dist/lib/local/topology.js')).not.toContain('dist/lib/local/embedded.js');
+    const usesOptional = shippedCode().flatMap(([file, found]) =>
+      found.filter((i) => !i.dynamic && optional.has(packageOf(i.specifier))).map((i) => `${file} → ${packageOf(i.specifier)}`),
+    );
+    expect([...new Set(usesOptional)].sort()).toEqual([
+      'dist/lib/local/embedded.js → @electric-sql/pglite',
+      'dist/lib/local/embedded.js → @electric-sql/pglite-socket',
+      'dist/lib/local/worker-bundle.js → esbuild',
+      'dist/lib/local/workerd.js → miniflare',
+    ]);
   });
 });

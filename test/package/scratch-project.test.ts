@@ -7,17 +7,22 @@
  * README's (the package's own declarations included), and run against real
  * PostgreSQL: on Node alone (`poolgate migrate`, `node server.ts`), as a plain function, and at
  * the edge in real workerd (the worker bundled from the scratch with esbuild) through the
- * package's Neon proxy, forwarding its writes, signed, to the scratch's Node gateway.
+ * package's Neon proxy, forwarding its writes, signed, to the scratch's Node gateway. Last, the
+ * local loop: `npx poolgate dev --app ./app.ts` first names the optional peers it lacks and the
+ * command that adds them, then (once added) runs all of that itself on the embedded default, until Ctrl-C.
  */
 import { edge as edgeBundle } from '../../src/local/build.js';
 import { Validator } from '@seriousme/openapi-schema-validator';
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { lstat, mkdir, mkdtemp, readdir, readFile, realpath, rm, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
+import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { build } from 'esbuild';
 import { Miniflare } from 'miniflare';
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { workerdWorker } from '../../src/local/workerd.js';
 import {
@@ -31,6 +36,7 @@ import {
   run,
   runOk,
   startNode,
+  startProcess,
   titledSnippets,
   waitFor,
   withBuildLock,
@@ -237,7 +243,7 @@ describe('the installed package', () => {
     const help = await poolgate(['--help']);
     expect(help.code, help.stderr).toBe(0);
     expect(help.stdout).toMatch(/^usage: poolgate <command>/);
-    for (const command of ['migrate', 'serve', 'neon-proxy']) expect(help.stdout).toContain(command);
+    for (const command of ['migrate', 'serve', 'dev', 'neon-proxy']) expect(help.stdout).toContain(command);
     const version = await poolgate(['--version']);
     const { version: expected } = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as { version: string };
     expect(version.stdout.trim()).toBe(expected);
@@ -615,3 +621,182 @@ describe.skipIf(!realPostgresUrl)('at the edge: worker.ts in workerd → Neon pr
     expect((await ask(`${nodeUrl}/ops/stats`)).status).toBe(401);
   });
 });
+
+describe('poolgate dev --app ./app.ts: the whole topology for the scratch app, one command', () => {
+  /** `npx poolgate …` in the scratch, as the README says, to its end. */
+  const npx = (args: string[], env: Record<string, string> = {}) =>
+    run('npx', ['poolgate', ...args], { cwd: scratch, env: childEnv(env), timeoutMs: 60_000 });
+  /** EDGE_PORT, NODE_PORT and NEON_PROXY_PORT on ports free a moment ago. */
+  const devPorts = async () => ({
+    EDGE_PORT: String(await freePort()),
+    NODE_PORT: String(await freePort()),
+    NEON_PROXY_PORT: String(await freePort()),
+  });
+  let installCommand: string[];
+
+  it('without its optional peers: one line naming them and the exact `npm i -D …` to run, exit 1, nothing started', async () => {
+    const embedded = await npx(['dev', '--app', './app.ts'], await devPorts());
+    expect(embedded.code, `${embedded.stdout}${embedded.stderr}`).toBe(1);
+    expect(embedded.stdout).toBe('');
+    expect(embedded.stderr).toMatch(
+      /^poolgate: poolgate dev needs esbuild, miniflare, @electric-sql\/pglite and @electric-sql\/pglite-socket in your project \(PGlite is the embedded database when DATABASE_URL is unset\); add them with: npm i -D esbuild@\S+ miniflare@\S+ @electric-sql\/pglite@\S+ @electric-sql\/pglite-socket@\S+\n$/,
+    );
+    expect(existsSync(join(scratch, '.data'))).toBe(false);
+
+    const onDatabaseUrl = await npx(['dev', '--app', './app.ts'], {
+      ...(await devPorts()),
+      DATABASE_URL: 'postgres://nobody@127.0.0.1:1/x',
+    });
+    expect(onDatabaseUrl.code).toBe(1);
+    expect(onDatabaseUrl.stderr).toMatch(
+      /^poolgate: poolgate dev needs esbuild and miniflare in your project; add them with: npm i -D esbuild@\S+ miniflare@\S+\n$/,
+    );
+    installCommand = /npm i -D .+$/.exec(embedded.stderr.trim())![0].split(' ');
+  });
+
+  describe('once the command it printed has added them', () => {
+    let dev: Child;
+    let ports: Record<'EDGE_PORT' | 'NODE_PORT' | 'NEON_PROXY_PORT', string>;
+    let edge: string;
+    let nodeUrl: string;
+    let embeddedUrl: string;
+    /** The note written through the edge. */
+    let note: { id: number; text: string };
+
+    /**
+     * Starts `command args…` in the scratch in a process group of its own, as a terminal runs it
+     * (its Ctrl-C reaches every process: npx, npm's shell and poolgate); resolves once it is ready.
+     */
+    async function startDev(command: string, args: string[], env: Record<string, string>): Promise<{ child: Child; edge: string }> {
+      const child = startProcess(command, args, { cwd: scratch, env: childEnv(env), group: true });
+      children.push(child);
+      let exited = false;
+      void child.exited.then(() => (exited = true));
+      const url = await waitFor(
+        () => {
+          const found = /^poolgate: ready; your app at the edge is (http:\/\/\S+) \(Ctrl-C stops everything\)$/m.exec(child.output())?.[1];
+          if (!found && exited) throw new Error(`${command} ${args.join(' ')} exited: ${child.output()}`);
+          return found;
+        },
+        { timeoutMs: 120_000, intervalMs: 100, what: `${command} ${args.join(' ')} to be ready` },
+      );
+      return { child, edge: url };
+    }
+
+    beforeAll(async () => {
+      expect(installCommand, 'the line above named the install command').toBeDefined();
+      const [npm, ...args] = installCommand;
+      await runOk(npm!, [...args, '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error'], { cwd: scratch, timeoutMs: 240_000 });
+      ports = await devPorts();
+      ({ child: dev, edge } = await startDev('npx', ['poolgate', 'dev', '--app', './app.ts'], ports));
+      nodeUrl = /Node gateway on (http:\/\/\S+)/.exec(dev.output())![1]!;
+      embeddedUrl = `postgres://postgres@127.0.0.1:${/embedded PGlite on 127\.0\.0\.1:(\d+)/.exec(dev.output())![1]}/postgres`;
+    }, 300_000);
+
+    it('prints the address of every part, on the ports EDGE_PORT, NODE_PORT and NEON_PROXY_PORT; the database is the embedded default', () => {
+      const out = dev.output();
+      expect(edge).toBe(`http://127.0.0.1:${ports.EDGE_PORT}`);
+      expect(nodeUrl).toBe(`http://127.0.0.1:${ports.NODE_PORT}`);
+      expect(out).toMatch(new RegExp(`^poolgate: local Neon proxy on http://127\\.0\\.0\\.1:${ports.NEON_PROXY_PORT}$`, 'm'));
+      expect(out).toMatch(
+        new RegExp(`^poolgate: edge app \\(workerd\\) on ${edge} → reads via Neon proxy, writes forwarded to ${nodeUrl}$`, 'm'),
+      );
+      expect(out).toMatch(/^poolgate: embedded PGlite on 127\.0\.0\.1:\d+ \(data in \.data\/pglite\)$/m);
+      expect(existsSync(join(scratch, '.data/pglite/PG_VERSION'))).toBe(true);
+      expect(out).toMatch(/^poolgate: applied migrations [\d, ]+$/m);
+    });
+
+    it('serves its read at the edge, over Neon HTTP through the local proxy, on the migrated database', async () => {
+      const missing = await ask(`${edge}/api/notes/4242`);
+      expect(missing.status, `${missing.text}\n${dev.output()}`).toBe(404);
+      expect(missing.body.error.code).toBe('not_found');
+      expect(dbDesc(missing.headers.get('server-timing'))).toBe('neon-http 1q');
+    });
+
+    it('forwards a write through the edge, signed, to the Node gateway, which applies it; the edge then reads it back', async () => {
+      const created = await ask(`${edge}/api/notes`, { method: 'POST', json: { text: 'written in poolgate dev' } });
+      expect(created.status, `${created.text}\n${dev.output()}`).toBe(201);
+      expect(created.body).toEqual({ id: expect.any(Number), text: 'written in poolgate dev' });
+      note = created.body;
+      const timing = created.headers.get('server-timing') ?? '';
+      expect(dbDesc(timing)).toBe('forwarded 0q');
+      expect(timing).toMatch(/(^|,\s*)node-db;dur=[\d.]+;desc="pg-pool \d+q"/);
+
+      const client = new pg.Client({ connectionString: embeddedUrl });
+      await client.connect();
+      try {
+        expect((await client.query('SELECT id, text FROM notes')).rows).toEqual([created.body]);
+      } finally {
+        await client.end();
+      }
+      const read = await ask(`${edge}/api/notes/${created.body.id}`);
+      expect(read.status, read.text).toBe(200);
+      expect(read.body).toEqual(created.body);
+      expect(dbDesc(read.headers.get('server-timing'))).toBe('neon-http 1q');
+
+      // The Node gateway saw the write (and only the write): its stats are open in development.
+      const stats = await ask(`${nodeUrl}/ops/stats`);
+      expect(stats.status, stats.text).toBe(200);
+      expect(routeIn(stats.body, 'POST', '/api/notes')).toMatchObject({ count: 1, statusClasses: { '2xx': 1 } });
+      expect(routeIn(stats.body, 'GET', '/api/notes/:id')).toBeUndefined();
+    });
+
+    it('Ctrl-C stops everything gracefully: the gateway drains, every part stops, poolgate exits 0', async () => {
+      dev.pressCtrlC();
+      const exit = await dev.exited;
+      const out = dev.output();
+      expect(out).toMatch(/^poolgate: SIGINT, stopping/m);
+      for (const line of [
+        'Node gateway drained, pool ended',
+        'edge app (workerd) stopped',
+        'Neon proxy stopped',
+        'embedded PGlite stopped',
+      ])
+        expect(out).toContain(`poolgate: ${line}`);
+      expect(out).toMatch(/^poolgate: stopped$/m); // printed just before poolgate's process.exit(0)
+      expect(out).not.toMatch(/exiting now|not cleanly/);
+      // npx runs the bin through `sh -c`; where /bin/sh is dash, that shell dies of the same Ctrl-C
+      // once poolgate has exited 0, and npm re-raises it on itself (the next test sees the 0 itself).
+      expect(exit.code === 0 || exit.signal === 'SIGINT', `${JSON.stringify(exit)}\n${out}`).toBe(true);
+      for (const port of Object.values(ports)) expect(await isListening(Number(port)), `port ${port}`).toBe(false);
+    });
+
+    it('run as the bin itself, Ctrl-C exits 0; the embedded data is still there the next time', async () => {
+      const again = await devPorts();
+      const { child, edge: url } = await startDev(process.execPath, ['node_modules/.bin/poolgate', 'dev', '--app', './app.ts'], again);
+      expect(child.output()).not.toMatch(/applied migrations/);
+      const read = await ask(`${url}/api/notes/${note.id}`);
+      expect(read.status, read.text).toBe(200);
+      expect(read.body).toEqual(note);
+      child.pressCtrlC();
+      expect(await child.exited, child.output()).toEqual({ code: 0, signal: null });
+      expect(child.output()).toMatch(/^poolgate: stopped$/m);
+      for (const port of Object.values(again)) expect(await isListening(Number(port)), `port ${port}`).toBe(false);
+    });
+
+    it('a busy port: the same one line as npm start, naming the port and its variable, exit 1', async () => {
+      const busy = await devPorts();
+      const holder = createServer((socket) => socket.destroy());
+      await new Promise<void>((resolve) => holder.listen(Number(busy.EDGE_PORT), '127.0.0.1', resolve));
+      try {
+        const result = await npx(['dev', '--app', './app.ts'], busy);
+        expect(result.code, `${result.stdout}${result.stderr}`).toBe(1);
+        expect(result.stderr).toBe(`poolgate: port ${busy.EDGE_PORT} on 127.0.0.1 is in use; set EDGE_PORT to use another\n`);
+      } finally {
+        await new Promise((resolve) => holder.close(resolve));
+      }
+    });
+  });
+});
+
+/** Whether anything accepts connections on the port. */
+function isListening(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connect(port, '127.0.0.1');
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
