@@ -31,7 +31,7 @@ const DEVELOPMENT_ONLY: [what: string, pattern: RegExp][] = [
   ['source maps', /\.map$/],
   ['sources other than the bin', /^src\/(?!bin\/poolgate\.mjs$)/],
   ['the example app', /^dist\/lib\/fitness(\/|$)/],
-  ['development-only local tooling', /^dist\/lib\/local\/(topology|workerd|build|dev-edge|stop-signals)\./],
+  ['development-only local tooling', /^dist\/lib\/local\/(topology|workerd|build|dev-edge|stop-signals|edge-front|group-guard|leftover)\./],
   ['the deploy bundles (dist/worker, dist/netlify, dist/public)', /^dist\/(?!lib\/)/],
   [
     'development configuration',
