@@ -259,7 +259,8 @@ async function startInChild(
           SHUTDOWN_TIMEOUT_MS: '2000',
         },
         log,
-        fitnessLocal,
+        // workerd on the edge port itself: the Node front that drains it on Ctrl-C is a hop production has not.
+        { ...fitnessLocal, edgeFront: false },
       );
       return { urls: { url: t.edgeUrl, nodeUrl: t.nodeUrl, proxyUrl: t.proxyUrl }, close: () => t.close() };
     }

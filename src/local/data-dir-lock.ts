@@ -5,12 +5,14 @@
  * failed with `PANIC: could not locate a valid checkpoint record`.
  *
  * The lock is a file inside the folder holding the owner's pid, created with O_EXCL. A lock whose
- * pid is no longer running (a crash, a SIGKILL) is stale and taken over. It is released on stop
- * and, synchronously, when the process exits.
+ * pid is no longer running (a crash, a SIGKILL) is stale and taken over. A pid that runs again, in
+ * a process that is no poolgate (a reused pid), is named as such with the file to delete; it is
+ * not taken over, since no check can be sure. It is released on stop and, synchronously, when the
+ * process exits.
  */
-import { readFileSync, unlinkSync } from 'node:fs';
+import { readFileSync, statSync, unlinkSync } from 'node:fs';
 import { link, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { StartupError } from '../runtime/node.js';
 
 export const LOCK_FILE = 'poolgate.lock';
@@ -20,8 +22,15 @@ export class DataDirInUseError extends StartupError {
   constructor(
     readonly dataDir: string,
     readonly pid: number,
+    /** The program the pid runs now, when it is known not to be Node (so not a poolgate). */
+    stranger?: string,
   ) {
-    super(`${dataDir} is in use by process ${pid} (another npm start?); stop it, or set EMBEDDED_DATA_DIR`);
+    const lockFile = join(dataDir, LOCK_FILE);
+    super(
+      stranger
+        ? `${dataDir} is locked by process ${pid} (${stranger}), which is not a poolgate (its pid was reused?): delete ${lockFile} if no poolgate is running`
+        : `${dataDir} is in use by process ${pid} (another npm start?); stop it, or set EMBEDDED_DATA_DIR (if no poolgate is running, delete ${lockFile})`,
+    );
   }
 }
 
@@ -47,7 +56,7 @@ export async function lockDataDir(dataDir: string): Promise<DataDirLock> {
   if (held.has(path)) throw new DataDirInUseError(dataDir, process.pid);
   held.add(path); // before the first await: a concurrent call from this process must see it
   try {
-    await mkdir(dataDir, { recursive: true });
+    await makeFolder(dataDir);
     await acquire(dataDir, path);
   } catch (err) {
     held.delete(path);
@@ -56,12 +65,41 @@ export async function lockDataDir(dataDir: string): Promise<DataDirLock> {
   return holdLock(dataDir, path);
 }
 
+/** Creates the folder (and its parents); a path that is, or lies under, a file is named with the fix. */
+async function makeFolder(dataDir: string): Promise<void> {
+  try {
+    await mkdir(dataDir, { recursive: true });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'EEXIST' || code === 'ENOTDIR')
+      throw new StartupError(
+        `${fileOnTheWay(dataDir)} is a file, not a folder; set EMBEDDED_DATA_DIR to a folder (it is created if missing)`,
+      );
+    throw new StartupError(
+      `cannot create the data folder ${dataDir} (${code ?? String(err)}); set EMBEDDED_DATA_DIR to a folder you can write`,
+    );
+  }
+}
+
+/** The nearest of `path` and its parents that exists and is no folder. */
+function fileOnTheWay(path: string): string {
+  for (let at = path; ; at = dirname(at)) {
+    try {
+      if (!statSync(at).isDirectory()) return at;
+    } catch {
+      // not there: look further up
+    }
+    if (dirname(at) === at) return path;
+  }
+}
+
 async function acquire(dataDir: string, path: string): Promise<void> {
   for (let attempt = 1; attempt <= ATTEMPTS; attempt++) {
     if (await createExclusive(path)) return;
     const owner = await readOwner(path);
     if (owner === 'gone') continue; // released meanwhile
-    if (typeof owner === 'number' && owner !== process.pid && isRunning(owner)) throw new DataDirInUseError(dataDir, owner);
+    if (typeof owner === 'number' && owner !== process.pid && isRunning(owner))
+      throw new DataDirInUseError(dataDir, owner, programUnlessNode(owner));
     // Stale: its process is gone (our own pid here means a previous process that had the same pid),
     // or it holds no pid (a lock file is never empty while it is being made, so it was damaged).
     // Only what we read is removed; two starts taking over one stale lock in the same instant are not told apart.
@@ -109,6 +147,20 @@ function isRunning(pid: number): boolean {
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM'; // exists, owned by another user
   }
+}
+
+/**
+ * The program `pid` runs when it is known and is not Node (Linux /proc; elsewhere unknown). Every
+ * poolgate that takes this lock runs in Node (`npm start`, a gateway, a test).
+ */
+function programUnlessNode(pid: number): string | undefined {
+  let program: string;
+  try {
+    program = basename(readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0] ?? '');
+  } catch {
+    return undefined;
+  }
+  return program === '' || /^node(\.exe)?$/.test(program) ? undefined : program;
 }
 
 function holdLock(dataDir: string, path: string): DataDirLock {

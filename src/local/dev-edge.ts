@@ -5,14 +5,15 @@
  * then calls `startWranglerDev` here. Offline: metrics and the `Request.cf` download are off.
  * Secrets go to wrangler in a private env file, not on its command line (where `ps` shows them).
  * wrangler runs in a process group of its own: the terminal's Ctrl-C reaches only the topology,
- * which stops wrangler after the Node gateway has drained; if this process exits first, an exit
- * hook kills the group (wrangler and its workerd).
+ * which stops wrangler after the edge has drained; if this process exits first, an exit hook
+ * kills the group (wrangler and its workerd), and if it is killed (SIGKILL), a watchdog does.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { killWithThisProcess } from './group-guard.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 
@@ -91,7 +92,11 @@ export async function startWranglerDev(options: WranglerDevOptions): Promise<Wra
   const kill = (signal: NodeJS.Signals) => killGroup(child, signal);
   const killOnExit = () => kill('SIGKILL');
   process.on('exit', killOnExit);
-  child.once('exit', () => process.off('exit', killOnExit));
+  const unguard = OWN_GROUP && child.pid !== undefined ? killWithThisProcess(child.pid) : () => {};
+  child.once('exit', () => {
+    process.off('exit', killOnExit);
+    unguard();
+  });
   const prefix = (chunk: Buffer) =>
     chunk
       .toString('utf8')

@@ -38,3 +38,15 @@ function tryListen({ port, host, variable }: PortClaim): Promise<void> {
     server.listen({ port, host, exclusive: true }, () => server.close(() => resolve()));
   });
 }
+
+/** A port nothing listens on right now, for a part that cannot be given port 0 (wrangler dev). */
+export async function freePort(host: string): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ port: 0, host }, () => resolve());
+  });
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}

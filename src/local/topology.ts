@@ -5,21 +5,27 @@
  *   :4444      local Neon-compatible proxy (HTTP /sql + WebSocket) in front of it     NEON_PROXY_PORT
  *   :8788      Node gateway (pg Pool), accepting only signed forwards                 NODE_PORT
  *   :8787      the edge app in workerd (miniflare): reads via Neon, writes forwarded  EDGE_PORT
- * Every port is checked before the database is opened. Ctrl-C (or SIGTERM) drains the Node gateway,
- * then stops the edge, the proxy and the database, and exits 0; a second Ctrl-C exits at once (130).
+ * The configuration, the data folder and every port are checked before the database is opened.
+ * On EDGE_PORT a Node front (edge-front.ts) proxies to workerd on an internal port and counts the
+ * requests in flight. Ctrl-C (or SIGTERM, or npm above it being killed) drains the edge — new
+ * requests get 503, those in flight finish, the gateway still taking their writes — then the
+ * gateway, all within SHUTDOWN_TIMEOUT_MS, then stops the proxy and the database, and exits 0; a
+ * second Ctrl-C exits at once (130). If this process is killed outright, a watchdog stops workerd.
  * `npm run dev:edge` (`--edge=wrangler`) serves the edge app with `wrangler dev` instead.
  * Generic: the app, its edge bundle and what to suggest trying come from the caller (LocalApp).
  */
 import { randomBytes } from 'node:crypto';
-import { ConfigError } from '../config.js';
+import { ConfigError, parseConfig, type Config } from '../config.js';
 import type { PoolgateApp } from '../definition.js';
 import { describeError } from '../errors.js';
 import { startGateway, startupErrorLine, type Gateway } from '../runtime/node.js';
 import { lockDataDir, type DataDirLock } from './data-dir-lock.js';
 import { startWranglerDev } from './dev-edge.js';
+import { startEdgeFront } from './edge-front.js';
+import { stopLeftoverWorkerd } from './leftover.js';
 import { startNeonProxy, type NeonProxy, type NeonProxyOptions } from './neon-proxy/index.js';
-import { checkPortsFree, type PortClaim } from './ports.js';
-import { onStopSignals } from './stop-signals.js';
+import { checkPortsFree, freePort, type PortClaim } from './ports.js';
+import { onStopSignals, type StopReason } from './stop-signals.js';
 import { createMiniflare, workerdWorker } from './workerd.js';
 
 export interface Topology {
@@ -29,8 +35,9 @@ export interface Topology {
   /** The demo data is loaded: the embedded database, or SEED=true. */
   seeded: boolean;
   /**
-   * Drains the Node gateway (the edge still carries its responses), then stops the edge, the Neon
-   * proxy and the embedded database, logging each step. Runs once; never rejects.
+   * Drains the edge (the gateway still takes the writes it forwards), then the Node gateway, both
+   * within SHUTDOWN_TIMEOUT_MS, then stops the Neon proxy and the embedded database, logging each
+   * step. Runs once; never rejects.
    */
   close(): Promise<{ clean: boolean }>;
 }
@@ -57,6 +64,11 @@ export interface TopologyOptions extends Omit<LocalApp, 'tryLines'> {
   signal?: AbortSignal;
   /** The caller handles SIGINT/SIGTERM/SIGHUP and calls close(); see createMiniflare. */
   ownsSignals?: boolean;
+  /**
+   * false: the edge app listens on EDGE_PORT itself, without the Node front (one hop less, for the
+   * bench); stopping it then cuts what it still carries.
+   */
+  edgeFront?: boolean;
 }
 
 type Env = Record<string, string | undefined>;
@@ -81,17 +93,26 @@ export function topologyPorts(env: Env): { edge: PortClaim; node: PortClaim; pro
 }
 
 type Part = 'gateway' | 'edge' | 'proxy' | 'database';
-/** Stop order: the gateway drains first, while the edge can still carry the responses back. */
-const STOP_ORDER: Part[] = ['gateway', 'edge', 'proxy', 'database'];
+/**
+ * Stop order: the edge drains first, while the gateway still takes the writes its requests
+ * forward; then the gateway, which has only what the edge gave up on; then what they read from.
+ */
+const STOP_ORDER: Part[] = ['edge', 'gateway', 'proxy', 'database'];
+
+/** A part's stop, given the milliseconds left of the stop's deadline (never below 0). */
+type Stop = (leftMs: () => number) => Promise<void>;
 
 /** What has been started so far, and how to stop it; close() runs once. */
 class Parts {
-  readonly #stops = new Map<Part, () => Promise<void>>();
+  readonly #stops = new Map<Part, Stop>();
   #closing: Promise<{ clean: boolean }> | undefined;
 
-  constructor(readonly log: (line: string) => void) {}
+  constructor(
+    readonly log: (line: string) => void,
+    readonly shutdownTimeoutMs: number,
+  ) {}
 
-  set(part: Part, stop: () => Promise<void>): void {
+  set(part: Part, stop: Stop): void {
     this.#stops.set(part, stop);
   }
 
@@ -100,10 +121,12 @@ class Parts {
   }
 
   async #stopAll(): Promise<{ clean: boolean }> {
+    const deadline = performance.now() + this.shutdownTimeoutMs;
+    const leftMs = () => Math.max(0, Math.round(deadline - performance.now()));
     let clean = true;
     for (const part of STOP_ORDER) {
       try {
-        await this.#stops.get(part)?.();
+        await this.#stops.get(part)?.(leftMs);
       } catch (err) {
         clean = false;
         this.log(`poolgate: stopping the ${part} failed (${describeError(err)})`);
@@ -117,8 +140,9 @@ export async function startTopology(env: Env, log: (line: string) => void, optio
   const ports = topologyPorts(env);
   if (env.PORT) log(`poolgate: PORT is not used by ${options.command}; its ports are EDGE_PORT, NODE_PORT and NEON_PROXY_PORT`);
   const forwardSecret = env.FORWARD_SECRET || randomBytes(32).toString('base64url');
+  const config = checkConfig(env, ports.node, forwardSecret);
   const checkpoint = () => options.signal?.throwIfAborted();
-  const parts = new Parts(log);
+  const parts = new Parts(log, config.shutdownTimeoutMs);
   try {
     const lock = await claimFolderAndPorts(env, ports, parts);
     // Built before the database opens: a failed build, or a Ctrl-C that kills esbuild's service
@@ -138,7 +162,7 @@ export async function startTopology(env: Env, log: (line: string) => void, optio
       FORWARD_SECRET: forwardSecret,
       POOLGATE_ENV: 'development',
     };
-    const edgeUrl = await explainBusyPort(ports.edge, () => startEdge(ports.edge.port, bindings, parts, { ...options, scriptPath }));
+    const edgeUrl = await startEdge(ports.edge, bindings, parts, { ...options, scriptPath });
     checkpoint();
     log(
       `poolgate: edge app (${options.edge === 'wrangler' ? 'wrangler dev' : 'workerd'}) on ${edgeUrl} → reads via Neon proxy, writes forwarded to ${gateway.url}`,
@@ -150,14 +174,43 @@ export async function startTopology(env: Env, log: (line: string) => void, optio
   }
 }
 
+/** The placeholder for the embedded database's URL, which is known only once it runs. */
+const EMBEDDED_URL_UNKNOWN = 'postgres://postgres@127.0.0.1:5432/postgres';
+
+/** The whole gateway configuration, as the gateway will get it, before anything is locked or opened. */
+function checkConfig(env: Env, node: PortClaim, forwardSecret: string): Config {
+  return parseConfig(gatewayEnv(env, env.DATABASE_URL || EMBEDDED_URL_UNKNOWN, node, forwardSecret, !env.DATABASE_URL));
+}
+
+/** What the Node gateway is started with; it seeds the demo data on the embedded database, or with SEED=true. */
+function gatewayEnv(env: Env, databaseUrl: string, claim: PortClaim, forwardSecret: string, embedded: boolean): Env {
+  return {
+    ...env,
+    DATABASE_URL: databaseUrl,
+    PORT: String(claim.port),
+    FORWARD_SECRET: forwardSecret,
+    SEED: embedded ? 'true' : env.SEED,
+    // A development topology: the gateway's /stats and /metrics stay readable without OPS_TOKEN.
+    POOLGATE_ENV: env.POOLGATE_ENV ?? 'development',
+  };
+}
+
 /**
  * The cheap checks, before anything is built or opened. The embedded data folder's lock first, so
  * a second `npm start` is told the folder is taken whatever ports it asked for; then the ports, so
- * a busy one never costs an open (and a close) of the data. No lock when DATABASE_URL is set.
+ * a busy one never costs an open (and a close) of the data. No lock when DATABASE_URL is set. A
+ * workerd that an earlier, killed run left on the edge port is stopped first.
  */
-async function claimFolderAndPorts(env: Env, ports: Record<string, PortClaim>, parts: Parts): Promise<DataDirLock | undefined> {
+async function claimFolderAndPorts(
+  env: Env,
+  ports: { edge: PortClaim; node: PortClaim; proxy: PortClaim },
+  parts: Parts,
+): Promise<DataDirLock | undefined> {
   const lock = env.DATABASE_URL ? undefined : await lockDataDir(env.EMBEDDED_DATA_DIR?.trim() || '.data/pglite');
   if (lock) parts.set('database', () => lock.release());
+  const leftover = await stopLeftoverWorkerd(ports.edge.port);
+  if (leftover)
+    parts.log(`poolgate: stopped workerd (pid ${leftover}) left on port ${ports.edge.port} by an earlier npm start whose process is gone`);
   await checkPortsFree(Object.values(ports));
   return lock;
 }
@@ -185,19 +238,12 @@ async function startNode(
   embedded: boolean,
   parts: Parts,
 ): Promise<Gateway> {
-  const gatewayEnv = {
-    ...env,
-    DATABASE_URL: databaseUrl,
-    PORT: String(claim.port),
-    FORWARD_SECRET: forwardSecret,
-    SEED: embedded ? 'true' : env.SEED,
-    // A development topology: the gateway's /stats and /metrics stay readable without OPS_TOKEN.
-    POOLGATE_ENV: env.POOLGATE_ENV ?? 'development',
-  };
-  const gateway = await explainBusyPort(claim, () => startGateway(app, gatewayEnv, { log: parts.log }));
-  parts.set('gateway', async () => {
-    parts.log(`poolgate: draining the Node gateway (up to ${gateway.config.shutdownTimeoutMs} ms)`);
-    const { drained } = await gateway.close();
+  const gatewayEnvironment = gatewayEnv(env, databaseUrl, claim, forwardSecret, embedded);
+  const gateway = await explainBusyPort(claim, () => startGateway(app, gatewayEnvironment, { log: parts.log }));
+  parts.set('gateway', async (leftMs) => {
+    const drainTimeoutMs = leftMs();
+    parts.log(`poolgate: draining the Node gateway (up to ${drainTimeoutMs} ms)`);
+    const { drained } = await gateway.close({ drainTimeoutMs });
     parts.log(`poolgate: Node gateway ${drained ? 'drained' : 'stopped (drain deadline passed)'}, pool ended`);
   });
   return gateway;
@@ -215,42 +261,65 @@ async function startProxy(databaseUrl: string, claim: PortClaim, logLevel: NeonP
   return proxy;
 }
 
+/**
+ * The edge app: workerd (or wrangler dev) on an internal port behind the Node front on EDGE_PORT,
+ * which drains it on stop; without the front (edgeFront: false) on EDGE_PORT itself.
+ */
 async function startEdge(
-  port: number,
+  claim: PortClaim,
   bindings: Record<string, string>,
   parts: Parts,
   options: TopologyOptions & { scriptPath?: string },
 ): Promise<string> {
+  const runner = options.edge === 'wrangler' ? 'wrangler dev' : 'workerd';
+  if (options.edgeFront === false) {
+    const app = await explainBusyPort(claim, () => startEdgeApp(claim.port, bindings, parts.log, options));
+    parts.set('edge', () => app.stop());
+    return app.url;
+  }
+  const internalPort = options.edge === 'wrangler' ? await freePort(HOST) : 0;
+  const app = await startEdgeApp(internalPort, bindings, parts.log, options);
+  parts.set('edge', () => app.stop());
+  const front = await explainBusyPort(claim, () => startEdgeFront({ port: claim.port, host: HOST, target: app.url }));
+  parts.set('edge', async (leftMs) => {
+    const timeoutMs = leftMs();
+    const count = front.inFlight;
+    parts.log(
+      `poolgate: draining the edge (${count} request${count === 1 ? '' : 's'} in flight, up to ${timeoutMs} ms); new requests get 503 shutting_down`,
+    );
+    const { drained, cut } = await front.drain(timeoutMs);
+    parts.log(
+      drained ? 'poolgate: edge drained' : `poolgate: edge drain deadline passed: ${cut} request${cut === 1 ? '' : 's'} answered 503`,
+    );
+    await app.stop();
+    parts.log(`poolgate: edge app (${runner}) stopped`);
+  });
+  return front.url;
+}
+
+/** workerd (miniflare, our esbuild bundle) or wrangler dev on `port`. */
+async function startEdgeApp(
+  port: number,
+  bindings: Record<string, string>,
+  log: (line: string) => void,
+  options: TopologyOptions & { scriptPath?: string },
+): Promise<{ url: string; stop(): Promise<void> }> {
   if (options.edge === 'wrangler') {
     const { DATABASE_URL = '', FORWARD_SECRET = '', ...vars } = bindings;
-    const dev = await startWranglerDev({ port, host: HOST, vars, secrets: { DATABASE_URL, FORWARD_SECRET }, log: parts.log });
-    parts.set('edge', async () => {
-      await edgeFlush();
-      await dev.stop();
-      parts.log('poolgate: edge app (wrangler dev) stopped');
-    });
-    return dev.url;
+    return startWranglerDev({ port, host: HOST, vars, secrets: { DATABASE_URL, FORWARD_SECRET }, log });
   }
   const scriptPath = options.scriptPath ?? (await options.buildWorker());
   const mf = createMiniflare(
     { host: HOST, port, workers: [workerdWorker('poolgate', scriptPath, bindings)] },
     { ownsSignals: options.ownsSignals },
   );
-  parts.set('edge', async () => {
-    await edgeFlush();
-    await mf.dispose();
-    parts.log('poolgate: edge app (workerd) stopped');
-  });
-  return (await mf.ready).toString().replace(/\/$/, '');
+  try {
+    return { url: (await mf.ready).toString().replace(/\/$/, ''), stop: () => mf.dispose() };
+  } catch (err) {
+    await mf.dispose().catch(() => {});
+    throw err;
+  }
 }
-
-/**
- * The edge keeps running a moment after the gateway has drained: it still relays the gateway's
- * last answers to their clients (and finishes its own reads), and neither workerd nor wrangler
- * can be asked whether it is idle. Stopping it at once cut such answers under load.
- */
-const EDGE_FLUSH_MS = 500;
-const edgeFlush = () => new Promise((resolve) => setTimeout(resolve, EDGE_FLUSH_MS));
 
 /** The port may have been taken since it was checked: then that is the one line, not the part's own error. */
 async function explainBusyPort<T>(claim: PortClaim, start: () => Promise<T>): Promise<T> {
@@ -270,6 +339,9 @@ async function explainBusyPort<T>(claim: PortClaim, start: () => Promise<T>): Pr
  */
 const TSX_ACK_GRACE_MS = 200;
 
+/** How often the topology checks that npm (or tsx) above it still runs. */
+const PARENT_POLL_MS = 500;
+
 /**
  * A command's whole main (`npm start`, `poolgate dev`): starts the topology for `local`, stops it
  * on Ctrl-C, and exits 1 with one line when it cannot start.
@@ -285,11 +357,21 @@ export async function main(local: LocalApp, argv: string[]): Promise<void> {
   let topology: Topology | undefined;
   // Installed before anything starts: a Ctrl-C during start-up also closes what is open.
   let stopRequested = false;
-  onStopSignals((signal) => {
-    stopRequested = true;
-    console.log(`poolgate: ${signal}, stopping (${signal === 'SIGINT' ? 'Ctrl-C' : signal} again exits at once)`);
-    setTimeout(() => (topology ? void stopAndExit(topology) : starting.abort()), TSX_ACK_GRACE_MS);
-  });
+  const parent = process.ppid;
+  const why = (reason: StopReason) =>
+    reason === 'parent-gone'
+      ? `parent process ${parent} is gone (npm killed?), stopping`
+      : `${reason}, stopping (${reason === 'SIGINT' ? 'Ctrl-C' : reason} again exits at once)`;
+  // With the parent gone, so may be the terminal or pipe we print to: the stop must still run.
+  for (const stream of [process.stdout, process.stderr]) stream.on('error', () => {});
+  onStopSignals(
+    (reason) => {
+      stopRequested = true;
+      console.log(`poolgate: ${why(reason)}`);
+      setTimeout(() => (topology ? void stopAndExit(topology) : starting.abort()), TSX_ACK_GRACE_MS);
+    },
+    { parentPollMs: PARENT_POLL_MS },
+  );
   try {
     topology = await startTopology(process.env, console.log, { ...local, edge: edgeArg, signal: starting.signal, ownsSignals: true });
   } catch (err) {

@@ -2,12 +2,14 @@
  * The one place that knows miniflare's options: how a single-file ESM bundle and its string
  * bindings become a workerd worker, and which compatibility date the edge app runs at. The local
  * topology, the workerd tests and the bench all build their workers here. Also how a process that
- * stops itself (`npm start`) keeps miniflare from exiting it first on Ctrl-C.
+ * stops itself (`npm start`) keeps miniflare from exiting it first on Ctrl-C, and workerd from
+ * outliving it.
  */
-import childProcess from 'node:child_process';
+import childProcess, { type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { Miniflare } from 'miniflare';
+import { killWithThisProcess } from './group-guard.js';
 
 /**
  * The date the edge app is written against; wrangler.toml must say the same (a test checks).
@@ -55,7 +57,8 @@ const EXIT_HOOK_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
  *   SIGKILLs workerd on any process exit, a forced one included.
  * - workerd is started in a process group of its own: Ctrl-C signals the terminal's whole
  *   foreground group, and workerd would die at once (and be restarted by miniflare) while requests
- *   it holds are still waiting on the Node gateway's drain. dispose() still kills it by pid.
+ *   it holds are still waiting on the Node gateway's drain. dispose() still kills it by pid, and
+ *   a watchdog (group-guard.ts) kills its group if this process dies without doing so (SIGKILL).
  * @example const mf = createMiniflare({ port: 8787, workers: [workerdWorker(…)] }, { ownsSignals: true });
  */
 export function createMiniflare(options: MiniflareOptions, { ownsSignals = false }: MiniflareProcessOptions = {}): Miniflare {
@@ -81,8 +84,11 @@ function startWorkerdInItsOwnProcessGroup(): void {
   const spawn = childProcess.spawn;
   const spawnDetachingWorkerd = function (this: unknown, ...args: unknown[]) {
     const [, argv, options] = args;
-    if (isWorkerdServe(argv) && typeof options === 'object' && options !== null) args[2] = { ...options, detached: true };
-    return Reflect.apply(spawn, this, args) as unknown;
+    const detach = isWorkerdServe(argv) && typeof options === 'object' && options !== null;
+    if (detach) args[2] = { ...options, detached: true };
+    const child = Reflect.apply(spawn, this, args) as ChildProcess;
+    if (detach && child.pid !== undefined) child.once('exit', killWithThisProcess(child.pid));
+    return child;
   };
   Object.assign(childProcess, { spawn: spawnDetachingWorkerd });
 }

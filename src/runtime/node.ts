@@ -25,8 +25,11 @@ export interface Gateway {
   readonly config: Config;
   readonly database: PgPoolDatabase;
   readonly registry: StatsRegistry;
-  /** Drains in-flight requests (up to the shutdown timeout), ends the pool, stops the embedded DB. Idempotent. */
-  close(): Promise<{ drained: boolean }>;
+  /**
+   * Drains in-flight requests (up to the shutdown timeout, or `drainTimeoutMs` when what is left of
+   * a larger stop's deadline is less), ends the pool, stops the embedded DB. Idempotent.
+   */
+  close(options?: { drainTimeoutMs?: number }): Promise<{ drained: boolean }>;
 }
 
 export interface GatewayOptions {
@@ -130,11 +133,11 @@ export async function startGateway(
   const stopPurging = new IdempotencyPurger(database, config.idempotencyPurgeIntervalMs, log).start();
 
   let closing: Promise<{ drained: boolean }> | undefined;
-  const close = () =>
+  const close = ({ drainTimeoutMs = config.shutdownTimeoutMs } = {}) =>
     (closing ??= (async () => {
       stopPurging();
       const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
-      const drained = await drain.start(config.shutdownTimeoutMs);
+      const drained = await drain.start(drainTimeoutMs);
       // Cut at the deadline: the requests still running were cancelled and answer 503 now.
       if (!drained) await drain.settled(CUT_ANSWER_MS);
       // The last responses may not be written yet: they carry Connection: close and end their

@@ -26,7 +26,7 @@ afterAll(async () => {
 });
 
 const inUseLine = (dataDir: string, pid: number) =>
-  `${dataDir} is in use by process ${pid} (another npm start?); stop it, or set EMBEDDED_DATA_DIR`;
+  `${dataDir} is in use by process ${pid} (another npm start?); stop it, or set EMBEDDED_DATA_DIR (if no poolgate is running, delete ${join(dataDir, LOCK_FILE)})`;
 
 async function query<T = unknown>(db: EmbeddedPostgres, sql: string, params: unknown[] = []): Promise<T[]> {
   const client = new pg.Client({ connectionString: db.url });
@@ -112,6 +112,34 @@ describe('one process per data dir', () => {
     const lock = await lockDataDir(dataDir);
     expect(await readFile(join(dataDir, LOCK_FILE), 'utf8')).toBe(`${process.pid}\n`);
     await lock.release();
+  });
+
+  it.skipIf(process.platform !== 'linux')(
+    'names a live owner that is not a poolgate (a reused pid) as such, and the lock file to delete',
+    async () => {
+      const dataDir = await newDataDir();
+      const stranger = spawn('sleep', ['60'], { stdio: 'ignore' });
+      try {
+        await lockDataDir(dataDir).then((l) => l.release());
+        await writeFile(join(dataDir, LOCK_FILE), `${stranger.pid}\n`);
+        await expect(lockDataDir(dataDir)).rejects.toThrow(
+          `${dataDir} is locked by process ${stranger.pid} (sleep), which is not a poolgate (its pid was reused?): delete ${join(dataDir, LOCK_FILE)} if no poolgate is running`,
+        );
+        expect(await readFile(join(dataDir, LOCK_FILE), 'utf8')).toBe(`${stranger.pid}\n`); // left for the person to judge
+      } finally {
+        stranger.kill('SIGKILL');
+      }
+    },
+  );
+
+  it('a data dir that is a file, or under one: its path and the fix, not a bare EEXIST', async () => {
+    const dir = await newDataDir();
+    await lockDataDir(dir).then((l) => l.release());
+    const file = join(dir, 'a-file');
+    await writeFile(file, '');
+    const line = `${file} is a file, not a folder; set EMBEDDED_DATA_DIR to a folder (it is created if missing)`;
+    await expect(lockDataDir(file)).rejects.toThrow(line);
+    await expect(lockDataDir(join(file, 'pglite'))).rejects.toThrow(line);
   });
 
   it('never shows a lock file without its pid, so no one can take a fresh lock for a stale one', async () => {

@@ -48,7 +48,7 @@ async function expectRefused(env: Record<string, string>, dataDir: string): Prom
     .filter((l) => l !== '');
   expect(lines, second.stderr()).toHaveLength(1);
   const match = new RegExp(
-    `^poolgate: ${escape(dataDir)} is in use by process (\\d+) \\(another npm start\\?\\); stop it, or set EMBEDDED_DATA_DIR$`,
+    `^poolgate: ${escape(dataDir)} is in use by process (\\d+) \\(another npm start\\?\\); stop it, or set EMBEDDED_DATA_DIR \\(if no poolgate is running, delete ${escape(dataDir)}/poolgate\\.lock\\)$`,
   ).exec(lines[0]!);
   expect(match, lines[0]).not.toBeNull();
   expect(() => process.kill(Number(match![1]), 0)).not.toThrow(); // the owner named is running

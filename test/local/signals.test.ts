@@ -2,8 +2,9 @@
  * `npm start` owns its signals (issue 10, case 1). Ctrl-C used to hit miniflare's exit hook first:
  * the process exited 130 at once, printed no "SIGINT" line, and a request in flight got a
  * connection reset. Now Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or
- * SIGTERM drains the Node gateway while the edge still carries its responses, stops the edge, the
- * Neon proxy and the embedded database, says each step, and exits 0; a second Ctrl-C exits at once.
+ * SIGTERM drains the edge (its requests in flight finish, the gateway still taking the writes they
+ * forward), then the Node gateway, stops the Neon proxy and the embedded database, says each step,
+ * and exits 0; a second Ctrl-C exits at once.
  *
  * A request is held in flight by owning the embedded PGlite's single backend from a transaction
  * of the test's own: the gateway's statements queue behind it until the test commits.
@@ -106,9 +107,11 @@ async function expectReopens(dataDir: string, workoutId?: string): Promise<void>
 
 const STOP_LINES = [
   /^poolgate: SIGINT, stopping/,
+  /^poolgate: draining the edge/,
+  /^poolgate: edge drained$/,
+  /^poolgate: edge app \(workerd\) stopped/,
   /^poolgate: draining the Node gateway/,
   /^poolgate: Node gateway drained, pool ended/,
-  /^poolgate: edge app \(workerd\) stopped/,
   /^poolgate: Neon proxy stopped/,
   /^poolgate: embedded PGlite stopped/,
   /^poolgate: stopped$/,
@@ -140,8 +143,8 @@ describe('Ctrl-C on the topology (tsx src/fitness/entries/local.ts, what npm sta
     const write = await holdWriteInFlight(t);
 
     t.proc.pressCtrlC();
-    await t.proc.waitForLine(/^poolgate: draining the Node gateway/, 15_000);
-    expect(await isListening(Number(t.env.EDGE_PORT))).toBe(true); // the edge still serves while the gateway drains
+    await t.proc.waitForLine(/^poolgate: draining the edge \(1 request in flight/, 15_000);
+    expect(await isListening(Number(t.env.EDGE_PORT))).toBe(true); // the edge still answers while it drains
     await write.release();
 
     const res = await write.response;
@@ -152,7 +155,7 @@ describe('Ctrl-C on the topology (tsx src/fitness/entries/local.ts, what npm sta
     expect(t.proc.stderr()).toBe('');
     expect(await isListening(Number(t.env.EDGE_PORT))).toBe(false); // workerd is gone too
     await expectReopens(t.dataDir, workout.id);
-  });
+  }, 300_000);
 
   it('a second Ctrl-C exits at once (130), and still leaves no workerd and no lock behind', async () => {
     const t = await startRunning();
@@ -160,7 +163,7 @@ describe('Ctrl-C on the topology (tsx src/fitness/entries/local.ts, what npm sta
     const write = await holdWriteInFlight(t); // the drain cannot finish while this waits
 
     t.proc.pressCtrlC();
-    await t.proc.waitForLine(/^poolgate: draining the Node gateway/, 15_000);
+    await t.proc.waitForLine(/^poolgate: draining the edge/, 15_000);
     await new Promise((r) => setTimeout(r, 1_000)); // a human's second Ctrl-C, not the same one delivered twice
     const pressedAt = Date.now();
     t.proc.pressCtrlC();
@@ -170,7 +173,7 @@ describe('Ctrl-C on the topology (tsx src/fitness/entries/local.ts, what npm sta
     await write.release();
     expect(await isListening(Number(t.env.EDGE_PORT))).toBe(false);
     await expectReopens(t.dataDir); // the lock went with the process; PGlite recovers its own files
-  });
+  }, 300_000);
 
   it('SIGTERM to the process alone (kill <pid>) stops it the same way, exit 0', async () => {
     const t = await startRunning();
@@ -179,7 +182,7 @@ describe('Ctrl-C on the topology (tsx src/fitness/entries/local.ts, what npm sta
     expect(await t.proc.waitForExit(30_000)).toEqual({ code: 0, signal: null });
     expectLinesInOrder(t.proc.stdout(), [/^poolgate: SIGTERM, stopping/, ...STOP_LINES.slice(1)]);
     await expectReopens(t.dataDir);
-  });
+  }, 300_000);
 });
 
 describe('Ctrl-C on npm start itself', () => {
@@ -195,5 +198,5 @@ describe('Ctrl-C on npm start itself', () => {
     expect(exit.code === 0 || exit.signal === 'SIGINT', JSON.stringify(exit)).toBe(true);
     expect(await isListening(Number(t.env.EDGE_PORT))).toBe(false);
     await expectReopens(t.dataDir);
-  });
+  }, 300_000);
 });

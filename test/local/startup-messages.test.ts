@@ -6,7 +6,7 @@
  * as such, not `start-up failed (RuntimeError)`. On DATABASE_URL without SEED=true the demo user's
  * curl (a 404 there) is no longer printed: every curl printed answers 200.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { startEmbeddedPostgres } from '../../src/local/embedded.js';
@@ -67,6 +67,26 @@ describe('a busy port: one line naming the port and its variable, before anythin
     const env = await topologyEnv(await newDataDir());
     const proc = spawnTopology({ ...env, NODE_PORT: env.EDGE_PORT! });
     await expectOneLine(proc, `poolgate: EDGE_PORT and NODE_PORT are both ${env.EDGE_PORT}; set one of them to another port`);
+  });
+});
+
+describe('the configuration and the data folder are checked before anything opens', () => {
+  it('a bad value (POOL_MAX=abc): one line naming it, and the database was never opened', async () => {
+    const dataDir = await newDataDir();
+    const proc = spawnTopology({ ...(await topologyEnv(dataDir)), POOL_MAX: 'abc' });
+    await expectOneLine(
+      proc,
+      'poolgate: invalid configuration: POOL_MAX: must be a whole number from 1 to 1000, got "abc" (not a whole number)',
+    );
+    expect(proc.stdout()).toBe('');
+    expect(existsSync(dataDir)).toBe(false);
+  });
+
+  it('EMBEDDED_DATA_DIR naming a file: one line with its path and the fix', async () => {
+    const file = join(await newDataDir(), '..', 'a-file');
+    writeFileSync(file, '');
+    const proc = spawnTopology(await topologyEnv(file));
+    await expectOneLine(proc, `poolgate: ${file} is a file, not a folder; set EMBEDDED_DATA_DIR to a folder (it is created if missing)`);
   });
 });
 

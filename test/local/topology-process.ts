@@ -5,6 +5,7 @@
  * Every wait is bounded; `stopAll()` ends whatever is still running.
  */
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -13,7 +14,7 @@ import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
-const BIN = join(ROOT, 'node_modules/.bin');
+export const BIN = join(ROOT, 'node_modules/.bin');
 
 export interface Exit {
   code: number | null;
@@ -36,11 +37,16 @@ export interface TopologyProcess {
 const running = new Set<TopologyProcess>();
 
 /**
- * Starts `tsx src/fitness/entries/local.ts` (what `npm start` runs) or, with `npm: true`, `npm start`
- * itself, with exactly `env` plus PATH and HOME.
+ * Starts `tsx src/fitness/entries/local.ts` or, with `npm: true`, `npm start` itself, or with
+ * `node: true` what `npm start` execs (`node --import tsx src/fitness/entries/local.ts`: `pid` is
+ * then the topology's own process), with exactly `env` plus PATH and HOME.
  */
-export function spawnTopology(env: Record<string, string>, options: { npm?: boolean } = {}): TopologyProcess {
-  const [command, args] = options.npm ? ['npm', ['start', '--silent']] : [join(BIN, 'tsx'), ['src/fitness/entries/local.ts']];
+export function spawnTopology(env: Record<string, string>, options: { npm?: boolean; node?: boolean } = {}): TopologyProcess {
+  const [command, args] = options.npm
+    ? ['npm', ['start', '--silent']]
+    : options.node
+      ? [join(BIN, 'node'), ['--import', 'tsx', 'src/fitness/entries/local.ts']]
+      : [join(BIN, 'tsx'), ['src/fitness/entries/local.ts']];
   const child: ChildProcessByStdio<null, Readable, Readable> = spawn(command, args, {
     cwd: ROOT,
     env: { PATH: `${BIN}:${process.env.PATH ?? ''}`, HOME: process.env.HOME ?? '', ...env },
@@ -157,4 +163,39 @@ export function isListening(port: number, host = '127.0.0.1'): Promise<boolean> 
 export async function damage(dataDir: string): Promise<void> {
   const wal = join(dataDir, 'pg_wal');
   for (const name of await readdir(wal)) if (/^[0-9A-F]{24}$/.test(name)) await rm(join(wal, name));
+}
+
+export interface ProcessInfo {
+  pid: number;
+  ppid: number;
+  comm: string;
+}
+
+/** One process as Linux's /proc shows it; undefined once it is gone or a zombie (exited, not yet reaped). */
+export function processInfo(pid: number): ProcessInfo | undefined {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  // "pid (comm) state ppid …": comm may hold spaces and parentheses, so split at the last ')'.
+  const close = stat.lastIndexOf(')');
+  const [state, ppid] = stat.slice(close + 2).split(' ');
+  if (state === 'Z' || state === 'X') return undefined;
+  return { pid, ppid: Number(ppid), comm: stat.slice(stat.indexOf('(') + 1, close) };
+}
+
+/** Every live process under `pid` (children, their children, …), read from /proc. */
+export async function descendants(pid: number): Promise<ProcessInfo[]> {
+  const all = (await readdir('/proc')).filter((name) => /^\d+$/.test(name)).map((name) => processInfo(Number(name)));
+  const byParent = new Map<number, ProcessInfo[]>();
+  for (const p of all) if (p) byParent.set(p.ppid, [...(byParent.get(p.ppid) ?? []), p]);
+  const found: ProcessInfo[] = [];
+  for (let queue = [pid]; queue.length > 0;) {
+    const children = byParent.get(queue.shift()!) ?? [];
+    found.push(...children);
+    queue.push(...children.map((c) => c.pid));
+  }
+  return found;
 }
