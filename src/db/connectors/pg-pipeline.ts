@@ -8,10 +8,16 @@
  * them: first come, first served, bounded like the pool's); only when every lane is stalled behind
  * a slow statement (its head statement running 50 ms) does a read go to a pooled session instead.
  *
- * Cancelling: a CancelRequest stops whatever the lane's backend runs at that moment, which may be
- * a statement queued behind the one cut short. So a lane that sent one takes no new statements;
- * another statement of it that then fails with 57014 is marked rerunnable (in autocommit, or in a
- * read batch's transaction, a cancelled statement applied nothing); the lane closes once empty.
+ * Cancelling: a CancelRequest stops whatever the lane's backend runs when it arrives, which may be
+ * a statement written behind the one cut short, another request's. So a request that leaves (or
+ * whose deadline passes) is cancelled on the server only when it is alone on its lane: the lane
+ * is first retired (nothing more is written to it), so the backend then runs that request's
+ * statements and nothing else, and the cancel can stop nothing of anyone else's. With others on
+ * the lane its answer is just dropped: the read runs to its end (bounded by the lane's
+ * statement_timeout), as it would have had its client stayed, and no neighbour's answer changes.
+ *
+ * Errors after which a lane statement provably applied nothing are marked rerunnable here, by
+ * SQLSTATE (see appliedNothing); the lane that gave them is retired when its state is suspect.
  */
 import type pg from 'pg';
 import { describeError, isConnectionError } from '../../errors.js';
@@ -39,6 +45,24 @@ export interface PgPipelineOptions {
 export interface PgPipelineDriver {
   Client: new (config: pg.ClientConfig & { pipeline?: boolean }) => pg.Client;
   log?: (line: string) => void;
+}
+
+/**
+ * Whether a lane statement that failed with `err` provably applied nothing, so the request may run
+ * it again: 'statement' (a retry may use the same lane), 'lane' (the lane must not be used again),
+ * or false. By SQLSTATE only:
+ * - 57014 on a lane that sent a CancelRequest for another request (none is sent while others are on
+ *   it, see #cancel, so this is a guard): cancelled before it ran or while it ran a read;
+ * - 26000 (no such prepared statement) and 42P05 (it exists already): the Bind or Parse was refused,
+ *   so the statement never ran, and the lane's names are not what pg believes;
+ * - 25P02 inside a read batch: its transaction is read-only, nothing of it can have applied.
+ */
+export function appliedNothing(err: unknown, laneCancelled: boolean, readBatch: boolean): 'statement' | 'lane' | false {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  if (code === '26000' || code === '42P05') return 'lane';
+  if (code === '57014') return laneCancelled ? 'lane' : false;
+  if (code === '25P02') return readBatch ? 'statement' : false;
+  return false;
 }
 
 const abortReason = (signal: AbortSignal): Error =>
@@ -177,11 +201,11 @@ export class PgPipelineConnector implements OneShotConnector {
   }
 
   query(statement: Statement, signal: AbortSignal): Promise<QueryResult> {
-    return this.#onLane(signal, 1, (lane) => [this.#send(lane, statement, true)]).then((r) => r[0]!);
+    return this.#onLane(signal, 1, false, (lane) => [this.#send(lane, statement, true)]).then((r) => r[0]!);
   }
 
   async batch(statements: readonly Statement[], options: TxOptions, signal: AbortSignal): Promise<QueryResult[]> {
-    const results = await this.#onLane(signal, statements.length + 2, (lane) => [
+    const results = await this.#onLane(signal, statements.length + 2, options.readOnly === true, (lane) => [
       send(lane.client, beginStatement(options), undefined),
       ...statements.map((s) => this.#send(lane, s, false)),
       send(lane.client, 'COMMIT', undefined),
@@ -244,10 +268,14 @@ export class PgPipelineConnector implements OneShotConnector {
 
   /**
    * Writes the statements `write` sends, as one burst, on the least busy lane; answers with all
-   * their results, or the first error. A statement of a lane cancelled for another request's
-   * sake fails rerunnable.
+   * their results, or the first error (rerunnable when it provably applied nothing).
    */
-  async #onLane(signal: AbortSignal, count: number, write: (lane: Lane) => Promise<QueryResult>[]): Promise<QueryResult[]> {
+  async #onLane(
+    signal: AbortSignal,
+    count: number,
+    readBatch: boolean,
+    write: (lane: Lane) => Promise<QueryResult>[],
+  ): Promise<QueryResult[]> {
     const lane = this.#pick() ?? this.#leastBusy();
     if (lane === undefined) throw Object.assign(new Error('The pipelined connections are closed.'), { code: '57P01' });
     lane.inFlight++;
@@ -265,8 +293,10 @@ export class PgPipelineConnector implements OneShotConnector {
       return await this.#abortable(lane, Promise.all(pending), signal);
     } catch (err) {
       if (isConnectionError(err)) lane.retired = true; // before the 'error' event: a retry must not meet this lane
-      if (lane.cancelled && !signal.aborted && (err as { code?: unknown }).code === '57014') throw markRerunnable(err);
-      throw err;
+      if (signal.aborted) throw err;
+      const why = appliedNothing(err, lane.cancelled, readBatch);
+      if (why === 'lane') lane.retired = true; // its names are not what pg believes: no retry may meet it
+      throw why ? markRerunnable(err) : err;
     } finally {
       lane.inFlight--;
       lane.closeWhenEmpty();
@@ -279,12 +309,15 @@ export class PgPipelineConnector implements OneShotConnector {
     return statements ? statements.run(lane.client, s.text, s.params, autocommit, exec, false) : exec(undefined);
   }
 
-  /** Settles with `work`, or rejects at once when `signal` aborts: the lane is then cancelled and retired. */
+  /**
+   * Settles with `work`, or rejects at once when `signal` aborts; the lane is then cancelled and
+   * retired if this request is the only one on it, and left serving the others if not.
+   */
   #abortable<T>(lane: Lane, work: Promise<T>, signal: AbortSignal): Promise<T> {
     work.catch(() => {}); // an answer that comes after the abort is dropped
     return new Promise<T>((resolve, reject) => {
       const onAbort = () => {
-        this.#cancel(lane);
+        if (lane.inFlight === 1) this.#cancel(lane); // alone: see the module header
         reject(abortReason(signal));
       };
       signal.addEventListener('abort', onAbort, { once: true });
