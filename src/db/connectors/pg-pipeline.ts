@@ -5,8 +5,13 @@
  * our side and on the server's. To the core this is a one-shot connector: a statement, or a read
  * batch (BEGIN … COMMIT written as one burst, so nothing of another request lands inside it), in
  * one round trip. Reads wait their turn for room on the lanes (the core's admission in front of
- * them: first come, first served, bounded like the pool's); only when every lane is stalled behind
- * a slow statement (its head statement running 50 ms) does a read go to a pooled session instead.
+ * them: first come, first served, bounded like the pool's).
+ *
+ * What may share a lane is decided from what is known, before anything waits: a read whose recent
+ * time is above a few ms (LaneLatency, per statement text) goes to the pool; a lane whose queue,
+ * counted in expected time rather than in statements, is longer than LANE_QUEUE_MS takes no more;
+ * and a lane whose head statement has run 50 ms (a read slower than ever before) takes no more
+ * until it answers. A read with no lane to take it goes to a pooled session.
  *
  * Cancelling: a CancelRequest stops whatever the lane's backend runs when it arrives, which may be
  * a statement written behind the one cut short, another request's. So a request that leaves (or
@@ -27,6 +32,7 @@ import type { PipelineStats, QueryResult, Statement, TxOptions } from '../types.
 import type { OneShotConnector } from '../core/connector.js';
 import { beginStatement } from '../core/sessions.js';
 import { CANCEL_GRACE_MS, sendCancelRequest } from './cancel.js';
+import { LaneLatency } from './lane-latency.js';
 import { send, StatementNames, type NamedClient } from './statement-names.js';
 
 export interface PgPipelineOptions {
@@ -71,10 +77,14 @@ const abortReason = (signal: AbortSignal): Error =>
 /** Statements in flight per lane that the admission in front of the lanes allows (lanes × this in all). */
 export const LANE_DEPTH = 32;
 const STALL_MS = 50;
+/** A lane whose statements in flight are expected to take longer than this in all takes no more. */
+export const LANE_QUEUE_MS = 20;
 
 class Lane {
   readonly client: pg.Client & NamedClient;
   inFlight = 0;
+  /** What the requests in flight are expected to take, in all (the queue in time). */
+  pendingMs = 0;
   /** Takes no new statements: it sent a cancel, broke, or is closing. */
   retired = false;
   cancelled = false;
@@ -122,9 +132,13 @@ class Lane {
     this.#sentAt.push(at);
   }
 
-  answered(): void {
-    this.#sentAt.shift();
-    this.#answeredAt = now();
+  /** An answer came: how long its statement took in its turn, and how many were written behind it. */
+  answered(): { ms: number; behind: number } {
+    const at = now();
+    const sent = this.#sentAt.shift() ?? at;
+    const ms = at - Math.max(sent, this.#answeredAt);
+    this.#answeredAt = at;
+    return { ms, behind: this.#sentAt.length };
   }
 
   closeWhenEmpty(): void {
@@ -144,6 +158,10 @@ export class PgPipelineConnector implements OneShotConnector {
   #cancelledCount = 0;
   #closedCount = 0;
   #overflowCount = 0;
+  #slowToPoolCount = 0;
+  #waitedBehindSlowCount = 0;
+  /** Recent read times per statement text, lanes and pool both (see learn). */
+  readonly latency = new LaneLatency();
   #closed = false;
   /**
    * Whether the server gives each connection a backend of its own (PGlite behind pglite-socket
@@ -159,10 +177,14 @@ export class PgPipelineConnector implements OneShotConnector {
     this.#stallMs = options.stallMs ?? STALL_MS;
   }
 
-  /** A lane with room, or none (the read then takes a pooled session). */
-  hasRoom(): boolean {
+  /** A lane with room for `statements`, or none (the read then takes a pooled session): slow reads never have one. */
+  hasRoom(statements?: readonly Statement[]): boolean {
     if (this.#ownBackends !== true) {
       void this.warm();
+      return false;
+    }
+    if (statements && this.latency.isSlow(LaneLatency.keyOf(statements.map((s) => s.text)))) {
+      this.#slowToPoolCount++;
       return false;
     }
     if (this.#pick() !== undefined) return true;
@@ -200,12 +222,18 @@ export class PgPipelineConnector implements OneShotConnector {
     return new Lane(this.#options, this.#driver, () => void this.#closedCount++);
   }
 
+  /** What a read of these statements took where the lanes did not run it (the pool): what is known of it. */
+  learn(statements: readonly Statement[], ms: number): void {
+    this.latency.record(LaneLatency.keyOf(statements.map((s) => s.text)), ms);
+  }
+
   query(statement: Statement, signal: AbortSignal): Promise<QueryResult> {
-    return this.#onLane(signal, 1, false, (lane) => [this.#send(lane, statement, true)]).then((r) => r[0]!);
+    return this.#onLane(signal, [statement.text], false, (lane) => [this.#send(lane, statement, true)]).then((r) => r[0]!);
   }
 
   async batch(statements: readonly Statement[], options: TxOptions, signal: AbortSignal): Promise<QueryResult[]> {
-    const results = await this.#onLane(signal, statements.length + 2, options.readOnly === true, (lane) => [
+    const texts = statements.map((s) => s.text);
+    const results = await this.#onLane(signal, texts, options.readOnly === true, (lane) => [
       send(lane.client, beginStatement(options), undefined),
       ...statements.map((s) => this.#send(lane, s, false)),
       send(lane.client, 'COMMIT', undefined),
@@ -222,6 +250,8 @@ export class PgPipelineConnector implements OneShotConnector {
       closedCount: this.#closedCount,
       cancelledCount: this.#cancelledCount,
       overflowCount: this.#overflowCount,
+      slowToPoolCount: this.#slowToPoolCount,
+      waitedBehindSlowCount: this.#waitedBehindSlowCount,
     };
   }
 
@@ -252,7 +282,7 @@ export class PgPipelineConnector implements OneShotConnector {
         if (free < 0) free = i;
         continue;
       }
-      if (lane.stalled(at, this.#stallMs)) continue;
+      if (lane.stalled(at, this.#stallMs) || lane.pendingMs > LANE_QUEUE_MS) continue;
       if (best === undefined || lane.inFlight < best.inFlight) best = lane;
     }
     if (free >= 0 && (best === undefined || best.inFlight > 0)) return (this.#lanes[free] = this.#open());
@@ -272,7 +302,7 @@ export class PgPipelineConnector implements OneShotConnector {
    */
   async #onLane(
     signal: AbortSignal,
-    count: number,
+    texts: readonly string[],
     readBatch: boolean,
     write: (lane: Lane) => Promise<QueryResult>[],
   ): Promise<QueryResult[]> {
@@ -282,14 +312,8 @@ export class PgPipelineConnector implements OneShotConnector {
     try {
       if (!lane.connected) await lane.ready;
       if (signal.aborted) throw abortReason(signal); // nothing written yet
-      const at = now();
-      for (let i = 0; i < count; i++) lane.sent(at);
       const pending = write(lane);
-      for (const p of pending)
-        p.then(
-          () => lane.answered(),
-          () => lane.answered(),
-        );
+      this.#timeOnLane(lane, LaneLatency.keyOf(texts), pending);
       return await this.#abortable(lane, Promise.all(pending), signal);
     } catch (err) {
       if (isConnectionError(err)) lane.retired = true; // before the 'error' event: a retry must not meet this lane
@@ -301,6 +325,29 @@ export class PgPipelineConnector implements OneShotConnector {
       lane.inFlight--;
       lane.closeWhenEmpty();
     }
+  }
+
+  /**
+   * Counts what `pending` (one request's statements, just written) adds to the lane's queue in
+   * time until they answer; then records their time in their turn, and how many statements of
+   * others waited behind one of them that ran past the stall threshold.
+   */
+  #timeOnLane(lane: Lane, key: string, pending: Promise<QueryResult>[]): void {
+    const expected = this.latency.expectedMs(key);
+    const at = now();
+    lane.pendingMs += expected;
+    for (let i = 0; i < pending.length; i++) lane.sent(at);
+    let total = 0;
+    const answered = () => {
+      const { ms, behind } = lane.answered();
+      total += ms;
+      if (ms > this.#stallMs) this.#waitedBehindSlowCount += behind;
+    };
+    for (const p of pending) p.then(answered, answered);
+    void Promise.allSettled(pending).then(() => {
+      lane.pendingMs -= expected;
+      this.latency.record(key, total);
+    });
   }
 
   #send(lane: Lane, s: Statement, autocommit: boolean): Promise<QueryResult> {
