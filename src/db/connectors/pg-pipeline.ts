@@ -11,7 +11,9 @@
  * time is above a few ms (LaneLatency, per statement text) goes to the pool; a lane whose queue,
  * counted in expected time rather than in statements, is longer than LANE_QUEUE_MS takes no more;
  * and a lane whose head statement has run 50 ms (a read slower than ever before) takes no more
- * until it answers. A read with no lane to take it goes to a pooled session.
+ * until it answers. A read with no lane to take it goes to a pooled session. A lane whose connect
+ * failed (a full server: 53300) is opened again only after a backoff, exponential and jittered
+ * (reconnectDelayMs); reads take the pool meanwhile.
  *
  * Cancelling: a CancelRequest stops whatever the lane's backend runs when it arrives, which may be
  * a statement written behind the one cut short, another request's. So a request that leaves (or
@@ -77,6 +79,16 @@ const abortReason = (signal: AbortSignal): Error =>
 /** Statements in flight per lane that the admission in front of the lanes allows (lanes × this in all). */
 export const LANE_DEPTH = 32;
 const STALL_MS = 50;
+/** After a lane's connect failed n times in a row, the next is opened after about this × 2^(n-1), at most the cap. */
+const RECONNECT_BASE_MS = 100;
+const RECONNECT_CAP_MS = 5_000;
+
+/** Exponential, with jitter in its upper half: a refusing server (53300) sees a bounded rate of connects. */
+export function reconnectDelayMs(failures: number, random: () => number = Math.random): number {
+  const ceiling = Math.min(RECONNECT_CAP_MS, RECONNECT_BASE_MS * 2 ** Math.max(0, failures - 1));
+  return ceiling / 2 + (random() * ceiling) / 2;
+}
+
 /** A lane whose statements in flight are expected to take longer than this in all takes no more. */
 export const LANE_QUEUE_MS = 20;
 
@@ -163,6 +175,9 @@ export class PgPipelineConnector implements OneShotConnector {
   /** Recent read times per statement text, lanes and pool both (see learn). */
   readonly latency = new LaneLatency();
   #closed = false;
+  /** Lane connects failed in a row, and when the next may be tried (reads take the pool meanwhile). */
+  #connectFailures = 0;
+  #openAfter = 0;
   /**
    * Whether the server gives each connection a backend of its own (PGlite behind pglite-socket
    * does not: a lane's read batch would share its one backend with others' statements). Asked
@@ -180,7 +195,7 @@ export class PgPipelineConnector implements OneShotConnector {
   /** A lane with room for `statements`, or none (the read then takes a pooled session): slow reads never have one. */
   hasRoom(statements?: readonly Statement[]): boolean {
     if (this.#ownBackends !== true) {
-      void this.warm();
+      if (now() >= this.#openAfter) void this.warm();
       return false;
     }
     if (statements && this.latency.isSlow(LaneLatency.keyOf(statements.map((s) => s.text)))) {
@@ -219,7 +234,12 @@ export class PgPipelineConnector implements OneShotConnector {
 
   #open(): Lane {
     this.#openedCount++;
-    return new Lane(this.#options, this.#driver, () => void this.#closedCount++);
+    const lane = new Lane(this.#options, this.#driver, () => void this.#closedCount++);
+    lane.ready.then(
+      () => void (this.#connectFailures = 0),
+      () => void (this.#openAfter = now() + reconnectDelayMs(++this.#connectFailures)),
+    );
+    return lane;
   }
 
   /** What a read of these statements took where the lanes did not run it (the pool): what is known of it. */
@@ -279,7 +299,7 @@ export class PgPipelineConnector implements OneShotConnector {
         lane = this.#lanes[i] = undefined;
       }
       if (lane === undefined) {
-        if (free < 0) free = i;
+        if (free < 0 && at >= this.#openAfter) free = i; // backing off after failed connects: none opened
         continue;
       }
       if (lane.stalled(at, this.#stallMs) || lane.pendingMs > LANE_QUEUE_MS) continue;
