@@ -97,8 +97,12 @@ export interface PipelineStats {
   closedCount: number;
   /** Lanes that sent a CancelRequest (a read cut short) and were retired. */
   cancelledCount: number;
-  /** Reads sent to the pool because every lane was stalled behind a slow statement. */
+  /** Reads sent to the pool because every lane was stalled behind a slow statement or its queue was long. */
   overflowCount: number;
+  /** Reads sent to the pool because their recent time was above a few ms (slow reads never share a lane). */
+  slowToPoolCount?: number;
+  /** Statements that waited on a lane behind another request's statement that ran past the stall threshold (50 ms). */
+  waitedBehindSlowCount?: number;
   /** Reads waiting for room on the lanes (first come, first served), and those that gave up or were refused. */
   waiting?: number;
   acquireTimeoutCount?: number;

@@ -127,6 +127,15 @@ export function renderPrometheus(snap: StatsSnapshot): string {
       'Reads sent to the pool because every lane was stalled behind a slow statement.',
       [[scope, lanes.overflowCount]],
     );
+    family('poolgate_pipeline_slow_to_pool_total', 'counter', 'Reads sent to the pool because their recent time was slow.', [
+      [scope, lanes.slowToPoolCount ?? 0],
+    ]);
+    family(
+      'poolgate_pipeline_waited_behind_slow_total',
+      'counter',
+      "Statements that waited on a lane behind another request's slow statement.",
+      [[scope, lanes.waitedBehindSlowCount ?? 0]],
+    );
   }
   family(
     'poolgate_breaker_state',

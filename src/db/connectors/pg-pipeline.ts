@@ -5,13 +5,26 @@
  * our side and on the server's. To the core this is a one-shot connector: a statement, or a read
  * batch (BEGIN … COMMIT written as one burst, so nothing of another request lands inside it), in
  * one round trip. Reads wait their turn for room on the lanes (the core's admission in front of
- * them: first come, first served, bounded like the pool's); only when every lane is stalled behind
- * a slow statement (its head statement running 50 ms) does a read go to a pooled session instead.
+ * them: first come, first served, bounded like the pool's).
  *
- * Cancelling: a CancelRequest stops whatever the lane's backend runs at that moment, which may be
- * a statement queued behind the one cut short. So a lane that sent one takes no new statements;
- * another statement of it that then fails with 57014 is marked rerunnable (in autocommit, or in a
- * read batch's transaction, a cancelled statement applied nothing); the lane closes once empty.
+ * What may share a lane is decided from what is known, before anything waits: a read whose recent
+ * time is above a few ms (LaneLatency, per statement text) goes to the pool; a lane whose queue,
+ * counted in expected time rather than in statements, is longer than LANE_QUEUE_MS takes no more;
+ * and a lane whose head statement has run 50 ms (a read slower than ever before) takes no more
+ * until it answers. A read with no lane to take it goes to a pooled session. A lane whose connect
+ * failed (a full server: 53300) is opened again only after a backoff, exponential and jittered
+ * (reconnectDelayMs); reads take the pool meanwhile.
+ *
+ * Cancelling: a CancelRequest stops whatever the lane's backend runs when it arrives, which may be
+ * a statement written behind the one cut short, another request's. So a request that leaves (or
+ * whose deadline passes) is cancelled on the server only when it is alone on its lane: the lane
+ * is first retired (nothing more is written to it), so the backend then runs that request's
+ * statements and nothing else, and the cancel can stop nothing of anyone else's. With others on
+ * the lane its answer is just dropped: the read runs to its end (bounded by the lane's
+ * statement_timeout), as it would have had its client stayed, and no neighbour's answer changes.
+ *
+ * Errors after which a lane statement provably applied nothing are marked rerunnable here, by
+ * SQLSTATE (see appliedNothing); the lane that gave them is retired when its state is suspect.
  */
 import type pg from 'pg';
 import { describeError, isConnectionError } from '../../errors.js';
@@ -21,6 +34,7 @@ import type { PipelineStats, QueryResult, Statement, TxOptions } from '../types.
 import type { OneShotConnector } from '../core/connector.js';
 import { beginStatement } from '../core/sessions.js';
 import { CANCEL_GRACE_MS, sendCancelRequest } from './cancel.js';
+import { LaneLatency } from './lane-latency.js';
 import { send, StatementNames, type NamedClient } from './statement-names.js';
 
 export interface PgPipelineOptions {
@@ -41,16 +55,48 @@ export interface PgPipelineDriver {
   log?: (line: string) => void;
 }
 
+/**
+ * Whether a lane statement that failed with `err` provably applied nothing, so the request may run
+ * it again: 'statement' (a retry may use the same lane), 'lane' (the lane must not be used again),
+ * or false. By SQLSTATE only:
+ * - 57014 on a lane that sent a CancelRequest for another request (none is sent while others are on
+ *   it, see #cancel, so this is a guard): cancelled before it ran or while it ran a read;
+ * - 26000 (no such prepared statement) and 42P05 (it exists already): the Bind or Parse was refused,
+ *   so the statement never ran, and the lane's names are not what pg believes;
+ * - 25P02 inside a read batch: its transaction is read-only, nothing of it can have applied.
+ */
+export function appliedNothing(err: unknown, laneCancelled: boolean, readBatch: boolean): 'statement' | 'lane' | false {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  if (code === '26000' || code === '42P05') return 'lane';
+  if (code === '57014') return laneCancelled ? 'lane' : false;
+  if (code === '25P02') return readBatch ? 'statement' : false;
+  return false;
+}
+
 const abortReason = (signal: AbortSignal): Error =>
   signal.reason instanceof Error ? signal.reason : new Error('The statement was aborted.', { cause: signal.reason });
 
 /** Statements in flight per lane that the admission in front of the lanes allows (lanes × this in all). */
 export const LANE_DEPTH = 32;
 const STALL_MS = 50;
+/** After a lane's connect failed n times in a row, the next is opened after about this × 2^(n-1), at most the cap. */
+const RECONNECT_BASE_MS = 100;
+const RECONNECT_CAP_MS = 5_000;
+
+/** Exponential, with jitter in its upper half: a refusing server (53300) sees a bounded rate of connects. */
+export function reconnectDelayMs(failures: number, random: () => number = Math.random): number {
+  const ceiling = Math.min(RECONNECT_CAP_MS, RECONNECT_BASE_MS * 2 ** Math.max(0, failures - 1));
+  return ceiling / 2 + (random() * ceiling) / 2;
+}
+
+/** A lane whose statements in flight are expected to take longer than this in all takes no more. */
+export const LANE_QUEUE_MS = 20;
 
 class Lane {
   readonly client: pg.Client & NamedClient;
   inFlight = 0;
+  /** What the requests in flight are expected to take, in all (the queue in time). */
+  pendingMs = 0;
   /** Takes no new statements: it sent a cancel, broke, or is closing. */
   retired = false;
   cancelled = false;
@@ -98,9 +144,13 @@ class Lane {
     this.#sentAt.push(at);
   }
 
-  answered(): void {
-    this.#sentAt.shift();
-    this.#answeredAt = now();
+  /** An answer came: how long its statement took in its turn, and how many were written behind it. */
+  answered(): { ms: number; behind: number } {
+    const at = now();
+    const sent = this.#sentAt.shift() ?? at;
+    const ms = at - Math.max(sent, this.#answeredAt);
+    this.#answeredAt = at;
+    return { ms, behind: this.#sentAt.length };
   }
 
   closeWhenEmpty(): void {
@@ -120,7 +170,14 @@ export class PgPipelineConnector implements OneShotConnector {
   #cancelledCount = 0;
   #closedCount = 0;
   #overflowCount = 0;
+  #slowToPoolCount = 0;
+  #waitedBehindSlowCount = 0;
+  /** Recent read times per statement text, lanes and pool both (see learn). */
+  readonly latency = new LaneLatency();
   #closed = false;
+  /** Lane connects failed in a row, and when the next may be tried (reads take the pool meanwhile). */
+  #connectFailures = 0;
+  #openAfter = 0;
   /**
    * Whether the server gives each connection a backend of its own (PGlite behind pglite-socket
    * does not: a lane's read batch would share its one backend with others' statements). Asked
@@ -135,10 +192,14 @@ export class PgPipelineConnector implements OneShotConnector {
     this.#stallMs = options.stallMs ?? STALL_MS;
   }
 
-  /** A lane with room, or none (the read then takes a pooled session). */
-  hasRoom(): boolean {
+  /** A lane with room for `statements`, or none (the read then takes a pooled session): slow reads never have one. */
+  hasRoom(statements?: readonly Statement[]): boolean {
     if (this.#ownBackends !== true) {
-      void this.warm();
+      if (now() >= this.#openAfter) void this.warm();
+      return false;
+    }
+    if (statements && this.latency.isSlow(LaneLatency.keyOf(statements.map((s) => s.text)))) {
+      this.#slowToPoolCount++;
       return false;
     }
     if (this.#pick() !== undefined) return true;
@@ -173,15 +234,26 @@ export class PgPipelineConnector implements OneShotConnector {
 
   #open(): Lane {
     this.#openedCount++;
-    return new Lane(this.#options, this.#driver, () => void this.#closedCount++);
+    const lane = new Lane(this.#options, this.#driver, () => void this.#closedCount++);
+    lane.ready.then(
+      () => void (this.#connectFailures = 0),
+      () => void (this.#openAfter = now() + reconnectDelayMs(++this.#connectFailures)),
+    );
+    return lane;
+  }
+
+  /** What a read of these statements took where the lanes did not run it (the pool): what is known of it. */
+  learn(statements: readonly Statement[], ms: number): void {
+    this.latency.record(LaneLatency.keyOf(statements.map((s) => s.text)), ms);
   }
 
   query(statement: Statement, signal: AbortSignal): Promise<QueryResult> {
-    return this.#onLane(signal, 1, (lane) => [this.#send(lane, statement, true)]).then((r) => r[0]!);
+    return this.#onLane(signal, [statement.text], false, (lane) => [this.#send(lane, statement, true)]).then((r) => r[0]!);
   }
 
   async batch(statements: readonly Statement[], options: TxOptions, signal: AbortSignal): Promise<QueryResult[]> {
-    const results = await this.#onLane(signal, statements.length + 2, (lane) => [
+    const texts = statements.map((s) => s.text);
+    const results = await this.#onLane(signal, texts, options.readOnly === true, (lane) => [
       send(lane.client, beginStatement(options), undefined),
       ...statements.map((s) => this.#send(lane, s, false)),
       send(lane.client, 'COMMIT', undefined),
@@ -198,6 +270,8 @@ export class PgPipelineConnector implements OneShotConnector {
       closedCount: this.#closedCount,
       cancelledCount: this.#cancelledCount,
       overflowCount: this.#overflowCount,
+      slowToPoolCount: this.#slowToPoolCount,
+      waitedBehindSlowCount: this.#waitedBehindSlowCount,
     };
   }
 
@@ -225,10 +299,10 @@ export class PgPipelineConnector implements OneShotConnector {
         lane = this.#lanes[i] = undefined;
       }
       if (lane === undefined) {
-        if (free < 0) free = i;
+        if (free < 0 && at >= this.#openAfter) free = i; // backing off after failed connects: none opened
         continue;
       }
-      if (lane.stalled(at, this.#stallMs)) continue;
+      if (lane.stalled(at, this.#stallMs) || lane.pendingMs > LANE_QUEUE_MS) continue;
       if (best === undefined || lane.inFlight < best.inFlight) best = lane;
     }
     if (free >= 0 && (best === undefined || best.inFlight > 0)) return (this.#lanes[free] = this.#open());
@@ -244,33 +318,56 @@ export class PgPipelineConnector implements OneShotConnector {
 
   /**
    * Writes the statements `write` sends, as one burst, on the least busy lane; answers with all
-   * their results, or the first error. A statement of a lane cancelled for another request's
-   * sake fails rerunnable.
+   * their results, or the first error (rerunnable when it provably applied nothing).
    */
-  async #onLane(signal: AbortSignal, count: number, write: (lane: Lane) => Promise<QueryResult>[]): Promise<QueryResult[]> {
+  async #onLane(
+    signal: AbortSignal,
+    texts: readonly string[],
+    readBatch: boolean,
+    write: (lane: Lane) => Promise<QueryResult>[],
+  ): Promise<QueryResult[]> {
     const lane = this.#pick() ?? this.#leastBusy();
     if (lane === undefined) throw Object.assign(new Error('The pipelined connections are closed.'), { code: '57P01' });
     lane.inFlight++;
     try {
       if (!lane.connected) await lane.ready;
       if (signal.aborted) throw abortReason(signal); // nothing written yet
-      const at = now();
-      for (let i = 0; i < count; i++) lane.sent(at);
       const pending = write(lane);
-      for (const p of pending)
-        p.then(
-          () => lane.answered(),
-          () => lane.answered(),
-        );
+      this.#timeOnLane(lane, LaneLatency.keyOf(texts), pending);
       return await this.#abortable(lane, Promise.all(pending), signal);
     } catch (err) {
       if (isConnectionError(err)) lane.retired = true; // before the 'error' event: a retry must not meet this lane
-      if (lane.cancelled && !signal.aborted && (err as { code?: unknown }).code === '57014') throw markRerunnable(err);
-      throw err;
+      if (signal.aborted) throw err;
+      const why = appliedNothing(err, lane.cancelled, readBatch);
+      if (why === 'lane') lane.retired = true; // its names are not what pg believes: no retry may meet it
+      throw why ? markRerunnable(err) : err;
     } finally {
       lane.inFlight--;
       lane.closeWhenEmpty();
     }
+  }
+
+  /**
+   * Counts what `pending` (one request's statements, just written) adds to the lane's queue in
+   * time until they answer; then records their time in their turn, and how many statements of
+   * others waited behind one of them that ran past the stall threshold.
+   */
+  #timeOnLane(lane: Lane, key: string, pending: Promise<QueryResult>[]): void {
+    const expected = this.latency.expectedMs(key);
+    const at = now();
+    lane.pendingMs += expected;
+    for (let i = 0; i < pending.length; i++) lane.sent(at);
+    let total = 0;
+    const answered = () => {
+      const { ms, behind } = lane.answered();
+      total += ms;
+      if (ms > this.#stallMs) this.#waitedBehindSlowCount += behind;
+    };
+    for (const p of pending) p.then(answered, answered);
+    void Promise.allSettled(pending).then(() => {
+      lane.pendingMs -= expected;
+      this.latency.record(key, total);
+    });
   }
 
   #send(lane: Lane, s: Statement, autocommit: boolean): Promise<QueryResult> {
@@ -279,12 +376,15 @@ export class PgPipelineConnector implements OneShotConnector {
     return statements ? statements.run(lane.client, s.text, s.params, autocommit, exec, false) : exec(undefined);
   }
 
-  /** Settles with `work`, or rejects at once when `signal` aborts: the lane is then cancelled and retired. */
+  /**
+   * Settles with `work`, or rejects at once when `signal` aborts; the lane is then cancelled and
+   * retired if this request is the only one on it, and left serving the others if not.
+   */
   #abortable<T>(lane: Lane, work: Promise<T>, signal: AbortSignal): Promise<T> {
     work.catch(() => {}); // an answer that comes after the abort is dropped
     return new Promise<T>((resolve, reject) => {
       const onAbort = () => {
-        this.#cancel(lane);
+        if (lane.inFlight === 1) this.#cancel(lane); // alone: see the module header
         reject(abortReason(signal));
       };
       signal.addEventListener('abort', onAbort, { once: true });

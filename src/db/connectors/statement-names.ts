@@ -11,8 +11,15 @@ import { toResult } from './pg-session.js';
 /** A pg client as these rules see it: its backend and the statement names pg has seen parsed on it. */
 export type NamedClient = pg.ClientBase & {
   processID?: number;
-  /** pg's connection: its socket, and the statement names pg has seen parsed on it (name → text). */
-  connection?: { stream?: { destroy(): void }; parsedStatements?: Record<string, string> };
+  /**
+   * pg's connection: its socket; the statement names the server confirmed parsed (ParseComplete,
+   * name → text); and those whose Parse pg has written but the server not yet confirmed.
+   */
+  connection?: {
+    stream?: { destroy(): void };
+    parsedStatements?: Record<string, string>;
+    submittedNamedStatements?: Record<string, string>;
+  };
 };
 
 /** Statement names remembered for texts (a cache of the hash, nothing more), at most this many. */
@@ -75,6 +82,11 @@ export class StatementNames {
    * The name to run `text` under on `client`, or undefined to run it unnamed. Answers at once
    * (no promise, so no extra turn per statement) except while the first connection's probe of
    * its server is pending.
+   *
+   * A name counts as prepared only once the server confirmed its Parse. While a Parse is written
+   * but unanswered (pipelined, or on a connection shared by requests) the same text runs unnamed:
+   * that Parse may still fail (cancelled, or refused in an aborted transaction), and pg would
+   * send the others only a Bind to a name the server never had (26000).
    */
   nameFor(client: NamedClient, text: string, params: readonly unknown[] | undefined): string | undefined | Promise<string | undefined> {
     if (!params?.length) return undefined;
@@ -83,8 +95,9 @@ export class StatementNames {
     const prepared = this.#prepared(client);
     if (this.#isStale(prepared)) return undefined;
     const name = this.#nameOf(text);
-    if (prepared.names.has(name)) return parsed[name] === text ? name : undefined;
-    if (prepared.names.size >= this.#max || parsed[name] !== undefined) return undefined;
+    if (parsed[name] !== undefined) return parsed[name] === text ? name : undefined;
+    if (client.connection?.submittedNamedStatements?.[name] !== undefined) return undefined; // not confirmed yet
+    if (prepared.names.size >= this.#max) return undefined;
     const own = this.#backendOfItsOwn(client);
     const claim = (ok: boolean) => {
       if (!ok) return undefined;
@@ -126,9 +139,9 @@ export class StatementNames {
     }
   }
 
-  /** True when `name` was prepared on `client` before (so a plan is cached for it). */
+  /** True when the server confirmed `name` prepared on `client` (so a plan is cached for it). */
   has(client: NamedClient, name: string): boolean {
-    return this.#prepared(client).names.has(name);
+    return client.connection?.parsedStatements?.[name] !== undefined;
   }
 
   /** After a named statement ran (or failed): remembered when pg saw it parsed. */

@@ -59,8 +59,10 @@ export interface OneShotConnector {
   readonly upstream: string;
   /** Takes only the single statements of `read` routes (and read batches); the rest goes to sessions. */
   readonly readsOnly?: boolean;
-  /** False when the connector is full right now: with sessions beside it, the work goes there. */
-  hasRoom?(): boolean;
+  /** False when the connector should not take `statements` now (full, or they are slow): with sessions beside it, they go there. */
+  hasRoom?(statements?: readonly Statement[]): boolean;
+  /** What a read of `statements` it did not take took on the sessions (their own time), so it knows them. */
+  learn?(statements: readonly Statement[], ms: number): void;
   figures?(): PipelineStats;
   /** Opens what the connector needs before the first request; false when it will take no work here. */
   warm?(): Promise<boolean>;

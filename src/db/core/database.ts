@@ -182,26 +182,31 @@ class RequestDb implements Db {
   }
 
   query<R>(text: string, params?: readonly unknown[]): Promise<QueryResult<R>> {
-    const oneShot = this.#oneShot(this.#observer.intent === 'read');
+    const read = this.#observer.intent === 'read';
+    const statement = { text, params };
+    const oneShot = this.#oneShot(read, [statement]);
     if (oneShot) {
       this.#observer.served(oneShot.connector.kind);
-      return oneShot.query(this.#observer, { text, params }) as Promise<QueryResult<R>>;
+      return oneShot.query(this.#observer, statement) as Promise<QueryResult<R>>;
     }
     const sessions = this.#sessions();
-    return sessions.statement(this.#sourceOf(sessions), this.#observer, text, params) as Promise<QueryResult<R>>;
+    const observer = read ? this.#learning([statement]) : this.#observer;
+    return sessions.statement(this.#sourceOf(sessions), observer, text, params) as Promise<QueryResult<R>>;
   }
 
   readBatch(statements: readonly Statement[]): Promise<QueryResult[]> {
-    const oneShot = this.#oneShot(true);
+    const oneShot = this.#oneShot(true, statements);
     if (oneShot) {
       this.#observer.served(oneShot.connector.kind);
       return oneShot.batch(this.#observer, statements, READ_BATCH);
     }
-    return this.transaction(async (tx) => {
+    const sessions = this.#sessions();
+    const fn = async (tx: Queryable) => {
       const results: QueryResult[] = [];
       for (const s of statements) results.push(await tx.query(s.text, s.params));
       return results;
-    }, READ_BATCH);
+    };
+    return sessions.transaction(this.#sourceOf(sessions), this.#learning(statements, 2), fn, READ_BATCH);
   }
 
   async transaction<T>(fn: (tx: Queryable) => Promise<T>, options?: TxOptions): Promise<T> {
@@ -216,13 +221,39 @@ class RequestDb implements Db {
     return source?.end?.();
   }
 
-  /** The one-shot runner for this work, if it takes it (a reads-only one with room, beside sessions). */
-  #oneShot(readOnly: boolean): OneShotRunner | undefined {
+  /** The one-shot runner for this work, if it takes it (a reads-only one with room for it, beside sessions). */
+  #oneShot(readOnly: boolean, statements: readonly Statement[]): OneShotRunner | undefined {
     const oneShot = this.#core.oneShot;
     if (!oneShot || !this.#core.sessions) return oneShot;
     const connector = oneShot.connector;
     if (connector.readsOnly && !readOnly) return undefined;
-    return connector.hasRoom && !connector.hasRoom() ? undefined : oneShot;
+    return connector.hasRoom && !connector.hasRoom(statements) ? undefined : oneShot;
+  }
+
+  /**
+   * The request's observer, also telling a one-shot connector that learns (the lanes) what a read
+   * it did not take took on the sessions, once `statements` (plus `extra`: BEGIN, COMMIT) ran.
+   */
+  #learning(statements: readonly Statement[], extra = 0): QueryObserver {
+    const learn = this.#core.oneShot?.connector.learn?.bind(this.#core.oneShot.connector);
+    const o = this.#observer;
+    if (!learn) return o;
+    let ms = 0;
+    let seen = 0;
+    return {
+      intent: o.intent,
+      deadline: o.deadline,
+      signal: o.signal,
+      internal: o.internal,
+      acquired: (waitMs, opened) => o.acquired(waitMs, opened),
+      served: (kind) => o.served(kind),
+      retried: o.retried && (() => o.retried!()),
+      queried(durationMs, count) {
+        o.queried(durationMs, count);
+        ms += durationMs;
+        if (++seen === statements.length + extra) learn(statements, ms);
+      },
+    };
   }
 
   #sessions(): SessionRunner {
