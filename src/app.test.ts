@@ -15,6 +15,7 @@ import { z } from 'zod';
 import { createApp } from './app.js';
 import type { Session, SessionConnector, SessionSource } from './db/core/connector.js';
 import { createDatabase } from './db/core/database.js';
+import { beginStatement } from './db/connectors/pg-session.js';
 import type { Db, QueryResult, Row } from './db/types.js';
 import { notFound } from './errors.js';
 import { Drain } from './lifecycle/drain.js';
@@ -151,6 +152,9 @@ class FakeConnector implements SessionConnector {
         }
         return Promise.reject(new Error(`fake: unexpected statement: ${text}`));
       },
+      begin: (o) => session.query(beginStatement(o)).then(() => undefined),
+      commit: () => session.query('COMMIT'),
+      rollback: () => session.query('ROLLBACK').then(() => undefined),
       cancel: () => {
         session.cancelled = true;
         hung?.(pgError('57014', 'canceling statement due to user request'));

@@ -26,6 +26,7 @@ export type ErrorCode =
   | 'upstream_unavailable'
   | 'upstream_timeout'
   | 'client_closed'
+  | 'statement_refused'
   | 'internal';
 
 export interface FieldError {

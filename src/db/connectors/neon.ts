@@ -10,7 +10,7 @@ import { createDatabase, type CoreDatabase } from '../core/database.js';
 import type { OneShotConnector, Session, SessionConnector, SessionSource } from '../core/connector.js';
 import type { Statement, TxOptions } from '../types.js';
 import { sendCancelRequest } from './cancel.js';
-import { pgSession, queryClassOf, toResult, withBegin, type PgQueryClass } from './pg-session.js';
+import { extended, isIdle, pgSession, queryClassOf, toResult, withBegin, type PgQueryClass } from './pg-session.js';
 
 export type NeonDriver = Pick<typeof Neon, 'neon' | 'Pool' | 'Client'>;
 
@@ -116,15 +116,17 @@ function wsSession(
   inBackground: (commit: Promise<unknown>) => void,
 ): Session {
   return pgSession({
-    run: async (text, params, begin) =>
-      toResult(begin === undefined ? await client.query(text, params as unknown[]) : await withBegin(client, Query, begin, text, params)),
+    run: async (text, params, begin, script) => {
+      if (begin !== undefined) return toResult(await withBegin(client, Query, begin, text, params, undefined, script));
+      return toResult(script ? await client.query(text) : await extended(client, Query, text, params));
+    },
     cancel: () => {
       sendCancel();
       client.release(true);
     },
     release: (discard) => {
       try {
-        client.release(discard || undefined);
+        client.release(discard || !isIdle(client as { getTransactionStatus?: () => string | null }) || undefined);
       } catch {
         // Already released by cancel().
       }

@@ -32,10 +32,11 @@ import { markRerunnable } from '../../resilience/retry.js';
 import { now } from '../../stats/clock.js';
 import type { PipelineStats, QueryResult, Statement, TxOptions } from '../types.js';
 import type { OneShotConnector } from '../core/connector.js';
-import { beginStatement } from '../core/sessions.js';
 import { CANCEL_GRACE_MS, sendCancelRequest } from './cancel.js';
 import { LaneLatency } from './lane-latency.js';
+import { beginStatement, isIdle } from './pg-session.js';
 import { send, StatementNames, type NamedClient } from './statement-names.js';
+import { changesSession } from '../core/statement-kind.js';
 
 export interface PgPipelineOptions {
   connectionString: string;
@@ -343,6 +344,8 @@ export class PgPipelineConnector implements OneShotConnector {
       throw why ? markRerunnable(err) : err;
     } finally {
       lane.inFlight--;
+      // The server says the lane is not idle between requests (a transaction left open): never reused.
+      if (lane.inFlight === 0 && lane.connected && !isIdle(lane.client)) lane.retired = true;
       lane.closeWhenEmpty();
     }
   }
@@ -373,7 +376,9 @@ export class PgPipelineConnector implements OneShotConnector {
   #send(lane: Lane, s: Statement, autocommit: boolean): Promise<QueryResult> {
     const statements = this.#options.statements;
     const exec = (name: string | undefined) => send(lane.client, s.text, s.params, name);
-    return statements ? statements.run(lane.client, s.text, s.params, autocommit, exec, false) : exec(undefined);
+    const result = statements ? statements.run(lane.client, s.text, s.params, autocommit, exec, false) : exec(undefined);
+    // A statement that changed the session (SET, RESET …): the lane takes nothing more.
+    return result.then((r) => (changesSession(r.command) && (lane.retired = true), r));
   }
 
   /**

@@ -13,7 +13,7 @@ import type { PoolFigures, Session, SessionConnector, SessionSource } from '../c
 import type { QueryResult } from '../types.js';
 import { CANCEL_GRACE_MS, sendCancelRequest } from './cancel.js';
 import { LANE_DEPTH, PgPipelineConnector } from './pg-pipeline.js';
-import { pgSession, queryClassOf, toResult, withBegin, type PgQueryClass } from './pg-session.js';
+import { isIdle, pgSession, queryClassOf, toResult, withBegin, type PgQueryClass } from './pg-session.js';
 import { send, StatementNames, type NamedClient } from './statement-names.js';
 
 type PoolClient = pg.PoolClient & NamedClient;
@@ -123,10 +123,10 @@ export class PgPoolConnector implements SessionConnector {
     let cut: ReturnType<typeof setTimeout> | undefined;
     let busy = 0;
     return pgSession({
-      run: async (text, params, begin) => {
+      run: async (text, params, begin, script) => {
         busy++;
         try {
-          return await this.#query(client, text, params, begin);
+          return await this.#query(client, text, params, begin, script);
         } finally {
           busy--;
         }
@@ -140,16 +140,24 @@ export class PgPoolConnector implements SessionConnector {
       },
       release: (discard) => {
         clearTimeout(cut);
-        client.release(discard || this.statements?.isStale(client) || undefined);
+        client.release(discard || !isIdle(client) || this.statements?.isStale(client) || undefined);
       },
     });
   }
 
   /** One statement, named where it has a name; with `begin` (a transaction's first statement), BEGIN goes in the same write. */
-  #query(client: PoolClient, text: string, params: readonly unknown[] | undefined, begin: string | undefined): Promise<QueryResult> {
+  #query(
+    client: PoolClient,
+    text: string,
+    params: readonly unknown[] | undefined,
+    begin: string | undefined,
+    script = false,
+  ): Promise<QueryResult> {
     const exec = (name: string | undefined) =>
-      begin === undefined ? send(client, text, params, name) : withBegin(client, this.#Query, begin, text, params, name).then(toResult);
-    if (this.statements === undefined) return exec(undefined);
+      begin === undefined
+        ? send(client, text, params, name, script)
+        : withBegin(client, this.#Query, begin, text, params, name, script).then(toResult);
+    if (this.statements === undefined || script) return exec(undefined);
     // Unknown (a pg without it) counts as in a transaction: the core's rerun is safe either way.
     const autocommit = begin === undefined && typeof client.getTransactionStatus === 'function' && client.getTransactionStatus() === 'I';
     return this.statements.run(client, text, params, autocommit, exec);

@@ -196,13 +196,18 @@ export class StatementNames {
   }
 }
 
-/** One statement through pg, named or not, as the core's QueryResult. */
+/**
+ * One statement through pg, named or not, as the core's QueryResult: in the extended protocol, so
+ * the server refuses several commands in one text; a `script` (the process's own SQL) as a simple Query.
+ */
 export async function send(
   client: pg.ClientBase,
   text: string,
   params: readonly unknown[] | undefined,
   name?: string,
+  script = false,
 ): Promise<QueryResult> {
-  const values = params as unknown[] | undefined;
-  return toResult(await client.query(name === undefined ? { text, values } : { name, text, values }));
+  if (script) return toResult(await client.query(text));
+  const values = params ? [...params] : [];
+  return toResult(await client.query({ name, text, values, queryMode: 'extended' } as pg.QueryConfig));
 }
