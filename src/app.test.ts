@@ -17,7 +17,7 @@ import type { Session, SessionConnector, SessionSource } from './db/core/connect
 import { createDatabase } from './db/core/database.js';
 import { beginStatement } from './db/connectors/pg-session.js';
 import type { Db, QueryResult, Row } from './db/types.js';
-import { notFound } from './errors.js';
+import { markFailure, notFound } from './errors.js';
 import { Drain } from './lifecycle/drain.js';
 import { jsonBody } from './routes/input.js';
 import type { AppEnv, RouteSpec } from './routes/types.js';
@@ -600,7 +600,7 @@ describe('idempotency', FAST, () => {
 
 describe("the route's intent decides what the core retries", FAST, () => {
   const lost = [
-    ['Connection terminated unexpectedly', () => new Error('Connection terminated unexpectedly')],
+    ['Connection terminated unexpectedly', () => markFailure(new Error('Connection terminated unexpectedly'), 'connection_lost')],
     ['57P01 admin_shutdown', () => pgError('57P01', 'terminating connection due to administrator command')],
   ] as const;
 

@@ -33,6 +33,7 @@ import { now } from '../../stats/clock.js';
 import type { PipelineStats, QueryResult, Statement, TxOptions } from '../types.js';
 import type { OneShotConnector } from '../core/connector.js';
 import { CANCEL_GRACE_MS, sendCancelRequest } from './cancel.js';
+import { classified } from './driver-errors.js';
 import { LaneLatency } from './lane-latency.js';
 import { beginStatement, isIdle } from './pg-session.js';
 import { send, StatementNames, type NamedClient } from './statement-names.js';
@@ -336,7 +337,8 @@ export class PgPipelineConnector implements OneShotConnector {
       const pending = write(lane);
       this.#timeOnLane(lane, LaneLatency.keyOf(texts), pending);
       return await this.#abortable(lane, Promise.all(pending), signal);
-    } catch (err) {
+    } catch (thrown) {
+      const err = classified(thrown, lane.connected ? 'statement' : 'connect', lane.client);
       if (isConnectionError(err)) lane.retired = true; // before the 'error' event: a retry must not meet this lane
       if (signal.aborted) throw err;
       const why = appliedNothing(err, lane.cancelled, readBatch);

@@ -12,6 +12,7 @@ import { createDatabase, type CoreDatabase } from '../core/database.js';
 import type { PoolFigures, Session, SessionConnector, SessionSource } from '../core/connector.js';
 import type { QueryResult } from '../types.js';
 import { CANCEL_GRACE_MS, sendCancelRequest } from './cancel.js';
+import { classified } from './driver-errors.js';
 import { LANE_DEPTH, PgPipelineConnector } from './pg-pipeline.js';
 import { isIdle, pgSession, queryClassOf, toResult, withBegin, type PgQueryClass } from './pg-session.js';
 import { send, StatementNames, type NamedClient } from './statement-names.js';
@@ -115,7 +116,12 @@ export class PgPoolConnector implements SessionConnector {
   }
 
   async #acquire(): Promise<{ session: Session; opened: boolean }> {
-    const client = (await this.pool.connect()) as PoolClient;
+    let client: PoolClient;
+    try {
+      client = await this.pool.connect();
+    } catch (err) {
+      throw classified(err, 'connect');
+    }
     return { session: this.#session(client), opened: this.#fresh.delete(client) };
   }
 
@@ -127,6 +133,8 @@ export class PgPoolConnector implements SessionConnector {
         busy++;
         try {
           return await this.#query(client, text, params, begin, script);
+        } catch (err) {
+          throw classified(err, 'statement', client);
         } finally {
           busy--;
         }

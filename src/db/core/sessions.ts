@@ -4,7 +4,7 @@
  * the attempt failed, the deadline watch that cancels on the server, begin … commit (typed, on the
  * session) with rollback on any error, the caller's transaction control refused, and the rule that a broken or cancelled session is never reused.
  */
-import { isConnectionError } from '../../errors.js';
+import { failureKind, isConnectionError } from '../../errors.js';
 import { createBreaker, type Breaker, type BreakerTuning } from '../../resilience/breaker.js';
 import { Gate, type GateOptions } from '../../resilience/gate.js';
 import { isRetryable, RetryBudget, withRetry, type RetryScope } from '../../resilience/retry.js';
@@ -67,8 +67,7 @@ function instrument(session: Session, observer: QueryObserver, inTransaction: bo
 }
 
 /** Broken connections and client-side read timeouts (the server may still be busy) are not reused. */
-const mustDiscard = (err: unknown) =>
-  isConnectionError(err) || /Query read timeout/.test(String((err as { message?: unknown } | undefined)?.message));
+const mustDiscard = (err: unknown) => isConnectionError(err) || failureKind(err) === 'read_timeout';
 
 const rolledBackAtCommit = () =>
   Object.assign(new Error('The transaction had failed, so COMMIT rolled it back.'), { code: '25P02' /* in_failed_sql_transaction */ });
