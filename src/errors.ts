@@ -27,6 +27,7 @@ export type ErrorCode =
   | 'upstream_timeout'
   | 'client_closed'
   | 'statement_refused'
+  | 'result_too_large'
   | 'internal';
 
 export interface FieldError {

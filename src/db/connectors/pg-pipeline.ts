@@ -35,7 +35,7 @@ import type { OneShotConnector } from '../core/connector.js';
 import { CANCEL_GRACE_MS, sendCancelRequest } from './cancel.js';
 import { classified } from './driver-errors.js';
 import { LaneLatency } from './lane-latency.js';
-import { beginStatement, isIdle } from './pg-session.js';
+import { beginStatement, isIdle, type ResultLimits } from './pg-session.js';
 import { send, StatementNames, type NamedClient } from './statement-names.js';
 import { changesSession } from '../core/statement-kind.js';
 
@@ -50,6 +50,8 @@ export interface PgPipelineOptions {
   applicationName?: string;
   /** The pool's statement names, or undefined when prepared statements are off. */
   statements: StatementNames | undefined;
+  /** Past these a statement's rows are dropped and it fails (result_too_large); its neighbours' answers follow as usual. */
+  resultLimits?: ResultLimits;
 }
 
 export interface PgPipelineDriver {
@@ -377,7 +379,7 @@ export class PgPipelineConnector implements OneShotConnector {
 
   #send(lane: Lane, s: Statement, autocommit: boolean): Promise<QueryResult> {
     const statements = this.#options.statements;
-    const exec = (name: string | undefined) => send(lane.client, s.text, s.params, name);
+    const exec = (name: string | undefined) => send(lane.client, s.text, s.params, name, false, this.#options.resultLimits);
     const result = statements ? statements.run(lane.client, s.text, s.params, autocommit, exec, false) : exec(undefined);
     // A statement that changed the session (SET, RESET …): the lane takes nothing more.
     return result.then((r) => (changesSession(r.command) && (lane.retired = true), r));

@@ -6,7 +6,7 @@
  * own figures. The `pg` module is passed in: nothing here imports it.
  */
 import type pg from 'pg';
-import { PREPARED_STATEMENTS_MAX, type PoolConfig } from '../../config.js';
+import { PREPARED_STATEMENTS_MAX, RESULT_MAX_BYTES, RESULT_MAX_ROWS, type PoolConfig } from '../../config.js';
 import { describeError } from '../../errors.js';
 import { createDatabase, type CoreDatabase } from '../core/database.js';
 import type { PoolFigures, Session, SessionConnector, SessionSource } from '../core/connector.js';
@@ -14,12 +14,15 @@ import type { QueryResult } from '../types.js';
 import { CANCEL_GRACE_MS, sendCancelRequest } from './cancel.js';
 import { classified } from './driver-errors.js';
 import { LANE_DEPTH, PgPipelineConnector } from './pg-pipeline.js';
-import { isIdle, pgSession, queryClassOf, toResult, withBegin, type PgQueryClass } from './pg-session.js';
+import { isIdle, pgSession, queryClassOf, toResult, withBegin, type PgQueryClass, type ResultLimits } from './pg-session.js';
 import { send, StatementNames, type NamedClient } from './statement-names.js';
 
 type PoolClient = pg.PoolClient & NamedClient;
 
-type PreparedOptions = Pick<PoolConfig, 'preparedStatements' | 'preparedStatementsMax' | 'pipelineLanes'>;
+type PreparedOptions = Pick<
+  PoolConfig,
+  'preparedStatements' | 'preparedStatementsMax' | 'pipelineLanes' | 'resultMaxRows' | 'resultMaxBytes'
+>;
 
 export interface PgPoolConnectorOptions extends Omit<PoolConfig, keyof PreparedOptions>, Partial<PreparedOptions> {
   connectionString: string;
@@ -73,6 +76,11 @@ export class PgPoolConnector implements SessionConnector {
     // Required (an unheard 'error' crashes the process) but silent: the client's listener logged it.
     this.pool.on('error', () => {});
     this.#source = { acquire: () => this.#acquire() };
+  }
+
+  /** RESULT_MAX_ROWS / RESULT_MAX_BYTES: past them a statement's rows are dropped and it fails (result_too_large). */
+  get resultLimits(): ResultLimits {
+    return { maxRows: this.#options.resultMaxRows ?? RESULT_MAX_ROWS, maxBytes: this.#options.resultMaxBytes ?? RESULT_MAX_BYTES };
   }
 
   get sessionStatementTimeoutMs(): number {
@@ -161,10 +169,11 @@ export class PgPoolConnector implements SessionConnector {
     begin: string | undefined,
     script = false,
   ): Promise<QueryResult> {
+    const limits = this.resultLimits;
     const exec = (name: string | undefined) =>
       begin === undefined
-        ? send(client, text, params, name, script)
-        : withBegin(client, this.#Query, begin, text, params, name, script).then(toResult);
+        ? send(client, text, params, name, script, limits)
+        : withBegin(client, this.#Query, begin, text, params, name, script, limits).then(toResult);
     if (this.statements === undefined || script) return exec(undefined);
     // Unknown (a pg without it) counts as in a transaction: the core's rerun is safe either way.
     const autocommit = begin === undefined && typeof client.getTransactionStatus === 'function' && client.getTransactionStatus() === 'I';
@@ -201,6 +210,7 @@ export function createPgPoolDatabase(options: PgPoolConnectorOptions, driver: Pg
               connectionTimeoutMs: options.connectionTimeoutMs,
               applicationName: options.applicationName,
               statements: connector.statements,
+              resultLimits: connector.resultLimits,
             },
             driver,
           )

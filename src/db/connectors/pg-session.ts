@@ -10,6 +10,7 @@
  *   nothing (nothing to write, no serialization check): it is answered at once. Every other
  *   COMMIT is awaited.
  */
+import { AppError } from '../../errors.js';
 import type { Session } from '../core/connector.js';
 import { changesSession } from '../core/statement-kind.js';
 import type { QueryResult, TxOptions } from '../types.js';
@@ -24,6 +25,8 @@ interface PgConnection {
 interface PgQuery {
   submit(connection: PgConnection): Error | null | undefined;
   requiresPreparation(): boolean;
+  handleDataRow(msg: { length?: number }): void;
+  _canceledDueToError?: unknown;
 }
 export type PgQueryClass = new (
   config: { text: string; values?: unknown[]; name?: string },
@@ -126,6 +129,40 @@ export function isIdle(client: { getTransactionStatus?: () => string | null }): 
   return status === 'I' || status === null;
 }
 
+/** At most this many rows, or bytes of rows, per statement result (RESULT_MAX_ROWS, RESULT_MAX_BYTES). */
+export interface ResultLimits {
+  maxRows: number;
+  maxBytes: number;
+}
+
+const resultTooLarge = (limits: ResultLimits) =>
+  new AppError(
+    500,
+    'result_too_large',
+    `A statement's result passed RESULT_MAX_ROWS (${limits.maxRows}) or RESULT_MAX_BYTES (${limits.maxBytes}): ` +
+      'page it (LIMIT … with a key), or raise the bound.',
+  );
+
+/**
+ * Keeps no row past the limits: the rest of the answer is read and dropped (the connection stays
+ * in step; on a lane, others' answers follow it), and the statement fails with result_too_large
+ * when the server is done (pg answers a query's own error at ReadyForQuery).
+ */
+function bounded(query: PgQuery, limits: ResultLimits | undefined): void {
+  if (!limits) return;
+  let rows = 0;
+  let bytes = 0;
+  const own = query.handleDataRow.bind(query);
+  query.handleDataRow = (msg) => {
+    rows++;
+    bytes += msg.length ?? 0;
+    if (!query._canceledDueToError && (rows > limits.maxRows || bytes > limits.maxBytes)) {
+      query._canceledDueToError = resultTooLarge(limits);
+    }
+    if (!query._canceledDueToError) own(msg);
+  };
+}
+
 type PgResult = { rows: unknown[]; rowCount?: number | null; command?: string };
 
 /**
@@ -139,12 +176,14 @@ export function extended(
   text: string,
   params?: readonly unknown[],
   name?: string,
+  limits?: ResultLimits,
 ): Promise<PgResult> {
   const values = params ? [...params] : [];
   if (!Query) return client.query({ text, values, name, queryMode: 'extended' } as never) as Promise<PgResult>;
   return new Promise<PgResult>((resolve, reject) => {
     const query = new Query({ text, values, name }, undefined, (err, result) => (err ? reject(err) : resolve(result as PgResult)));
     query.requiresPreparation = () => true;
+    bounded(query, limits);
     client.query(query as never);
   });
 }
@@ -165,16 +204,18 @@ export async function withBegin(
   params: readonly unknown[] | undefined,
   name?: string,
   script = false,
+  limits?: ResultLimits,
 ): Promise<PgResult> {
   const unparsed = name !== undefined && client.connection?.parsedStatements?.[name] === undefined;
   if (!Query || unparsed) {
     await submit(client, { text: begin });
-    return script ? submit(client, { text }) : extended(client, Query, text, params, name);
+    return script ? submit(client, { text }) : extended(client, Query, text, params, name, limits);
   }
   const results = await new Promise<unknown>((resolve, reject) => {
     const config = script ? { text: `${begin};${text}` } : { text, values: params ? [...params] : [], name };
     const query = new Query(config, undefined, (err, result) => (err ? reject(err) : resolve(result)));
     if (!script) {
+      bounded(query, limits);
       query.requiresPreparation = () => true;
       const own = query.submit.bind(query);
       query.submit = (connection) => {
