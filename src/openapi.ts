@@ -86,7 +86,8 @@ const ERROR_RESPONSES: Record<number, ErrorResponse> = {
   422: { name: 'IdempotencyKeyReused', description: 'This Idempotency-Key was used for a different request (`idempotency_key_reused`).' },
   500: {
     name: 'InternalError',
-    description: 'Something went wrong on our side (`internal`), or the route sent a statement poolgate refuses (`statement_refused`) or whose result passed RESULT_MAX_ROWS/RESULT_MAX_BYTES (`result_too_large`).',
+    description:
+      'Something went wrong on our side (`internal`), or the route sent a statement poolgate refuses (`statement_refused`) or whose result passed RESULT_MAX_ROWS/RESULT_MAX_BYTES (`result_too_large`).',
   },
   503: {
     name: 'Unavailable',
