@@ -15,8 +15,9 @@ import { z } from 'zod';
 import { createApp, createPoolgate } from './app.js';
 import type { Session, SessionConnector, SessionSource } from './db/core/connector.js';
 import { createDatabase } from './db/core/database.js';
+import { beginStatement } from './db/connectors/pg-session.js';
 import type { Db, QueryResult, Row } from './db/types.js';
-import { notFound } from './errors.js';
+import { markFailure, notFound } from './errors.js';
 import { Drain } from './lifecycle/drain.js';
 import { jsonBody } from './routes/input.js';
 import { routeNotFound } from './routes/not-found.js';
@@ -152,6 +153,9 @@ class FakeConnector implements SessionConnector {
         }
         return Promise.reject(new Error(`fake: unexpected statement: ${text}`));
       },
+      begin: (o) => session.query(beginStatement(o)).then(() => undefined),
+      commit: () => session.query('COMMIT'),
+      rollback: () => session.query('ROLLBACK').then(() => undefined),
       cancel: () => {
         session.cancelled = true;
         hung?.(pgError('57014', 'canceling statement due to user request'));
@@ -634,7 +638,7 @@ describe('idempotency', FAST, () => {
 
 describe("the route's intent decides what the core retries", FAST, () => {
   const lost = [
-    ['Connection terminated unexpectedly', () => new Error('Connection terminated unexpectedly')],
+    ['Connection terminated unexpectedly', () => markFailure(new Error('Connection terminated unexpectedly'), 'connection_lost')],
     ['57P01 admin_shutdown', () => pgError('57P01', 'terminating connection due to administrator command')],
   ] as const;
 

@@ -13,10 +13,12 @@
  *   or the server's statement_timeout passed; the statement was cancelled), `client_closed` (the
  *   call's signal aborted), `circuit_open` (the database kept failing), `database_unavailable`
  *   (refused, unreachable, the connection lost — the driver's error is its `cause`, and its
- *   message names no host or secret), `shutting_down` (the client was closed);
+ *   message names no host or secret), `shutting_down` (the client was closed), and
+ *   `statement_refused` (500) for a transaction-control statement (BEGIN, COMMIT …) or several
+ *   statements in one text, refused the same way on every path (src/db/core/statement-kind.ts);
  * - the driver's own error for what the database said about the SQL, with its SQLSTATE in `code`
  *   (`23505`, `40001` once the retries are spent, …) and `constraint`, `detail`;
- * - a TypeError for misuse (a transaction-control statement, a `sql` call without a template).
+ * - a TypeError for other misuse (a `sql` call without a template, a tx used after its callback).
  * `toAppError(err)` maps any of them onto one AppError (status, code), e.g. to answer an HTTP request.
  */
 import type { Database, Db, QueryResult, Queryable, Row, Statement, TxOptions } from './db/types.js';
@@ -71,7 +73,7 @@ export interface PoolgateClient {
    * BEGIN … COMMIT around `fn` on one connection, ROLLBACK on any error. On a serialization
    * failure or deadlock (40001, 40P01) the WHOLE transaction runs again, so `fn` must be
    * re-runnable: no side effects outside the database (send the e-mail after it returns). Do not
-   * issue BEGIN, COMMIT or ROLLBACK in `fn`: they are refused with a TypeError.
+   * issue BEGIN, COMMIT or ROLLBACK in `fn`: they are refused (`statement_refused`).
    */
   executeTransaction<T>(fn: (tx: Transaction) => Promise<T>, options?: TransactionOptions): Promise<T>;
   /** Independent reads from one snapshot (one round trip on Neon HTTP; REPEATABLE READ READ ONLY on a pool). */
@@ -100,22 +102,6 @@ export interface ClientOptions<E extends object = object> {
 const DEFAULT_TIMEOUT_MS = 15_000;
 const HEALTH_TIMEOUT_MS = 2_000;
 const INTENT = { read: 'read', write: 'transactional' } as const;
-
-/** A statement that opens or ends a transaction (comments before it skipped); SAVEPOINT and ROLLBACK TO are not. */
-const TX_CONTROL =
-  /^(?:\s+|--[^\n]*(?:\n|$)|\/\*[\s\S]*?\*\/)*(begin|start\s+transaction|commit|end|rollback|abort)\b(?!\s+(?:to|prepared)\b)/i;
-
-/** Refuses BEGIN/COMMIT/ROLLBACK: outside a transaction they strand a pooled connection, inside they end ours early. */
-function refuseTransactionControl(text: string, inTransaction: boolean): void {
-  const keyword = TX_CONTROL.exec(text)?.[1]?.toUpperCase();
-  if (!keyword) return;
-  throw new TypeError(
-    inTransaction
-      ? `executeTransaction runs BEGIN and COMMIT itself, and ROLLBACK on any error: remove "${keyword}" from the callback ` +
-          '(ending the transaction early would leave the rest outside it, and a retry would apply the first part twice).'
-      : `"${keyword}" would leave a pooled connection inside a transaction: use executeTransaction(fn), which runs BEGIN … COMMIT on one connection.`,
-  );
-}
 
 function kindOf(kind: unknown): QueryKind {
   if (kind === 'read' || kind === 'write') return kind;
@@ -149,7 +135,6 @@ function openTransaction(q: Queryable): { tx: Transaction; end(): void } {
   let ended = false;
   const query = <R>(text: string, params?: readonly unknown[]): Promise<QueryResult<R>> => {
     if (ended) return Promise.reject(new TypeError('This transaction has ended: use its tx only inside the executeTransaction callback.'));
-    refuseTransactionControl(text, true);
     return q.query<R>(text, params);
   };
   const tx = { query, sql: sqlTag((s) => query(s.text, s.params)) };
@@ -243,10 +228,7 @@ function queryOptions(kind: QueryKind | QueryOptions | undefined): CallOptions &
 export function createClient<E extends object = object>(database: Database, options: ClientOptions<E>): PoolgateClient & E {
   const calls = new Calls(database, options);
   const query = (call: string, kind: QueryKind, o: CallOptions) => (s: Statement) =>
-    calls.run(call, kind, o, async (db) => {
-      refuseTransactionControl(s.text, false);
-      return db.query(s.text, s.params);
-    });
+    calls.run(call, kind, o, (db) => db.query(s.text, s.params));
   const client: PoolgateClient = {
     executeQuery: async <R>(text: string, params?: readonly unknown[], kind?: QueryKind | QueryOptions) => {
       const o = queryOptions(kind);

@@ -53,6 +53,8 @@ describe('parseConfig', () => {
       PG_PREPARED_STATEMENTS: 'off',
       PG_PREPARED_STATEMENTS_MAX: '50',
       PG_PIPELINE_LANES: '2',
+      RESULT_MAX_ROWS: '1000',
+      RESULT_MAX_BYTES: '65536',
     });
     expect(c.databaseUrl).toBe(URL_WITH_SECRET);
     expect(c.port).toBe(0);
@@ -69,6 +71,8 @@ describe('parseConfig', () => {
       preparedStatements: false,
       preparedStatementsMax: 50,
       pipelineLanes: 2,
+      resultMaxRows: 1000,
+      resultMaxBytes: 65536,
     });
     expect(c.bodyLimitBytes).toBe(512);
   });

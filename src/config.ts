@@ -33,6 +33,9 @@ export interface PoolConfig {
    * concurrent requests' read statements written back to back on them, the rest on the pool.
    */
   pipelineLanes: number;
+  /** A statement's result is refused past this many rows (RESULT_MAX_ROWS) or bytes (RESULT_MAX_BYTES): rows beyond are not kept. */
+  resultMaxRows: number;
+  resultMaxBytes: number;
 }
 
 /** Lanes by default: one per five connections, at most four; none below five connections. */
@@ -40,6 +43,10 @@ export const defaultPipelineLanes = (max: number): number => Math.min(4, Math.fl
 
 /** Named statements per connection by default: more than an application's fixed statements, few enough to cost little memory. */
 export const PREPARED_STATEMENTS_MAX = 200;
+
+/** A statement's result by default: at most this many rows and bytes (RESULT_MAX_ROWS, RESULT_MAX_BYTES). */
+export const RESULT_MAX_ROWS = 500_000;
+export const RESULT_MAX_BYTES = 64 * 1024 * 1024;
 
 export interface Config {
   /** postgres:// URL, or undefined to run on the embedded database. Non-enumerable. */
@@ -183,6 +190,8 @@ export function parseConfig(env: Env): Config {
       preparedStatements: onOff(env, 'PG_PREPARED_STATEMENTS', true),
       preparedStatementsMax: int(env, 'PG_PREPARED_STATEMENTS_MAX', PREPARED_STATEMENTS_MAX, 1, 10_000),
       pipelineLanes,
+      resultMaxRows: int(env, 'RESULT_MAX_ROWS', RESULT_MAX_ROWS, 1, 100_000_000),
+      resultMaxBytes: int(env, 'RESULT_MAX_BYTES', RESULT_MAX_BYTES, 1, 4 * 1024 * 1024 * 1024),
     },
     bodyLimitBytes: int(env, 'BODY_LIMIT_BYTES', 64 * 1024, 1, 64 * 1024 * 1024),
     shutdownTimeoutMs: int(env, 'SHUTDOWN_TIMEOUT_MS', 10_000, 0, 600_000),

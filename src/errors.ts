@@ -26,6 +26,8 @@ export type ErrorCode =
   | 'upstream_unavailable'
   | 'upstream_timeout'
   | 'client_closed'
+  | 'statement_refused'
+  | 'result_too_large'
   | 'internal';
 
 export interface FieldError {
@@ -111,31 +113,42 @@ interface DriverError {
   constraint?: unknown;
 }
 
-/** True when the error says the connection itself failed (not the SQL). */
-export function isConnectionError(err: unknown): boolean {
-  if (!err || typeof err !== 'object') return false;
-  const e = err as DriverError;
-  const code = typeof e.code === 'string' ? e.code : '';
-  if (CONNECTION_CODES.has(code) || code.startsWith('08')) return true;
-  const msg = typeof e.message === 'string' ? e.message : '';
-  // The Neon HTTP driver reports transport failures as a NeonDbError without a SQLSTATE.
-  if (
-    (e as { name?: unknown }).name === 'NeonDbError' &&
-    !code &&
-    /^(Error connecting to database|Server error \(HTTP status 5)/.test(msg)
-  ) {
-    return true;
-  }
-  return /Connection terminated|connection timeout|Client has encountered a connection error|Connection ended|not queryable|timeout expired/i.test(
-    msg,
-  );
+/**
+ * What a connector made of a driver failure that carries neither a SQLSTATE nor a system code (pg's
+ * own "Connection terminated", "timeout expired", "Query read timeout"; Neon HTTP's transport
+ * errors), decided once where it entered, by where it happened (connecting, or a statement on a
+ * connection that is gone or still there): never by its message.
+ */
+export type FailureKind = 'connect_failed' | 'connection_lost' | 'read_timeout';
+
+const FAILURE_KIND = Symbol.for('poolgate.failureKind');
+
+export function markFailure<E>(err: E, kind: FailureKind): E {
+  if (typeof err === 'object' && err !== null) Object.defineProperty(err, FAILURE_KIND, { value: kind, configurable: true });
+  return err;
 }
 
-/** True when a statement or query timed out (server-side cancel or client-side timeout). */
-export function isTimeoutError(err: unknown): boolean {
+export function failureKind(err: unknown): FailureKind | undefined {
+  return (err as { [FAILURE_KIND]?: FailureKind } | undefined)?.[FAILURE_KIND];
+}
+
+const codeOfError = (err: unknown) => {
+  const code = (err as DriverError | undefined)?.code;
+  return typeof code === 'string' ? code : '';
+};
+
+/** True when the error says the connection itself failed (not the SQL): by SQLSTATE, system code, or the connector's classification. */
+export function isConnectionError(err: unknown): boolean {
   if (!err || typeof err !== 'object') return false;
-  const e = err as DriverError;
-  return e.code === '57014' || (typeof e.message === 'string' && /Query read timeout/.test(e.message));
+  const code = codeOfError(err);
+  if (CONNECTION_CODES.has(code) || code.startsWith('08')) return true;
+  const kind = failureKind(err);
+  return kind === 'connect_failed' || kind === 'connection_lost';
+}
+
+/** True when a statement or query timed out (server-side cancel, or the driver's read timeout). */
+export function isTimeoutError(err: unknown): boolean {
+  return codeOfError(err) === '57014' || failureKind(err) === 'read_timeout';
 }
 
 /** Maps anything thrown while serving a request onto an AppError. */

@@ -56,6 +56,8 @@ const ERROR_CODES = [
   'unauthorized',
   'upstream_unavailable',
   'upstream_timeout',
+  'statement_refused',
+  'result_too_large',
   'internal',
 ] as const satisfies readonly ErrorCode[];
 // A code added to ErrorCode but not listed above fails the typecheck here, naming the code.
@@ -82,7 +84,11 @@ const ERROR_RESPONSES: Record<number, ErrorResponse> = {
   413: { name: 'PayloadTooLarge', description: 'The request body exceeds the size limit (`payload_too_large`).' },
   415: { name: 'UnsupportedMediaType', description: 'The request body is not `application/json` (`unsupported_media_type`).' },
   422: { name: 'IdempotencyKeyReused', description: 'This Idempotency-Key was used for a different request (`idempotency_key_reused`).' },
-  500: { name: 'InternalError', description: 'Something went wrong on our side (`internal`).' },
+  500: {
+    name: 'InternalError',
+    description:
+      'Something went wrong on our side (`internal`), or the route sent a statement poolgate refuses (`statement_refused`) or whose result passed RESULT_MAX_ROWS/RESULT_MAX_BYTES (`result_too_large`).',
+  },
   503: {
     name: 'Unavailable',
     description:

@@ -36,6 +36,9 @@ function tinyConnector() {
       if (text.startsWith('SELECT id, name FROM things')) return Promise.resolve({ rows: [{ id: params[0], name: 'local' }], rowCount: 1 });
       return Promise.resolve({ rows: [], rowCount: 0 });
     },
+    begin: () => session.query('BEGIN').then(() => undefined),
+    commit: () => session.query('COMMIT'),
+    rollback: () => session.query('ROLLBACK').then(() => undefined),
     cancel: () => {},
     release: () => {},
   };

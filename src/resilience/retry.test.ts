@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { describe, expect, it, vi } from 'vitest';
-import { AppError, OverloadedError, PoolExhaustedError } from '../errors.js';
+import { AppError, markFailure, OverloadedError, PoolExhaustedError } from '../errors.js';
 import { backoffMs, isRetryable, RetryBudget, withRetry, type RetryScope } from './retry.js';
 
 const pgError = (code: string, message = 'boom') => Object.assign(new Error(message), { code });
@@ -15,9 +15,10 @@ describe('isRetryable: the one retry decision', () => {
   );
 
   it('a connect that timed out is retryable only while connecting', () => {
-    const err = new Error('timeout expired');
+    const err = markFailure(new Error('timeout expired'), 'connect_failed'); // as the connector marks it
     expect(isRetryable(err, 'connect')).toBe(true);
-    expect(isRetryable(new Error('Connection terminated due to connection timeout'), 'connect')).toBe(true);
+    expect(isRetryable(markFailure(new Error('Connection terminated due to connection timeout'), 'connect_failed'), 'connect')).toBe(true);
+    expect(isRetryable(new Error('timeout expired'), 'connect')).toBe(false); // a message decides nothing
     expect(isRetryable(err, 'transaction')).toBe(false);
   });
 
@@ -30,7 +31,7 @@ describe('isRetryable: the one retry decision', () => {
   });
 
   it('a lost connection is retried for a read only: a write may have been applied', () => {
-    const lost = [pgError('57P01'), pgError('ECONNRESET'), new Error('Connection terminated unexpectedly')];
+    const lost = [pgError('57P01'), pgError('ECONNRESET'), markFailure(new Error('Connection terminated unexpectedly'), 'connection_lost')];
     for (const err of lost) {
       expect(isRetryable(err, 'read')).toBe(true);
       expect(isRetryable(err, 'transaction')).toBe(false);
@@ -186,7 +187,7 @@ describe('withRetry', () => {
   it('re-runs a transaction on a serialization failure but not on a lost connection', async () => {
     const tx = vi.fn().mockRejectedValueOnce(pgError('40001')).mockResolvedValueOnce('committed');
     await expect(withRetry(tx, opts({ scope: 'transaction' }))).resolves.toBe('committed');
-    const lost = vi.fn().mockRejectedValue(new Error('Connection terminated unexpectedly'));
+    const lost = vi.fn().mockRejectedValue(markFailure(new Error('Connection terminated unexpectedly'), 'connection_lost'));
     await expect(withRetry(lost, opts({ scope: 'transaction' }))).rejects.toThrow(/terminated/);
     expect(lost).toHaveBeenCalledTimes(1);
   });

@@ -7,7 +7,7 @@
  * mistake, a statement timeout, an open breaker, or past the request's deadline; and only while
  * the process-wide retry budget allows (so retries stop adding load when most calls fail).
  */
-import { AppError } from '../errors.js';
+import { AppError, failureKind } from '../errors.js';
 
 export type RetryScope =
   /** Getting a connection; nothing was sent yet. */
@@ -21,6 +21,8 @@ export type RetryScope =
 
 const NEVER_REACHED = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH', '53300', '57P03']);
 const TX_RETRYABLE = new Set(['40001', '40P01']);
+/** The connection went away under a statement: admin_shutdown, a reset socket, connection_failure. */
+const LOST = new Set(['57P01', 'ECONNRESET', 'EPIPE', '08006']);
 
 const RERUNNABLE = Symbol.for('poolgate.rerunnable');
 
@@ -45,13 +47,12 @@ export function isRetryable(err: unknown, scope: RetryScope): boolean {
   if ((err as { [RERUNNABLE]?: unknown } | undefined)?.[RERUNNABLE] === true) return true;
   const code = codeOf(err);
   if (code === '57014') return false; // statement timeout / cancel: the work may have run
-  const msg = (err as { message?: unknown } | undefined)?.message;
-  const connectTimeout = typeof msg === 'string' && /timeout expired|connection timeout/i.test(msg);
-  if (NEVER_REACHED.has(code) || (scope === 'connect' && connectTimeout)) return true;
+  const kind = failureKind(err); // the connector's word, where the error had no code (errors.ts)
+  if (NEVER_REACHED.has(code) || (scope === 'connect' && kind === 'connect_failed')) return true;
   if (scope === 'transaction') return TX_RETRYABLE.has(code);
   if (scope === 'read') {
     // A read that failed on a dropped connection has no effect to repeat.
-    return TX_RETRYABLE.has(code) || code === '57P01' || code === 'ECONNRESET' || /Connection terminated/i.test(String(msg));
+    return TX_RETRYABLE.has(code) || LOST.has(code) || kind === 'connection_lost';
   }
   return false;
 }

@@ -193,7 +193,7 @@ describe.skipIf(!realPostgresUrl)('createNodeClient on PostgreSQL', () => {
           await tx.query('BEGIN');
           await tx.query('COMMIT');
         }),
-      ).rejects.toThrow(/executeTransaction runs BEGIN and COMMIT itself, and ROLLBACK on any error: remove "BEGIN" from the callback/);
+      ).rejects.toThrow(/executeTransaction run BEGIN and COMMIT themselves, and ROLLBACK on any error: remove "BEGIN" from the callback/);
       expect(await itemsNamed(name)).toBe(0);
       await expect(client.executeTransaction((tx) => tx.query(' /* end early */ commit'))).rejects.toThrow(/remove "COMMIT"/);
       await expect(client.executeTransaction((tx) => tx.sql`START TRANSACTION`)).rejects.toThrow(/remove "START TRANSACTION"/);
@@ -212,9 +212,9 @@ describe.skipIf(!realPostgresUrl)('createNodeClient on PostgreSQL', () => {
 
     it('refuses BEGIN/COMMIT as a lone statement, which would strand a pooled connection in a transaction', async () => {
       await expect(client.executeQuery('BEGIN')).rejects.toThrow(
-        /"BEGIN" would leave a pooled connection inside a transaction: use executeTransaction/,
+        /"BEGIN" refused: it would leave a pooled connection inside a transaction: use db\.transaction\(fn\) \(executeTransaction\(fn\)/,
       );
-      await expect(client.sql`-- tidy up\nROLLBACK`).rejects.toThrow(/"ROLLBACK" would leave/);
+      await expect(client.sql`-- tidy up\nROLLBACK`).rejects.toThrow(/"ROLLBACK" refused: it would leave/);
     });
 
     it('refuses a tx used after its callback returned', async () => {

@@ -508,6 +508,53 @@ for (const backend of BACKENDS) {
       });
     });
 
+    describe('transaction control and several statements: refused the same way', () => {
+      const refused = async (work: Promise<unknown>) => {
+        const { error } = await timed(work);
+        expect(error).toBeInstanceOf(AppError);
+        const { status, code } = error as AppError;
+        return { status, code, message: (error as Error).message };
+      };
+
+      it('several statements in one text: the server refuses them (extended protocol), one error', async () => {
+        const answer = await refused(request().query('SELECT 1; BEGIN'));
+        expect(answer).toMatchObject({ status: 500, code: 'statement_refused', message: expect.stringMatching(/^Several statements/) });
+        expect(await refused(request().query('SELECT $1::int; COMMIT', [1]))).toEqual(answer);
+        record('refused: several statements', backend.name, answer);
+      });
+
+      it('transaction control as a statement, behind comments and empty statements: refused before it is sent', async () => {
+        const observer = recorder();
+        const answer = await refused(request(observer).query('/* a /* nested */ comment */ ; BEGIN ISOLATION LEVEL REPEATABLE READ'));
+        expect(answer).toMatchObject({ status: 500, code: 'statement_refused' });
+        expect(answer.message).toMatch(/^"BEGIN" refused: .* use db\.transaction\(fn\)/);
+        expect(observer.queries).toEqual([]);
+        expect(await refused(request().readBatch([{ text: 'SELECT 1' }, { text: 'commit' }]))).toMatchObject({ code: 'statement_refused' });
+        record('refused: BEGIN', backend.name, answer);
+        expect((await request().query<{ n: number }>('SELECT 1 AS n')).rows).toEqual([{ n: 1 }]);
+      });
+
+      test(
+        "COMMIT hidden in a transaction's statement ends nothing: the rows before and after it roll back",
+        ['interactiveTransactions'],
+        async () => {
+          const errors: unknown[] = [];
+          const { error } = await timed(
+            request().transaction(async (tx) => {
+              await tx.query('INSERT INTO contract_items (id, name) VALUES ($1, $2)', [95, 'hidden-commit']);
+              await tx.query('SELECT 1; COMMIT').catch((e: unknown) => errors.push(e));
+              await tx.query('COMMIT').catch((e: unknown) => errors.push(e));
+              await tx.query('INSERT INTO contract_items (id, name) VALUES ($1, $2)', [96, 'hidden-commit']).catch(() => {});
+              throw new Error('the callback fails');
+            }),
+          );
+          expect((error as Error).message).toBe('the callback fails');
+          expect(errors.map((e) => (e as AppError).code)).toEqual(['statement_refused', 'statement_refused']);
+          expect(await count('name = $1', ['hidden-commit'])).toBe(0);
+        },
+      );
+    });
+
     describe('ping and close', () => {
       it('ping() answers ok from a live server and a stable reason from an unreachable one, within its timeout', async () => {
         const live = await b.database.ping(2_000);

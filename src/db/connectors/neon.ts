@@ -10,7 +10,8 @@ import { createDatabase, type CoreDatabase } from '../core/database.js';
 import type { OneShotConnector, Session, SessionConnector, SessionSource } from '../core/connector.js';
 import type { Statement, TxOptions } from '../types.js';
 import { sendCancelRequest } from './cancel.js';
-import { pgSession, queryClassOf, toResult, withBegin, type PgQueryClass } from './pg-session.js';
+import { classified } from './driver-errors.js';
+import { extended, isIdle, pgSession, queryClassOf, toResult, withBegin, type PgQueryClass } from './pg-session.js';
 
 export type NeonDriver = Pick<typeof Neon, 'neon' | 'Pool' | 'Client'>;
 
@@ -28,16 +29,22 @@ export function neonHttpConnector(options: NeonConnectorOptions): OneShotConnect
     kind: 'neon-http',
     upstream: 'neon-http',
     async query(s: Statement, signal: AbortSignal) {
-      return toResult(await sql.query(s.text, s.params as unknown[], { fullResults: true, fetchOptions: { signal } }));
+      try {
+        return toResult(await sql.query(s.text, s.params as unknown[], { fullResults: true, fetchOptions: { signal } }));
+      } catch (err) {
+        throw classified(err, 'statement');
+      }
     },
     async batch(statements: readonly Statement[], tx: TxOptions, signal: AbortSignal) {
       const queries = statements.map((s) => sql.query(s.text, s.params as unknown[]));
-      const results = await sql.transaction(queries, {
-        isolationLevel: tx.isolation && ISOLATION[tx.isolation],
-        readOnly: tx.readOnly,
-        fullResults: true,
-        fetchOptions: { signal },
-      });
+      const results = await sql
+        .transaction(queries, {
+          isolationLevel: tx.isolation && ISOLATION[tx.isolation],
+          readOnly: tx.readOnly,
+          fullResults: true,
+          fetchOptions: { signal },
+        })
+        .catch((err: unknown) => Promise.reject(classified(err, 'statement') as Error));
       return results.map(toResult);
     },
   };
@@ -73,7 +80,7 @@ export function neonWsConnector(options: NeonConnectorOptions): SessionConnector
           try {
             client = await pool.connect();
           } catch (err) {
-            throw asConnectionError(err);
+            throw classified(asConnectionError(err), 'connect');
           }
           client.on('error', onError);
           const cancel = () => sendCancelRequest(options.driver.Client, options.connectionString, client, log);
@@ -116,15 +123,21 @@ function wsSession(
   inBackground: (commit: Promise<unknown>) => void,
 ): Session {
   return pgSession({
-    run: async (text, params, begin) =>
-      toResult(begin === undefined ? await client.query(text, params as unknown[]) : await withBegin(client, Query, begin, text, params)),
+    run: async (text, params, begin, script) => {
+      try {
+        if (begin !== undefined) return toResult(await withBegin(client, Query, begin, text, params, undefined, script));
+        return toResult(script ? await client.query(text) : await extended(client, Query, text, params));
+      } catch (err) {
+        throw classified(err, 'statement', client);
+      }
+    },
     cancel: () => {
       sendCancel();
       client.release(true);
     },
     release: (discard) => {
       try {
-        client.release(discard || undefined);
+        client.release(discard || !isIdle(client as { getTransactionStatus?: () => string | null }) || undefined);
       } catch {
         // Already released by cancel().
       }

@@ -32,10 +32,12 @@ import { markRerunnable } from '../../resilience/retry.js';
 import { now } from '../../stats/clock.js';
 import type { PipelineStats, QueryResult, Statement, TxOptions } from '../types.js';
 import type { OneShotConnector } from '../core/connector.js';
-import { beginStatement } from '../core/sessions.js';
 import { CANCEL_GRACE_MS, sendCancelRequest } from './cancel.js';
+import { classified } from './driver-errors.js';
 import { LaneLatency } from './lane-latency.js';
+import { beginStatement, isIdle, type ResultLimits } from './pg-session.js';
 import { send, StatementNames, type NamedClient } from './statement-names.js';
+import { changesSession } from '../core/statement-kind.js';
 
 export interface PgPipelineOptions {
   connectionString: string;
@@ -48,6 +50,8 @@ export interface PgPipelineOptions {
   applicationName?: string;
   /** The pool's statement names, or undefined when prepared statements are off. */
   statements: StatementNames | undefined;
+  /** Past these a statement's rows are dropped and it fails (result_too_large); its neighbours' answers follow as usual. */
+  resultLimits?: ResultLimits;
 }
 
 export interface PgPipelineDriver {
@@ -335,7 +339,8 @@ export class PgPipelineConnector implements OneShotConnector {
       const pending = write(lane);
       this.#timeOnLane(lane, LaneLatency.keyOf(texts), pending);
       return await this.#abortable(lane, Promise.all(pending), signal);
-    } catch (err) {
+    } catch (thrown) {
+      const err = classified(thrown, lane.connected ? 'statement' : 'connect', lane.client);
       if (isConnectionError(err)) lane.retired = true; // before the 'error' event: a retry must not meet this lane
       if (signal.aborted) throw err;
       const why = appliedNothing(err, lane.cancelled, readBatch);
@@ -343,6 +348,8 @@ export class PgPipelineConnector implements OneShotConnector {
       throw why ? markRerunnable(err) : err;
     } finally {
       lane.inFlight--;
+      // The server says the lane is not idle between requests (a transaction left open): never reused.
+      if (lane.inFlight === 0 && lane.connected && !isIdle(lane.client)) lane.retired = true;
       lane.closeWhenEmpty();
     }
   }
@@ -372,8 +379,10 @@ export class PgPipelineConnector implements OneShotConnector {
 
   #send(lane: Lane, s: Statement, autocommit: boolean): Promise<QueryResult> {
     const statements = this.#options.statements;
-    const exec = (name: string | undefined) => send(lane.client, s.text, s.params, name);
-    return statements ? statements.run(lane.client, s.text, s.params, autocommit, exec, false) : exec(undefined);
+    const exec = (name: string | undefined) => send(lane.client, s.text, s.params, name, false, this.#options.resultLimits);
+    const result = statements ? statements.run(lane.client, s.text, s.params, autocommit, exec, false) : exec(undefined);
+    // A statement that changed the session (SET, RESET …): the lane takes nothing more.
+    return result.then((r) => (changesSession(r.command) && (lane.retired = true), r));
   }
 
   /**

@@ -6,19 +6,23 @@
  * own figures. The `pg` module is passed in: nothing here imports it.
  */
 import type pg from 'pg';
-import { PREPARED_STATEMENTS_MAX, type PoolConfig } from '../../config.js';
+import { PREPARED_STATEMENTS_MAX, RESULT_MAX_BYTES, RESULT_MAX_ROWS, type PoolConfig } from '../../config.js';
 import { describeError } from '../../errors.js';
 import { createDatabase, type CoreDatabase } from '../core/database.js';
 import type { PoolFigures, Session, SessionConnector, SessionSource } from '../core/connector.js';
 import type { QueryResult } from '../types.js';
 import { CANCEL_GRACE_MS, sendCancelRequest } from './cancel.js';
+import { classified } from './driver-errors.js';
 import { LANE_DEPTH, PgPipelineConnector } from './pg-pipeline.js';
-import { pgSession, queryClassOf, toResult, withBegin, type PgQueryClass } from './pg-session.js';
+import { isIdle, pgSession, queryClassOf, toResult, withBegin, type PgQueryClass, type ResultLimits } from './pg-session.js';
 import { send, StatementNames, type NamedClient } from './statement-names.js';
 
 type PoolClient = pg.PoolClient & NamedClient;
 
-type PreparedOptions = Pick<PoolConfig, 'preparedStatements' | 'preparedStatementsMax' | 'pipelineLanes'>;
+type PreparedOptions = Pick<
+  PoolConfig,
+  'preparedStatements' | 'preparedStatementsMax' | 'pipelineLanes' | 'resultMaxRows' | 'resultMaxBytes'
+>;
 
 export interface PgPoolConnectorOptions extends Omit<PoolConfig, keyof PreparedOptions>, Partial<PreparedOptions> {
   connectionString: string;
@@ -74,6 +78,11 @@ export class PgPoolConnector implements SessionConnector {
     this.#source = { acquire: () => this.#acquire() };
   }
 
+  /** RESULT_MAX_ROWS / RESULT_MAX_BYTES: past them a statement's rows are dropped and it fails (result_too_large). */
+  get resultLimits(): ResultLimits {
+    return { maxRows: this.#options.resultMaxRows ?? RESULT_MAX_ROWS, maxBytes: this.#options.resultMaxBytes ?? RESULT_MAX_BYTES };
+  }
+
   get sessionStatementTimeoutMs(): number {
     return Math.min(this.#options.statementTimeoutMs, this.#options.requestTimeoutMs ?? Infinity);
   }
@@ -115,7 +124,12 @@ export class PgPoolConnector implements SessionConnector {
   }
 
   async #acquire(): Promise<{ session: Session; opened: boolean }> {
-    const client = (await this.pool.connect()) as PoolClient;
+    let client: PoolClient;
+    try {
+      client = await this.pool.connect();
+    } catch (err) {
+      throw classified(err, 'connect');
+    }
     return { session: this.#session(client), opened: this.#fresh.delete(client) };
   }
 
@@ -123,10 +137,12 @@ export class PgPoolConnector implements SessionConnector {
     let cut: ReturnType<typeof setTimeout> | undefined;
     let busy = 0;
     return pgSession({
-      run: async (text, params, begin) => {
+      run: async (text, params, begin, script) => {
         busy++;
         try {
-          return await this.#query(client, text, params, begin);
+          return await this.#query(client, text, params, begin, script);
+        } catch (err) {
+          throw classified(err, 'statement', client);
         } finally {
           busy--;
         }
@@ -140,16 +156,25 @@ export class PgPoolConnector implements SessionConnector {
       },
       release: (discard) => {
         clearTimeout(cut);
-        client.release(discard || this.statements?.isStale(client) || undefined);
+        client.release(discard || !isIdle(client) || this.statements?.isStale(client) || undefined);
       },
     });
   }
 
   /** One statement, named where it has a name; with `begin` (a transaction's first statement), BEGIN goes in the same write. */
-  #query(client: PoolClient, text: string, params: readonly unknown[] | undefined, begin: string | undefined): Promise<QueryResult> {
+  #query(
+    client: PoolClient,
+    text: string,
+    params: readonly unknown[] | undefined,
+    begin: string | undefined,
+    script = false,
+  ): Promise<QueryResult> {
+    const limits = this.resultLimits;
     const exec = (name: string | undefined) =>
-      begin === undefined ? send(client, text, params, name) : withBegin(client, this.#Query, begin, text, params, name).then(toResult);
-    if (this.statements === undefined) return exec(undefined);
+      begin === undefined
+        ? send(client, text, params, name, script, limits)
+        : withBegin(client, this.#Query, begin, text, params, name, script, limits).then(toResult);
+    if (this.statements === undefined || script) return exec(undefined);
     // Unknown (a pg without it) counts as in a transaction: the core's rerun is safe either way.
     const autocommit = begin === undefined && typeof client.getTransactionStatus === 'function' && client.getTransactionStatus() === 'I';
     return this.statements.run(client, text, params, autocommit, exec);
@@ -185,6 +210,7 @@ export function createPgPoolDatabase(options: PgPoolConnectorOptions, driver: Pg
               connectionTimeoutMs: options.connectionTimeoutMs,
               applicationName: options.applicationName,
               statements: connector.statements,
+              resultLimits: connector.resultLimits,
             },
             driver,
           )

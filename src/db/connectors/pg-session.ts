@@ -10,8 +10,10 @@
  *   nothing (nothing to write, no serialization check): it is answered at once. Every other
  *   COMMIT is awaited.
  */
+import { AppError } from '../../errors.js';
 import type { Session } from '../core/connector.js';
-import type { QueryResult } from '../types.js';
+import { changesSession } from '../core/statement-kind.js';
+import type { QueryResult, TxOptions } from '../types.js';
 
 /** The parts of pg's Query and Connection the BEGIN piggyback uses; not in pg's types. */
 interface PgConnection {
@@ -22,6 +24,9 @@ interface PgConnection {
 }
 interface PgQuery {
   submit(connection: PgConnection): Error | null | undefined;
+  requiresPreparation(): boolean;
+  handleDataRow(msg: { length?: number }): void;
+  _canceledDueToError?: unknown;
 }
 export type PgQueryClass = new (
   config: { text: string; values?: unknown[]; name?: string },
@@ -38,8 +43,13 @@ interface SubmitsQueries {
 /** pg's Query class, where the driver exposes it (`pg.Query`, the Neon driver's `Client.Query`). */
 export const queryClassOf = (Client: unknown): PgQueryClass | undefined => (Client as { Query?: PgQueryClass }).Query;
 
-/** The core's own transaction control (beginStatement): `BEGIN [ISOLATION LEVEL …] [READ ONLY]`, no parameters. */
-const isBegin = (text: string, params?: readonly unknown[]) => /^BEGIN( |$)/.test(text) && !params?.length;
+/** The SQL of a typed begin: `BEGIN [ISOLATION LEVEL …] [READ ONLY]`, written by the connectors only. */
+export function beginStatement(opts: TxOptions): string {
+  let sql = 'BEGIN';
+  if (opts.isolation) sql += ` ISOLATION LEVEL ${opts.isolation.toUpperCase()}`;
+  if (opts.readOnly) sql += ' READ ONLY';
+  return sql;
+}
 
 /** A pg-shaped result (node-postgres, the Neon driver's HTTP and WebSocket) as the core's QueryResult. */
 export const toResult = (r: { rows: unknown[]; rowCount?: number | null; command?: string }): QueryResult => ({
@@ -51,9 +61,13 @@ export const toResult = (r: { rows: unknown[]; rowCount?: number | null; command
 const answered = (command: string): QueryResult => ({ rows: [], rowCount: null, command });
 
 export interface PgSessionParts {
-  /** Runs one statement; with `begin`, that BEGIN goes in front of it in the same write (see withBegin). */
-  run(text: string, params: readonly unknown[] | undefined, begin: string | undefined): Promise<QueryResult>;
+  /**
+   * Runs one statement; with `begin`, that BEGIN goes in front of it in the same write (see
+   * withBegin); with `script`, as a simple Query (the process's own SQL of several statements).
+   */
+  run(text: string, params: readonly unknown[] | undefined, begin: string | undefined, script?: boolean): Promise<QueryResult>;
   cancel(): void;
+  /** Gives the connection back; `discard` also when a statement changed the session (see changesSession). */
   release(discard: boolean): void;
   /** Where COMMITs answered at once are read; without it every COMMIT is awaited. */
   inBackground?: (commit: Promise<unknown>) => void;
@@ -62,49 +76,125 @@ export interface PgSessionParts {
 export function pgSession(parts: PgSessionParts): Session {
   let begin: string | undefined;
   let tx: { quickCommit: boolean; failed: boolean } | undefined;
-  const run = async (text: string, params?: readonly unknown[]) => {
+  let changed = false;
+  const run = async (text: string, params?: readonly unknown[], script?: boolean) => {
     const pending = begin;
     begin = undefined;
     try {
-      return await parts.run(text, params, pending);
+      const result = await parts.run(text, params, pending, script);
+      if (changesSession(result.command)) changed = true;
+      return result;
     } catch (err) {
       if (tx) tx.failed = true;
       throw err;
     }
   };
+  const end = async (command: 'COMMIT' | 'ROLLBACK') => {
+    const ending = tx;
+    tx = undefined;
+    if (begin !== undefined) {
+      begin = undefined;
+      return answered(command);
+    }
+    if (command === 'COMMIT' && ending?.quickCommit && !ending.failed) {
+      parts.inBackground!(parts.run('COMMIT', undefined, undefined));
+      return answered('COMMIT');
+    }
+    return run(command);
+  };
   return {
-    async query(text, params) {
-      if (isBegin(text, params)) {
-        begin = text;
-        const quick = parts.inBackground !== undefined && text.includes(' READ ONLY') && !text.includes('SERIALIZABLE');
-        tx = { quickCommit: quick, failed: false };
-        return answered('BEGIN');
-      }
-      if (text !== 'COMMIT' && text !== 'ROLLBACK') return run(text, params);
-      const ending = tx;
-      tx = undefined;
-      if (begin !== undefined) {
-        begin = undefined;
-        return answered(text);
-      }
-      if (text === 'COMMIT' && ending?.quickCommit && !ending.failed) {
-        parts.inBackground!(parts.run('COMMIT', undefined, undefined));
-        return answered('COMMIT');
-      }
-      return run(text);
+    // A script has no parameters (a statement with them goes in the extended protocol either way).
+    query: (text, params, script) => run(text, params, script === true && !params?.length),
+    begin(options) {
+      begin = beginStatement(options);
+      const quick = parts.inBackground !== undefined && options.readOnly === true && options.isolation !== 'serializable';
+      tx = { quickCommit: quick, failed: false };
+      return Promise.resolve();
     },
+    commit: () => end('COMMIT'),
+    rollback: async () => void (await end('ROLLBACK')),
     cancel: () => parts.cancel(),
-    release: (discard) => parts.release(discard),
+    release: (discard) => parts.release(discard || changed),
   };
 }
 
 /**
- * `text` with `begin` in front, in one write and one answer. Without parameters the two go as one
- * simple Query ("BEGIN …;statement"); with them, BEGIN goes as Parse/Bind/Execute ahead of the
- * statement's own extended-protocol messages, so the statement's Sync closes both. Either way pg
- * reads two results; the statement's is the last. A named statement not yet parsed on this
- * connection is not piggybacked: pg marks a name parsed at the first ParseComplete of the write,
- * which would be BEGIN's.
+ * The server's last word on the connection's transaction (ReadyForQuery: 'I' idle, 'T' in a
+ * transaction, 'E' in a failed one): only an idle connection goes back to the pool. A pg that does
+ * not track it (before 8.16) counts as idle, as before.
+ */
+export function isIdle(client: { getTransactionStatus?: () => string | null }): boolean {
+  if (typeof client.getTransactionStatus !== 'function') return true;
+  const status = client.getTransactionStatus();
+  return status === 'I' || status === null;
+}
+
+/** At most this many rows, or bytes of rows, per statement result (RESULT_MAX_ROWS, RESULT_MAX_BYTES). */
+export interface ResultLimits {
+  maxRows: number;
+  maxBytes: number;
+}
+
+const resultTooLarge = (limits: ResultLimits) =>
+  new AppError(
+    500,
+    'result_too_large',
+    `A statement's result passed RESULT_MAX_ROWS (${limits.maxRows}) or RESULT_MAX_BYTES (${limits.maxBytes}): ` +
+      'page it (LIMIT … with a key), or raise the bound.',
+  );
+
+/**
+ * Keeps no row past the limits: the rest of the answer is read and dropped (the connection stays
+ * in step; on a lane, others' answers follow it), and the statement fails with result_too_large
+ * when the server is done (pg answers a query's own error at ReadyForQuery).
+ */
+function bounded(query: PgQuery, limits: ResultLimits | undefined): void {
+  if (!limits) return;
+  let rows = 0;
+  let bytes = 0;
+  const own = query.handleDataRow.bind(query);
+  query.handleDataRow = (msg) => {
+    rows++;
+    bytes += msg.length ?? 0;
+    if (!query._canceledDueToError && (rows > limits.maxRows || bytes > limits.maxBytes)) {
+      query._canceledDueToError = resultTooLarge(limits);
+    }
+    if (!query._canceledDueToError) own(msg);
+  };
+}
+
+type PgResult = { rows: unknown[]; rowCount?: number | null; command?: string };
+
+/**
+ * One statement in the extended protocol (Parse/Bind/Execute), even without parameters, so the
+ * server refuses several commands in one text (42601). pg ≥ 8.11 takes `queryMode: 'extended'`;
+ * an older copy (the Neon driver's) is told through its Query object.
+ */
+export function extended(
+  client: SubmitsQueries,
+  Query: PgQueryClass | undefined,
+  text: string,
+  params?: readonly unknown[],
+  name?: string,
+  limits?: ResultLimits,
+): Promise<PgResult> {
+  const values = params ? [...params] : [];
+  if (!Query) return client.query({ text, values, name, queryMode: 'extended' } as never) as Promise<PgResult>;
+  return new Promise<PgResult>((resolve, reject) => {
+    const query = new Query({ text, values, name }, undefined, (err, result) => (err ? reject(err) : resolve(result as PgResult)));
+    query.requiresPreparation = () => true;
+    bounded(query, limits);
+    client.query(query as never);
+  });
+}
+
+/**
+ * `text` with `begin` in front, in one write and one answer: BEGIN goes as Parse/Bind/Execute
+ * ahead of the statement's own extended-protocol messages, so the statement's Sync closes both; pg
+ * reads two results, the statement's last. A script (the process's own SQL, several statements)
+ * goes as one simple Query ("BEGIN …;script"). A named statement not yet parsed on this connection
+ * is not piggybacked: pg marks a name parsed at the first ParseComplete of the write, which would
+ * be BEGIN's.
  */
 export async function withBegin(
   client: SubmitsQueries,
@@ -113,17 +203,20 @@ export async function withBegin(
   text: string,
   params: readonly unknown[] | undefined,
   name?: string,
-): Promise<{ rows: unknown[]; rowCount?: number | null; command?: string }> {
-  const values = params?.length ? [...params] : undefined;
+  script = false,
+  limits?: ResultLimits,
+): Promise<PgResult> {
   const unparsed = name !== undefined && client.connection?.parsedStatements?.[name] === undefined;
   if (!Query || unparsed) {
     await submit(client, { text: begin });
-    return submit(client, { text, values, name });
+    return script ? submit(client, { text }) : extended(client, Query, text, params, name, limits);
   }
   const results = await new Promise<unknown>((resolve, reject) => {
-    const config = values ? { text, values, name } : { text: `${begin};${text}` };
+    const config = script ? { text: `${begin};${text}` } : { text, values: params ? [...params] : [], name };
     const query = new Query(config, undefined, (err, result) => (err ? reject(err) : resolve(result)));
-    if (values) {
+    if (!script) {
+      bounded(query, limits);
+      query.requiresPreparation = () => true;
       const own = query.submit.bind(query);
       query.submit = (connection) => {
         connection.parse({ text: begin });
@@ -134,10 +227,10 @@ export async function withBegin(
     }
     client.query(query as never);
   });
-  const list = (Array.isArray(results) ? results : [results]) as { rows: unknown[]; rowCount?: number | null; command?: string }[];
+  const list = (Array.isArray(results) ? results : [results]) as PgResult[];
   return list[list.length - 1]!;
 }
 
 function submit(client: SubmitsQueries, config: { text: string; values?: unknown[]; name?: string }) {
-  return client.query(config as never) as Promise<{ rows: unknown[]; rowCount?: number | null; command?: string }>;
+  return client.query(config as never) as Promise<PgResult>;
 }

@@ -6,7 +6,7 @@
 import type pg from 'pg';
 import { markRerunnable } from '../../resilience/retry.js';
 import type { QueryResult } from '../types.js';
-import { toResult } from './pg-session.js';
+import { extended, queryClassOf, toResult, type ResultLimits } from './pg-session.js';
 
 /** A pg client as these rules see it: its backend and the statement names pg has seen parsed on it. */
 export type NamedClient = pg.ClientBase & {
@@ -196,13 +196,21 @@ export class StatementNames {
   }
 }
 
-/** One statement through pg, named or not, as the core's QueryResult. */
+/**
+ * One statement through pg, named or not, as the core's QueryResult: in the extended protocol, so
+ * the server refuses several commands in one text; a `script` (the process's own SQL) as a simple Query.
+ */
 export async function send(
   client: pg.ClientBase,
   text: string,
   params: readonly unknown[] | undefined,
   name?: string,
+  script = false,
+  limits?: ResultLimits,
 ): Promise<QueryResult> {
-  const values = params as unknown[] | undefined;
-  return toResult(await client.query(name === undefined ? { text, values } : { name, text, values }));
+  if (script) return toResult(await client.query(text));
+  const Query = limits && queryClassOf(client.constructor);
+  if (Query) return toResult(await extended(client, Query, text, params, name, limits));
+  const values = params ? [...params] : [];
+  return toResult(await client.query({ name, text, values, queryMode: 'extended' } as pg.QueryConfig));
 }

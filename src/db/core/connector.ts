@@ -6,15 +6,31 @@
  */
 import type { ClientKind, PipelineStats, QueryResult, Statement, TxOptions } from '../types.js';
 
-/** One server session: a pooled connection, checked out by one request at a time. */
+/**
+ * One server session: a pooled connection, checked out by one request at a time. Transaction
+ * control is typed (begin/commit/rollback): no statement text is matched across this seam.
+ */
 export interface Session {
-  query(text: string, params?: readonly unknown[]): Promise<QueryResult>;
+  /**
+   * One statement, in the extended protocol (the server refuses several commands in one). With
+   * `script`, the process's own SQL (a migration of several statements) goes as a simple Query.
+   */
+  query(text: string, params?: readonly unknown[], script?: boolean): Promise<QueryResult>;
+  /** Opens a transaction with these options (the connector may write it with the next statement). */
+  begin(options: TxOptions): Promise<void>;
+  /** Commits; the server's tag is ROLLBACK when the transaction had failed. */
+  commit(): Promise<QueryResult>;
+  rollback(): Promise<void>;
   /**
    * Asks the server to stop what this session is running now (a protocol-level cancel where the
    * driver has one). Best effort and immediate; the running statement then fails.
    */
   cancel(): void;
-  /** Gives the session back; `discard` when it must never be reused (broken, cancelled). */
+  /**
+   * Gives the session back; `discard` when it must never be reused (broken, cancelled). The
+   * connector discards it as well when the server says it is not idle (ReadyForQuery status other
+   * than 'I') or a statement changed the session (a SET, RESET … command tag).
+   */
   release(discard: boolean): void;
 }
 

@@ -24,6 +24,7 @@ import type {
 import type { OneShotConnector, SessionConnector, SessionSource } from './connector.js';
 import { OneShotRunner } from './one-shot.js';
 import { SessionRunner } from './sessions.js';
+import { asRefused, refuseTransactionControl } from './statement-kind.js';
 
 export interface CoreOptions {
   sessions?: SessionConnector;
@@ -182,6 +183,28 @@ class RequestDb implements Db {
   }
 
   query<R>(text: string, params?: readonly unknown[]): Promise<QueryResult<R>> {
+    return this.#guarded([{ text, params }], false, () => this.#query<R>(text, params));
+  }
+
+  readBatch(statements: readonly Statement[]): Promise<QueryResult[]> {
+    return this.#guarded(statements, true, () => this.#readBatch(statements));
+  }
+
+  /**
+   * A caller's transaction control is refused before anything is sent, and several statements in
+   * one text (refused by the server) answer with the same error; the process's own work runs as is.
+   */
+  async #guarded<T>(statements: readonly Statement[], inTransaction: boolean, run: () => Promise<T>): Promise<T> {
+    if (this.#observer.internal) return run();
+    for (const s of statements) refuseTransactionControl(s.text, inTransaction);
+    try {
+      return await run();
+    } catch (err) {
+      throw asRefused(err);
+    }
+  }
+
+  #query<R>(text: string, params?: readonly unknown[]): Promise<QueryResult<R>> {
     const read = this.#observer.intent === 'read';
     const statement = { text, params };
     const oneShot = this.#oneShot(read, [statement]);
@@ -194,7 +217,7 @@ class RequestDb implements Db {
     return sessions.statement(this.#sourceOf(sessions), observer, text, params) as Promise<QueryResult<R>>;
   }
 
-  readBatch(statements: readonly Statement[]): Promise<QueryResult[]> {
+  #readBatch(statements: readonly Statement[]): Promise<QueryResult[]> {
     const oneShot = this.#oneShot(true, statements);
     if (oneShot) {
       this.#observer.served(oneShot.connector.kind);

@@ -1,16 +1,17 @@
 /**
  * Work on sessions, written once for every session connector: admission (bounded wait and
  * queue), the breaker on getting a session, retries judged by the route's intent and by where
- * the attempt failed, the deadline watch that cancels on the server, BEGIN … COMMIT with
- * ROLLBACK on any error, and the rule that a broken or cancelled session is never reused.
+ * the attempt failed, the deadline watch that cancels on the server, begin … commit (typed, on the
+ * session) with rollback on any error, the caller's transaction control refused, and the rule that a broken or cancelled session is never reused.
  */
-import { isConnectionError } from '../../errors.js';
+import { failureKind, isConnectionError } from '../../errors.js';
 import { createBreaker, type Breaker, type BreakerTuning } from '../../resilience/breaker.js';
 import { Gate, type GateOptions } from '../../resilience/gate.js';
 import { isRetryable, RetryBudget, withRetry, type RetryScope } from '../../resilience/retry.js';
 import { now } from '../../stats/clock.js';
 import type { QueryObserver, QueryResult, Queryable, TxOptions } from '../types.js';
 import type { Checkout, PoolFigures, Session, SessionConnector, SessionSource } from './connector.js';
+import { asRefused, refuseTransactionControl } from './statement-kind.js';
 import { cutShort, remainingMs, watchDeadline, type FireReason } from './deadline.js';
 
 export interface SessionRunnerOptions {
@@ -24,46 +25,56 @@ export interface SessionRunnerOptions {
   breakerOptions?: BreakerTuning;
 }
 
-/** How far past the session statement timeout a transaction must already be before it pays for SET LOCAL. */
+/** How far past the session statement timeout a transaction must already be before it pays for set_config. */
 const LATE_MS = 500;
 
-export function beginStatement(opts: TxOptions): string {
-  let sql = 'BEGIN';
-  if (opts.isolation) sql += ` ISOLATION LEVEL ${opts.isolation.toUpperCase()}`;
-  if (opts.readOnly) sql += ' READ ONLY';
-  return sql;
+/** A session as the work on it sees it: the caller's statements, and the core's own transaction control. */
+interface OnSession extends Queryable {
+  begin(options: TxOptions): Promise<void>;
+  commit(): Promise<QueryResult>;
 }
 
 /**
  * A session whose statements report their time to the request's observer, and which sends no
  * statement once the request was cut short (a cancel that found the session between statements
- * stops nothing, so the next statement must not start).
+ * stops nothing, so the next statement must not start). A caller's transaction control is refused
+ * before it is sent (statement-kind.ts); the process's own work (migrations) runs its SQL as is.
  */
-function instrument(session: Session, observer: QueryObserver, cut: () => FireReason | undefined): Queryable {
+function instrument(session: Session, observer: QueryObserver, inTransaction: boolean, cut: () => FireReason | undefined): OnSession {
+  const timed = async <T>(run: () => Promise<T>): Promise<T> => {
+    const why = cut();
+    if (why) throw cutShort(why, observer);
+    const started = now();
+    try {
+      return await run();
+    } finally {
+      observer.queried(now() - started);
+    }
+  };
+  const script = observer.internal === true;
   return {
     async query<R>(text: string, params?: readonly unknown[]): Promise<QueryResult<R>> {
-      const why = cut();
-      if (why) throw cutShort(why, observer);
-      const started = now();
+      if (!script) refuseTransactionControl(text, inTransaction);
       try {
-        return (await session.query(text, params)) as QueryResult<R>;
-      } finally {
-        observer.queried(now() - started);
+        return (await timed(() => session.query(text, params, script))) as QueryResult<R>;
+      } catch (err) {
+        throw asRefused(err);
       }
     },
+    begin: (options) => timed(() => session.begin(options)),
+    commit: () => timed(() => session.commit()),
   };
 }
 
 /** Broken connections and client-side read timeouts (the server may still be busy) are not reused. */
-const mustDiscard = (err: unknown) =>
-  isConnectionError(err) || /Query read timeout/.test(String((err as { message?: unknown } | undefined)?.message));
+const mustDiscard = (err: unknown) => isConnectionError(err) || failureKind(err) === 'read_timeout';
 
 const rolledBackAtCommit = () =>
   Object.assign(new Error('The transaction had failed, so COMMIT rolled it back.'), { code: '25P02' /* in_failed_sql_transaction */ });
 
 async function rolledBack(session: Session): Promise<boolean> {
   try {
-    await session.query('ROLLBACK');
+    await session.rollback();
     return true;
   } catch {
     return false;
@@ -100,10 +111,10 @@ export class SessionRunner {
   /** BEGIN … COMMIT around `fn`; the whole transaction runs again on 40001/40P01 or an error marked rerunnable (nothing of it applied). */
   transaction<T>(source: SessionSource, observer: QueryObserver, fn: (tx: Queryable) => Promise<T>, opts: TxOptions = {}): Promise<T> {
     return this.#run(source, observer, 'transaction', true, async (tx) => {
-      await tx.query(beginStatement(opts));
+      await tx.begin(opts);
       await this.#tighten(tx, observer);
-      const result = await fn(tx);
-      const commit = await tx.query('COMMIT');
+      const result = await fn({ query: (text, params) => tx.query(text, params) }); // the callback gets statements only, not our begin/commit
+      const commit = await tx.commit();
       // A callback that caught a SQL error and carried on: the server had aborted the transaction
       // and answers COMMIT with ROLLBACK. Nothing was written, so the caller must not hear "done".
       if (commit.command === 'ROLLBACK') throw rolledBackAtCommit();
@@ -117,7 +128,7 @@ export class SessionRunner {
     observer: QueryObserver,
     scope: RetryScope,
     inTransaction: boolean,
-    work: (tx: Queryable) => Promise<T>,
+    work: (tx: OnSession) => Promise<T>,
   ): Promise<T> {
     const release = await this.#admit(observer);
     try {
@@ -185,7 +196,7 @@ export class SessionRunner {
     return checkout;
   }
 
-  async #onSession<T>(session: Session, observer: QueryObserver, inTransaction: boolean, work: (tx: Queryable) => Promise<T>): Promise<T> {
+  async #onSession<T>(session: Session, observer: QueryObserver, inTransaction: boolean, work: (tx: OnSession) => Promise<T>): Promise<T> {
     let fired: FireReason | undefined;
     const watch = watchDeadline(observer, (why) => {
       fired = why;
@@ -194,7 +205,7 @@ export class SessionRunner {
     });
     let discard = false;
     try {
-      return await work(instrument(session, observer, () => fired));
+      return await work(instrument(session, observer, inTransaction, () => fired));
     } catch (err) {
       const why = watch.disarm();
       // A cancelled session is not rolled back and reused: a late cancel could hit the next request.
@@ -214,6 +225,8 @@ export class SessionRunner {
     const sessionMs = this.#options.sessionStatementTimeoutMs;
     if (sessionMs === undefined || observer.deadline === undefined) return;
     const left = observer.deadline - now();
-    if (left < sessionMs - LATE_MS) await tx.query(`SET LOCAL statement_timeout = ${Math.max(1, Math.floor(left))}`);
+    // set_config(…, true): for this transaction only, and a SELECT (a SET tag would make the connection be replaced).
+    if (left < sessionMs - LATE_MS)
+      await tx.query("SELECT set_config('statement_timeout', $1, true)", [String(Math.max(1, Math.floor(left)))]);
   }
 }

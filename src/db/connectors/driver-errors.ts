@@ -1,0 +1,45 @@
+/**
+ * Driver failures classified once, where they enter (the connectors): a server error keeps its
+ * SQLSTATE and a socket error its system code (ECONNREFUSED, ECONNRESET, EPIPE, ETIMEDOUT …), which
+ * the core reads as they are. A plain Error with neither (pg's "Connection terminated", "timeout
+ * expired", "Query read timeout"; Neon HTTP's transport errors) is named by where it happened:
+ * while connecting, it failed to connect; on a statement, the connection is gone if the client
+ * says so, and otherwise the driver gave up waiting (its read timeout).
+ */
+import { markFailure } from '../../errors.js';
+
+/** The parts of a pg-compatible client that say whether its connection is gone. */
+interface ClientState {
+  _ended?: boolean;
+  _queryable?: boolean;
+  connection?: { stream?: { destroyed?: boolean } };
+}
+
+const hasCode = (err: Error) => {
+  const code = (err as { code?: unknown }).code;
+  return typeof code === 'string' && code !== '';
+};
+
+/**
+ * A driver's own Error: not a server error (those carry a SQLSTATE), not a TypeError or other
+ * misuse. Neon HTTP's NeonDbError without a SQLSTATE: no SQL answer came (a fetch that failed, or
+ * the endpoint refused or could not reach the database); the driver keeps the HTTP status only in
+ * its message, so every such one counts as a connection failure.
+ */
+const isDriversOwn = (err: unknown): err is Error =>
+  err instanceof Error && !hasCode(err) && (err.constructor === Error || err.name === 'NeonDbError');
+
+function gone(client: ClientState | undefined): boolean {
+  if (client === undefined) return true;
+  return client._ended === true || client._queryable === false || client.connection?.stream?.destroyed === true;
+}
+
+/**
+ * `err`, marked with its failure kind where it has no code. `client`: the connection a statement
+ * ran on (none for a round trip without one, Neon HTTP: its transport failed).
+ */
+export function classified(err: unknown, where: 'connect' | 'statement', client?: unknown): unknown {
+  if (!isDriversOwn(err)) return err;
+  if (where === 'connect') return markFailure(err, 'connect_failed');
+  return markFailure(err, gone(client as ClientState | undefined) ? 'connection_lost' : 'read_timeout');
+}
