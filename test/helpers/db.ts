@@ -22,6 +22,16 @@ export interface TestDatabase {
 
 export const realPostgresUrl = process.env.TEST_DATABASE_URL || undefined;
 
+/**
+ * The name of a test (or describe) that only a real PostgreSQL can run: as given with
+ * TEST_DATABASE_URL set; without it, with why PGlite cannot, and what would run it. The run's
+ * closing line (test/reporters/skip-summary.ts) counts the skipped names that say TEST_DATABASE_URL.
+ * @example it.skipIf(!realPostgresUrl)(onRealPostgres('cancels on the server', 'PGlite ignores CancelRequest'), …)
+ */
+export function onRealPostgres(name: string, whyNotPGlite: string): string {
+  return realPostgresUrl ? name : `${name} — skipped: ${whyNotPGlite}; set TEST_DATABASE_URL to run it`;
+}
+
 export async function createTestDatabase(prefix = 'poolgate_test'): Promise<TestDatabase> {
   if (!realPostgresUrl) {
     const embedded = await startEmbeddedPostgres();
