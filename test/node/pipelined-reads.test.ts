@@ -319,6 +319,9 @@ describe('no lanes where every connection shares one backend (PGlite)', () => {
       expect(o.kinds).toEqual(['pg-pool']);
       await waitFor(() => database.stats()?.pipeline?.closedCount === 1, { what: 'the probing lane closed' });
       expect(database.stats()?.pipeline).toMatchObject({ lanes: 0, openedCount: 1 });
+      // The readiness check (GET /health/ready) asks where a read would go: the pool, opening no lane.
+      expect(await database.ping(5_000)).toMatchObject({ ok: true });
+      expect(database.stats()?.pipeline).toMatchObject({ lanes: 0, openedCount: 1 });
     } finally {
       await database.close();
       await server.stop();
