@@ -13,7 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startNeonProxy, type NeonProxy } from '../../src/local/neon-proxy/index.js';
 import * as functions from '../../src/runtime/functions.js';
 import { AppError, ConfigError, createNodeClient, statement, type NodeClient } from '../../src/runtime/functions.js';
-import { createTestDatabase, onRealPostgres, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { createTestDatabase, onRealPostgres, PGLITE_CANNOT, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
 
 const FUNCTIONS_MODULE = fileURLToPath(new URL('../../src/runtime/functions.ts', import.meta.url));
 
@@ -61,12 +61,6 @@ afterAll(async () => {
   for (const c of opened) await c.close().catch(() => {});
   await db?.drop();
 });
-
-/** Why PGlite (one backend, in this process) cannot run a case; with TEST_DATABASE_URL it runs. */
-const PGLITE = {
-  concurrent: 'another session commits while this transaction is open, and PGlite’s one backend is held by it',
-  sleep: 'PGlite runs in this process: pg_sleep blocks the event loop, and pglite-socket ignores CancelRequest',
-};
 
 describe('createNodeClient on PostgreSQL (on PGlite without TEST_DATABASE_URL)', () => {
   describe('executeQuery and the sql tag', () => {
@@ -147,7 +141,7 @@ describe('createNodeClient on PostgreSQL (on PGlite without TEST_DATABASE_URL)',
     it.skipIf(!realPostgresUrl)(
       onRealPostgres(
         'retries the whole transaction once on a real serialization failure (40001) and commits it exactly once',
-        PGLITE.concurrent,
+        PGLITE_CANNOT.secondSession,
       ),
       async () => {
         await db.admin('INSERT INTO counters (id, n) VALUES (1, 0) ON CONFLICT (id) DO UPDATE SET n = 0');
@@ -219,7 +213,7 @@ describe('createNodeClient on PostgreSQL (on PGlite without TEST_DATABASE_URL)',
 
   describe('deadlines, aborts and exhaustion', () => {
     it.skipIf(!realPostgresUrl)(
-      onRealPostgres('timeoutMs cuts a pg_sleep short with code timeout and cancels it on the server', PGLITE.sleep),
+      onRealPostgres('timeoutMs cuts a pg_sleep short with code timeout and cancels it on the server', PGLITE_CANNOT.cancel),
       async () => {
         // A sleep that outlives the test: an answer at all means the deadline cut it short.
         const marker = `sleep_${tag()}`;
@@ -232,15 +226,18 @@ describe('createNodeClient on PostgreSQL (on PGlite without TEST_DATABASE_URL)',
       },
     );
 
-    it.skipIf(!realPostgresUrl)(onRealPostgres('an aborted signal cancels the call with code client_closed', PGLITE.sleep), async () => {
-      const marker = `abort_${tag()}`;
-      const controller = new AbortController();
-      const call = client.executeQuery(`SELECT pg_sleep(600) AS ${marker}`, [], { signal: controller.signal });
-      await waitFor(async () => (await activeWith(marker)) === 1, 'the sleep to run on the server');
-      controller.abort();
-      await expect(call).rejects.toMatchObject({ code: 'client_closed' });
-      await waitFor(async () => (await activeWith(marker)) === 0, 'the sleep to be cancelled on the server', 20_000);
-    });
+    it.skipIf(!realPostgresUrl)(
+      onRealPostgres('an aborted signal cancels the call with code client_closed', PGLITE_CANNOT.cancel),
+      async () => {
+        const marker = `abort_${tag()}`;
+        const controller = new AbortController();
+        const call = client.executeQuery(`SELECT pg_sleep(600) AS ${marker}`, [], { signal: controller.signal });
+        await waitFor(async () => (await activeWith(marker)) === 1, 'the sleep to run on the server');
+        controller.abort();
+        await expect(call).rejects.toMatchObject({ code: 'client_closed' });
+        await waitFor(async () => (await activeWith(marker)) === 0, 'the sleep to be cancelled on the server', 20_000);
+      },
+    );
 
     it('gives pool_exhausted when no connection frees up within POOL_ACQUIRE_TIMEOUT_MS', async () => {
       const small = nodeClient({ POOL_MAX: '1', POOL_ACQUIRE_TIMEOUT_MS: '200' });

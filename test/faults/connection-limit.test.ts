@@ -9,7 +9,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { createTestDatabase, onRealPostgres, PGLITE_CANNOT, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
 import { json, leaksIn, seenResponses, startTestGateway, waitFor, type TestGateway } from '../helpers/gateway.js';
 import { DEFINITE_503, Ledger, sampleConnections } from '../helpers/ledger.js';
 
@@ -29,7 +29,11 @@ async function asServer(sql: string) {
   }
 }
 
-describe.skipIf(!realPostgresUrl)(`role CONNECTION LIMIT ${LIMIT} below POOL_MAX ${POOL_MAX} (real PostgreSQL: 53300)`, () => {
+const suiteName = onRealPostgres(
+  `role CONNECTION LIMIT ${LIMIT} below POOL_MAX ${POOL_MAX} (real PostgreSQL: 53300)`,
+  PGLITE_CANNOT.serverView,
+);
+describe.skipIf(!realPostgresUrl)(suiteName, () => {
   const role = `poolgate_lim_${randomBytes(4).toString('hex')}`;
   let db: TestDatabase;
   let t: TestGateway;

@@ -8,7 +8,7 @@
  * through the proxy and the ledger reads pg_stat_activity.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { onRealPostgres, PGLITE_CANNOT, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
 import type { FaultProxy } from '../helpers/fault-proxy.js';
 import { startBehindFaultProxy, type BehindFaultProxy } from '../helpers/fault-gateway.js';
 import { json, leaksIn, seenResponses, type TestGateway } from '../helpers/gateway.js';
@@ -22,7 +22,8 @@ const DOWN_MS = 1_500;
 /** The breaker's probe waits double while the outage lasts, up to 3 s: one such wait after healing, plus slack for a busy machine. */
 const RECOVERY_MS = 5_000;
 
-describe.skipIf(!realPostgresUrl)('database cut off and back (real PostgreSQL through the fault proxy)', () => {
+const suiteName = onRealPostgres('database cut off and back (real PostgreSQL through the fault proxy)', PGLITE_CANNOT.serverView);
+describe.skipIf(!realPostgresUrl)(suiteName, () => {
   let db: TestDatabase;
   let proxy: FaultProxy;
   let t: TestGateway;

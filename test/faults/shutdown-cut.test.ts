@@ -10,14 +10,15 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { createTestDatabase, onRealPostgres, PGLITE_CANNOT, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
 import { spawnGateway, type ChildGateway } from '../helpers/child-gateway.js';
 import { adminClient, backendsOf, json, waitFor } from '../helpers/gateway.js';
 
 const SHUTDOWN_TIMEOUT_MS = 2_000;
 const GRACE_MS = 1_000;
 
-describe.skipIf(!realPostgresUrl)('SIGTERM with writes stuck on a lock (real PostgreSQL)', () => {
+const suiteName = onRealPostgres('SIGTERM with writes stuck on a lock (real PostgreSQL)', PGLITE_CANNOT.secondSession);
+describe.skipIf(!realPostgresUrl)(suiteName, () => {
   let db: TestDatabase;
   let g: ChildGateway | undefined;
   let locker: pg.Client | undefined;

@@ -11,13 +11,17 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { realPostgresUrl } from '../helpers/db.js';
+import { onRealPostgres, PGLITE_CANNOT, realPostgresUrl } from '../helpers/db.js';
 import { adminClient, backendsOf, json, leaksIn, seenResponses, startTestGateway, waitFor, type TestGateway } from '../helpers/gateway.js';
 import { Ledger, sampleConnections, storedKey } from '../helpers/ledger.js';
 
 const REQUEST_TIMEOUT_MS = 800;
 
-describe.skipIf(!realPostgresUrl)('statement past the request deadline (real PostgreSQL: a lock held by an admin session)', () => {
+const suiteName = onRealPostgres(
+  'statement past the request deadline (real PostgreSQL: a lock held by an admin session)',
+  PGLITE_CANNOT.secondSession,
+);
+describe.skipIf(!realPostgresUrl)(suiteName, () => {
   let t: TestGateway;
   let userId: string;
   let locker: pg.Client;

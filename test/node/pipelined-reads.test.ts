@@ -16,7 +16,7 @@ import { now } from '../../src/stats/clock.js';
 import type { ClientKind, QueryObserver } from '../../src/db/types.js';
 import { startEmbeddedPostgres } from '../../src/local/embedded.js';
 import { POOL } from '../contract/backends.js';
-import { createTestDatabase, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { createTestDatabase, onRealPostgres, PGLITE_CANNOT, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
 import { startFaultProxy } from '../helpers/fault-proxy.js';
 import { json, startTestGateway } from '../helpers/gateway.js';
 import { waitFor } from '../helpers/wait.js';
@@ -50,7 +50,8 @@ function observer(intent: QueryObserver['intent'], extra: Partial<QueryObserver>
   };
 }
 
-describe.skipIf(!realPostgresUrl)('pipelined lanes for reads (real PostgreSQL)', () => {
+const suiteName = onRealPostgres('pipelined lanes for reads (real PostgreSQL)', PGLITE_CANNOT.lanes);
+describe.skipIf(!realPostgresUrl)(suiteName, () => {
   let db: TestDatabase;
   const opened: PgPoolDatabase[] = [];
   const appName = () => `poolgate-lanes-${randomUUID().slice(0, 8)}`;
