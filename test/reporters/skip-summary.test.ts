@@ -15,7 +15,7 @@ const run = promisify(execFile);
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const FIXTURES = fileURLToPath(new URL('./fixtures', import.meta.url));
 
-/** `vitest run` on the fixture project; its stdout's lines. */
+/** `vitest run` on the fixture project; its stdout's lines (a failed run's too). */
 async function vitest(args: string[]): Promise<string[]> {
   // A fresh run, not a nested worker of this one: none of this worker's VITEST* variables.
   const env = Object.fromEntries(Object.entries(process.env).filter(([key]) => !key.startsWith('VITEST')));
@@ -24,6 +24,9 @@ async function vitest(args: string[]): Promise<string[]> {
     cwd: FIXTURES,
     env,
     timeout: 60_000,
+  }).catch((err: { stdout?: string; code?: unknown }) => {
+    if (typeof err.stdout !== 'string' || err.code !== 1) throw err;
+    return { stdout: err.stdout };
   });
   return stdout.trim().split('\n');
 }
@@ -33,7 +36,7 @@ const CLOSING =
 
 describe('the closing line of a run', () => {
   it('with the config’s reporters: the last line counts the skips', async () => {
-    const lines = await vitest([]);
+    const lines = await vitest(['skips.fixture.ts', 'plain.fixture.ts']);
     expect(lines.at(-1)).toBe(CLOSING);
   });
 
@@ -41,7 +44,13 @@ describe('the closing line of a run', () => {
     const dir = await mkdtemp(join(tmpdir(), 'poolgate-skip-summary-'));
     try {
       const outputFile = join(dir, 'result.json');
-      const lines = await vitest(['--reporter=default', '--reporter=json', `--outputFile=${outputFile}`]);
+      const lines = await vitest([
+        'skips.fixture.ts',
+        'plain.fixture.ts',
+        '--reporter=default',
+        '--reporter=json',
+        `--outputFile=${outputFile}`,
+      ]);
       // After the default reporter's summary; only the json reporter's "report written to" follows.
       expect(lines.slice(-2)).toEqual([CLOSING, `JSON report written to ${outputFile}`]);
       expect(JSON.parse(await readFile(outputFile, 'utf8'))).toMatchObject({ numPendingTests: 4, numPassedTests: 2 });
@@ -53,6 +62,12 @@ describe('the closing line of a run', () => {
   it('nothing skipped: no line', async () => {
     const lines = await vitest(['plain.fixture.ts']);
     expect(lines.join('\n')).not.toContain('skipped');
+  });
+
+  it('tests left out by a failed beforeAll are the failure vitest reports, not skips', async () => {
+    const lines = await vitest(['hook-fails.fixture.ts']);
+    expect(lines.join('\n')).toContain('↓ never runs');
+    expect(lines.join('\n')).not.toContain('poolgate:');
   });
 
   it('a name filter counts only the skips it selected', async () => {

@@ -43,6 +43,7 @@ export function countSkips(modules: ReadonlyArray<TestModule>, namePattern?: Reg
   const counts: SkipCounts = { needDatabase: 0, other: 0 };
   for (const module of modules) {
     for (const test of module.children.allTests('skipped')) {
+      if (leftOutByFailure(test)) continue; // a failed beforeAll: the run reports it as a failure
       const name = spacedName(test);
       if (namePattern && !namePattern.test(name)) continue;
       const result = test.result();
@@ -52,6 +53,14 @@ export function countSkips(modules: ReadonlyArray<TestModule>, namePattern?: Reg
     }
   }
   return counts;
+}
+
+/** Whether a suite around the test (or its file) failed outside any test, so it never ran. */
+function leftOutByFailure(test: TestCase): boolean {
+  for (let at: TestSuite | TestModule = test.parent; ; at = at.parent) {
+    if (at.errors().length > 0) return true;
+    if (at.type === 'module') return false;
+  }
 }
 
 /** The describe titles and the test's name, joined by spaces as vitest matches `-t` against them. */
