@@ -205,6 +205,19 @@ export { freePort, waitFor } from './wait.js';
 
 export { realPostgresUrl } from './db.js';
 
+/**
+ * npm flags for installs the tests make: the cache first (this checkout's own install filled it),
+ * and a registry request — a cache miss — gives up after one retry and seconds, not minutes, so a
+ * machine without a network fails fast instead of looking hung.
+ */
+export const NPM_OFFLINE_FIRST = [
+  '--prefer-offline',
+  '--fetch-retries=1',
+  '--fetch-retry-mintimeout=1000',
+  '--fetch-retry-maxtimeout=3000',
+  '--fetch-timeout=15000',
+];
+
 export interface ScratchDatabase {
   url: string;
   /** True on TEST_DATABASE_URL's server; false on the embedded PGlite (one backend: no pipelined lanes). */

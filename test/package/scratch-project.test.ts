@@ -26,6 +26,7 @@ import {
   childEnv,
   createScratchDatabase,
   freePort,
+  NPM_OFFLINE_FIRST,
   packPackage,
   run,
   runOk,
@@ -118,7 +119,7 @@ beforeAll(async () => {
   const [hono, zod] = await Promise.all([versionOf('hono'), versionOf('zod')]);
   await runOk(
     'npm',
-    ['install', '--prefer-offline', '--no-audit', '--no-fund', '--loglevel=error', tarball, `hono@${hono}`, `zod@${zod}`],
+    ['install', ...NPM_OFFLINE_FIRST, '--no-audit', '--no-fund', '--loglevel=error', tarball, `hono@${hono}`, `zod@${zod}`],
     {
       cwd: scratch,
       timeoutMs: 150_000,
