@@ -168,13 +168,13 @@ describe.skipIf(!realPostgresUrl)(suiteName, () => {
 
   it('a read cut short by its deadline stops on the server; the reads written behind it still answer', async () => {
     const { database } = await lanes(1);
-    const slow = database.forRequest(observer('read', { deadline: now() + 300 })).query("SELECT pg_sleep(5), 'lanes-deadline'");
+    // It would sleep for ten minutes: an answer at all, and the reads queued behind it answering,
+    // mean the deadline cut it short on the server.
+    const slow = database.forRequest(observer('read', { deadline: now() + 300 })).query("SELECT pg_sleep(600), 'lanes-deadline'");
     const behind = Array.from({ length: 5 }, (_, i) => database.forRequest(observer('read')).query('SELECT $1::int AS i', [i]));
-    const started = now();
     await expect(slow).rejects.toMatchObject({ status: 504, code: 'timeout' });
-    expect(now() - started).toBeLessThan(2_000);
     expect((await Promise.all(behind)).map((r) => r.rows[0]!.i)).toEqual([0, 1, 2, 3, 4]);
-    await waitFor(async () => (await running('%lanes-deadline%')) === 0, { timeoutMs: 3_000 });
+    await waitFor(async () => (await running('%lanes-deadline%')) === 0, { timeoutMs: 20_000 });
   });
 
   it("a client that leaves stops its read on the server; another request's statement hit by that cancel runs again", async () => {
@@ -182,7 +182,8 @@ describe.skipIf(!realPostgresUrl)(suiteName, () => {
     const leaving = new AbortController();
     const gone = database.forRequest(observer('read', { signal: leaving.signal })).query('SELECT 1 AS quick');
     const innocent = observer('read');
-    const bystander = database.forRequest(innocent).query("SELECT 'lanes-bystander' AS b, pg_sleep(0.5)");
+    // Long enough that the cancel (a TCP connection of its own) surely finds it running, even on a busy machine.
+    const bystander = database.forRequest(innocent).query("SELECT 'lanes-bystander' AS b, pg_sleep(3)");
     await new Promise((resolve) => setImmediate(resolve)); // both written on the lane
     leaving.abort(); // the cancel reaches a backend already past SELECT 1, running the bystander
     await expect(gone).rejects.toMatchObject({ status: 499 });
@@ -226,14 +227,12 @@ describe.skipIf(!realPostgresUrl)(suiteName, () => {
 
   it('a slow statement does not hold up the reads behind it: they take another lane, then the pool', async () => {
     const { database } = await lanes(1);
-    const slow = database.forRequest(observer('read')).query("SELECT pg_sleep(1.5), 'lanes-stall'");
-    await waitFor(async () => (await running('%lanes-stall%')) === 1, { timeoutMs: 3_000 });
+    const slow = database.forRequest(observer('read')).query("SELECT pg_sleep(5), 'lanes-stall'");
+    await waitFor(async () => (await running('%lanes-stall%')) === 1, { timeoutMs: 20_000 });
     await new Promise((r) => setTimeout(r, 100)); // past the lane's stall threshold (50 ms)
     const o = observer('read');
-    const started = now();
     await database.forRequest(o).query('SELECT 1');
-    expect(o.kinds).toEqual(['pg-pool']);
-    expect(now() - started).toBeLessThan(1_000);
+    expect(o.kinds).toEqual(['pg-pool']); // not queued behind the sleep on the lane
     expect(database.stats()?.pipeline?.overflowCount).toBeGreaterThanOrEqual(1);
     await slow;
   });
