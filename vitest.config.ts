@@ -1,6 +1,9 @@
 import { defineConfig } from 'vitest/config';
+import { skipSummaryPlugin } from './test/reporters/skip-summary.js';
 
 export default defineConfig({
+  // After the reporters' summary: how many tests skipped, and that TEST_DATABASE_URL runs them.
+  plugins: [skipSummaryPlugin()],
   test: {
     include: ['src/**/*.test.ts', 'test/**/*.test.ts'],
     testTimeout: 60_000,

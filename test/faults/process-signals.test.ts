@@ -14,12 +14,16 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { createTestDatabase, onRealPostgres, PGLITE_CANNOT, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
 import { spawnGateway, type ChildGateway } from '../helpers/child-gateway.js';
 import { adminClient, backendsOf, json, startTestGateway, waitFor } from '../helpers/gateway.js';
 import { Ledger, sampleConnections, SETS } from '../helpers/ledger.js';
 
-describe.skipIf(!realPostgresUrl)('signals to the gateway process (real PostgreSQL: a lock held by an admin session)', () => {
+const suiteName = onRealPostgres(
+  'signals to the gateway process (real PostgreSQL: a lock held by an admin session)',
+  PGLITE_CANNOT.secondSession,
+);
+describe.skipIf(!realPostgresUrl)(suiteName, () => {
   let db: TestDatabase;
   let userId: string;
   let locker: pg.Client;

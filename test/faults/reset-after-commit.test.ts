@@ -7,13 +7,17 @@
  * Real PostgreSQL only: the gateway's pool talks to it through the proxy.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { onRealPostgres, PGLITE_CANNOT, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
 import type { FaultProxy } from '../helpers/fault-proxy.js';
 import { startBehindFaultProxy, type BehindFaultProxy } from '../helpers/fault-gateway.js';
 import { json, leaksIn, seenResponses, waitFor, type TestGateway } from '../helpers/gateway.js';
 import { Ledger, sampleConnections } from '../helpers/ledger.js';
 
-describe.skipIf(!realPostgresUrl)('reset right after COMMIT (real PostgreSQL: the pool connects through the fault proxy)', () => {
+const suiteName = onRealPostgres(
+  'reset right after COMMIT (real PostgreSQL: the pool connects through the fault proxy)',
+  PGLITE_CANNOT.serverView,
+);
+describe.skipIf(!realPostgresUrl)(suiteName, () => {
   let db: TestDatabase;
   let proxy: FaultProxy;
   let t: TestGateway;

@@ -8,14 +8,18 @@
  */
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { realPostgresUrl } from '../helpers/db.js';
+import { onRealPostgres, PGLITE_CANNOT, realPostgresUrl } from '../helpers/db.js';
 import { json, leaksIn, seenResponses, startTestGateway, type TestGateway, catchUnhandled } from '../helpers/gateway.js';
 import { Ledger, sampleConnections } from '../helpers/ledger.js';
 
 const POOL_MAX = 4;
 const KILLS = 4;
 
-describe.skipIf(!realPostgresUrl)('pool backends terminated repeatedly under load (real PostgreSQL: pg_terminate_backend)', () => {
+const suiteName = onRealPostgres(
+  'pool backends terminated repeatedly under load (real PostgreSQL: pg_terminate_backend)',
+  PGLITE_CANNOT.serverView,
+);
+describe.skipIf(!realPostgresUrl)(suiteName, () => {
   let t: TestGateway;
   let userId: string;
   const watcher = catchUnhandled();

@@ -22,6 +22,25 @@ export interface TestDatabase {
 
 export const realPostgresUrl = process.env.TEST_DATABASE_URL || undefined;
 
+/**
+ * The name of a test (or describe) that only a real PostgreSQL can run: as given with
+ * TEST_DATABASE_URL set; without it, with why PGlite cannot, and what would run it. The run's
+ * closing line (test/reporters/skip-summary.ts) counts the skipped names that say TEST_DATABASE_URL.
+ * @example it.skipIf(!realPostgresUrl)(onRealPostgres('cancels on the server', 'PGlite ignores CancelRequest'), …)
+ */
+export function onRealPostgres(name: string, whyNotPGlite: string): string {
+  return realPostgresUrl ? name : `${name} — skipped: ${whyNotPGlite}; set TEST_DATABASE_URL to run it`;
+}
+
+/** Why the embedded PGlite cannot run a test (one backend for every connection, in this process). */
+export const PGLITE_CANNOT = {
+  serverView: 'PGlite has no backend per connection to watch in pg_stat_activity or end with pg_terminate_backend',
+  secondSession: 'a second session must hold a lock or commit meanwhile, and PGlite has one backend for every connection',
+  cancel: 'PGlite runs in this process: pg_sleep blocks the event loop, and pglite-socket ignores CancelRequest',
+  lanes: 'PGlite gets no pipelined lanes (and no named statements): one backend serves every connection',
+  databases: 'PGlite answers for any database name',
+};
+
 export async function createTestDatabase(prefix = 'poolgate_test'): Promise<TestDatabase> {
   if (!realPostgresUrl) {
     const embedded = await startEmbeddedPostgres();

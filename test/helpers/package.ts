@@ -6,12 +6,13 @@
  * must see only what `npm pack` ships.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import pg from 'pg';
+import type pg from 'pg';
+import { createTestDatabase } from './db.js';
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
@@ -228,42 +229,41 @@ export function startProcess(
 
 export { freePort, waitFor } from './wait.js';
 
-/** TEST_DATABASE_URL: the real PostgreSQL the runtime parts need (a gateway pool, the proxy and a function side by side). */
-export const realPostgresUrl = process.env.TEST_DATABASE_URL || undefined;
+export { realPostgresUrl } from './db.js';
+
+/**
+ * npm flags for installs the tests make: the cache first (this checkout's own install filled it),
+ * and a registry request — a cache miss — gives up after one retry and seconds, not minutes, so a
+ * machine without a network fails fast instead of looking hung.
+ */
+export const NPM_OFFLINE_FIRST = [
+  '--prefer-offline',
+  '--fetch-retries=1',
+  '--fetch-retry-mintimeout=1000',
+  '--fetch-retry-maxtimeout=3000',
+  '--fetch-timeout=15000',
+];
 
 export interface ScratchDatabase {
   url: string;
+  /** True on TEST_DATABASE_URL's server; false on the embedded PGlite (one backend: no pipelined lanes). */
+  real: boolean;
   /** SQL as the admin user on this database, for setting up and checking rows. */
   admin<R extends pg.QueryResultRow = Record<string, unknown>>(text: string, params?: unknown[]): Promise<R[]>;
   drop(): Promise<void>;
 }
 
-/** A fresh database on TEST_DATABASE_URL's server, dropped (forcibly) by `drop()`. */
+/**
+ * A fresh database of its own (test/helpers/db.ts): on TEST_DATABASE_URL's server, dropped
+ * forcibly by `drop()`; without it the embedded PGlite, served from this process to the children.
+ */
 export async function createScratchDatabase(prefix: string): Promise<ScratchDatabase> {
-  if (!realPostgresUrl) throw new Error('TEST_DATABASE_URL is not set');
-  const name = `${prefix}_${process.pid}_${randomBytes(4).toString('hex')}`;
-  const onServer = async (text: string) => {
-    const client = new pg.Client({ connectionString: realPostgresUrl });
-    await client.connect();
-    try {
-      await client.query(text);
-    } finally {
-      await client.end();
-    }
-  };
-  await onServer(`CREATE DATABASE ${name}`);
-  const url = new URL(realPostgresUrl);
-  url.pathname = `/${name}`;
-  const pool = new pg.Pool({ connectionString: url.toString(), max: 1, application_name: 'poolgate-package-test' });
-  pool.on('error', () => {});
+  const db = await createTestDatabase(prefix);
   let dropping: Promise<void> | undefined;
   return {
-    url: url.toString(),
-    admin: async <R extends pg.QueryResultRow>(text: string, params: unknown[] = []) => (await pool.query<R>(text, params)).rows,
-    drop: () =>
-      (dropping ??= (async () => {
-        await pool.end().catch(() => {});
-        await onServer(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-      })()),
+    url: db.url,
+    real: db.real,
+    admin: async <R extends pg.QueryResultRow>(text: string, params: unknown[] = []) => (await db.admin(text, params)).rows as R[],
+    drop: () => (dropping ??= db.drop()),
   };
 }

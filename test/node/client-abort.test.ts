@@ -16,7 +16,7 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { realPostgresUrl } from '../helpers/db.js';
+import { onRealPostgres, PGLITE_CANNOT, realPostgresUrl } from '../helpers/db.js';
 import { adminClient, backendsOf, json, leaksIn, seenResponses, startTestGateway, waitFor, type TestGateway } from '../helpers/gateway.js';
 
 const POOL_MAX = 5;
@@ -27,7 +27,10 @@ const ABORT_AFTER_MS = 1_500; // the PATCHes must be waiting on the lock by then
 const SETTLE_MS = 250;
 
 describe.skipIf(!realPostgresUrl)(
-  'clients that disconnect cancel their work (real PostgreSQL: a row lock held by an admin session)',
+  onRealPostgres(
+    'clients that disconnect cancel their work (real PostgreSQL: a row lock held by an admin session)',
+    PGLITE_CANNOT.secondSession,
+  ),
   () => {
     let t: TestGateway;
     let locker: pg.Client;

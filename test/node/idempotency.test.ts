@@ -5,7 +5,7 @@
  * transaction as the rows (a failed write leaves no key behind).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { realPostgresUrl } from '../helpers/db.js';
+import { onRealPostgres, PGLITE_CANNOT, realPostgresUrl } from '../helpers/db.js';
 import { adminClient, json, startTestGateway, waitFor, type TestGateway } from '../helpers/gateway.js';
 import { storedKey } from '../helpers/ledger.js';
 
@@ -56,7 +56,7 @@ describe('Idempotency-Key', () => {
 
   // PGlite serialises every connection behind an open transaction, so the twin could not even run.
   it.skipIf(!realPostgresUrl)(
-    'answers 409 to a twin while the first is still running, then replays once it finished (real PostgreSQL)',
+    onRealPostgres('answers 409 to a twin while the first is still running, then replays once it finished', PGLITE_CANNOT.secondSession),
     async () => {
       // Block the first request inside its transaction: it needs workout_sets, which we lock.
       const locker = await adminClient(t.db);

@@ -26,7 +26,7 @@
 import { randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { createTestDatabase, onRealPostgres, PGLITE_CANNOT, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
 import {
   adminClient,
   backendsOf,
@@ -44,7 +44,10 @@ const CLIENT_BOUND_MS = 12_000;
 const TEST_BOUND_MS = 30_000;
 
 describe.skipIf(!realPostgresUrl)(
-  'a keyed write whose transaction hits a deadlock (40P01) is retried from the captured body (real PostgreSQL: an admin session closes a lock cycle)',
+  onRealPostgres(
+    'a keyed write whose transaction hits a deadlock (40P01) is retried from the captured body (real PostgreSQL: an admin session closes a lock cycle)',
+    PGLITE_CANNOT.secondSession,
+  ),
   () => {
     let db: TestDatabase;
     let t: TestGateway;

@@ -7,14 +7,17 @@
  */
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { realPostgresUrl } from '../helpers/db.js';
+import { onRealPostgres, PGLITE_CANNOT, realPostgresUrl } from '../helpers/db.js';
 import { json, startTestGateway, type TestGateway } from '../helpers/gateway.js';
 
 const POOL_MAX = 5;
 const REQUESTS = 500;
 
 describe.skipIf(!realPostgresUrl).each([0, 2])(
-  'pool bounds under 500 concurrent requests, %d read lanes (real PostgreSQL: counts server backends)',
+  onRealPostgres(
+    'pool bounds under 500 concurrent requests, %d read lanes (real PostgreSQL: counts server backends)',
+    PGLITE_CANNOT.serverView,
+  ),
   (lanes) => {
     let t: TestGateway;
     let userId: string;

@@ -50,18 +50,18 @@ async function holdTheConnection() {
 }
 
 describe('one connection, held by a slow request', () => {
-  it('a second request gets 503 pool_exhausted with Retry-After after about the acquire timeout', async () => {
+  it('a second request gets 503 pool_exhausted with Retry-After once the acquire timeout has passed', async () => {
     const { slow, release } = await holdTheConnection();
     try {
       const started = performance.now();
+      // Nothing frees the connection until release() below: an answer at all means it gave up by itself.
       const second = await json(`${t.url}/api/users/${userId}`);
       const elapsedMs = performance.now() - started;
 
       expect(second.status).toBe(503);
       expect(second.body.error).toMatchObject({ code: 'pool_exhausted', requestId: expect.any(String) });
       expect(second.headers.get('retry-after')).toBe('1');
-      expect(elapsedMs).toBeGreaterThanOrEqual(ACQUIRE_TIMEOUT_MS - 20); // it did wait …
-      expect(elapsedMs).toBeLessThan(3_000); // … and gave up long before anything else would
+      expect(elapsedMs).toBeGreaterThanOrEqual(ACQUIRE_TIMEOUT_MS - 20); // it did wait
     } finally {
       await release();
     }

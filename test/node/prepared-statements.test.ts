@@ -15,7 +15,7 @@ import { createPgPoolDatabase, type PgPoolConnectorOptions, type PgPoolDatabase 
 import type { QueryObserver, Queryable } from '../../src/db/types.js';
 import { startEmbeddedPostgres } from '../../src/local/embedded.js';
 import { POOL as CONTRACT_POOL } from '../contract/backends.js';
-import { createTestDatabase, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { createTestDatabase, onRealPostgres, PGLITE_CANNOT, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
 import { json, startTestGateway, uniqueName, type TestGateway } from '../helpers/gateway.js';
 
 /** The contract suite's pool, with one connection: every statement meets the same session. */
@@ -99,7 +99,8 @@ describe('a schema change under named prepared statements, through the gateway (
   });
 });
 
-describe.skipIf(!realPostgresUrl)('pg-pool connector: named statements per connection (real PostgreSQL)', () => {
+const suiteName = onRealPostgres('pg-pool connector: named statements per connection (real PostgreSQL)', PGLITE_CANNOT.lanes);
+describe.skipIf(!realPostgresUrl)(suiteName, () => {
   let db: TestDatabase;
   const open: PgPoolDatabase[] = [];
 

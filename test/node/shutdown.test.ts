@@ -9,7 +9,7 @@ import net from 'node:net';
 import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { createTestDatabase, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { createTestDatabase, onRealPostgres, PGLITE_CANNOT, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
 import { adminClient, backendsOf, json, startTestGateway, uniqueName, waitFor, type TestGateway } from '../helpers/gateway.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -83,7 +83,8 @@ describe('in-process close()', () => {
   });
 });
 
-describe.skipIf(!realPostgresUrl)('SIGTERM to the gateway process (real PostgreSQL: checks pg_stat_activity)', () => {
+const suiteName = onRealPostgres('SIGTERM to the gateway process (real PostgreSQL: checks pg_stat_activity)', PGLITE_CANNOT.serverView);
+describe.skipIf(!realPostgresUrl)(suiteName, () => {
   let db: TestDatabase;
   let child: ChildProcessByStdio<null, Readable, Readable> | undefined;
 

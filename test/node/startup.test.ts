@@ -11,7 +11,7 @@ import { databaseTarget } from '../../src/config.js';
 import { AppError, describeStartupFailure } from '../../src/errors.js';
 import { createBreaker } from '../../src/resilience/breaker.js';
 import { startupErrorLine, StartupError } from '../../src/runtime/node.js';
-import { realPostgresUrl } from '../helpers/db.js';
+import { onRealPostgres, PGLITE_CANNOT, realPostgresUrl } from '../helpers/db.js';
 import { privatePostgresAvailable, startPrivatePostgres, type PrivatePostgres } from '../helpers/private-postgres.js';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -86,7 +86,11 @@ describe('start-up failures', () => {
     expect(exit.stderr).not.toContain('someuser');
   });
 
-  it.skipIf(!realPostgresUrl)('a database that does not exist: names it and DATABASE_URL, not "error 3D000"', async () => {
+  const noSuchDatabase = onRealPostgres(
+    'a database that does not exist: names it and DATABASE_URL, not "error 3D000"',
+    PGLITE_CANNOT.databases,
+  );
+  it.skipIf(!realPostgresUrl)(noSuchDatabase, async () => {
     const url = new URL(realPostgresUrl!);
     url.pathname = '/poolgate_no_such_db';
     url.password = 's3cret';

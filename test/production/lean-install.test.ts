@@ -14,6 +14,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../helpers/db.js';
 import { waitFor } from '../helpers/gateway.js';
+import { NPM_OFFLINE_FIRST } from '../helpers/package.js';
 
 const run = promisify(execFile);
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -28,7 +29,11 @@ beforeAll(async () => {
   await copyFile(join(ROOT, 'package.json'), join(dir, 'package.json'));
   await copyFile(join(ROOT, 'package-lock.json'), join(dir, 'package-lock.json'));
   // The production dependencies have no install scripts; the dev-only `node` package (which has one) is omitted.
-  await run('npm', ['ci', '--omit=dev', '--ignore-scripts', '--no-audit', '--no-fund', '--loglevel=error'], { cwd: dir, timeout: 180_000 });
+  // From npm's cache, where this checkout's own install put them (no registry needed).
+  await run('npm', ['ci', '--omit=dev', '--ignore-scripts', '--no-audit', '--no-fund', '--loglevel=error', ...NPM_OFFLINE_FIRST], {
+    cwd: dir,
+    timeout: 180_000,
+  });
   await run(join(ROOT, 'node_modules/.bin/tsc'), ['-p', join(ROOT, 'tsconfig.build.json'), '--outDir', join(dir, 'dist/lib')], {
     cwd: ROOT,
     timeout: 120_000,

@@ -93,8 +93,11 @@ export class CoreDatabase implements Database {
   async ping(timeoutMs: number): Promise<ReadyReport> {
     const started = now();
     const observer = { ...PING_OBSERVER, deadline: started + timeoutMs };
+    // Where a read would go: a reads-only one-shot beside the sessions (the pipelined lanes) only
+    // when it has room — on PGlite, never, and the ping must not open a lane there either.
+    const oneShot = this.sessions && this.oneShot?.connector.hasRoom?.() === false ? undefined : this.oneShot;
     try {
-      if (this.oneShot) await this.oneShot.query(observer, { text: 'SELECT 1' });
+      if (oneShot) await oneShot.query(observer, { text: 'SELECT 1' });
       else await this.#pingSession(observer);
       return { ok: true, latencyMs: now() - started };
     } catch (err) {
