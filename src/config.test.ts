@@ -53,6 +53,7 @@ describe('parseConfig', () => {
       PG_PREPARED_STATEMENTS: 'off',
       PG_PREPARED_STATEMENTS_MAX: '50',
       PG_PIPELINE_LANES: '2',
+      PG_PIPELINE_SLOW_MS: '12',
       RESULT_MAX_ROWS: '1000',
       RESULT_MAX_BYTES: '65536',
     });
@@ -71,6 +72,7 @@ describe('parseConfig', () => {
       preparedStatements: false,
       preparedStatementsMax: 50,
       pipelineLanes: 2,
+      pipelineSlowReadMs: 12,
       resultMaxRows: 1000,
       resultMaxBytes: 65536,
     });

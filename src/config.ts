@@ -3,6 +3,7 @@
  * A bad value stops start-up with one line naming the variable; the connection string is kept
  * non-enumerable so it never reaches logs, JSON dumps or error messages.
  */
+import { SLOW_READ_MS } from './db/connectors/lane-latency.js';
 import { MIN_SECRET_LENGTH } from './security/forward-signature.js';
 import { AppError } from './errors.js';
 
@@ -33,6 +34,11 @@ export interface PoolConfig {
    * concurrent requests' read statements written back to back on them, the rest on the pool.
    */
   pipelineLanes: number;
+  /**
+   * A read whose recent time (per statement text) is above this goes to the pool, not a lane
+   * (PG_PIPELINE_SLOW_MS), so it never stalls the reads written behind it.
+   */
+  pipelineSlowReadMs: number;
   /** A statement's result is refused past this many rows (RESULT_MAX_ROWS) or bytes (RESULT_MAX_BYTES): rows beyond are not kept. */
   resultMaxRows: number;
   resultMaxBytes: number;
@@ -190,6 +196,7 @@ export function parseConfig(env: Env): Config {
       preparedStatements: onOff(env, 'PG_PREPARED_STATEMENTS', true),
       preparedStatementsMax: int(env, 'PG_PREPARED_STATEMENTS_MAX', PREPARED_STATEMENTS_MAX, 1, 10_000),
       pipelineLanes,
+      pipelineSlowReadMs: int(env, 'PG_PIPELINE_SLOW_MS', SLOW_READ_MS, 1, 3_600_000),
       resultMaxRows: int(env, 'RESULT_MAX_ROWS', RESULT_MAX_ROWS, 1, 100_000_000),
       resultMaxBytes: int(env, 'RESULT_MAX_BYTES', RESULT_MAX_BYTES, 1, 4 * 1024 * 1024 * 1024),
     },

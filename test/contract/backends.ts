@@ -119,7 +119,11 @@ function pgPoolBackend(name: string, embedded: boolean, pipelineLanes = 0): Back
     async start() {
       const closed = await closedPortUrl();
       const make = (connectionString: string) =>
-        createPgPoolDatabase({ ...POOL, pipelineLanes, connectionString, applicationName: appName('pg-pool') }, pgDriver);
+        // Reads stay on the lanes whatever this machine's load makes them measure (routing by time: mixed-latency.test.ts).
+        createPgPoolDatabase(
+          { ...POOL, pipelineLanes, pipelineSlowReadMs: 60_000, connectionString, applicationName: appName('pg-pool') },
+          pgDriver,
+        );
       if (embedded) {
         const server = await startEmbeddedPostgres();
         const adminPool = new pg.Pool({ connectionString: server.url, max: 1 });

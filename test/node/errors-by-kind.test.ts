@@ -11,21 +11,12 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { classified } from '../../src/db/connectors/driver-errors.js';
 import { createPgPoolDatabase, type PgPoolDatabase } from '../../src/db/connectors/pg-pool.js';
-import type { QueryObserver } from '../../src/db/types.js';
 import { failureKind, isConnectionError, isTimeoutError, markFailure, toAppError } from '../../src/errors.js';
 import { POOL } from '../contract/backends.js';
 import { createTestDatabase, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { recordingObserver } from '../helpers/observer.js';
 
-const observer = (intent: QueryObserver['intent']): QueryObserver & { retries: number } => ({
-  intent,
-  retries: 0,
-  acquired() {},
-  queried() {},
-  served() {},
-  retried() {
-    this.retries++;
-  },
-});
+const observer = recordingObserver;
 
 const failure = async (work: Promise<unknown>) =>
   work.then(

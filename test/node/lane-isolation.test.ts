@@ -16,9 +16,9 @@ import type { Client } from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { appliedNothing } from '../../src/db/connectors/pg-pipeline.js';
 import { createPgPoolDatabase, type PgPoolDatabase } from '../../src/db/connectors/pg-pool.js';
-import type { QueryObserver } from '../../src/db/types.js';
 import { POOL } from '../contract/backends.js';
 import { createTestDatabase, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { recordingObserver } from '../helpers/observer.js';
 import { adminClient, json, startTestGateway, waitFor, type TestGateway } from '../helpers/gateway.js';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -48,7 +48,7 @@ describe.skipIf(!realPostgresUrl)('one lane, many requests: no request can hurt 
   let userId: string;
 
   beforeAll(async () => {
-    t = await startTestGateway({ POOL_MAX: '4', PG_PIPELINE_LANES: '1', REQUEST_TIMEOUT_MS: '8000' });
+    t = await startTestGateway({ POOL_MAX: '4', PG_PIPELINE_LANES: '1', PG_PIPELINE_SLOW_MS: '60000', REQUEST_TIMEOUT_MS: '8000' });
     const user = await json(`${t.url}/api/users`, { method: 'POST', json: { email: `iso-${randomUUID()}@example.com`, name: 'Iso' } });
     expect(user.status, user.text).toBe(201);
     userId = user.body.id;
@@ -131,19 +131,10 @@ describe.skipIf(!realPostgresUrl)('one lane, many requests: no request can hurt 
 describe.skipIf(!realPostgresUrl)('a lane: one request’s failure is its own (real PostgreSQL)', () => {
   let db: TestDatabase;
   const opened: PgPoolDatabase[] = [];
-  const observer = (): QueryObserver & { retries: number } => ({
-    intent: 'read',
-    retries: 0,
-    acquired() {},
-    queried() {},
-    served() {},
-    retried() {
-      this.retries++;
-    },
-  });
+  const observer = () => recordingObserver('read');
   const open = async () => {
     const database = createPgPoolDatabase(
-      { ...POOL, pipelineLanes: 1, connectionString: db.url, applicationName: 'poolgate-isolation' },
+      { ...POOL, pipelineLanes: 1, pipelineSlowReadMs: 60_000, connectionString: db.url, applicationName: 'poolgate-isolation' },
       { Pool: pg.Pool, Client: pg.Client },
     );
     opened.push(database);

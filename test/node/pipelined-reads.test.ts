@@ -13,42 +13,17 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { LANE_DEPTH } from '../../src/db/connectors/pg-pipeline.js';
 import { createPgPoolDatabase, type PgPoolDatabase } from '../../src/db/connectors/pg-pool.js';
 import { now } from '../../src/stats/clock.js';
-import type { ClientKind, QueryObserver } from '../../src/db/types.js';
 import { startEmbeddedPostgres } from '../../src/local/embedded.js';
 import { POOL } from '../contract/backends.js';
 import { createTestDatabase, onRealPostgres, PGLITE_CANNOT, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { recordingObserver } from '../helpers/observer.js';
 import { startFaultProxy } from '../helpers/fault-proxy.js';
 import { json, startTestGateway } from '../helpers/gateway.js';
 import { waitFor } from '../helpers/wait.js';
 
 const driver = { Pool: pg.Pool, Client: pg.Client };
 
-interface Seen extends QueryObserver {
-  served: (kind: ClientKind) => void;
-  kinds: ClientKind[];
-  acquisitions: number;
-  retries: number;
-}
-
-function observer(intent: QueryObserver['intent'], extra: Partial<QueryObserver> = {}): Seen {
-  return {
-    intent,
-    ...extra,
-    kinds: [],
-    acquisitions: 0,
-    retries: 0,
-    acquired() {
-      this.acquisitions++;
-    },
-    queried() {},
-    served(kind: ClientKind) {
-      this.kinds.push(kind);
-    },
-    retried() {
-      this.retries++;
-    },
-  };
-}
+const observer = recordingObserver;
 
 const suiteName = onRealPostgres('pipelined lanes for reads (real PostgreSQL)', PGLITE_CANNOT.lanes);
 describe.skipIf(!realPostgresUrl)(suiteName, () => {
@@ -57,7 +32,12 @@ describe.skipIf(!realPostgresUrl)(suiteName, () => {
   const appName = () => `poolgate-lanes-${randomUUID().slice(0, 8)}`;
 
   async function lanes(pipelineLanes: number, applicationName = appName(), pool: Partial<typeof POOL> = {}) {
-    const database = createPgPoolDatabase({ ...POOL, ...pool, pipelineLanes, connectionString: db.url, applicationName }, driver);
+    // Which reads the lanes take by their measured time is mixed-latency.test.ts's subject; here a
+    // loaded machine's slow moment must not send a read to the pool.
+    const database = createPgPoolDatabase(
+      { ...POOL, pipelineSlowReadMs: 60_000, ...pool, pipelineLanes, connectionString: db.url, applicationName },
+      driver,
+    );
     opened.push(database);
     await database.warm(0);
     return { database, applicationName };

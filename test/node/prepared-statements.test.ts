@@ -16,24 +16,14 @@ import type { QueryObserver, Queryable } from '../../src/db/types.js';
 import { startEmbeddedPostgres } from '../../src/local/embedded.js';
 import { POOL as CONTRACT_POOL } from '../contract/backends.js';
 import { createTestDatabase, onRealPostgres, PGLITE_CANNOT, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { recordingObserver } from '../helpers/observer.js';
 import { json, startTestGateway, uniqueName, type TestGateway } from '../helpers/gateway.js';
 
 /** The contract suite's pool, with one connection: every statement meets the same session. */
 const POOL = { ...CONTRACT_POOL, max: 1 };
 
 /** An observer that counts the core's retries (a whole transaction run again counts one). */
-function observer(intent: QueryObserver['intent'] = 'transactional'): QueryObserver & { retries: number } {
-  return {
-    intent,
-    retries: 0,
-    acquired() {},
-    queried() {},
-    served() {},
-    retried() {
-      this.retries++;
-    },
-  };
-}
+const observer = (intent: QueryObserver['intent'] = 'transactional') => recordingObserver(intent);
 
 /** Resolves once `count` callers have arrived: holds that many sessions open at once. */
 function barrier(count: number): () => Promise<void> {

@@ -9,21 +9,14 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPgPoolDatabase, type PgPoolDatabase } from '../../src/db/connectors/pg-pool.js';
 import type { QueryObserver } from '../../src/db/types.js';
-import { AppError } from '../../src/errors.js';
 import { POOL } from '../contract/backends.js';
 import { createTestDatabase, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { appErrorOf } from '../helpers/observer.js';
 
 const observer = (intent: QueryObserver['intent']): QueryObserver => ({ intent, acquired() {}, queried() {}, served() {} });
 const driver = { Pool: pg.Pool, Client: pg.Client };
 
-async function refusal(work: Promise<unknown>): Promise<AppError> {
-  const error = await work.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(AppError);
-  return error as AppError;
-}
+const refusal = appErrorOf;
 
 describe.skipIf(!realPostgresUrl)('a result-size bound per statement (real PostgreSQL)', () => {
   let db: TestDatabase;

@@ -15,9 +15,10 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPgPoolDatabase, type PgPoolDatabase } from '../../src/db/connectors/pg-pool.js';
 import type { QueryObserver } from '../../src/db/types.js';
-import { AppError, createNodeClient, type NodeClient } from '../../src/runtime/functions.js';
+import { createNodeClient, type NodeClient } from '../../src/runtime/functions.js';
 import { POOL } from '../contract/backends.js';
 import { createTestDatabase, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { appErrorOf } from '../helpers/observer.js';
 
 let db: TestDatabase;
 let client: NodeClient;
@@ -32,15 +33,7 @@ const observer = (intent: QueryObserver['intent'] = 'transactional'): QueryObser
   served() {},
 });
 
-/** The AppError `work` rejects with. */
-async function refusal(work: Promise<unknown>): Promise<AppError> {
-  const error = await work.then(
-    () => undefined,
-    (e: unknown) => e,
-  );
-  expect(error).toBeInstanceOf(AppError);
-  return error as AppError;
-}
+const refusal = appErrorOf;
 
 beforeAll(async () => {
   db = await createTestDatabase('poolgate_txcontrol');

@@ -20,6 +20,8 @@ const KEYS_MAX = 1_000;
 export class LaneLatency {
   readonly #recentHigh = new Map<string, number>();
 
+  constructor(readonly slowMs = SLOW_READ_MS) {}
+
   /** The key of a statement, or of a batch's statements. */
   static keyOf(texts: readonly string[]): string {
     return texts.length === 1 ? texts[0]! : texts.join('\u0000');
@@ -31,12 +33,12 @@ export class LaneLatency {
   }
 
   isSlow(key: string): boolean {
-    return this.expectedMs(key) > SLOW_READ_MS;
+    return this.expectedMs(key) > this.slowMs;
   }
 
   record(key: string, ms: number): void {
     const high = this.#recentHigh.get(key);
     if (high === undefined && this.#recentHigh.size >= KEYS_MAX) this.#recentHigh.delete(this.#recentHigh.keys().next().value!);
-    this.#recentHigh.set(key, high === undefined ? Math.min(ms, SLOW_READ_MS) : Math.max(ms, high * FADE));
+    this.#recentHigh.set(key, high === undefined ? Math.min(ms, this.slowMs) : Math.max(ms, high * FADE));
   }
 }

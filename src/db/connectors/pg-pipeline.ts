@@ -45,6 +45,8 @@ export interface PgPipelineOptions {
   lanes: number;
   /** A lane whose oldest statement has run this long takes no more (head-of-line blocking). */
   stallMs?: number;
+  /** A read whose recent time is above this goes to the pool (default SLOW_READ_MS). */
+  slowReadMs?: number;
   statementTimeoutMs: number;
   connectionTimeoutMs?: number;
   applicationName?: string;
@@ -177,7 +179,7 @@ export class PgPipelineConnector implements OneShotConnector {
   #slowToPoolCount = 0;
   #waitedBehindSlowCount = 0;
   /** Recent read times per statement text, lanes and pool both (see learn). */
-  readonly latency = new LaneLatency();
+  readonly latency: LaneLatency;
   #closed = false;
   /** Lane connects failed in a row, and when the next may be tried (reads take the pool meanwhile). */
   #connectFailures = 0;
@@ -194,6 +196,7 @@ export class PgPipelineConnector implements OneShotConnector {
     this.#driver = driver;
     this.#lanes = Array.from({ length: options.lanes }, () => undefined);
     this.#stallMs = options.stallMs ?? STALL_MS;
+    this.latency = new LaneLatency(options.slowReadMs);
   }
 
   /** A lane with room for `statements`, or none (the read then takes a pooled session): slow reads never have one. */

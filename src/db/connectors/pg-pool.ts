@@ -21,7 +21,7 @@ type PoolClient = pg.PoolClient & NamedClient;
 
 type PreparedOptions = Pick<
   PoolConfig,
-  'preparedStatements' | 'preparedStatementsMax' | 'pipelineLanes' | 'resultMaxRows' | 'resultMaxBytes'
+  'preparedStatements' | 'preparedStatementsMax' | 'pipelineLanes' | 'pipelineSlowReadMs' | 'resultMaxRows' | 'resultMaxBytes'
 >;
 
 export interface PgPoolConnectorOptions extends Omit<PoolConfig, keyof PreparedOptions>, Partial<PreparedOptions> {
@@ -206,6 +206,7 @@ export function createPgPoolDatabase(options: PgPoolConnectorOptions, driver: Pg
             {
               connectionString: options.connectionString,
               lanes,
+              slowReadMs: options.pipelineSlowReadMs,
               statementTimeoutMs: connector.sessionStatementTimeoutMs,
               connectionTimeoutMs: options.connectionTimeoutMs,
               applicationName: options.applicationName,
