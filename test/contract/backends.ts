@@ -78,6 +78,10 @@ const PGLITE = {
 
 const NO_REAL_POSTGRES = 'TEST_DATABASE_URL is not set (this backend needs a real PostgreSQL server)';
 
+/** `reasons`, each saying that a real server would run the case (what the run's closing line counts). */
+const onRealServer = (reasons: Partial<Record<Ability, string>>): Partial<Record<Ability, string>> =>
+  Object.fromEntries(Object.entries(reasons).map(([ability, why]) => [ability, `${why}; set TEST_DATABASE_URL to run it`]));
+
 /** `postgres://…@127.0.0.1:<port>/…` of a port that was free a moment ago and has nothing listening. */
 export async function closedPortUrl(): Promise<string> {
   const { port } = new URL(await closedHttpPortUrl());
@@ -170,7 +174,8 @@ function pgPoolBackend(name: string, embedded: boolean, pipelineLanes = 0): Back
  * proxy; the backends' describe blocks run one after another, never side by side.
  */
 function neonBackend(kind: 'neon-http' | 'neon-ws'): Backend {
-  const pglite = realPostgresUrl ? {} : PGLITE;
+  // Without a database the proxy serves PGlite, whose limits a real server would lift.
+  const pglite = realPostgresUrl ? {} : onRealServer(PGLITE);
   const cannot: Partial<Record<Ability, string>> =
     kind === 'neon-http'
       ? {
@@ -179,7 +184,7 @@ function neonBackend(kind: 'neon-http' | 'neon-ws'): Backend {
         }
       : { ...pglite };
   return {
-    name: realPostgresUrl ? kind : `${kind} (on PGlite: TEST_DATABASE_URL is not set)`,
+    name: realPostgresUrl ? kind : `${kind} (on the embedded PGlite)`,
     kind,
     sessions: kind === 'neon-ws',
     cannot,

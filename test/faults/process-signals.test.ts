@@ -148,7 +148,8 @@ describe.skipIf(!realPostgresUrl)(suiteName, () => {
     const inFlightFrom = ledger.entries.length; // entries recorded from here on include the 8 accepted ones
     const sigtermAt = performance.now();
     g.child.kill('SIGTERM');
-    await new Promise((r) => setTimeout(r, 300));
+    // Its drain has begun once it says so (the line is printed as close() starts), however busy the machine.
+    await waitFor(() => g.output.join('').includes('poolgate: SIGTERM, draining'), { what: 'the gateway to start draining' });
 
     // New connections are refused while the accepted requests are still running.
     const probes = await Promise.all(Array.from({ length: 3 }, () => ledger.write()));
