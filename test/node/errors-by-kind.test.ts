@@ -13,7 +13,7 @@ import { classified } from '../../src/db/connectors/driver-errors.js';
 import { createPgPoolDatabase, type PgPoolDatabase } from '../../src/db/connectors/pg-pool.js';
 import { failureKind, isConnectionError, isTimeoutError, markFailure, toAppError } from '../../src/errors.js';
 import { POOL } from '../contract/backends.js';
-import { createTestDatabase, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { createTestDatabase, realPostgresUrl, type TestDatabase, onRealPostgres, PGLITE_CANNOT } from '../helpers/db.js';
 import { recordingObserver } from '../helpers/observer.js';
 
 const observer = recordingObserver;
@@ -26,7 +26,7 @@ const failure = async (work: Promise<unknown>) =>
     (e: unknown) => e,
   );
 
-describe.skipIf(!realPostgresUrl)('errors by kind, not by message (real PostgreSQL)', () => {
+describe.skipIf(!realPostgresUrl)(onRealPostgres('errors by kind, not by message (real PostgreSQL)', PGLITE_CANNOT.cancel), () => {
   let db: TestDatabase;
   let database: PgPoolDatabase;
 

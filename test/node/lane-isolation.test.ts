@@ -17,7 +17,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { appliedNothing } from '../../src/db/connectors/pg-pipeline.js';
 import { createPgPoolDatabase, type PgPoolDatabase } from '../../src/db/connectors/pg-pool.js';
 import { POOL } from '../contract/backends.js';
-import { createTestDatabase, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { createTestDatabase, realPostgresUrl, type TestDatabase, onRealPostgres, PGLITE_CANNOT } from '../helpers/db.js';
 import { recordingObserver } from '../helpers/observer.js';
 import { adminClient, json, startTestGateway, waitFor, type TestGateway } from '../helpers/gateway.js';
 
@@ -42,93 +42,96 @@ async function get(url: string, abortAfterMs?: number): Promise<number | 'aborte
 const tally = (statuses: (number | 'aborted')[]) =>
   statuses.reduce<Record<string, number>>((m, s) => ((m[String(s)] = (m[String(s)] ?? 0) + 1), m), {});
 
-describe.skipIf(!realPostgresUrl)('one lane, many requests: no request can hurt another (real PostgreSQL, real HTTP)', () => {
-  let t: TestGateway;
-  let workoutId: string;
-  let userId: string;
+describe.skipIf(!realPostgresUrl)(
+  onRealPostgres('one lane, many requests: no request can hurt another (real PostgreSQL, real HTTP)', PGLITE_CANNOT.lanes),
+  () => {
+    let t: TestGateway;
+    let workoutId: string;
+    let userId: string;
 
-  beforeAll(async () => {
-    t = await startTestGateway({ POOL_MAX: '4', PG_PIPELINE_LANES: '1', PG_PIPELINE_SLOW_MS: '60000', REQUEST_TIMEOUT_MS: '8000' });
-    const user = await json(`${t.url}/api/users`, { method: 'POST', json: { email: `iso-${randomUUID()}@example.com`, name: 'Iso' } });
-    expect(user.status, user.text).toBe(201);
-    userId = user.body.id;
-    const workout = await json(`${t.url}/api/workouts`, {
-      method: 'POST',
-      json: { userId, kind: 'run', startedAt: new Date().toISOString(), sets: [{ exercise: 'squat', reps: 5, weightKg: 60 }] },
+    beforeAll(async () => {
+      t = await startTestGateway({ POOL_MAX: '4', PG_PIPELINE_LANES: '1', PG_PIPELINE_SLOW_MS: '60000', REQUEST_TIMEOUT_MS: '8000' });
+      const user = await json(`${t.url}/api/users`, { method: 'POST', json: { email: `iso-${randomUUID()}@example.com`, name: 'Iso' } });
+      expect(user.status, user.text).toBe(201);
+      userId = user.body.id;
+      const workout = await json(`${t.url}/api/workouts`, {
+        method: 'POST',
+        json: { userId, kind: 'run', startedAt: new Date().toISOString(), sets: [{ exercise: 'squat', reps: 5, weightKg: 60 }] },
+      });
+      expect(workout.status, workout.text).toBe(201);
+      workoutId = workout.body.id;
+      // The lane open and its server asked (names from here on), through another route: the first
+      // Parse of each tested route's text on the lane is then the aborted request's own.
+      await waitFor(async () => {
+        const res = await json(`${t.url}/api/users/${userId}/summary`);
+        return res.status === 200 && (res.headers.get('server-timing') ?? '').includes('pg-pipeline');
+      });
     });
-    expect(workout.status, workout.text).toBe(201);
-    workoutId = workout.body.id;
-    // The lane open and its server asked (names from here on), through another route: the first
-    // Parse of each tested route's text on the lane is then the aborted request's own.
-    await waitFor(async () => {
-      const res = await json(`${t.url}/api/users/${userId}/summary`);
-      return res.status === 200 && (res.headers.get('server-timing') ?? '').includes('pg-pipeline');
+
+    afterAll(async () => {
+      await t?.stop();
     });
-  });
 
-  afterAll(async () => {
-    await t?.stop();
-  });
+    for (const route of ['workouts', 'users'] as const) {
+      it(`a GET /api/${route}/:id aborted by its client while it waits on a lock fails none of the 12 reads behind it`, async () => {
+        const path = `${t.url}/api/${route}/${route === 'workouts' ? workoutId : userId}`;
+        const locker: Client = await adminClient(t.db);
+        try {
+          await locker.query('BEGIN');
+          await locker.query(`LOCK TABLE ${route} IN ACCESS EXCLUSIVE MODE`);
+          const aborted = get(path, 300);
+          await sleep(20);
+          const others = Array.from({ length: 12 }, () => get(path));
+          expect(await aborted).toBe('aborted');
+          await sleep(200); // the abort has been handled (a cancel, if any, has reached the server)
+          await locker.query('ROLLBACK');
+          expect(tally(await Promise.all(others))).toEqual({ 200: 12 });
+        } finally {
+          await locker.query('ROLLBACK').catch(() => {});
+          await locker.end();
+        }
+      });
+    }
 
-  for (const route of ['workouts', 'users'] as const) {
-    it(`a GET /api/${route}/:id aborted by its client while it waits on a lock fails none of the 12 reads behind it`, async () => {
-      const path = `${t.url}/api/${route}/${route === 'workouts' ? workoutId : userId}`;
+    it('a soak: 16 clients for 6 s, one request in five abandoned at random — every other request answers 200', async () => {
+      const until = Date.now() + 6_000;
+      const outcomes: { aborted: boolean; status: number | 'aborted' }[] = [];
+      const paths = [`${t.url}/api/workouts/${workoutId}`, `${t.url}/api/users/${userId}`, `${t.url}/api/users/${userId}/summary`];
       const locker: Client = await adminClient(t.db);
+      // A lock taken and released every so often: statements wait, clients leave while they do.
+      let locking = true;
+      const lockLoop = (async () => {
+        while (locking) {
+          await locker.query('BEGIN');
+          await locker.query('LOCK TABLE workouts IN ACCESS EXCLUSIVE MODE');
+          await sleep(150);
+          await locker.query('ROLLBACK');
+          await sleep(150);
+        }
+      })();
       try {
-        await locker.query('BEGIN');
-        await locker.query(`LOCK TABLE ${route} IN ACCESS EXCLUSIVE MODE`);
-        const aborted = get(path, 300);
-        await sleep(20);
-        const others = Array.from({ length: 12 }, () => get(path));
-        expect(await aborted).toBe('aborted');
-        await sleep(200); // the abort has been handled (a cancel, if any, has reached the server)
-        await locker.query('ROLLBACK');
-        expect(tally(await Promise.all(others))).toEqual({ 200: 12 });
+        await Promise.all(
+          Array.from({ length: 16 }, async (_, c) => {
+            for (let i = 0; Date.now() < until; i++) {
+              const abort = Math.random() < 0.2;
+              const status = await get(paths[(c + i) % paths.length]!, abort ? 1 + Math.random() * 200 : undefined);
+              outcomes.push({ aborted: abort, status });
+            }
+          }),
+        );
       } finally {
-        await locker.query('ROLLBACK').catch(() => {});
+        locking = false;
+        await lockLoop.catch(() => {});
         await locker.end();
       }
+      const kept = outcomes.filter((o) => !o.aborted || o.status !== 'aborted');
+      expect(tally(kept.map((o) => o.status))).toEqual({ 200: kept.length });
+      expect(outcomes.filter((o) => o.aborted).length).toBeGreaterThan(0);
     });
-  }
+  },
+);
 
-  it('a soak: 16 clients for 6 s, one request in five abandoned at random — every other request answers 200', async () => {
-    const until = Date.now() + 6_000;
-    const outcomes: { aborted: boolean; status: number | 'aborted' }[] = [];
-    const paths = [`${t.url}/api/workouts/${workoutId}`, `${t.url}/api/users/${userId}`, `${t.url}/api/users/${userId}/summary`];
-    const locker: Client = await adminClient(t.db);
-    // A lock taken and released every so often: statements wait, clients leave while they do.
-    let locking = true;
-    const lockLoop = (async () => {
-      while (locking) {
-        await locker.query('BEGIN');
-        await locker.query('LOCK TABLE workouts IN ACCESS EXCLUSIVE MODE');
-        await sleep(150);
-        await locker.query('ROLLBACK');
-        await sleep(150);
-      }
-    })();
-    try {
-      await Promise.all(
-        Array.from({ length: 16 }, async (_, c) => {
-          for (let i = 0; Date.now() < until; i++) {
-            const abort = Math.random() < 0.2;
-            const status = await get(paths[(c + i) % paths.length]!, abort ? 1 + Math.random() * 200 : undefined);
-            outcomes.push({ aborted: abort, status });
-          }
-        }),
-      );
-    } finally {
-      locking = false;
-      await lockLoop.catch(() => {});
-      await locker.end();
-    }
-    const kept = outcomes.filter((o) => !o.aborted || o.status !== 'aborted');
-    expect(tally(kept.map((o) => o.status))).toEqual({ 200: kept.length });
-    expect(outcomes.filter((o) => o.aborted).length).toBeGreaterThan(0);
-  });
-});
-
-describe.skipIf(!realPostgresUrl)('a lane: one request’s failure is its own (real PostgreSQL)', () => {
+describe.skipIf(!realPostgresUrl)(onRealPostgres('a lane: one request’s failure is its own (real PostgreSQL)', PGLITE_CANNOT.lanes), () => {
   let db: TestDatabase;
   const opened: PgPoolDatabase[] = [];
   const observer = () => recordingObserver('read');

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createPgPoolDatabase, type PgPoolDatabase } from '../../src/db/connectors/pg-pool.js';
 import type { QueryObserver } from '../../src/db/types.js';
 import { POOL } from '../contract/backends.js';
-import { createTestDatabase, realPostgresUrl, type TestDatabase } from '../helpers/db.js';
+import { createTestDatabase, realPostgresUrl, type TestDatabase, onRealPostgres, PGLITE_CANNOT } from '../helpers/db.js';
 import { appErrorOf } from '../helpers/observer.js';
 
 const observer = (intent: QueryObserver['intent']): QueryObserver => ({ intent, acquired() {}, queried() {}, served() {} });
@@ -18,7 +18,7 @@ const driver = { Pool: pg.Pool, Client: pg.Client };
 
 const refusal = appErrorOf;
 
-describe.skipIf(!realPostgresUrl)('a result-size bound per statement (real PostgreSQL)', () => {
+describe.skipIf(!realPostgresUrl)(onRealPostgres('a result-size bound per statement (real PostgreSQL)', PGLITE_CANNOT.lanes), () => {
   let db: TestDatabase;
   const open: PgPoolDatabase[] = [];
   const connect = (lanes: number) => {
