@@ -8,8 +8,9 @@
  * them: first come, first served, bounded like the pool's).
  *
  * What may share a lane is decided from what is known, before anything waits: a read whose recent
- * time is above a few ms (LaneLatency, per statement text) goes to the pool; a lane whose queue,
- * counted in expected time rather than in statements, is longer than LANE_QUEUE_MS takes no more;
+ * time is above a few ms, or far above the typical read's on a busy machine (LaneLatency, per
+ * statement text), goes to the pool; a lane whose queue, counted in expected time rather than in
+ * statements, is longer than LaneLatency's queue limit takes no more;
  * and a lane whose head statement has run 50 ms (a read slower than ever before) takes no more
  * until it answers. A read with no lane to take it goes to a pooled session. A lane whose connect
  * failed (a full server: 53300) is opened again only after a backoff, exponential and jittered
@@ -94,9 +95,6 @@ export function reconnectDelayMs(failures: number, random: () => number = Math.r
   const ceiling = Math.min(RECONNECT_CAP_MS, RECONNECT_BASE_MS * 2 ** Math.max(0, failures - 1));
   return ceiling / 2 + (random() * ceiling) / 2;
 }
-
-/** A lane whose statements in flight are expected to take longer than this in all takes no more. */
-export const LANE_QUEUE_MS = 20;
 
 class Lane {
   readonly client: pg.Client & NamedClient;
@@ -296,6 +294,7 @@ export class PgPipelineConnector implements OneShotConnector {
   #pick(): Lane | undefined {
     if (this.#closed) return undefined;
     const at = now();
+    const queueLimit = this.latency.queueLimitMs();
     let best: Lane | undefined;
     let free = -1;
     for (let i = 0; i < this.#lanes.length; i++) {
@@ -309,7 +308,7 @@ export class PgPipelineConnector implements OneShotConnector {
         if (free < 0 && at >= this.#openAfter) free = i; // backing off after failed connects: none opened
         continue;
       }
-      if (lane.stalled(at, this.#stallMs) || lane.pendingMs > LANE_QUEUE_MS) continue;
+      if (lane.stalled(at, this.#stallMs) || lane.pendingMs > queueLimit) continue;
       if (best === undefined || lane.inFlight < best.inFlight) best = lane;
     }
     if (free >= 0 && (best === undefined || best.inFlight > 0)) return (this.#lanes[free] = this.#open());
