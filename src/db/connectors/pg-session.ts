@@ -12,7 +12,7 @@
  */
 import { AppError } from '../../errors.js';
 import type { Session } from '../core/connector.js';
-import { changesSession } from '../core/statement-kind.js';
+import { changesSession, mayChangeSession } from '../core/statement-kind.js';
 import type { QueryResult, TxOptions } from '../types.js';
 
 /** The parts of pg's Query and Connection the BEGIN piggyback uses; not in pg's types. */
@@ -67,7 +67,7 @@ export interface PgSessionParts {
    */
   run(text: string, params: readonly unknown[] | undefined, begin: string | undefined, script?: boolean): Promise<QueryResult>;
   cancel(): void;
-  /** Gives the connection back; `discard` also when a statement changed the session (see changesSession). */
+  /** Gives the connection back; `discard` also when a statement changed the session (mayChangeSession, changesSession). */
   release(discard: boolean): void;
   /** Where COMMITs answered at once are read; without it every COMMIT is awaited. */
   inBackground?: (commit: Promise<unknown>) => void;
@@ -80,6 +80,8 @@ export function pgSession(parts: PgSessionParts): Session {
   const run = async (text: string, params?: readonly unknown[], script?: boolean) => {
     const pending = begin;
     begin = undefined;
+    // Before it runs: what it changes stays even if its answer never comes (a cut connection, a cancel).
+    if (mayChangeSession(text)) changed = true;
     try {
       const result = await parts.run(text, params, pending, script);
       if (changesSession(result.command)) changed = true;
