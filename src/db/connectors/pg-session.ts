@@ -137,13 +137,11 @@ export interface ResultLimits {
   maxBytes: number;
 }
 
-const resultTooLarge = (limits: ResultLimits) =>
-  new AppError(
-    500,
-    'result_too_large',
-    `A statement's result passed RESULT_MAX_ROWS (${limits.maxRows}) or RESULT_MAX_BYTES (${limits.maxBytes}): ` +
-      'page it (LIMIT … with a key), or raise the bound.',
-  );
+/** The one error for a result past the bound; `what` names the bound it passed where it is not ours (Neon HTTP's response cap). */
+export const resultTooLarge = (
+  limits: ResultLimits,
+  what = `RESULT_MAX_ROWS (${limits.maxRows}) or RESULT_MAX_BYTES (${limits.maxBytes})`,
+) => new AppError(500, 'result_too_large', `A statement's result passed ${what}: page it (LIMIT … with a key), or raise the bound.`);
 
 /**
  * Keeps no row past the limits: the rest of the answer is read and dropped (the connection stays
