@@ -5,7 +5,8 @@
  * with test-only routes that run the caller's statement through the route's `db`.
  *
  * Before: a SET written on a lane was followed by other requests' reads written behind it before
- * its answer (and the lane's retirement) came back, and they ran under the changed setting;
+ * its answer (and the lane's retirement) came back, and they ran under the changed setting (in
+ * three runs, 287–294 of the 320 neighbour reads saw `statement_timeout` 4321ms);
  * `SELECT set_config('x', 'y', false)` (tag SELECT) left the lane, or the pooled connection, with
  * the setting for whoever came next; a session advisory lock stayed held on a reused connection.
  */
@@ -97,16 +98,18 @@ describe.skipIf(!realPostgresUrl)(
       it(`one lane: \`${sql}\` from a read route while 16 neighbours read — none sees it (20 rounds)`, async () => {
         const g = await start({ POOL_MAX: '4', PG_PIPELINE_LANES: '1' });
         const served: Record<string, number> = {};
+        const saw: Record<string, number> = {};
+        const count = (m: Record<string, number>, key: string) => (m[key] = (m[key] ?? 0) + 1);
         for (let round = 0; round < 20; round++) {
           const [changed, ...seen] = await Promise.all([run(g, 'read', sql), ...Array.from({ length: 16 }, () => look(g, 'read'))]);
           expect(changed.status, changed.text).toBe(200);
-          expect(clientOf(changed)).toBe('pg-pool'); // a session of its own, never the shared lane
+          expect.soft(clientOf(changed)).toBe('pg-pool'); // a session of its own, never the shared lane
           for (const res of seen) {
-            expect(res.status, res.text).toBe(200);
-            expect({ timeout: res.body.timeout, leak: res.body.leak }).toEqual({ timeout: '9s', leak: '' });
-            served[clientOf(res) ?? 'none'] = (served[clientOf(res) ?? 'none'] ?? 0) + 1;
+            count(saw, res.status === 200 ? `timeout ${res.body.timeout}, app.leak '${res.body.leak}'` : `status ${res.status}`);
+            count(served, clientOf(res) ?? 'none');
           }
         }
+        expect(saw).toEqual({ "timeout 9s, app.leak ''": 320 });
         expect(served['pg-pipeline']).toBeGreaterThan(0); // the neighbours did share the lane
       });
     }
