@@ -114,11 +114,14 @@ describe.skipIf(!realPostgresUrl)(
       });
     }
 
-    it('one lane: a session-level set_config, then the next read on that lane does not see it', async () => {
+    it('one lane: a transaction-local set_config stays on the lane; a session-level one never reaches the next read there', async () => {
       const g = await start({ POOL_MAX: '4', PG_PIPELINE_LANES: '1' });
       await look(g, 'read'); // the lane is open and asked
       const before = await look(g, 'read');
       expect(clientOf(before)).toBe('pg-pipeline');
+      const local = await run(g, 'read', "SELECT set_config('app.leak', 'yes', true)"); // harmless: it stays on the lane
+      expect({ status: local.status, client: clientOf(local) }).toEqual({ status: 200, client: 'pg-pipeline' });
+      expect((await look(g, 'read')).body.leak).toBe('');
       expect((await run(g, 'read', "SELECT set_config('app.leak', 'yes', false)")).status).toBe(200);
       const after = await look(g, 'read');
       expect(after.body.leak).toBe('');
