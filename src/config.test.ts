@@ -225,6 +225,14 @@ describe('parseEdgeConfig', () => {
     expect(JSON.stringify(c)).not.toContain('f'.repeat(32));
   });
 
+  it('reads the result bound as Node does', () => {
+    expect(parseEdgeConfig({ ...edge, RESULT_MAX_ROWS: '10', RESULT_MAX_BYTES: '2048' })).toMatchObject({
+      resultMaxRows: 10,
+      resultMaxBytes: 2048,
+    });
+    expect(configError(() => parseEdgeConfig({ ...edge, RESULT_MAX_ROWS: '0' })).variable).toBe('RESULT_MAX_ROWS');
+  });
+
   it.each([
     ['DATABASE_URL', { ...edge, DATABASE_URL: undefined }],
     ['NODE_FUNCTION_URL', { ...edge, NODE_FUNCTION_URL: undefined }],

@@ -197,8 +197,7 @@ export function parseConfig(env: Env): Config {
       preparedStatementsMax: int(env, 'PG_PREPARED_STATEMENTS_MAX', PREPARED_STATEMENTS_MAX, 1, 10_000),
       pipelineLanes,
       pipelineSlowReadMs: int(env, 'PG_PIPELINE_SLOW_MS', SLOW_READ_MS, 1, 3_600_000),
-      resultMaxRows: int(env, 'RESULT_MAX_ROWS', RESULT_MAX_ROWS, 1, 100_000_000),
-      resultMaxBytes: int(env, 'RESULT_MAX_BYTES', RESULT_MAX_BYTES, 1, 4 * 1024 * 1024 * 1024),
+      ...resultLimits(env),
     },
     bodyLimitBytes: int(env, 'BODY_LIMIT_BYTES', 64 * 1024, 1, 64 * 1024 * 1024),
     shutdownTimeoutMs: int(env, 'SHUTDOWN_TIMEOUT_MS', 10_000, 0, 600_000),
@@ -238,6 +237,12 @@ function secret(env: Env, development: boolean, required: boolean): string | und
   return value;
 }
 
+/** RESULT_MAX_ROWS and RESULT_MAX_BYTES, the same on Node and at the edge. */
+const resultLimits = (env: Env) => ({
+  resultMaxRows: int(env, 'RESULT_MAX_ROWS', RESULT_MAX_ROWS, 1, 100_000_000),
+  resultMaxBytes: int(env, 'RESULT_MAX_BYTES', RESULT_MAX_BYTES, 1, 4 * 1024 * 1024 * 1024),
+});
+
 /** Configuration of the edge app (workerd, Netlify Edge), read from that runtime's env. */
 export interface EdgeConfig {
   /** The Neon (or local proxy's) database URL. Non-enumerable. */
@@ -254,6 +259,9 @@ export interface EdgeConfig {
   queryTimeoutMs: number;
   requestTimeoutMs: number;
   bodyLimitBytes: number;
+  /** RESULT_MAX_ROWS / RESULT_MAX_BYTES, as on Node (Neon HTTP: see src/db/connectors/neon.ts). */
+  resultMaxRows: number;
+  resultMaxBytes: number;
   development: boolean;
 }
 
@@ -287,6 +295,7 @@ export function parseEdgeConfig(env: Env): EdgeConfig {
     queryTimeoutMs: int(env, 'QUERY_TIMEOUT_MS', 10_000, 1, 120_000),
     requestTimeoutMs: int(env, 'REQUEST_TIMEOUT_MS', 15_000, 1, 120_000),
     bodyLimitBytes: int(env, 'BODY_LIMIT_BYTES', 64 * 1024, 1, 64 * 1024 * 1024),
+    ...resultLimits(env),
     development,
   };
   Object.defineProperty(config, 'databaseUrl', { value: databaseUrl, enumerable: false, writable: false });

@@ -28,6 +28,7 @@ export function createEdgeApp(config: EdgeConfig, deps: EdgeAppDeps): FetchApp {
     connectionString: config.databaseUrl,
     driver: deps.driver,
     queryTimeoutMs: config.queryTimeoutMs,
+    resultLimits: { maxRows: config.resultMaxRows, maxBytes: config.resultMaxBytes },
     log: deps.log,
   });
   const forwarder = createForwardBreaker();

@@ -64,6 +64,12 @@ export const POOL = {
   queryTimeoutMs: 11_000,
 };
 
+/**
+ * Every backend's result-size bound (RESULT_MAX_ROWS, RESULT_MAX_BYTES), small enough to pass in a
+ * case; the local Neon proxy's HTTP response cap is set to the same bytes (Neon HTTP's bound on size).
+ */
+export const RESULT_LIMITS = { maxRows: 1_000, maxBytes: 200_000 };
+
 const pgDriver = { Pool: pg.Pool, Client: pg.Client };
 const neonDriver: NeonDriver = { neon, Pool: NeonPool, Client: NeonClient };
 
@@ -125,7 +131,15 @@ function pgPoolBackend(name: string, embedded: boolean, pipelineLanes = 0): Back
       const make = (connectionString: string) =>
         // Reads stay on the lanes whatever this machine's load makes them measure (routing by time: mixed-latency.test.ts).
         createPgPoolDatabase(
-          { ...POOL, pipelineLanes, pipelineSlowReadMs: 60_000, connectionString, applicationName: appName('pg-pool') },
+          {
+            ...POOL,
+            pipelineLanes,
+            pipelineSlowReadMs: 60_000,
+            resultMaxRows: RESULT_LIMITS.maxRows,
+            resultMaxBytes: RESULT_LIMITS.maxBytes,
+            connectionString,
+            applicationName: appName('pg-pool'),
+          },
           pgDriver,
         );
       if (embedded) {
@@ -195,16 +209,24 @@ function neonBackend(kind: 'neon-http' | 'neon-ws'): Backend {
       const log = (line: string) => void logs.push(line);
       let proxy;
       try {
-        proxy = await startNeonProxy({ databaseUrls: [db.url, closed], port: 0, host: '127.0.0.1', log });
+        proxy = await startNeonProxy({
+          databaseUrls: [db.url, closed],
+          port: 0,
+          host: '127.0.0.1',
+          log,
+          maxResponseBytes: RESULT_LIMITS.maxBytes,
+        });
       } catch (err) {
         await db.drop();
         throw err;
       }
       useLocalNeonProxy(neonConfig, proxy.url);
-      const make = (connectionString: string) =>
-        kind === 'neon-http'
-          ? createDatabase({ oneShot: neonHttpConnector({ connectionString, driver: neonDriver, log }), oneShotTimeoutMs: 10_000 })
-          : createDatabase({ sessions: neonWsConnector({ connectionString, driver: neonDriver, log }) });
+      const make = (connectionString: string) => {
+        const options = { connectionString, driver: neonDriver, log, resultLimits: RESULT_LIMITS };
+        return kind === 'neon-http'
+          ? createDatabase({ oneShot: neonHttpConnector(options), oneShotTimeoutMs: 10_000 })
+          : createDatabase({ sessions: neonWsConnector(options) });
+      };
       const database = make(db.url);
       const started = proxy;
       return {

@@ -15,7 +15,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Database, Db, QueryResult } from '../../src/db/types.js';
 import { AppError, toAppError } from '../../src/errors.js';
 import { now } from '../../src/stats/clock.js';
-import { BACKENDS, marker, recorder, waitFor, type Ability, type Recording, type StartedBackend } from './backends.js';
+import { BACKENDS, marker, RESULT_LIMITS, recorder, waitFor, type Ability, type Recording, type StartedBackend } from './backends.js';
 
 /** What each backend answered, per case: compared across backends at the end. */
 const answers = new Map<string, Map<string, unknown>>();
@@ -553,6 +553,42 @@ for (const backend of BACKENDS) {
           expect(await count('name = $1', ['hidden-commit'])).toBe(0);
         },
       );
+    });
+
+    describe('a result-size bound per statement (RESULT_MAX_ROWS, RESULT_MAX_BYTES)', () => {
+      const tooLarge = async (work: Promise<unknown>) => {
+        const { error } = await timed(work);
+        expect(error, String(error)).toBeInstanceOf(AppError);
+        const { status, code } = error as AppError;
+        return { status, code };
+      };
+      const ROWS = `SELECT g FROM generate_series(1, ${RESULT_LIMITS.maxRows * 5}) g`;
+      const BYTES = `SELECT repeat('x', 5000) AS x FROM generate_series(1, ${Math.ceil(RESULT_LIMITS.maxBytes / 5000) * 2})`;
+
+      it('past the row bound, or the byte bound: 500 result_too_large; the backend serves the next statement', async () => {
+        const read = recorder({ intent: 'read' });
+        const answer = await tooLarge(request(read).query(BYTES));
+        expect(answer).toEqual({ status: 500, code: 'result_too_large' });
+        expect(read.retries).toBe(0); // a caller's mistake, not a lost connection: not run again
+        expect(await tooLarge(request().query(ROWS))).toEqual(answer);
+        expect(await tooLarge(request().readBatch([{ text: 'SELECT 1' }, { text: ROWS }]))).toEqual(answer);
+        expect((await request().query(`SELECT g FROM generate_series(1, ${RESULT_LIMITS.maxRows}) g`)).rows).toHaveLength(
+          RESULT_LIMITS.maxRows,
+        );
+        expect((await request().query<{ n: number }>('SELECT 7 AS n')).rows).toEqual([{ n: 7 }]);
+        record('result too large', backend.name, answer);
+      });
+
+      test('inside a transaction: refused, and the transaction rolls back', ['interactiveTransactions'], async () => {
+        const { error } = await timed(
+          request().transaction(async (tx) => {
+            await tx.query('INSERT INTO contract_items (id, name) VALUES ($1, $2)', [97, 'too-large']);
+            await tx.query(BYTES);
+          }),
+        );
+        expect(error).toMatchObject({ status: 500, code: 'result_too_large' });
+        expect(await count('name = $1', ['too-large'])).toBe(0);
+      });
     });
 
     describe('ping and close', () => {

@@ -174,7 +174,9 @@ describe.skipIf(!realPostgresUrl)(onRealPostgres('a lane: one request’s failur
     const read = (o = observer()) => database.forRequest(o).query<{ n: number }>('SELECT $1::int + 1 AS n', [1]);
     await read();
     await read(); // prepared, confirmed by the server
-    await database.forRequest(observer()).query('DEALLOCATE ALL');
+    // A route's DEALLOCATE never reaches a lane (mayChangeSession: a session of its own, test/node/session-state.test.ts);
+    // the lane's own guard is its command tag, for whatever the text rule cannot see.
+    await database.oneShot!.connector.query({ text: 'DEALLOCATE ALL' }, new AbortController().signal);
     const o = observer();
     expect((await read(o)).rows).toEqual([{ n: 2 }]);
     expect(o.retries).toBe(0); // the lane took nothing after DEALLOCATE: no Bind met a dropped name (26000: appliedNothing, below)

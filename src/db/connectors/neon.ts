@@ -3,15 +3,32 @@
  * Neon HTTP for one-shot statements and read batches, and Neon WebSocket for sessions, from a
  * `Pool` made for one request and ended after it (workerd forbids reusing I/O objects across
  * requests, so a module-scope pool would hang). Every pool and client gets an 'error' listener.
+ *
+ * The result bound (RESULT_MAX_ROWS, RESULT_MAX_BYTES): on a WebSocket session as on the pg Pool
+ * (the driver's bundled pg reads row by row: rows past it are dropped). Neon HTTP answers with one
+ * JSON document the driver reads whole, so neither bound can stop it early: its size is bounded by
+ * Neon's own response cap (10 MiB; HTTP 507, answered as result_too_large), and rows past
+ * RESULT_MAX_ROWS are refused once it is parsed; RESULT_MAX_BYTES is not counted there.
  */
 import type * as Neon from '@neondatabase/serverless';
 import { describeError } from '../../errors.js';
 import { createDatabase, type CoreDatabase } from '../core/database.js';
 import type { OneShotConnector, Session, SessionConnector, SessionSource } from '../core/connector.js';
-import type { Statement, TxOptions } from '../types.js';
+import { RESULT_MAX_BYTES, RESULT_MAX_ROWS } from '../../config.js';
+import type { QueryResult, Statement, TxOptions } from '../types.js';
 import { sendCancelRequest } from './cancel.js';
 import { classified } from './driver-errors.js';
-import { extended, isIdle, pgSession, queryClassOf, toResult, withBegin, type PgQueryClass } from './pg-session.js';
+import {
+  extended,
+  isIdle,
+  pgSession,
+  queryClassOf,
+  resultTooLarge,
+  toResult,
+  withBegin,
+  type PgQueryClass,
+  type ResultLimits,
+} from './pg-session.js';
 
 export type NeonDriver = Pick<typeof Neon, 'neon' | 'Pool' | 'Client'>;
 
@@ -19,33 +36,57 @@ export interface NeonConnectorOptions {
   connectionString: string;
   driver: NeonDriver;
   log?: (line: string) => void;
+  /** RESULT_MAX_ROWS / RESULT_MAX_BYTES (default: config's); see the module header for Neon HTTP. */
+  resultLimits?: ResultLimits;
+}
+
+const limitsOf = (options: NeonConnectorOptions): ResultLimits =>
+  options.resultLimits ?? { maxRows: RESULT_MAX_ROWS, maxBytes: RESULT_MAX_BYTES };
+
+/** The status Neon HTTP answered with, where the driver keeps it (only in its message: "Server error (HTTP status 507): …"). */
+const httpStatusOf = (err: unknown): number | undefined => {
+  if ((err as { name?: unknown } | undefined)?.name !== 'NeonDbError') return undefined;
+  const status = /^Server error \(HTTP status (\d{3})\)/.exec((err as Error).message)?.[1];
+  return status === undefined ? undefined : Number(status);
+};
+
+/**
+ * A Neon HTTP result as the core's, within the bound: a response past Neon's cap (507) or rows past
+ * RESULT_MAX_ROWS are result_too_large (500), never a lost connection to retry or count against the breaker.
+ */
+async function httpResults<T>(limits: ResultLimits, work: Promise<T>, rowsOf: (result: T) => QueryResult[]): Promise<QueryResult[]> {
+  let results: QueryResult[];
+  try {
+    results = rowsOf(await work);
+  } catch (err) {
+    if (httpStatusOf(err) === 507) throw resultTooLarge(limits, "Neon HTTP's response size limit");
+    throw classified(err, 'statement');
+  }
+  if (results.some((r) => r.rows.length > limits.maxRows)) throw resultTooLarge(limits);
+  return results;
 }
 
 const ISOLATION = { 'read committed': 'ReadCommitted', 'repeatable read': 'RepeatableRead', serializable: 'Serializable' } as const;
 
 export function neonHttpConnector(options: NeonConnectorOptions): OneShotConnector {
   const sql = options.driver.neon(options.connectionString, { fullResults: true });
+  const limits = limitsOf(options);
   return {
     kind: 'neon-http',
     upstream: 'neon-http',
     async query(s: Statement, signal: AbortSignal) {
-      try {
-        return toResult(await sql.query(s.text, s.params as unknown[], { fullResults: true, fetchOptions: { signal } }));
-      } catch (err) {
-        throw classified(err, 'statement');
-      }
+      const work = sql.query(s.text, s.params as unknown[], { fullResults: true, fetchOptions: { signal } });
+      return (await httpResults(limits, work, (r) => [toResult(r)]))[0]!;
     },
-    async batch(statements: readonly Statement[], tx: TxOptions, signal: AbortSignal) {
+    batch(statements: readonly Statement[], tx: TxOptions, signal: AbortSignal) {
       const queries = statements.map((s) => sql.query(s.text, s.params as unknown[]));
-      const results = await sql
-        .transaction(queries, {
-          isolationLevel: tx.isolation && ISOLATION[tx.isolation],
-          readOnly: tx.readOnly,
-          fullResults: true,
-          fetchOptions: { signal },
-        })
-        .catch((err: unknown) => Promise.reject(classified(err, 'statement') as Error));
-      return results.map(toResult);
+      const work = sql.transaction(queries, {
+        isolationLevel: tx.isolation && ISOLATION[tx.isolation],
+        readOnly: tx.readOnly,
+        fullResults: true,
+        fetchOptions: { signal },
+      });
+      return httpResults(limits, work, (results) => results.map(toResult));
     },
   };
 }
@@ -84,7 +125,13 @@ export function neonWsConnector(options: NeonConnectorOptions): SessionConnector
           }
           client.on('error', onError);
           const cancel = () => sendCancelRequest(options.driver.Client, options.connectionString, client, log);
-          return { session: wsSession(client, queryClassOf(options.driver.Client), cancel, inBackground), opened: true };
+          const session = wsSession(
+            client,
+            { Query: queryClassOf(options.driver.Client), limits: limitsOf(options) },
+            cancel,
+            inBackground,
+          );
+          return { session, opened: true };
         },
         async end() {
           const p = pool;
@@ -118,15 +165,15 @@ function asConnectionError(err: unknown): Error {
  */
 function wsSession(
   client: Neon.PoolClient,
-  Query: PgQueryClass | undefined,
+  { Query, limits }: { Query: PgQueryClass | undefined; limits: ResultLimits },
   sendCancel: () => void,
   inBackground: (commit: Promise<unknown>) => void,
 ): Session {
   return pgSession({
     run: async (text, params, begin, script) => {
       try {
-        if (begin !== undefined) return toResult(await withBegin(client, Query, begin, text, params, undefined, script));
-        return toResult(script ? await client.query(text) : await extended(client, Query, text, params));
+        if (begin !== undefined) return toResult(await withBegin(client, Query, begin, text, params, undefined, script, limits));
+        return toResult(script ? await client.query(text) : await extended(client, Query, text, params, undefined, limits));
       } catch (err) {
         throw classified(err, 'statement', client);
       }

@@ -166,6 +166,7 @@ export class PgPipelineConnector implements OneShotConnector {
   readonly kind = 'pg-pipeline';
   readonly upstream = 'postgres';
   readonly readsOnly = true;
+  readonly shared = true;
   readonly #lanes: (Lane | undefined)[];
   readonly #options: PgPipelineOptions;
   readonly #driver: PgPipelineDriver;

@@ -12,7 +12,7 @@
  */
 import { AppError } from '../../errors.js';
 import type { Session } from '../core/connector.js';
-import { changesSession } from '../core/statement-kind.js';
+import { changesSession, mayChangeSession } from '../core/statement-kind.js';
 import type { QueryResult, TxOptions } from '../types.js';
 
 /** The parts of pg's Query and Connection the BEGIN piggyback uses; not in pg's types. */
@@ -67,7 +67,7 @@ export interface PgSessionParts {
    */
   run(text: string, params: readonly unknown[] | undefined, begin: string | undefined, script?: boolean): Promise<QueryResult>;
   cancel(): void;
-  /** Gives the connection back; `discard` also when a statement changed the session (see changesSession). */
+  /** Gives the connection back; `discard` also when a statement changed the session (mayChangeSession, changesSession). */
   release(discard: boolean): void;
   /** Where COMMITs answered at once are read; without it every COMMIT is awaited. */
   inBackground?: (commit: Promise<unknown>) => void;
@@ -80,6 +80,8 @@ export function pgSession(parts: PgSessionParts): Session {
   const run = async (text: string, params?: readonly unknown[], script?: boolean) => {
     const pending = begin;
     begin = undefined;
+    // Before it runs: what it changes stays even if its answer never comes (a cut connection, a cancel).
+    if (mayChangeSession(text)) changed = true;
     try {
       const result = await parts.run(text, params, pending, script);
       if (changesSession(result.command)) changed = true;
@@ -135,13 +137,11 @@ export interface ResultLimits {
   maxBytes: number;
 }
 
-const resultTooLarge = (limits: ResultLimits) =>
-  new AppError(
-    500,
-    'result_too_large',
-    `A statement's result passed RESULT_MAX_ROWS (${limits.maxRows}) or RESULT_MAX_BYTES (${limits.maxBytes}): ` +
-      'page it (LIMIT … with a key), or raise the bound.',
-  );
+/** The one error for a result past the bound; `what` names the bound it passed where it is not ours (Neon HTTP's response cap). */
+export const resultTooLarge = (
+  limits: ResultLimits,
+  what = `RESULT_MAX_ROWS (${limits.maxRows}) or RESULT_MAX_BYTES (${limits.maxBytes})`,
+) => new AppError(500, 'result_too_large', `A statement's result passed ${what}: page it (LIMIT … with a key), or raise the bound.`);
 
 /**
  * Keeps no row past the limits: the rest of the answer is read and dropped (the connection stays

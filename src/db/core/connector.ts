@@ -75,6 +75,11 @@ export interface OneShotConnector {
   readonly upstream: string;
   /** Takes only the single statements of `read` routes (and read batches); the rest goes to sessions. */
   readonly readsOnly?: boolean;
+  /**
+   * Its connections carry other requests' statements at the same time (the pipelined lanes): a
+   * statement that may change its session (mayChangeSession) never goes there, but to a session.
+   */
+  readonly shared?: boolean;
   /** False when the connector should not take `statements` now (full, or they are slow): with sessions beside it, they go there. */
   hasRoom?(statements?: readonly Statement[]): boolean;
   /** What a read of `statements` it did not take took on the sessions (their own time), so it knows them. */

@@ -24,7 +24,7 @@ import type {
 import type { OneShotConnector, SessionConnector, SessionSource } from './connector.js';
 import { OneShotRunner } from './one-shot.js';
 import { SessionRunner } from './sessions.js';
-import { asRefused, refuseTransactionControl } from './statement-kind.js';
+import { asRefused, mayChangeSession, refuseTransactionControl } from './statement-kind.js';
 
 export interface CoreOptions {
   sessions?: SessionConnector;
@@ -247,12 +247,17 @@ class RequestDb implements Db {
     return source?.end?.();
   }
 
-  /** The one-shot runner for this work, if it takes it (a reads-only one with room for it, beside sessions). */
+  /**
+   * The one-shot runner for this work, if it takes it (a reads-only one with room for it, beside
+   * sessions). A statement that may change its session never goes where others' statements run
+   * on the same connection meanwhile (a shared lane): it takes a session, discarded at release.
+   */
   #oneShot(readOnly: boolean, statements: readonly Statement[]): OneShotRunner | undefined {
     const oneShot = this.#core.oneShot;
     if (!oneShot || !this.#core.sessions) return oneShot;
     const connector = oneShot.connector;
     if (connector.readsOnly && !readOnly) return undefined;
+    if (connector.shared && statements.some((s) => mayChangeSession(s.text))) return undefined;
     return connector.hasRoom && !connector.hasRoom(statements) ? undefined : oneShot;
   }
 
