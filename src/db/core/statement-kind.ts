@@ -139,6 +139,19 @@ const SESSION_LOCK = /\bpg_(?:try_)?advisory_(?:lock|unlock)(?:_shared|_all)?\b/
  * to keep in a transaction (SET LOCAL, set_config(…, true), pg_advisory_xact_lock).
  */
 export function mayChangeSession(text: string): boolean {
+  let known = sessionVerdicts.get(text);
+  if (known === undefined) {
+    if (sessionVerdicts.size >= VERDICTS_MAX) sessionVerdicts.delete(sessionVerdicts.keys().next().value!);
+    sessionVerdicts.set(text, (known = readsAsSessionChange(text)));
+  }
+  return known;
+}
+
+/** mayChangeSession's answers per text (on every statement's path; an application's texts repeat), at most this many. */
+const VERDICTS_MAX = 1_000;
+const sessionVerdicts = new Map<string, boolean>();
+
+function readsAsSessionChange(text: string): boolean {
   const words = leadingWords(text, 4);
   if (SESSION_COMMANDS.has(words[0]!)) return true;
   if (words[0] === 'CREATE' && words.slice(1).some((w) => w === 'TEMP' || w === 'TEMPORARY')) return true;
