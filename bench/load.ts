@@ -285,6 +285,120 @@ export async function burst(requests: readonly BurstRequest[], timeoutMs = 10_00
 }
 
 // ---------------------------------------------------------------------------------------------
+// Mixed closed-loop load: each client picks its next request (a kind among several, maybe one it
+// will abort), so every answer is seen whole: status, the error's `code`, Retry-After, the body.
+// autocannon sends one request shape per run and reports statuses only.
+
+export interface MixRequest {
+  /** What the request is, for the tallies (e.g. 'fast', 'slow', 'write'). */
+  kind: string;
+  url: string;
+  method?: 'GET' | 'POST';
+  body?: string;
+  headers?: Record<string, string>;
+  /** The client gives up after this many ms (AbortController): the request counts as aborted if no full answer came first. */
+  abortAfterMs?: number;
+}
+
+export interface MixOutcome {
+  kind: string;
+  /** When the request was sent and when it ended, in ms from the run's start. */
+  startMs: number;
+  endMs: number;
+  /** The client aborted it before its answer was complete. */
+  aborted: boolean;
+  /** Undefined when no answer came (aborted, socket error, or the bound of `timeoutMs`). */
+  status?: number;
+  /** The error body's `error.code`, when the answer was not 2xx. */
+  code?: string;
+  retryAfter?: string;
+  /** The parsed body of a 2xx answer to a POST (its id, for the bench's own checks). */
+  body?: unknown;
+  /** The socket error, for answers that never came. */
+  error?: string;
+}
+
+export interface MixSpec {
+  connections: number;
+  durationMs: number;
+  /** The next request of client `client` (0 … connections − 1). */
+  next(client: number): MixRequest;
+  /** Every request's outcome, in the order they end. */
+  onOutcome(outcome: MixOutcome, request: MixRequest): void;
+  /** Hard bound per request (default 10 s): past it the request ends as an error. */
+  timeoutMs?: number;
+  /** Stops the clients early (each finishes or aborts its request in flight). */
+  signal?: AbortSignal;
+}
+
+async function sendOne(req: MixRequest, t0: number, timeoutMs: number): Promise<MixOutcome> {
+  const startMs = now() - t0;
+  const client = new AbortController();
+  let aborted = false;
+  const abortTimer =
+    req.abortAfterMs === undefined
+      ? undefined
+      : setTimeout(() => {
+          aborted = true;
+          client.abort();
+        }, req.abortAfterMs);
+  const signal = AbortSignal.any([client.signal, AbortSignal.timeout(timeoutMs)]);
+  const end = (o: Omit<MixOutcome, 'kind' | 'startMs' | 'endMs' | 'aborted'>): MixOutcome => ({
+    kind: req.kind,
+    startMs,
+    endMs: now() - t0,
+    aborted,
+    ...o,
+  });
+  try {
+    const res = await fetch(req.url, {
+      method: req.method ?? 'GET',
+      ...(req.body === undefined ? {} : { body: req.body }),
+      headers: { ...(req.body === undefined ? {} : { 'content-type': 'application/json' }), ...req.headers },
+      signal,
+    });
+    const text = await res.text();
+    // Complete: whatever the abort timer does from here on changes nothing the server saw.
+    clearTimeout(abortTimer);
+    aborted = false;
+    const retryAfter = res.headers.get('retry-after') ?? undefined;
+    if (res.ok) return end({ status: res.status, ...(req.method === 'POST' ? { body: JSON.parse(text) as unknown } : {}) });
+    let code: string | undefined;
+    try {
+      code = (JSON.parse(text) as { error?: { code?: string } }).error?.code;
+    } catch {
+      code = 'not-json';
+    }
+    return end({ status: res.status, ...(code ? { code } : {}), ...(retryAfter ? { retryAfter } : {}) });
+  } catch (err) {
+    clearTimeout(abortTimer);
+    return end({
+      error:
+        (err as Error).name === 'AbortError' ? 'aborted' : (((err as Error).cause as Error | undefined)?.message ?? (err as Error).message),
+    });
+  }
+}
+
+/**
+ * `connections` clients, each sending its next request as soon as the last one ended, for
+ * `durationMs` (requests in flight then finish; none is cut). Returns the run's length in ms.
+ */
+export async function runMix(spec: MixSpec): Promise<number> {
+  const t0 = now();
+  const until = t0 + spec.durationMs;
+  const timeoutMs = spec.timeoutMs ?? 10_000;
+  await Promise.all(
+    Array.from({ length: spec.connections }, async (_, client) => {
+      while (now() < until && !spec.signal?.aborted) {
+        const req = spec.next(client);
+        spec.onOutcome(await sendOne(req, t0, timeoutMs), req);
+      }
+    }),
+  );
+  return now() - t0;
+}
+
+// ---------------------------------------------------------------------------------------------
 // pg_stat_activity sampler
 
 export interface ConnectionPeaks {

@@ -44,6 +44,8 @@ export interface BenchPostgres {
    * libpq's meaning (encrypted, certificate not verified: it is self-signed).
    */
   url(database?: string): string;
+  /** `pg_ctl restart -m fast`: every connection is cut, and the server is back when this resolves. */
+  restart(): Promise<void>;
   /** Stops the server and deletes its folder. Idempotent. */
   destroy(): Promise<void>;
 }
@@ -221,6 +223,9 @@ export async function startBenchPostgres(options: BenchPostgresOptions = {}): Pr
         ...(maxConnections !== sharedMax ? [`max_connections ${maxConnections} (shared: ${sharedMax})`] : []),
       ],
       url,
+      restart: async () => {
+        await asServerUser(join(binDir, 'pg_ctl'), ['-D', data, '-l', join(dir, 'log'), '-w', '-t', '60', '-m', 'fast', 'restart']);
+      },
       destroy,
     };
   } catch (err) {

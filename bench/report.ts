@@ -2,8 +2,9 @@
  * The bench's results as data (BenchResults), the derived figures (ratios against the baselines
  * of the same run, the targets met or missed), and their rendering as Markdown and JSON for
  * bench/results/. Every figure carries the server it was measured on, and so its auth and TLS.
- * Pure functions of the data: nothing here measures anything.
+ * Pure functions of the data (beside the run's stamp: its dates and the machine): nothing here measures anything.
  */
+import os from 'node:os';
 import type { PoolStats } from '../src/db/types.js';
 import type { BurstResult, Latency } from './load.js';
 import type { GroupDelta, ProfileSummary } from './profile.js';
@@ -156,6 +157,37 @@ export interface RunStamp {
   finishedAt: string;
   durationSec: number;
 }
+
+/** The stamp of a run that started at `startedAt` and ends now. */
+export function runStamp(mode: RunStamp['mode'], startedAt: Date): RunStamp {
+  const finished = new Date();
+  return {
+    version: 1,
+    mode,
+    date: localDate(startedAt),
+    startedAt: startedAt.toISOString(),
+    finishedAt: finished.toISOString(),
+    durationSec: (finished.getTime() - startedAt.getTime()) / 1000,
+  };
+}
+
+/** The machine a run measured on (its results' `machine`). */
+export function machine(postgres: string, pgbench: string | undefined): BenchResults['machine'] {
+  const cpus = os.cpus();
+  return {
+    cpus: os.availableParallelism?.() ?? cpus.length,
+    cpuModel: cpus[0]?.model.trim() ?? 'unknown CPU',
+    memGb: Math.round(os.totalmem() / 2 ** 30),
+    os: `${os.type()} ${os.release()} ${os.arch()}`,
+    node: process.version,
+    postgres,
+    ...(pgbench ? { pgbench } : {}),
+  };
+}
+
+/** A results file's date: the machine's local date (YYYY-MM-DD). */
+export const localDate = (d = new Date()): string =>
+  `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, '0')}-${String(d.getDate()).padStart(2, '0')}`;
 
 export interface BenchResults extends RunStamp {
   machine: {

@@ -23,10 +23,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
-import type { PoolStats, Queryable } from '../src/db/types.js';
-import { migrate } from '../src/db/migrate.js';
-import { MIGRATIONS } from '../src/fitness/migrations.js';
-import { DEMO_USER_ID, seed } from '../src/fitness/seed.js';
+import type { PoolStats } from '../src/db/types.js';
+import { DEMO_USER_ID } from '../src/fitness/seed.js';
+import { BenchError, createBenchDatabase, prepareSchema, sourceDatabaseUrl, WRITER_USER_ID, type BenchDatabase } from './database.js';
 import {
   burst,
   ConnectionSampler,
@@ -44,13 +43,14 @@ import {
   type LiveFigures,
   type LoadResult,
   type PgbenchResult,
-  type PgbenchTarget,
   type ProcessTreeStats,
 } from './load.js';
 import { BenchPostgresError, removeStaleInstances, startBenchPostgres, type BenchPostgres } from './private-postgres.js';
 import { compareProfiles, summariseProfile, type ProfileSummary } from './profile.js';
 import {
   evaluateTargets,
+  localDate,
+  machine,
   renderJson,
   renderMarkdown,
   targetsTable,
@@ -64,7 +64,6 @@ import {
   type StepResult,
   type StepTarget,
 } from './report.js';
-import { dropStaleDatabases } from './stale.js';
 import { renderWanMarkdown, runWanBench, writeWanResults } from './wan.js';
 import { launchTarget, type TargetConfig, type TargetKind, type TargetProcess } from './targets.js';
 
@@ -208,8 +207,6 @@ const CEILING_GROUP: readonly StepTarget[] = ['ceiling', 'ceiling-prepared', 'ce
 
 const SAMPLER_INTERVAL_MS = 50;
 const PROFILE_CONNECTIONS = 64;
-const WRITER_USER_ID = '00000000-0000-4000-8000-0000000000b1';
-const DEFAULT_URL = 'postgres://postgres@127.0.0.1:5432/test';
 
 /** application_name per target, so pg_stat_activity tells the targets apart. */
 const APP = {
@@ -339,189 +336,6 @@ const stepLine = (s: StepResult) =>
         .padStart(
           7,
         )} req/s  p50 ${(s.latencyMs?.p50 ?? NaN).toFixed(2)} ms  p99 ${(s.latencyMs?.p99 ?? NaN).toFixed(2)} ms  errors ${s.errors}  pg ${s.pgPeak}/${s.pgPeakAll}`;
-
-// ---------------------------------------------------------------------------------------------
-// Database
-
-/** host:port/db of a URL, never its user or password. */
-function describeUrl(u: URL): string {
-  return `${u.hostname}:${u.port || '5432'}${u.pathname}`;
-}
-
-class BenchError extends Error {
-  override name = 'BenchError';
-  constructor(
-    message: string,
-    readonly exitCode = 1,
-  ) {
-    super(message);
-  }
-}
-
-interface BenchDatabase {
-  /** Scratch databases of earlier runs that died without dropping theirs, dropped now. */
-  staleDropped: string[];
-  url: string;
-  name: string;
-  server: string;
-  postgres: string;
-  maxConnections: number;
-  /** How the bench's connections to this server authenticate, in full and in a few words. */
-  auth: string;
-  authShort: string;
-  /** Server settings a private instance copies, so that only auth and TLS differ. */
-  settings: Record<string, string>;
-  pgbench: PgbenchTarget;
-  drop(): Promise<void>;
-}
-
-/** What the private instance copies from the shared server (as current_setting() shows them). */
-const COPIED_SETTINGS = [
-  'max_connections',
-  'shared_buffers',
-  'work_mem',
-  'maintenance_work_mem',
-  'effective_cache_size',
-  'fsync',
-  'synchronous_commit',
-  'wal_level',
-  'max_wal_size',
-  'min_wal_size',
-  'autovacuum',
-  'jit',
-  'huge_pages',
-];
-
-/**
- * How a connection made with `source` authenticates, as far as a client can tell: TLS from
- * pg_stat_ssl; no password in the URL and a connection accepted means trust (or peer/ident).
- */
-async function describeAuth(client: pg.Client, source: URL): Promise<{ auth: string; authShort: string }> {
-  const ssl = (
-    await client.query<{ ssl: boolean; version: string | null; cipher: string | null }>(
-      'SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()',
-    )
-  ).rows[0];
-  const tls = ssl?.ssl ? `over ${ssl.version} (${ssl.cipher})` : 'no TLS';
-  if (!source.password) return { auth: `trust (no password asked), ${tls}`, authShort: `trust, ${ssl?.ssl ? 'TLS' : 'no TLS'}` };
-  const scram = await client
-    .query<{ scram: boolean }>(`SELECT rolpassword LIKE 'SCRAM-SHA-256$%' AS scram FROM pg_authid WHERE rolname = current_user`)
-    .then((r) => r.rows[0]?.scram)
-    .catch(() => undefined);
-  const method = scram === true ? 'SCRAM-SHA-256' : scram === false ? 'md5' : 'password';
-  return {
-    auth: `${method} password auth, ${tls}`,
-    authShort: `${method === 'SCRAM-SHA-256' ? 'SCRAM' : method}, ${ssl?.ssl ? 'TLS' : 'no TLS'}`,
-  };
-}
-
-async function createBenchDatabase(sourceUrl: string): Promise<BenchDatabase> {
-  const source = new URL(sourceUrl);
-  const admin = new pg.Client({ connectionString: sourceUrl, application_name: APP.admin, connectionTimeoutMillis: 5_000 });
-  admin.on('error', () => {});
-  try {
-    await admin.connect();
-  } catch (err) {
-    throw new BenchError(`cannot reach PostgreSQL at ${describeUrl(source)} (${(err as Error).message}); set BENCH_DATABASE_URL`);
-  }
-  let version: string;
-  let serverVersion: string;
-  let maxConnections: number;
-  let auth: { auth: string; authShort: string };
-  let settings: Record<string, string>;
-  try {
-    version = (await admin.query<{ v: string }>('SELECT version() AS v')).rows[0]!.v;
-    if (/PGlite|emscripten|wasm32/i.test(version)) {
-      throw new BenchError(
-        'refusing to run against the embedded PGlite. It is one single-threaded WebAssembly backend behind a socket: every ' +
-          'connection shares it and statements queue, so pool sizes, connection counts and concurrency figures would mean ' +
-          'nothing. Point BENCH_DATABASE_URL at a real PostgreSQL (e.g. postgres://postgres@127.0.0.1:5432/test).',
-        2,
-      );
-    }
-    serverVersion = (await admin.query<{ v: string }>("SELECT current_setting('server_version') AS v")).rows[0]!.v.split(' ')[0]!;
-    maxConnections = Number((await admin.query<{ m: string }>("SELECT current_setting('max_connections') AS m")).rows[0]!.m);
-    auth = await describeAuth(admin, source);
-    const { rows } = await admin.query<{ name: string; value: string }>(
-      'SELECT name, current_setting(name) AS value FROM pg_settings WHERE name = ANY($1)',
-      [COPIED_SETTINGS],
-    );
-    settings = Object.fromEntries(rows.map((r) => [r.name, r.value]));
-  } catch (err) {
-    await admin.end().catch(() => {});
-    throw err;
-  }
-  const name = `poolgate_bench_${process.pid}`;
-  const dropped = await dropStaleDatabases(admin, source, 'poolgate_bench_');
-  try {
-    await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-    await admin.query(`CREATE DATABASE ${name}`);
-  } catch (err) {
-    await admin.end().catch(() => {});
-    throw new BenchError(
-      `cannot create the scratch database ${name} on ${describeUrl(source)} (${(err as Error).message}); the role needs CREATEDB`,
-    );
-  }
-  const url = new URL(sourceUrl);
-  url.pathname = `/${name}`;
-  let dropping: Promise<void> | undefined;
-  return {
-    staleDropped: dropped,
-    url: url.toString(),
-    name,
-    server: `${source.hostname}:${source.port || '5432'}`,
-    postgres: serverVersion,
-    maxConnections,
-    ...auth,
-    settings,
-    pgbench: {
-      host: source.hostname.replace(/^\[(.*)\]$/, '$1'),
-      port: Number(source.port || 5432),
-      user: decodeURIComponent(source.username) || os.userInfo().username,
-      password: source.password ? decodeURIComponent(source.password) : undefined,
-      database: name,
-    },
-    drop: () =>
-      (dropping ??= (async () => {
-        try {
-          await admin.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-        } finally {
-          await admin.end().catch(() => {});
-        }
-      })()),
-  };
-}
-
-/** Schema, demo user (reads) and a second user for the writes, so /summary stays the same size. */
-async function prepareSchema(url: string): Promise<void> {
-  const client = new pg.Client({ connectionString: url, application_name: APP.admin });
-  await client.connect();
-  const q: Queryable = {
-    async query<R>(text: string, params?: readonly unknown[]) {
-      const r = await client.query(text, params as unknown[]);
-      return { rows: r.rows as R[], rowCount: r.rowCount ?? null };
-    },
-  };
-  const runTx = async <T>(fn: (tx: Queryable) => Promise<T>): Promise<T> => {
-    await client.query('BEGIN');
-    try {
-      const result = await fn(q);
-      await client.query('COMMIT');
-      return result;
-    } catch (err) {
-      await client.query('ROLLBACK').catch(() => {});
-      throw err;
-    }
-  };
-  try {
-    await migrate(runTx, { name: 'fitness', migrations: MIGRATIONS });
-    await runTx(seed);
-    await client.query(`INSERT INTO users (id, email, name) VALUES ($1, 'bench-writer@poolgate.dev', 'Bench Writer')`, [WRITER_USER_ID]);
-    await client.query(`INSERT INTO user_preferences (user_id, units) VALUES ($1, 'metric')`, [WRITER_USER_ID]);
-  } finally {
-    await client.end();
-  }
-}
 
 /** A server the bench loads targets against: its scratch database and a pg_stat_activity sampler there. */
 interface BenchServer {
@@ -1182,22 +996,6 @@ function addNotes(ctx: Context, loadAvgStart: number[]): void {
   }
 }
 
-function machine(postgres: string, pgbench: string | undefined): BenchResults['machine'] {
-  const cpus = os.cpus();
-  return {
-    cpus: os.availableParallelism?.() ?? cpus.length,
-    cpuModel: cpus[0]?.model.trim() ?? 'unknown CPU',
-    memGb: Math.round(os.totalmem() / 2 ** 30),
-    os: `${os.type()} ${os.release()} ${os.arch()}`,
-    node: process.version,
-    postgres,
-    ...(pgbench ? { pgbench } : {}),
-  };
-}
-
-const localDate = (d = new Date()) =>
-  `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, '0')}-${String(d.getDate()).padStart(2, '0')}`;
-
 async function pgbenchVersion(bin: string): Promise<string | undefined> {
   const { execFile } = await import('node:child_process');
   return new Promise((resolve) => execFile(bin, ['--version'], { timeout: 5_000 }, (err, out) => resolve(err ? undefined : out.trim())));
@@ -1224,7 +1022,7 @@ async function main(): Promise<number> {
   }
   const mode = args.quick ? 'quick' : 'full';
   const plan = PLANS[mode];
-  const sourceUrl = process.env.BENCH_DATABASE_URL || process.env.DATABASE_URL || DEFAULT_URL;
+  const sourceUrl = sourceDatabaseUrl();
   const startedAt = new Date();
 
   let db: BenchDatabase;

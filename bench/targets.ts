@@ -29,6 +29,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Hono } from 'hono';
 import pg from 'pg';
 import type { Db, QueryResult } from '../src/db/types.js';
+import type { PoolgateApp } from '../src/definition.js';
 import { AppError } from '../src/errors.js';
 import { getUser } from '../src/fitness/repo.js';
 
@@ -42,6 +43,10 @@ export interface TargetConfig {
   poolMax: number;
   /** ceiling-pipelined only: how many pipelined connections share the requests (default 4). */
   pipelineClients?: number;
+  /** gateway only: settings beside the bench's own (PG_PIPELINE_LANES, REQUEST_TIMEOUT_MS, …). */
+  env?: Record<string, string>;
+  /** gateway only: a module whose `app` export the gateway serves instead of the fitness app (a bench's own routes). */
+  appModule?: string;
 }
 
 export interface TargetUrls {
@@ -225,9 +230,11 @@ async function startInChild(
     case 'gateway': {
       // Imported here so the baselines' processes never load poolgate's runtime.
       const { startGateway } = await import('../src/runtime/node.js');
-      const { fitness } = await import('../src/fitness/app.js');
+      const app = cfg.appModule
+        ? ((await import(cfg.appModule)) as { app: PoolgateApp }).app
+        : (await import('../src/fitness/app.js')).fitness;
       const g = await startGateway(
-        fitness,
+        app,
         {
           DATABASE_URL: cfg.databaseUrl,
           HOST: '127.0.0.1',
@@ -236,6 +243,7 @@ async function startInChild(
           APPLICATION_NAME: cfg.applicationName,
           LOG_LEVEL: 'silent',
           SHUTDOWN_TIMEOUT_MS: '2000',
+          ...cfg.env,
         },
         { log },
       );
