@@ -144,23 +144,49 @@ export const resultTooLarge = (
 ) => new AppError(500, 'result_too_large', `A statement's result passed ${what}: page it (LIMIT … with a key), or raise the bound.`);
 
 /**
- * Keeps no row past the limits: the rest of the answer is read and dropped (the connection stays
- * in step; on a lane, others' answers follow it), and the statement fails with result_too_large
- * when the server is done (pg answers a query's own error at ReadyForQuery).
+ * pg's Query, always in the extended protocol, keeping no row past its limits: the rest of the
+ * answer is read and dropped (the connection stays in step; on a lane, others' answers follow it),
+ * and the statement fails with result_too_large when the server is done (pg answers a query's own
+ * error at ReadyForQuery). One subclass per driver's Query class, made once: nothing is allocated
+ * per statement or per row beyond pg's own.
  */
-function bounded(query: PgQuery, limits: ResultLimits | undefined): void {
-  if (!limits) return;
-  let rows = 0;
-  let bytes = 0;
-  const own = query.handleDataRow.bind(query);
-  query.handleDataRow = (msg) => {
-    rows++;
-    bytes += msg.length ?? 0;
-    if (!query._canceledDueToError && (rows > limits.maxRows || bytes > limits.maxBytes)) {
-      query._canceledDueToError = resultTooLarge(limits);
-    }
-    if (!query._canceledDueToError) own(msg);
-  };
+interface ExtendedQuery extends PgQuery {
+  limits: ResultLimits | undefined;
+}
+const extendedClasses = new WeakMap<PgQueryClass, new (...args: ConstructorParameters<PgQueryClass>) => ExtendedQuery>();
+
+function extendedClassOf(Query: PgQueryClass) {
+  let Extended = extendedClasses.get(Query);
+  if (Extended === undefined) {
+    Extended = class extends Query {
+      limits: ResultLimits | undefined;
+      #rows = 0;
+      #bytes = 0;
+      override requiresPreparation(): boolean {
+        return true;
+      }
+      override handleDataRow(msg: { length?: number }): void {
+        const limits = this.limits;
+        if (limits && !this._canceledDueToError && (++this.#rows > limits.maxRows || (this.#bytes += msg.length ?? 0) > limits.maxBytes)) {
+          this._canceledDueToError = resultTooLarge(limits);
+        }
+        if (!this._canceledDueToError) super.handleDataRow(msg);
+      }
+    };
+    extendedClasses.set(Query, Extended);
+  }
+  return Extended;
+}
+
+function newExtendedQuery(
+  Query: PgQueryClass,
+  config: { text: string; values?: unknown[]; name?: string },
+  limits: ResultLimits | undefined,
+  callback: (err: Error | null, result: unknown) => void,
+): ExtendedQuery {
+  const query = new (extendedClassOf(Query))(config, undefined, callback);
+  query.limits = limits;
+  return query;
 }
 
 type PgResult = { rows: unknown[]; rowCount?: number | null; command?: string };
@@ -181,9 +207,9 @@ export function extended(
   const values = params ? [...params] : [];
   if (!Query) return client.query({ text, values, name, queryMode: 'extended' } as never) as Promise<PgResult>;
   return new Promise<PgResult>((resolve, reject) => {
-    const query = new Query({ text, values, name }, undefined, (err, result) => (err ? reject(err) : resolve(result as PgResult)));
-    query.requiresPreparation = () => true;
-    bounded(query, limits);
+    const query = newExtendedQuery(Query, { text, values, name }, limits, (err, result) =>
+      err ? reject(err) : resolve(result as PgResult),
+    );
     client.query(query as never);
   });
 }
@@ -213,10 +239,9 @@ export async function withBegin(
   }
   const results = await new Promise<unknown>((resolve, reject) => {
     const config = script ? { text: `${begin};${text}` } : { text, values: params ? [...params] : [], name };
-    const query = new Query(config, undefined, (err, result) => (err ? reject(err) : resolve(result)));
+    const settle = (err: Error | null, result: unknown) => (err ? reject(err) : resolve(result));
+    const query = script ? new Query(config, undefined, settle) : newExtendedQuery(Query, config, limits, settle);
     if (!script) {
-      bounded(query, limits);
-      query.requiresPreparation = () => true;
       const own = query.submit.bind(query);
       query.submit = (connection) => {
         connection.parse({ text: begin });

@@ -55,6 +55,20 @@ function leadingWords(text: string, count = 2): string[] {
   return words;
 }
 
+/** Answers remembered per text, at most this many: these reads are on every statement's path, and an application's texts repeat. */
+const VERDICTS_MAX = 1_000;
+
+function byText<T>(read: (text: string) => T): (text: string) => T {
+  const verdicts = new Map<string, T>();
+  return (text) => {
+    if (verdicts.has(text)) return verdicts.get(text)!;
+    if (verdicts.size >= VERDICTS_MAX) verdicts.delete(verdicts.keys().next().value!);
+    const verdict = read(text);
+    verdicts.set(text, verdict);
+    return verdict;
+  };
+}
+
 const OPENS_OR_ENDS = new Set(['BEGIN', 'START', 'COMMIT', 'END', 'ROLLBACK', 'ABORT']);
 
 /**
@@ -62,7 +76,9 @@ const OPENS_OR_ENDS = new Set(['BEGIN', 'START', 'COMMIT', 'END', 'ROLLBACK', 'A
  * `PREPARE TRANSACTION` …), or undefined. SAVEPOINT, RELEASE and ROLLBACK TO stay inside the
  * transaction and are allowed.
  */
-export function transactionControl(text: string): string | undefined {
+export const transactionControl = byText(readsAsTransactionControl);
+
+function readsAsTransactionControl(text: string): string | undefined {
   const [first, second] = leadingWords(text) as [string, string];
   if (first === 'ROLLBACK' && second === 'TO') return undefined;
   if (first === 'START' || first === 'PREPARE') return second === 'TRANSACTION' ? `${first} TRANSACTION` : undefined;
@@ -138,18 +154,7 @@ const SESSION_LOCK = /\bpg_(?:try_)?advisory_(?:lock|unlock)(?:_shared|_all)?\b/
  * is caught by its command tag afterwards as well (changesSession); the rest is the application's
  * to keep in a transaction (SET LOCAL, set_config(…, true), pg_advisory_xact_lock).
  */
-export function mayChangeSession(text: string): boolean {
-  let known = sessionVerdicts.get(text);
-  if (known === undefined) {
-    if (sessionVerdicts.size >= VERDICTS_MAX) sessionVerdicts.delete(sessionVerdicts.keys().next().value!);
-    sessionVerdicts.set(text, (known = readsAsSessionChange(text)));
-  }
-  return known;
-}
-
-/** mayChangeSession's answers per text (on every statement's path; an application's texts repeat), at most this many. */
-const VERDICTS_MAX = 1_000;
-const sessionVerdicts = new Map<string, boolean>();
+export const mayChangeSession = byText(readsAsSessionChange);
 
 function readsAsSessionChange(text: string): boolean {
   const words = leadingWords(text, 4);
