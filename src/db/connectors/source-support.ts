@@ -14,12 +14,18 @@ import { isNamedStatementRefused, isStartupRefused } from './driver-errors.js';
 
 type Feature = keyof RefusedFeatures;
 
-/** The log line for each feature refused: what was refused, and what runs instead. */
-const SAID: Record<Feature, string> = {
-  namedStatements:
-    'named prepared statements (a pooler in transaction mode without prepared-statement support?); statements run unnamed on this pool from now on',
-  statementTimeoutAtStartup:
-    "statement_timeout as a startup parameter (a pooler that does not pass it on?); connections open without it, and a statement past its request's deadline is still cancelled",
+/** For the log line of each feature refused: what it is, the likely cause, and what is done instead. */
+const SAID: Record<Feature, { what: string; why: string; instead: string }> = {
+  namedStatements: {
+    what: 'named prepared statements',
+    why: 'a pooler in transaction mode that does not keep them?',
+    instead: 'statements run unnamed on this pool from now on',
+  },
+  statementTimeoutAtStartup: {
+    what: 'statement_timeout as a startup parameter',
+    why: 'a pooler that does not pass it on?',
+    instead: "connections open without it; a statement past its request's deadline is still cancelled",
+  },
 };
 
 export class SourceSupport {
@@ -77,7 +83,8 @@ export class SourceSupport {
   #refuse(feature: Feature, code: string): void {
     if (this.#refused[feature] !== undefined) return;
     this.#refused[feature] = code;
-    this.#log(`poolgate: the database refused ${SAID[feature]} (${code})`);
+    const { what, why, instead } = SAID[feature];
+    this.#log(`poolgate: the database refused ${what} (${code}: ${why}); ${instead}`);
   }
 }
 
