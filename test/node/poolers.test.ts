@@ -6,7 +6,9 @@
  * a statement named on one server is missing on the next (26000) or already there (42P05). Each
  * is detected once per pool, logged in one line, shown in /stats and /metrics, and the statement
  * it failed runs again: no request answers 500 because of the pooler. The lanes stay on: PgBouncer
- * 1.18 keeps a pipeline's unnamed statements in order, each answer to its own request.
+ * 1.18 keeps a pipeline's unnamed statements in order, each answer to its own request. A name
+ * refused inside a transaction (made to happen: another client holds the server that has it) runs
+ * the whole transaction again, unnamed, and it applies once.
  */
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
@@ -123,4 +125,55 @@ describe.skipIf(skip)(onPgBouncer('pipelined lanes through PgBouncer 1.18 in tra
     expect(answers.some((r) => r.kinds.includes('pg-pipeline'))).toBe(true);
     expect(database.stats()?.pipeline?.cancelledCount).toBe(0);
   }, 60_000);
+});
+
+describe.skipIf(skip)(onPgBouncer('a named statement PgBouncer refuses inside a transaction'), () => {
+  let bouncer: PgBouncer;
+  let db: TestDatabase;
+  let database: PgPoolDatabase;
+  let blocker: pg.Client;
+  const logs: string[] = [];
+
+  beforeAll(async () => {
+    // statement_timeout passed on, so that only the names are in question here.
+    bouncer = await startPgBouncer('transaction', { ignore_startup_parameters: 'statement_timeout' });
+    db = await createTestDatabase('poolgate_pgbouncer_tx');
+    await db.admin('CREATE TABLE tx_items (id int PRIMARY KEY, n int NOT NULL)');
+    database = createPgPoolDatabase(
+      { ...POOL, max: 1, pipelineLanes: 0, connectionString: bouncer.url(db.url), applicationName: 'poolgate-pgbouncer-tx' },
+      { Pool: pg.Pool, Client: pg.Client, log: (line) => logs.push(line) },
+    );
+    blocker = new pg.Client({ connectionString: bouncer.url(db.url) });
+    await blocker.connect();
+  }, 60_000);
+
+  afterAll(async () => {
+    await blocker?.end().catch(() => {});
+    await database?.close();
+    await bouncer?.stop();
+    await db?.drop();
+  }, 30_000);
+
+  it('runs the whole transaction again, unnamed, and it applies once', async () => {
+    const insert = 'INSERT INTO tx_items (id, n) VALUES ($1, $2)';
+    // Named and prepared on the server PgBouncer gave this statement …
+    await database.forRequest(recordingObserver('transactional')).query(insert, [1, 1]);
+    // … which another client now holds in a transaction (PgBouncer reuses the server released last),
+    await blocker.query('BEGIN');
+    await blocker.query('SELECT 1');
+    // so the pool's next transaction gets another server, where the name does not exist (26000).
+    const o = recordingObserver('transactional');
+    await database.forRequest(o).transaction(async (tx) => {
+      await tx.query('SELECT 1');
+      await tx.query(insert, [2, 2]);
+    });
+    await blocker.query('COMMIT');
+    expect((await db.admin('SELECT id, n FROM tx_items ORDER BY id')).rows).toEqual([
+      { id: 1, n: 1 },
+      { id: 2, n: 2 },
+    ]);
+    expect(o.retries).toBe(1);
+    expect(database.stats()?.refused).toEqual({ namedStatements: '26000' });
+    expect(logs.filter((l) => l.includes('refused named prepared statements'))).toHaveLength(1);
+  });
 });
