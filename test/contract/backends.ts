@@ -159,7 +159,14 @@ function pgPoolBackend(name: string, embedded: boolean, pipelineLanes = 0, pgBou
       });
       // Through PgBouncer: the backend's connections go to it; the admin's, straight to the server.
       const database = make(bouncer ? bouncer.url(db.url) : db.url);
-      await database.warm(0); // the lanes, if any, answer from the first read on
+      try {
+        await database.warm(0); // the lanes, if any, answer from the first read on
+      } catch (err) {
+        await database.close().catch(() => {});
+        await bouncer?.stop();
+        await db.drop();
+        throw err;
+      }
       return {
         database,
         admin: (sql, params) => db.admin(sql, params),

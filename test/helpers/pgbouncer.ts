@@ -3,9 +3,11 @@
  * ini in a temporary folder, a free port on 127.0.0.1, trust auth, every database forwarded to the
  * server, the pool mode the test asks for and every other setting at PgBouncer's default (what a
  * user's platform runs unless told otherwise). PgBouncer refuses to run as root, so as root it is
- * started with `-u postgres`. `stop()` ends it (SIGTERM: its fast exit) and deletes the folder.
+ * started with `-u postgres`. `stop()` ends it (SIGTERM: its fast exit) and deletes the folder;
+ * the test process's exit ends it too, if stop() was never reached.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { chown, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -106,7 +108,14 @@ export async function startPgBouncer(
   let output = '';
   child.stdout?.on('data', (d: Buffer) => void (output += d.toString()));
   child.stderr?.on('data', (d: Buffer) => void (output += d.toString()));
+  // A test process that ends without stop() (a failed hook, a killed run) must not leave PgBouncer behind.
+  const killOnExit = () => {
+    child.kill('SIGTERM');
+    rmSync(dir, { recursive: true, force: true });
+  };
+  process.once('exit', killOnExit);
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  void exited.then(() => process.off('exit', killOnExit));
   let stopping: Promise<void> | undefined;
   const self: PgBouncer = {
     port,

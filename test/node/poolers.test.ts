@@ -41,9 +41,12 @@ for (const mode of ['transaction', 'session'] as const satisfies PoolMode[]) {
     }, 60_000);
 
     afterAll(async () => {
-      await t?.stop();
-      await bouncer?.stop();
-      await db?.drop();
+      try {
+        await t?.stop();
+      } finally {
+        await bouncer?.stop();
+        await db?.drop();
+      }
     }, 30_000);
 
     it(`a mixed load of ${REQUESTS} requests, ${CONCURRENCY} at a time, answers none with a 5xx`, async () => {
@@ -93,9 +96,12 @@ describe.skipIf(skip)(onPgBouncer('pipelined lanes through PgBouncer 1.18 in tra
   }, 60_000);
 
   afterAll(async () => {
-    await database?.close();
-    await bouncer?.stop();
-    await db?.drop();
+    try {
+      await database?.close();
+    } finally {
+      await bouncer?.stop();
+      await db?.drop();
+    }
   }, 30_000);
 
   it('concurrent reads each get their own answer, and a read batch sees one server and one snapshot', async () => {
@@ -148,10 +154,13 @@ describe.skipIf(skip)(onPgBouncer('a named statement PgBouncer refuses inside a 
   }, 60_000);
 
   afterAll(async () => {
-    await blocker?.end().catch(() => {});
-    await database?.close();
-    await bouncer?.stop();
-    await db?.drop();
+    try {
+      await blocker?.end().catch(() => {});
+      await database?.close();
+    } finally {
+      await bouncer?.stop();
+      await db?.drop();
+    }
   }, 30_000);
 
   it('runs the whole transaction again, unnamed, and it applies once', async () => {
