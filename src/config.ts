@@ -24,7 +24,8 @@ export interface PoolConfig {
   applicationName: string;
   /**
    * Statements with parameters run as named prepared statements, parsed and planned once per
-   * connection (PG_PREPARED_STATEMENTS=on|off); off for a pooler that cannot keep them.
+   * connection (PG_PREPARED_STATEMENTS=on|off). On behind a pooler too: the first name it refuses
+   * switches them off for that connection string (db/connectors/source-support.ts).
    */
   preparedStatements: boolean;
   /** Named statements one connection keeps at most; further ones run unnamed. */

@@ -87,6 +87,15 @@ export interface PoolStats {
   cancelledCount: number;
   /** The pipelined lanes for reads, where there are any. */
   pipeline?: PipelineStats;
+  /** What the server, or a pooler in front of it, refused (this pool does without it since): the SQLSTATE that said so. */
+  refused?: RefusedFeatures;
+}
+
+export interface RefusedFeatures {
+  /** Named prepared statements (26000, 42P05): statements run unnamed. */
+  namedStatements?: string;
+  /** statement_timeout as a startup parameter (08P01): connections open without it. */
+  statementTimeoutAtStartup?: string;
 }
 
 export interface PipelineStats {

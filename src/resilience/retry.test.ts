@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it, vi } from 'vitest';
 import { AppError, markFailure, OverloadedError, PoolExhaustedError } from '../errors.js';
-import { backoffMs, isRetryable, RetryBudget, withRetry, type RetryScope } from './retry.js';
+import { backoffMs, isRetryable, markRerunnable, RetryBudget, withRetry, type RetryScope } from './retry.js';
 
 const pgError = (code: string, message = 'boom') => Object.assign(new Error(message), { code });
 const SCOPES: RetryScope[] = ['connect', 'transaction', 'read'];
@@ -190,5 +190,21 @@ describe('withRetry', () => {
     const lost = vi.fn().mockRejectedValue(markFailure(new Error('Connection terminated unexpectedly'), 'connection_lost'));
     await expect(withRetry(lost, opts({ scope: 'transaction' }))).rejects.toThrow(/terminated/);
     expect(lost).toHaveBeenCalledTimes(1);
+  });
+
+  it('an uncounted rerun (named statements a pooler refused) runs even with the budget spent, at once, and is counted as a retry', async () => {
+    const budget = new RetryBudget(0, 0);
+    const o = opts({ scope: 'transaction', budget });
+    const tx = vi
+      .fn()
+      .mockRejectedValueOnce(markRerunnable(pgError('42P05'), { uncounted: true }))
+      .mockResolvedValueOnce('committed');
+    await expect(withRetry(tx, o)).resolves.toBe('committed');
+    expect(o.sleep).toHaveBeenCalledWith(0);
+    expect(budget).toMatchObject({ retriedCount: 1, deniedCount: 0 });
+    // A counted rerun still needs a token.
+    const counted = vi.fn().mockRejectedValue(markRerunnable(pgError('0A000')));
+    await expect(withRetry(counted, opts({ scope: 'transaction', budget }))).rejects.toMatchObject({ code: '0A000' });
+    expect(budget.deniedCount).toBe(1);
   });
 });

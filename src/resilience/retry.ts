@@ -25,16 +25,26 @@ const TX_RETRYABLE = new Set(['40001', '40P01']);
 const LOST = new Set(['57P01', 'ECONNRESET', 'EPIPE', '08006']);
 
 const RERUNNABLE = Symbol.for('poolgate.rerunnable');
+const UNCOUNTED = Symbol.for('poolgate.rerunUncounted');
 
 /**
  * A connector's word that `err` failed its statement before it ran and that a fresh attempt will
  * not meet it again (pg-pool: a prepared statement a schema change made stale, on a connection
  * being replaced): the statement, or its whole transaction from BEGIN, may run again.
+ *
+ * `uncounted`: the rerun costs nothing of the retry budget and waits no backoff. For a failure
+ * whose cause is switched off for every attempt after it (named statements a pooler refused): it
+ * meets only the requests in flight at that moment, once each, so it cannot grow into a storm,
+ * and the budget must not turn those requests into errors.
  */
-export function markRerunnable<E>(err: E): E {
-  if (typeof err === 'object' && err !== null) Object.defineProperty(err, RERUNNABLE, { value: true });
+export function markRerunnable<E>(err: E, { uncounted = false } = {}): E {
+  if (typeof err !== 'object' || err === null) return err;
+  if (!(RERUNNABLE in err)) Object.defineProperty(err, RERUNNABLE, { value: true });
+  if (uncounted && !(UNCOUNTED in err)) Object.defineProperty(err, UNCOUNTED, { value: true });
   return err;
 }
+
+const isUncounted = (err: unknown) => (err as { [UNCOUNTED]?: unknown } | undefined)?.[UNCOUNTED] === true;
 
 function codeOf(err: unknown): string {
   const c = (err as { code?: unknown } | undefined)?.code;
@@ -79,7 +89,12 @@ export class RetryBudget {
   deposit(): void {
     this.#tokens = Math.min(this.maxTokens, this.#tokens + this.ratio);
   }
-  trySpend(): boolean {
+  /** Spends a token, or with `free` (an uncounted rerun) none; counted as a retry either way. */
+  trySpend(free = false): boolean {
+    if (free) {
+      this.retriedCount++;
+      return true;
+    }
     if (this.#tokens >= 1) {
       this.#tokens -= 1;
       this.retriedCount++;
@@ -114,9 +129,10 @@ export async function withRetry<T>(fn: (attempt: number) => Promise<T>, opts: Re
       return await fn(attempt);
     } catch (err) {
       if (attempt + 1 >= maxAttempts || !(opts.retryable ?? ((e) => isRetryable(e, opts.scope)))(err)) throw err;
-      const wait = backoffMs(attempt);
+      const free = isUncounted(err);
+      const wait = free ? 0 : backoffMs(attempt);
       if (opts.deadline !== undefined && opts.now() + wait >= opts.deadline) throw err;
-      if (!opts.budget.trySpend()) throw err;
+      if (!opts.budget.trySpend(free)) throw err;
       opts.onRetry?.(err, attempt + 1);
       await (opts.sleep ?? defaultSleep)(wait);
     }

@@ -113,6 +113,13 @@ export function renderPrometheus(snap: StatsSnapshot): string {
       [scope, p.cancelledCount],
     ]);
   }
+  if (p?.refused) {
+    const refused = p.refused;
+    family('poolgate_pool_refused', 'gauge', 'What the database, or a pooler in front of it, refused (1), so the pool does without it.', [
+      [{ ...scope, feature: 'named_statements' }, refused.namedStatements === undefined ? 0 : 1],
+      [{ ...scope, feature: 'startup_statement_timeout' }, refused.statementTimeoutAtStartup === undefined ? 0 : 1],
+    ]);
+  }
   const lanes = p?.pipeline;
   if (lanes) {
     family('poolgate_pipeline_lanes', 'gauge', 'Pipelined read lanes open.', [[scope, lanes.lanes]]);

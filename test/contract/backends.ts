@@ -16,6 +16,7 @@ import { startEmbeddedPostgres } from '../../src/local/embedded.js';
 import { startNeonProxy } from '../../src/local/neon-proxy/index.js';
 import { createTestDatabase, realPostgresUrl } from '../helpers/db.js';
 import { closedPortUrl as closedHttpPortUrl } from '../helpers/edge.js';
+import { behindPgBouncerSkip, startPgBouncer, type PoolMode } from '../helpers/pgbouncer.js';
 
 /** Abilities a case may need; a backend lacking one names the reason in `cannot`. */
 export type Ability =
@@ -118,13 +119,13 @@ async function terminateLeftovers(admin: StartedBackend['admin']): Promise<void>
 
 const appName = (what: string) => `poolgate-contract-${what}-${process.pid}-${randomBytes(3).toString('hex')}`;
 
-function pgPoolBackend(name: string, embedded: boolean, pipelineLanes = 0): Backend {
+function pgPoolBackend(name: string, embedded: boolean, pipelineLanes = 0, pgBouncer?: PoolMode): Backend {
   return {
     name,
     kind: 'pg-pool',
     sessions: true,
     ...(pipelineLanes > 0 ? { readsOn: 'pg-pipeline' as const } : {}),
-    unavailable: embedded || realPostgresUrl ? undefined : NO_REAL_POSTGRES,
+    unavailable: pgBouncer ? behindPgBouncerSkip() : embedded || realPostgresUrl ? undefined : NO_REAL_POSTGRES,
     cannot: embedded ? PGLITE : {},
     async start() {
       const closed = await closedPortUrl();
@@ -165,9 +166,21 @@ function pgPoolBackend(name: string, embedded: boolean, pipelineLanes = 0): Back
           },
         };
       }
-      const db = await freshDatabase('poolgate_contract_pg');
-      const database = make(db.url);
-      await database.warm(0); // the lanes, if any, answer from the first read on
+      const bouncer = pgBouncer ? await startPgBouncer(pgBouncer) : undefined;
+      const db = await freshDatabase('poolgate_contract_pg').catch(async (err: unknown) => {
+        await bouncer?.stop();
+        throw err;
+      });
+      // Through PgBouncer: the backend's connections go to it; the admin's, straight to the server.
+      const database = make(bouncer ? bouncer.url(db.url) : db.url);
+      try {
+        await database.warm(0); // the lanes, if any, answer from the first read on
+      } catch (err) {
+        await database.close().catch(() => {});
+        await bouncer?.stop();
+        await db.drop();
+        throw err;
+      }
       return {
         database,
         admin: (sql, params) => db.admin(sql, params),
@@ -175,6 +188,7 @@ function pgPoolBackend(name: string, embedded: boolean, pipelineLanes = 0): Back
         async stop() {
           await terminateLeftovers((sql, params) => db.admin(sql, params));
           await database.close().catch(() => {});
+          await bouncer?.stop();
           await db.drop();
         },
       };
@@ -250,6 +264,9 @@ export const BACKENDS: readonly Backend[] = [
   pgPoolBackend('pg-pool on PGlite', true),
   // Read statements and read batches on 2 pipelined lanes; the rest on the pool's other 2 connections.
   pgPoolBackend('pg-pool with pipelined reads on PostgreSQL', false, 2),
+  // The same, with named statements on (the default), through PgBouncer 1.18 at its defaults.
+  pgPoolBackend('pg-pool with pipelined reads through PgBouncer in transaction mode', false, 2, 'transaction'),
+  pgPoolBackend('pg-pool with pipelined reads through PgBouncer in session mode', false, 2, 'session'),
   neonBackend('neon-http'),
   neonBackend('neon-ws'),
 ];

@@ -1,8 +1,9 @@
 /**
  * The `Database` contract, run unchanged against every backend (Kysely-style: one describe per
  * backend, the same cases in each): the pg Pool on real PostgreSQL and on the embedded PGlite,
- * and Neon HTTP and Neon WebSocket through the real `@neondatabase/serverless` driver and the
- * local Neon proxy. It proves that the one execution core gives every backend the same
+ * with pipelined lanes, directly and through PgBouncer (transaction and session mode, named
+ * statements on), and Neon HTTP and Neon WebSocket through the real `@neondatabase/serverless`
+ * driver and the local Neon proxy. It proves that the one execution core gives every backend the same
  * behaviour: values and parameters round-trip alike, read batches see one read-only snapshot,
  * transactions commit, roll back and honour isolation and read-only, deadlines and gone clients
  * cut statements short with the same AppErrors, retries happen only where the intent allows,

@@ -43,3 +43,22 @@ export function classified(err: unknown, where: 'connect' | 'statement', client?
   if (where === 'connect') return markFailure(err, 'connect_failed');
   return markFailure(err, gone(client as ClientState | undefined) ? 'connection_lost' : 'read_timeout');
 }
+
+/**
+ * A named prepared statement the server refused before it ran: its Bind named a statement this
+ * backend does not have (26000), or its Parse one it has already (42P05). Nothing of it ran. What a
+ * pooler answers when it hands one client connection's statements to different servers (PgBouncer
+ * in transaction mode without protocol-level prepared statements).
+ */
+export function isNamedStatementRefused(err: unknown): boolean {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return code === '26000' || code === '42P05';
+}
+
+/**
+ * A connect refused for breaking the protocol (08P01): what PgBouncer answers a startup parameter
+ * it neither tracks nor was told to ignore ("unsupported startup parameter: statement_timeout").
+ */
+export function isStartupRefused(err: unknown): boolean {
+  return (err as { code?: unknown } | undefined)?.code === '08P01';
+}

@@ -34,9 +34,10 @@ import { now } from '../../stats/clock.js';
 import type { PipelineStats, QueryResult, Statement, TxOptions } from '../types.js';
 import type { OneShotConnector } from '../core/connector.js';
 import { CANCEL_GRACE_MS, sendCancelRequest } from './cancel.js';
-import { classified } from './driver-errors.js';
+import { classified, isNamedStatementRefused } from './driver-errors.js';
 import { LaneLatency } from './lane-latency.js';
 import { beginStatement, isIdle, type ResultLimits } from './pg-session.js';
+import { SourceSupport } from './source-support.js';
 import { send, StatementNames, type NamedClient } from './statement-names.js';
 import { changesSession } from '../core/statement-kind.js';
 
@@ -53,6 +54,8 @@ export interface PgPipelineOptions {
   applicationName?: string;
   /** The pool's statement names, or undefined when prepared statements are off. */
   statements: StatementNames | undefined;
+  /** What the source turned out to support, shared with the pool (lanes open without what it refused). */
+  support?: SourceSupport;
   /** Past these a statement's rows are dropped and it fails (result_too_large); its neighbours' answers follow as usual. */
   resultLimits?: ResultLimits;
 }
@@ -68,13 +71,13 @@ export interface PgPipelineDriver {
  * or false. By SQLSTATE only:
  * - 57014 on a lane that sent a CancelRequest for another request (none is sent while others are on
  *   it, see #cancel, so this is a guard): cancelled before it ran or while it ran a read;
- * - 26000 (no such prepared statement) and 42P05 (it exists already): the Bind or Parse was refused,
- *   so the statement never ran, and the lane's names are not what pg believes;
+ * - a named statement refused (26000, 42P05: isNamedStatementRefused): the Bind or Parse was
+ *   refused, so the statement never ran, and the lane's names are not what pg believes;
  * - 25P02 inside a read batch: its transaction is read-only, nothing of it can have applied.
  */
 export function appliedNothing(err: unknown, laneCancelled: boolean, readBatch: boolean): 'statement' | 'lane' | false {
+  if (isNamedStatementRefused(err)) return 'lane';
   const code = (err as { code?: unknown } | undefined)?.code;
-  if (code === '26000' || code === '42P05') return 'lane';
   if (code === '57014') return laneCancelled ? 'lane' : false;
   if (code === '25P02') return readBatch ? 'statement' : false;
   return false;
@@ -112,15 +115,8 @@ class Lane {
   readonly #sentAt: number[] = [];
   #answeredAt = 0;
 
-  constructor(options: PgPipelineOptions, driver: PgPipelineDriver, onEnd: () => void) {
-    this.client = new driver.Client({
-      connectionString: options.connectionString,
-      pipeline: true,
-      statement_timeout: options.statementTimeoutMs,
-      connectionTimeoutMillis: options.connectionTimeoutMs,
-      application_name: options.applicationName,
-      keepAlive: true,
-    });
+  constructor(config: pg.ClientConfig & { pipeline: true }, driver: PgPipelineDriver, onEnd: () => void) {
+    this.client = new driver.Client(config);
     this.client.on('error', (err) => {
       this.retired = true;
       driver.log?.(`poolgate: pipelined db connection error (${describeError(err)}); it will be replaced`);
@@ -170,6 +166,7 @@ export class PgPipelineConnector implements OneShotConnector {
   readonly #lanes: (Lane | undefined)[];
   readonly #options: PgPipelineOptions;
   readonly #driver: PgPipelineDriver;
+  readonly #support: SourceSupport;
   readonly #stallMs: number;
   #openedCount = 0;
   #cancelledCount = 0;
@@ -193,6 +190,7 @@ export class PgPipelineConnector implements OneShotConnector {
   constructor(options: PgPipelineOptions, driver: PgPipelineDriver) {
     this.#options = options;
     this.#driver = driver;
+    this.#support = options.support ?? new SourceSupport(driver.log);
     this.#lanes = Array.from({ length: options.lanes }, () => undefined);
     this.#stallMs = options.stallMs ?? STALL_MS;
     this.latency = new LaneLatency(options.slowReadMs);
@@ -226,8 +224,15 @@ export class PgPipelineConnector implements OneShotConnector {
   }
 
   async #probe(): Promise<boolean> {
-    const lane = (this.#lanes[0] = this.#open());
-    await lane.ready;
+    let lane = (this.#lanes[0] = this.#open());
+    try {
+      await lane.ready;
+    } catch (err) {
+      // A pooler that refuses statement_timeout at startup: lanes (and the pool) open without it from now on.
+      if (!(await this.#support.startupRefused(err, this.#driver.Client, this.#config()))) throw err;
+      lane = this.#lanes[0] = this.#open();
+      await lane.ready;
+    }
     const { rows } = await lane.client.query<{ v: string }>('SELECT version() AS v');
     const own = !/PGlite/i.test(String(rows[0]?.v));
     if (!own) {
@@ -238,9 +243,22 @@ export class PgPipelineConnector implements OneShotConnector {
     return own;
   }
 
+  /** What a lane opens with: pipelined, and the source's startup parameters. */
+  #config(): pg.ClientConfig & { pipeline: true } {
+    const o = this.#options;
+    return {
+      connectionString: o.connectionString,
+      pipeline: true,
+      statement_timeout: o.statementTimeoutMs,
+      connectionTimeoutMillis: o.connectionTimeoutMs,
+      application_name: o.applicationName,
+      keepAlive: true,
+    };
+  }
+
   #open(): Lane {
     this.#openedCount++;
-    const lane = new Lane(this.#options, this.#driver, () => void this.#closedCount++);
+    const lane = new Lane(this.#support.clientConfig(this.#config()), this.#driver, () => void this.#closedCount++);
     lane.ready.then(
       () => void (this.#connectFailures = 0),
       () => void (this.#openAfter = now() + reconnectDelayMs(++this.#connectFailures)),

@@ -15,6 +15,7 @@ import { CANCEL_GRACE_MS, sendCancelRequest } from './cancel.js';
 import { classified } from './driver-errors.js';
 import { LANE_DEPTH, PgPipelineConnector } from './pg-pipeline.js';
 import { isIdle, pgSession, queryClassOf, toResult, withBegin, type PgQueryClass, type ResultLimits } from './pg-session.js';
+import { SourceSupport } from './source-support.js';
 import { send, StatementNames, type NamedClient } from './statement-names.js';
 
 type PoolClient = pg.PoolClient & NamedClient;
@@ -47,6 +48,8 @@ export class PgPoolConnector implements SessionConnector {
   readonly #driver: PgDriver;
   /** pg's Query class, for BEGIN written with a transaction's first statement (pgSession). */
   readonly #Query: PgQueryClass | undefined;
+  /** What this source turned out to support (shared with the lanes). */
+  readonly support: SourceSupport;
   /** Undefined when prepared statements are switched off. */
   readonly statements: StatementNames | undefined;
   #openedCount = 0;
@@ -57,19 +60,23 @@ export class PgPoolConnector implements SessionConnector {
     this.#options = options;
     this.#driver = driver;
     this.#Query = queryClassOf(driver.Client);
+    this.support = new SourceSupport(driver.log);
     this.statements =
-      options.preparedStatements === false ? undefined : new StatementNames(options.preparedStatementsMax ?? PREPARED_STATEMENTS_MAX);
+      options.preparedStatements === false
+        ? undefined
+        : new StatementNames(options.preparedStatementsMax ?? PREPARED_STATEMENTS_MAX, this.support);
+    const support = this.support;
     this.pool = new driver.Pool({
-      connectionString: options.connectionString,
+      ...this.#clientConfig(),
       max: options.max,
       min: options.min,
       idleTimeoutMillis: options.idleTimeoutMs,
-      connectionTimeoutMillis: options.connectionTimeoutMs,
-      // No statement may outlive its request: a startup parameter, so it costs no round trip.
-      statement_timeout: this.sessionStatementTimeoutMs,
-      query_timeout: options.queryTimeoutMs,
-      application_name: options.applicationName,
-      keepAlive: true,
+      // Each new connection opens with what the source supports (no statement_timeout once a pooler refused it).
+      Client: class extends (driver.Client as typeof pg.Client) {
+        constructor(config: pg.ClientConfig = {}) {
+          super(support.clientConfig(config));
+        }
+      },
     });
     this.pool.on('connect', (client) => this.#adopt(client));
     this.pool.on('remove', () => void this.#closedCount++);
@@ -105,6 +112,7 @@ export class PgPoolConnector implements SessionConnector {
       openedCount: this.#openedCount,
       closedCount: this.#closedCount,
       errorCount: this.#errorCount,
+      refused: this.support.refused(),
     };
   }
 
@@ -123,14 +131,30 @@ export class PgPoolConnector implements SessionConnector {
     });
   }
 
-  async #acquire(): Promise<{ session: Session; opened: boolean }> {
+  async #acquire(again = false): Promise<{ session: Session; opened: boolean }> {
     let client: PoolClient;
     try {
       client = await this.pool.connect();
     } catch (err) {
+      // A pooler that refuses statement_timeout at startup: every connection opens without it from now on.
+      if (!again && (await this.support.startupRefused(err, this.#driver.Client, this.#clientConfig()))) return this.#acquire(true);
       throw classified(err, 'connect');
     }
     return { session: this.#session(client), opened: this.#fresh.delete(client) };
+  }
+
+  /** What each connection of the pool is opened with (before SourceSupport takes out what was refused). */
+  #clientConfig(): pg.ClientConfig {
+    const o = this.#options;
+    return {
+      connectionString: o.connectionString,
+      connectionTimeoutMillis: o.connectionTimeoutMs,
+      // No statement may outlive its request: a startup parameter, so it costs no round trip.
+      statement_timeout: this.sessionStatementTimeoutMs,
+      query_timeout: o.queryTimeoutMs,
+      application_name: o.applicationName,
+      keepAlive: true,
+    };
   }
 
   #session(client: PoolClient): Session {
@@ -211,6 +235,7 @@ export function createPgPoolDatabase(options: PgPoolConnectorOptions, driver: Pg
               connectionTimeoutMs: options.connectionTimeoutMs,
               applicationName: options.applicationName,
               statements: connector.statements,
+              support: connector.support,
               resultLimits: connector.resultLimits,
             },
             driver,

@@ -7,6 +7,7 @@ import type pg from 'pg';
 import { markRerunnable } from '../../resilience/retry.js';
 import type { QueryResult } from '../types.js';
 import { extended, queryClassOf, toResult, type ResultLimits } from './pg-session.js';
+import { SourceSupport } from './source-support.js';
 
 /** A pg client as these rules see it: its backend and the statement names pg has seen parsed on it. */
 export type NamedClient = pg.ClientBase & {
@@ -65,17 +66,23 @@ interface Prepared {
  * connection to meet it moves the epoch on: from then on no connection that prepared statements
  * before uses them (its statements run unnamed) and each is replaced when released, so a
  * transaction run again after the error does not meet another stale plan on another connection.
+ *
+ * A pooler that hands one connection's statements to different servers refuses a name (26000,
+ * 42P05; see SourceSupport) before the statement ran: from then on nothing of this source is
+ * named, and the statement runs again unnamed (its transaction, whole, in the core).
  */
 export class StatementNames {
   readonly #max: number;
+  readonly #support: SourceSupport;
   readonly #names = new Map<string, string>();
   readonly #connections = new WeakMap<NamedClient, Prepared>();
   #epoch = 0;
   /** Whether the server gives each connection a backend of its own; settled by the first named statement. */
   #ownBackends: boolean | Promise<boolean> | undefined;
 
-  constructor(max: number) {
+  constructor(max: number, support = new SourceSupport()) {
     this.#max = max;
+    this.#support = support;
   }
 
   /**
@@ -89,7 +96,7 @@ export class StatementNames {
    * send the others only a Bind to a name the server never had (26000).
    */
   nameFor(client: NamedClient, text: string, params: readonly unknown[] | undefined): string | undefined | Promise<string | undefined> {
-    if (!params?.length) return undefined;
+    if (!params?.length || !this.#support.namedStatements) return undefined;
     const parsed = client.connection?.parsedStatements;
     if (typeof parsed !== 'object') return undefined; // not the pg this was written against
     const prepared = this.#prepared(client);
@@ -108,10 +115,11 @@ export class StatementNames {
   }
 
   /**
-   * Runs a statement, under its name when it has one. A plan made stale by a schema change fails
-   * the statement before it ran: in autocommit it runs again here at once, unnamed (safe even for a
-   * write); in a transaction, which the error aborted, it is marked so the core runs the whole
-   * transaction again. Either way the connection is replaced (see isStale).
+   * Runs a statement, under its name when it has one. A name refused by a pooler, or a plan made
+   * stale by a schema change, fails the statement before it ran: in autocommit it runs again here at
+   * once, unnamed (safe even for a write); in a transaction, which the error aborted, it is marked
+   * so the core runs the whole transaction again. A stale plan's connection is replaced (see
+   * isStale); a refused name turns names off for the whole source.
    */
   async run(
     client: NamedClient,
@@ -130,6 +138,10 @@ export class StatementNames {
     try {
       return await exec(name);
     } catch (err) {
+      if (this.#support.namedStatementRefused(err)) {
+        if (!autocommit) throw markRerunnable(err, { uncounted: true });
+        return exec(undefined);
+      }
       if (!cached || !isStalePlan(err)) throw err;
       this.schemaChanged();
       if (!autocommit) throw markRerunnable(err);

@@ -4,7 +4,7 @@
  * one round trip without a session (OneShotConnector). Transactions, deadlines, retries, the
  * breaker and the observer calls are the core's (src/db/core/database.ts), written once.
  */
-import type { ClientKind, PipelineStats, QueryResult, Statement, TxOptions } from '../types.js';
+import type { ClientKind, PipelineStats, QueryResult, RefusedFeatures, Statement, TxOptions } from '../types.js';
 
 /**
  * One server session: a pooled connection, checked out by one request at a time. Transaction
@@ -56,6 +56,8 @@ export interface PoolFigures {
   openedCount: number;
   closedCount: number;
   errorCount: number;
+  /** What the server, or a pooler in front of it, refused. */
+  refused?: RefusedFeatures;
 }
 
 export interface SessionConnector {

@@ -132,6 +132,7 @@ export class CoreDatabase implements Database {
       retryDeniedCount: this.#budget.deniedCount,
       cancelledCount: runner.cancelledCount,
       ...this.#pipelineStats(),
+      ...(pool.refused ? { refused: pool.refused } : {}),
     };
   }
 
