@@ -68,7 +68,7 @@ const ISOLATION_LEVELS: Record<string, string> = {
 /** A COPY to or from the client (leading comments and whitespace skipped). */
 const COPY_STDIO = /^(?:\s|--[^\n]*\n|\/\*[\s\S]*?\*\/)*COPY\b[\s\S]*\b(?:TO\s+STDOUT|FROM\s+STDIN)\b/i;
 
-/** The Postgres error fields Neon forwards, in its order; absent ones are sent as null. */
+/** The Postgres error fields Neon forwards, in its order; absent ones are sent as null, but `code` and `severity` as "" (as Neon does). */
 const ERROR_FIELDS = [
   'code',
   'detail',
@@ -103,7 +103,8 @@ export async function handleSql(req: IncomingMessage, ctx: SqlContext, signal: A
       budget: { left: ctx.maxResponseBytes, limit: ctx.maxResponseBytes },
       signal,
     };
-    const client = await ctx.pools.connect(info);
+    const lease = await ctx.pools.connect(info, signal);
+    const client = lease.client;
     const cancel = cancelOnAbort(client, info, signal, ctx.log);
     let discard = false;
     try {
@@ -121,11 +122,12 @@ export async function handleSql(req: IncomingMessage, ctx: SqlContext, signal: A
       // A cancelled connection is never reused: a CancelRequest that lands late would hit the
       // next request's statement. The reset runs after the answer is handed back, off the
       // client's clock; the next request waits for it in the pool queue.
-      void releaseClean(client, discard || cancel.sent());
+      void releaseClean(lease, discard || cancel.sent());
       cancel.dispose();
     }
   } catch (err) {
-    return { ...errorResponse(err), headers: {}, target, refused: err instanceof RefusedError };
+    const failure = signal.aborted && !(err instanceof ProxyError) ? clientGone() : err;
+    return { ...errorResponse(failure), headers: {}, target, refused: err instanceof RefusedError };
   }
 }
 
@@ -135,7 +137,7 @@ export async function handleSql(req: IncomingMessage, ctx: SqlContext, signal: A
  * and holding a pool slot to its end.
  */
 function cancelOnAbort(
-  client: pg.PoolClient,
+  client: pg.Client,
   info: ConnectionInfo,
   signal: AbortSignal,
   log: (line: string) => void,
@@ -246,7 +248,7 @@ function statement(value: unknown, where: string): Statement {
   return { query: value.query, params: (value.params as unknown[] | undefined) ?? [], arrayMode: value.arrayMode };
 }
 
-async function runBatch(client: pg.PoolClient, batch: Statement[], begin: string, output: Output): Promise<string[]> {
+async function runBatch(client: pg.Client, batch: Statement[], begin: string, output: Output): Promise<string[]> {
   await client.query(begin);
   try {
     const results: string[] = [];
@@ -287,7 +289,7 @@ interface RawResult {
  * counted against the response budget; past it the statement is abandoned with a 507 (the
  * caller discards the connection, which stops the backend) instead of buffering the whole result.
  */
-function runStatement(client: pg.PoolClient, stmt: Statement, output: Output): Promise<string> {
+function runStatement(client: pg.Client, stmt: Statement, output: Output): Promise<string> {
   const arrayMode = stmt.arrayMode ?? output.arrayMode;
   const budget = output.budget;
   return new Promise((resolve, reject) => {
@@ -339,10 +341,12 @@ function rowConverter(fields: pg.FieldDef[], rawText: boolean): (row: (string | 
   return (row) => row.map((v, i) => (converters[i] ? converters[i](v) : v));
 }
 
-/** Neon's error body: the message plus every Postgres field (null when absent). */
+/** Neon's error body: the message plus every Postgres field (see ERROR_FIELDS). */
 function errorResponse(err: unknown): { status: number; body: string } {
   const body: Record<string, unknown> = { message: '' };
   for (const field of ERROR_FIELDS) body[field] = null;
+  body.code = '';
+  body.severity = '';
   let status: number;
   if (err instanceof ProxyError) {
     status = err.status;
@@ -350,7 +354,7 @@ function errorResponse(err: unknown): { status: number; body: string } {
   } else if (err instanceof DatabaseError) {
     status = 400;
     body.message = err.message;
-    for (const field of ERROR_FIELDS) body[field] = err[field] ?? null;
+    for (const field of ERROR_FIELDS) body[field] = err[field] ?? body[field];
   } else {
     // Could not connect, or the connection died mid-statement: the database, not the request, failed.
     status = 502;
