@@ -119,6 +119,57 @@ describe('a web page cannot drive the proxy', () => {
   });
 });
 
+describe('smaller doors', () => {
+  const sql = (body: string, headers: Record<string, string> = {}) => raw('POST', '/sql', { ...SQL_HEADERS(), ...headers }, body);
+
+  it('COPY is refused over HTTP only for STDOUT/STDIN in the statement, not in a comment or a string', async () => {
+    for (const query of [
+      "COPY (SELECT 1) TO '/nonexistent-poolgate-dir/x' -- not to stdout",
+      "COPY (SELECT 1) TO '/nonexistent-poolgate-dir/to stdout' /* from stdin */",
+    ]) {
+      const res = await sql(JSON.stringify({ query, params: [] }));
+      expect(res.status, query).toBe(400);
+      expect(JSON.parse(res.body).message, query).not.toMatch(/not supported over HTTP/);
+    }
+    const stdout = await sql(JSON.stringify({ query: "COPY (SELECT 1) /* '/file' */ TO STDOUT", params: [] }));
+    expect(JSON.parse(stdout.body).message).toMatch(/not supported over HTTP/);
+  });
+
+  it('each request’s application_name is the one its connection has, on a reused connection too', async ({ skip }) => {
+    if (!db.real) skip('PGlite ignores application_name; needs TEST_DATABASE_URL');
+    const single = await startNeonProxy({ databaseUrls: [db.url], port: 0, poolMaxPerTarget: 1 });
+    try {
+      for (const name of ['first-app', 'second-app', 'first-app']) {
+        const url = new URL(db.url);
+        url.searchParams.set('application_name', name);
+        const res = await fetch(`${single.url}/sql`, {
+          method: 'POST',
+          body: JSON.stringify({ query: "SELECT current_setting('application_name')", params: [] }),
+          headers: { ...SQL_HEADERS(), 'Neon-Connection-String': url.toString() },
+        });
+        expect(((await res.json()) as { rows: unknown[] }).rows).toEqual([[name]]);
+      }
+    } finally {
+      await single.close();
+    }
+  });
+
+  it('a 10k-deep parameter is a 400 for the request, not a 502 from the proxy', async () => {
+    const deep = `${'['.repeat(10_000)}1${']'.repeat(10_000)}`;
+    const res = await sql(`{"query":"SELECT $1::text","params":[${deep}]}`);
+    expect(res.status).toBe(400);
+    expect(JSON.parse(res.body)).toMatchObject({ message: expect.stringContaining('nested') });
+  });
+
+  it('a JSON-number parameter above 2^53 keeps its digits', async () => {
+    const res = await sql(
+      '{"query":"SELECT $1::numeric::text AS a, $2::numeric[]::text AS b","params":[9007199254740993, [12345678901234567890]]}',
+    );
+    expect(res.status, res.body).toBe(200);
+    expect(JSON.parse(res.body).rows).toEqual([['9007199254740993', '{12345678901234567890}']]);
+  });
+});
+
 describe('Neon’s options=endpoint=… hint over the WebSocket', () => {
   it('the real driver’s Pool connects with it, and the rest of options still applies', async () => {
     const url = new URL(db.url);

@@ -65,8 +65,23 @@ const ISOLATION_LEVELS: Record<string, string> = {
   Serializable: 'SERIALIZABLE',
 };
 
-/** A COPY to or from the client (leading comments and whitespace skipped). */
-const COPY_STDIO = /^(?:\s|--[^\n]*\n|\/\*[\s\S]*?\*\/)*COPY\b[\s\S]*\b(?:TO\s+STDOUT|FROM\s+STDIN)\b/i;
+/** A COPY to or from the client, read in a statement without its comments and quoted text (noSqlText). */
+const COPY_STDIO = /^\s*COPY\b[\s\S]*\b(?:TO\s+STDOUT|FROM\s+STDIN)\b/i;
+/** Comments, string literals ('…', E'…', $tag$…$tag$) and quoted identifiers: words in them are not the statement's. */
+const SQL_TEXT = /--[^\n]*|\/\*[\s\S]*?\*\/|'(?:[^']|'')*'|"(?:[^"]|"")*"|(\$[A-Za-z_]*\$)[\s\S]*?\1/g;
+const noSqlText = (query: string) => query.replace(SQL_TEXT, ' ');
+
+/**
+ * How deep a body may nest arrays and objects. Postgres arrays stop at 6 dimensions, and both a
+ * JSON.parse reviver and pg (turning a nested parameter into text) recurse: far deeper input
+ * would overflow the stack.
+ */
+const MAX_BODY_DEPTH = 64;
+/** Digits a double may not keep: a number with this many in a row is read again, digits kept. */
+const LONG_DIGITS = /\d{16}/;
+
+/** JSON.rawJSON (Node 21+; not yet in TypeScript's lib): a value JSON.stringify writes as the given text. */
+const rawJSON = (text: string) => (JSON as unknown as { rawJSON: (text: string) => object }).rawJSON(text);
 
 /** The Postgres error fields Neon forwards, in its order; absent ones are sent as null, but `code` and `severity` as "" (as Neon does). */
 const ERROR_FIELDS = [
@@ -224,14 +239,28 @@ function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
 }
 
 function parsePayload(body: Buffer): Payload {
+  const text = body.toString('utf8');
   let json: unknown;
   try {
-    json = JSON.parse(body.toString('utf8'));
+    // Without a reviver JSON.parse does not recurse, so any depth parses; it is checked next.
+    json = JSON.parse(text);
   } catch (err) {
     throw new ProxyError(400, `could not parse the HTTP request body: ${(err as Error).message}`);
   }
+  if (!nestsWithin(json, MAX_BODY_DEPTH))
+    throw new ProxyError(400, `could not parse the HTTP request body: nested more than ${MAX_BODY_DEPTH} levels deep`);
+  if (LONG_DIGITS.test(text)) json = JSON.parse(text, keepNumberDigits);
   if (isObject(json) && Array.isArray(json.queries)) return { batch: json.queries.map((q, i) => statement(q, `queries[${i}]`)) };
   return { statement: statement(json, 'the body') };
+}
+
+/**
+ * A JSON number a double cannot hold as written (above 2^53, or more digits than it keeps) stays
+ * the text the client sent: pg then sends Postgres those digits, not the rounded double's.
+ */
+function keepNumberDigits(_key: string, value: unknown, context?: { source?: string }): unknown {
+  if (typeof value !== 'number' || context?.source === undefined) return value;
+  return String(value) === context.source ? value : rawJSON(context.source);
 }
 
 function statement(value: unknown, where: string): Statement {
@@ -242,10 +271,22 @@ function statement(value: unknown, where: string): Statement {
   if (value.arrayMode !== undefined && typeof value.arrayMode !== 'boolean') throw bad('needs "arrayMode" as a boolean');
   // Over HTTP there is no copy sub-protocol: a COPY TO STDOUT would "succeed" with no rows and a
   // COPY FROM STDIN would wait for data that never comes.
-  if (COPY_STDIO.test(value.query))
+  if (COPY_STDIO.test(noSqlText(value.query)))
     throw new ProxyError(400, 'COPY … TO STDOUT / FROM STDIN is not supported over HTTP; use a WebSocket session');
   // Params arrive as text (or null) from the driver; pg turns any other JSON value into text too.
   return { query: value.query, params: (value.params as unknown[] | undefined) ?? [], arrayMode: value.arrayMode };
+}
+
+/** Whether `value` nests arrays and objects at most `limit` levels deep; walked without recursion, so any depth is safe to ask about. */
+function nestsWithin(value: unknown, limit: number): boolean {
+  const stack: [unknown, number][] = [[value, 0]];
+  for (let item = stack.pop(); item; item = stack.pop()) {
+    const [v, depth] = item;
+    if (typeof v !== 'object' || v === null) continue;
+    if (depth >= limit) return false;
+    for (const child of Object.values(v)) stack.push([child, depth + 1]);
+  }
+  return true;
 }
 
 async function runBatch(client: pg.Client, batch: Statement[], begin: string, output: Output): Promise<string[]> {
