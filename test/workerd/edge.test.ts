@@ -186,6 +186,7 @@ beforeAll(async () => {
         NODE_FUNCTION_URL: `${stack.nodeUrl}/hidden-path`,
       }),
       worker('short-secret', { ...stack.edgeEnv, FORWARD_SECRET: SHORT_SECRET }),
+      worker('no-token', { ...stack.edgeEnv, OPS_TOKEN: '' }),
       routed(
         worker('neon-down', {
           ...stack.edgeEnv,
@@ -430,7 +431,7 @@ describe('capacity and the per-request WebSocket pool', () => {
 describe('stats at the edge', () => {
   it("/stats is the isolate's own, counting each request once under its route and client", async () => {
     const snap = async () =>
-      (await ask(nodeFetch, `${edge}/stats`)).body as {
+      (await ask(nodeFetch, `${edge}/stats`, { headers: { authorization: `Bearer ${stack.opsToken}` } })).body as {
         scope: string;
         routes: { method: string; route: string; count: number; clients: Record<string, number> }[];
       };
@@ -450,6 +451,34 @@ describe('stats at the edge', () => {
     expect(delta('POST', '/api/workouts', 'forwarded')).toBe(1);
     // Nothing at the edge ever ran on a pg Pool.
     expect(after.routes.every((r) => !('pg-pool' in r.clients))).toBe(true);
+  });
+});
+
+describe('the edge’s figures outside development', () => {
+  const bearer = () => ({ authorization: `Bearer ${stack.opsToken}` });
+
+  it('/stats, /metrics and readiness details need OPS_TOKEN; /health and readiness’s status stay open', async () => {
+    for (const path of ['/stats', '/metrics']) {
+      const res = await ask(nodeFetch, `${edge}${path}`);
+      expect(res.status, path).toBe(401);
+      expect(res.body.error.code).toBe('unauthorized');
+      expect(res.text).not.toContain('routes');
+      expect((await ask(nodeFetch, `${edge}${path}`, { headers: bearer() })).status, path).toBe(200);
+    }
+    expect((await ask(nodeFetch, `${edge}/health`)).status).toBe(200);
+    const bare = await ask(nodeFetch, `${edge}/health/ready`);
+    expect(Object.keys(bare.body)).toEqual(['status']);
+    expect((await ask(nodeFetch, `${edge}/health/ready`, { headers: bearer() })).body).toHaveProperty('breakers');
+  });
+
+  it('without OPS_TOKEN (and not in development) they are closed to everyone', async () => {
+    const fetcher = await workerFetcher('no-token');
+    for (const path of ['/stats', '/metrics']) {
+      const res = await ask(fetcher, `http://edge.local${path}`);
+      expect(res.status, path).toBe(401);
+      expect(res.body.error.message).toContain('OPS_TOKEN');
+    }
+    expect(Object.keys((await ask(fetcher, 'http://edge.local/health/ready')).body)).toEqual(['status']);
   });
 });
 
