@@ -346,12 +346,27 @@ describe('writes, forwarded signed to the Node function', () => {
     expect(await workoutCounts()).toEqual(before);
   });
 
+  it('an Idempotency-Key the Node side would refuse (300 characters) is a 400 at the edge, nothing signed or forwarded', async () => {
+    const before = recorder.requests.length;
+    const capture = await workerFetcher('capture');
+    for (const key of ['k'.repeat(300), 'has space']) {
+      const res = await ask(capture, 'http://edge.local/api/workouts', {
+        method: 'POST',
+        json: workoutBody(writer.userId, 'bad-key-run'),
+        headers: { 'idempotency-key': key },
+      });
+      expect(res.status, key).toBe(400);
+      expect(res.body.error.code).toBe('validation_failed');
+    }
+    expect(recorder.requests).toHaveLength(before);
+  });
+
   it('a signature the edge made is refused when the body is tampered with, accepted once, then refused as a replay', async () => {
     const body = workoutBody(writer.userId, 'captured-run');
     const viaCapture = await ask(await workerFetcher('capture'), 'http://edge.local/api/workouts', { method: 'POST', json: body });
     expect(viaCapture.status).toBe(201);
     expect(recorder.requests).toHaveLength(1);
-    const sent = recorder.requests[0]!;
+    const sent = recorder.requests.at(-1)!;
     expect(sent.path).toBe('/api/workouts');
     expect(sent.headers['x-poolgate-signature']).toMatch(/^t=\d+,n=[\w-]+,v2=[\w-]{43}$/);
     const replay = (payload: string, path = sent.path) =>
