@@ -204,6 +204,8 @@ describe('a database that accepts TCP and never answers', () => {
   beforeAll(async () => {
     silent = createServer((socket) => {
       sockets.add(socket);
+      // Reads (and drops) what it is sent, so it sees a client hang up; it never answers.
+      socket.resume();
       socket.on('error', () => {});
       socket.on('close', () => sockets.delete(socket));
     });
@@ -237,6 +239,29 @@ describe('a database that accepts TCP and never answers', () => {
     );
     expect(many.map((r) => r.status)).toEqual(Array(12).fill(502));
     await Promise.all(many.map((r) => r.text()));
+  });
+
+  it('requests that go away while connecting give their connection slots back at once, not at the timeout', async () => {
+    const patient = await startNeonProxy({ databaseUrls: [url], port: 0, connectTimeoutMs: 120_000, poolMaxPerTarget: 2 });
+    try {
+      const ac = new AbortController();
+      const pending = Array.from({ length: 2 }, () =>
+        fetch(`${patient.url}/sql`, {
+          method: 'POST',
+          body: '{"query":"SELECT 1"}',
+          headers: { 'Neon-Connection-String': url },
+          signal: ac.signal,
+        }).catch((e: unknown) => e),
+      );
+      await waitFor(() => sockets.size === 2);
+      ac.abort();
+      await Promise.all(pending);
+      // Both connects are dropped: the silent server sees its sockets close, the slots are free.
+      await waitFor(() => sockets.size === 0);
+      await waitFor(() => patient.stats().backendCount === 0);
+    } finally {
+      await patient.close();
+    }
   });
 
   it('a WebSocket session’s startup is cut at the connect timeout: the driver fails instead of hanging', async () => {
@@ -303,3 +328,11 @@ describe.skipIf(!realPostgresUrl || !privatePostgresAvailable)('one pool per pas
     60_000,
   );
 });
+
+async function waitFor(check: () => boolean, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

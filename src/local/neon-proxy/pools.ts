@@ -60,6 +60,8 @@ interface Pool {
 interface Waiter {
   key: string;
   info: ConnectionInfo;
+  /** The request went away: out of the queue, and a connect under way for it is dropped. */
+  signal: AbortSignal;
   resolve(lease: Lease): void;
   reject(err: Error): void;
 }
@@ -96,6 +98,7 @@ export class PoolRegistry {
       const waiter: Waiter = {
         key: keyOf(info),
         info,
+        signal,
         resolve: (lease) => {
           signal.removeEventListener('abort', onAbort);
           // Gone meanwhile (its connect was under way): the connection goes back, unused.
@@ -155,7 +158,7 @@ export class PoolRegistry {
   #open(waiter: Waiter): void {
     this.#poolOf(waiter.key).count++;
     this.#total++;
-    openClient(waiter.info, this.#opts.connectTimeoutMs).then(
+    openClient(waiter.info, this.#opts.connectTimeoutMs, waiter.signal).then(
       (client) => {
         client.on('error', (err) => {
           const idle = this.#pools.get(waiter.key)?.idle.find((i) => i.client === client);
@@ -249,11 +252,12 @@ function keyOf(info: ConnectionInfo): string {
 const whereOf = (info: ConnectionInfo) => `${info.user}@${describeTarget(info)}/${info.database}`;
 
 /**
- * Opens one connection, up to ReadyForQuery, within `timeoutMs`. The socket is ours, so a
- * database that accepts and never answers is cut at the deadline (the attempt then fails with
+ * Opens one connection, up to ReadyForQuery, within `timeoutMs`, or until `signal` aborts (its
+ * request went away: the slot is not held for nobody). The socket is ours, so a database that
+ * accepts and never answers is cut at the deadline (the attempt then fails with
  * ConnectTimeoutError, not the driver's message).
  */
-async function openClient(info: ConnectionInfo, timeoutMs: number): Promise<pg.Client> {
+async function openClient(info: ConnectionInfo, timeoutMs: number, signal: AbortSignal): Promise<pg.Client> {
   const socket = new Socket();
   const client = new pg.Client({
     host: info.host,
@@ -273,7 +277,10 @@ async function openClient(info: ConnectionInfo, timeoutMs: number): Promise<pg.C
     socket.destroy();
   }, timeoutMs);
   timer.unref();
+  const cut = () => socket.destroy();
+  signal.addEventListener('abort', cut, { once: true });
   try {
+    if (signal.aborted) throw new Error('the client went away before its connection was opened');
     await client.connect();
     return client;
   } catch (err) {
@@ -281,6 +288,7 @@ async function openClient(info: ConnectionInfo, timeoutMs: number): Promise<pg.C
     throw timedOut ? new ConnectTimeoutError(`no answer from ${describeTarget(info)} within ${timeoutMs} ms`) : err;
   } finally {
     clearTimeout(timer);
+    signal.removeEventListener('abort', cut);
   }
 }
 
