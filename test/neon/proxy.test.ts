@@ -329,7 +329,7 @@ describe('CLI', () => {
     // exits 143 and orphans the child), so through npx the CLI's own exit code is unobservable.
     const child = spawn(
       'node_modules/.bin/tsx',
-      ['src/local/neon-proxy/cli.ts', '--database-url', withPassword.toString(), '--port', '0'],
+      ['src/local/neon-proxy/cli.ts', '--database-url', withPassword.toString(), '--port', '0', '--allow-origin', 'http://127.0.0.1:8787'],
       {
         cwd: repoRoot,
         env: { ...process.env, DATABASE_URL: '' },
@@ -354,6 +354,13 @@ describe('CLI', () => {
       } finally {
         useNeonProxy(proxy);
       }
+      // --allow-origin: that origin's preflight is granted, any other refused.
+      const preflight = (origin: string) =>
+        fetch(`${url}/sql`, { method: 'OPTIONS', headers: { Origin: origin, 'Access-Control-Request-Method': 'POST' } });
+      const granted = await preflight('http://127.0.0.1:8787');
+      expect(granted.status).toBe(204);
+      expect(granted.headers.get('access-control-allow-origin')).toBe('http://127.0.0.1:8787');
+      expect((await preflight('https://evil.example')).status).toBe(403);
       child.kill('SIGTERM');
       expect(await exited).toBe(0);
       expect(stdout).toContain('neon-proxy: closed');
@@ -393,6 +400,7 @@ describe('CLI', () => {
     [['--database-url'], /argument missing/],
     [['--bogus', 'postgres://u:cli-secret-pw@h/x'], /Unknown option '--bogus'/],
     [['--database-url', 'postgres://postgres@127.0.0.1:5432/x', 'postgres://u:cli-secret-pw@h/x'], /unexpected argument #3/],
+    [['--database-url', 'postgres://u:cli-secret-pw@h/x', '--allow-origin', 'ftp://x'], /--allow-origin must be an http\(s\) origin/],
   ])('runNeonProxyCli(%j) returns 1', async (argv, message) => {
     const lines: string[] = [];
     const original = console.error;
