@@ -420,7 +420,16 @@ describe('error mapping: JSON with a stable code, never a stack', FAST, () => {
     const res = await t.app.request('/api/nothing-here', { method: 'PUT' });
     expect(res.status).toBe(404);
     expect(res.headers.get('content-type')).toMatch(/^application\/json/);
-    expect(await errorOf(res)).toMatchObject({ code: 'route_not_found', message: 'No route for PUT /api/nothing-here.' });
+    expect(await errorOf(res)).toMatchObject({ code: 'route_not_found', message: 'No route for PUT at this path.' });
+  });
+
+  it('the 404 does not echo the request path', async () => {
+    const t = setup();
+    const res = await t.app.request('/etc/passwd%3Cscript%3E');
+    expect(res.status).toBe(404);
+    const text = await res.text();
+    expect(text).not.toContain('passwd');
+    expect(text).not.toContain('/etc');
   });
 
   it("an application's own Hono app answers its misses the same way with routeNotFound(app), over every route it serves", async () => {
@@ -451,7 +460,7 @@ describe('error mapping: JSON with a stable code, never a stack', FAST, () => {
     const error = await errorOf(none);
     expect(error).toMatchObject({
       code: 'route_not_found',
-      message: 'No route for PUT /api/nothing-here.',
+      message: 'No route for PUT at this path.',
       requestId: expect.stringMatching(UUID),
     });
     expect(none.headers.get('x-request-id')).toBe(error.requestId);

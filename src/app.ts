@@ -59,7 +59,6 @@ const BODYLESS = new Set(['GET', 'HEAD']);
 function runHere(route: RouteSpec, ttlMs: number): Handler<AppEnv> {
   return async function runRoute(c) {
     const key = route.kind === 'transactional' ? c.req.header(IDEMPOTENCY_HEADER) : undefined;
-    if (key !== undefined) checkKey(key);
     const forward = route.kind === 'transactional' ? c.get('forward') : undefined;
     const db = c.get('db');
     const work = async (tx: Db): Promise<RouteResult & { replayed?: boolean }> => {
@@ -81,11 +80,14 @@ function runHere(route: RouteSpec, ttlMs: number): Handler<AppEnv> {
 }
 
 /**
- * Parses the route's params and query with its schemas, reads the body once (size-capped) and
- * parses it: 4xx before any database work, or any forward.
+ * Parses the route's params and query with its schemas, checks a transactional route's
+ * Idempotency-Key, reads the body once (size-capped) and parses it: 4xx before any database
+ * work, or any forward (the edge refuses what the Node side would, before signing anything).
  */
 function parseInput(route: RouteSpec): MiddlewareHandler<AppEnv> {
   return async function parseInput(c, next) {
+    const key = route.kind === 'transactional' ? c.req.header(IDEMPOTENCY_HEADER) : undefined;
+    if (key !== undefined) checkKey(key);
     if (route.params) c.set('params', parseWith(route.params, c.req.param()));
     if (route.query) c.set('query', parseWith(route.query, c.req.query()));
     if (route.body) c.set('body', await jsonBody(c, route.body));

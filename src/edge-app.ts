@@ -9,6 +9,7 @@ import type { EdgeConfig } from './config.js';
 import { createNeonDatabase, useLocalNeonProxy, type NeonDriver } from './db/connectors/neon.js';
 import { createForwardBreaker, forwardTo } from './middleware/forward.js';
 import type { FetchApp, PoolgateApp } from './definition.js';
+import { opsAccessFor } from './routes/ops.js';
 import { StatsRegistry } from './stats/registry.js';
 
 export interface EdgeAppDeps {
@@ -38,7 +39,7 @@ export function createEdgeApp(config: EdgeConfig, deps: EdgeAppDeps): FetchApp {
     registry,
     bodyLimitBytes: config.bodyLimitBytes,
     requestTimeoutMs: config.requestTimeoutMs,
-    opsAccess: { token: config.opsToken },
+    opsAccess: opsAccessFor({ token: config.opsToken, development: config.development, exposed: true }),
     log: deps.log,
     transactional: forwardTo({
       targetUrl: config.nodeFunctionUrl,

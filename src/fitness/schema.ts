@@ -9,6 +9,17 @@ const int = (min: number, max: number) => z.number().int().min(min).max(max);
 
 export const uuid = z.uuid({ message: 'must be a UUID' });
 
+/**
+ * A whole number in a query string: decimal digits only, then bounded. z.coerce.number() alone
+ * would take `0x10`, `1e1`, ` 5` or `` as 16, 10, 5 or 0 (Number() reads them so).
+ */
+const queryInt = (min: number, max: number, fallback: number) =>
+  z
+    .string()
+    .regex(/^\d{1,9}$/, { message: 'must be a whole number in decimal digits' })
+    .default(String(fallback))
+    .pipe(z.coerce.number<string>().int().min(min).max(max));
+
 export const preferencesInput = z.strictObject({
   units: z.enum(['metric', 'imperial']),
   weeklyGoal: int(0, 100).nullable().optional(),
@@ -42,7 +53,7 @@ export const createWorkoutInput = z.strictObject({
 });
 
 export const listQuery = z.strictObject({
-  limit: z.coerce.number().int().min(1).max(100).default(20),
+  limit: queryInt(1, 100, 20),
   cursor: z.string().max(200).optional(),
 });
 

@@ -153,7 +153,7 @@ export async function startTopology(env: Env, log: (line: string) => void, optio
     checkpoint();
     const gateway = await startNode(options.app, env, databaseUrl, ports.node, forwardSecret, lock !== undefined, parts);
     checkpoint();
-    const proxy = await startProxy(databaseUrl, ports.proxy, gateway.config.logLevel, parts);
+    const proxy = await startProxy(databaseUrl, ports, gateway.config.logLevel, parts);
     checkpoint();
     const bindings = {
       DATABASE_URL: databaseUrl,
@@ -249,9 +249,17 @@ async function startNode(
   return gateway;
 }
 
-async function startProxy(databaseUrl: string, claim: PortClaim, logLevel: NeonProxyOptions['logLevel'], parts: Parts): Promise<NeonProxy> {
+async function startProxy(
+  databaseUrl: string,
+  ports: ReturnType<typeof topologyPorts>,
+  logLevel: NeonProxyOptions['logLevel'],
+  parts: Parts,
+): Promise<NeonProxy> {
+  const claim = ports.proxy;
+  // Browsers may reach it only from the local edge's pages; the edge itself (workerd) sends no Origin.
+  const allowedOrigins = [`http://${HOST}:${ports.edge.port}`, `http://localhost:${ports.edge.port}`];
   const proxy = await explainBusyPort(claim, () =>
-    startNeonProxy({ databaseUrls: [databaseUrl], port: claim.port, host: HOST, log: parts.log, logLevel }),
+    startNeonProxy({ databaseUrls: [databaseUrl], port: claim.port, host: HOST, allowedOrigins, log: parts.log, logLevel }),
   );
   parts.set('proxy', async () => {
     await proxy.close();

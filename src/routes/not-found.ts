@@ -44,7 +44,8 @@ export function routeNotFound<E extends Env = Env>(app: RoutedApp): NotFoundHand
     const allow = allowedOn(c.req.path);
     const res = (
       allow.length === 0
-        ? new AppError(404, 'route_not_found', `No route for ${c.req.method} ${c.req.path}.`)
+        ? // The path is not echoed: an answer should not carry whatever a prober put in the URL.
+          new AppError(404, 'route_not_found', `No route for ${c.req.method} at this path.`)
         : new AppError(405, 'method_not_allowed', `${c.req.method} is not allowed here; use ${allow.join(', ')}.`)
     ).toResponse(requestId);
     if (allow.length > 0) res.headers.set('allow', allow.join(', '));

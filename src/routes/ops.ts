@@ -1,10 +1,10 @@
 /**
  * Operational endpoints: liveness (no I/O), readiness (a short DB ping and pool state), stats
  * JSON and Prometheus metrics. None of them names the database host, user or URL. Who may read
- * them: /health anyone; /stats, /metrics and readiness details whoever sends OPS_TOKEN as a
- * bearer token — and, where no token is set, anyone unless the app is `locked` (a Node gateway
- * that accepts only signed traffic). Readiness without the token still answers its status code
- * with a bare body, so load balancers need no secret.
+ * them (opsAccessFor, the one rule for every runtime): /health anyone; /stats, /metrics and
+ * readiness details whoever sends OPS_TOKEN as a bearer token — and, where no token is set,
+ * anyone only in development or on a Node gateway open to unsigned traffic. Readiness without the
+ * token still answers its status code with a bare body, so load balancers need no secret.
  */
 import { Hono, type Context, type Handler, type MiddlewareHandler } from 'hono';
 import { register } from './register.js';
@@ -20,6 +20,25 @@ export interface OpsAccess {
   token?: string | undefined;
   /** Without a token, the details are refused (a gateway that accepts only signed traffic). */
   locked?: boolean;
+}
+
+/**
+ * The one rule for who reads the figures. `exposed`: the app faces callers it does not know —
+ * the edge always, a Node gateway once it accepts only signed traffic (a gateway without
+ * FORWARD_SECRET is a development or private one and stays open). Outside development, an
+ * exposed app without OPS_TOKEN shows its figures to no one.
+ * @example createPoolgate({ …, opsAccess: opsAccessFor({ token: config.opsToken, development: config.development, exposed: true }) })
+ */
+export function opsAccessFor({
+  token,
+  development,
+  exposed,
+}: {
+  token: string | undefined;
+  development: boolean;
+  exposed: boolean;
+}): OpsAccess {
+  return { token, locked: exposed && !development };
 }
 
 export interface OpsOptions {
@@ -59,7 +78,7 @@ export function opsRoutes({ database, registry, drain, readyTimeoutMs, access = 
       401,
       'unauthorized',
       access.token === undefined
-        ? 'This gateway accepts only signed traffic: set OPS_TOKEN to read its stats.'
+        ? 'Outside development the figures need OPS_TOKEN: set it, then send Authorization: Bearer <OPS_TOKEN>.'
         : 'Send Authorization: Bearer <OPS_TOKEN> to read this.',
     );
   const get = (path: string, handler: Handler<AppEnv>) =>

@@ -10,6 +10,7 @@ import type { Config } from '../config.js';
 import { createPgPoolDatabase, type PgPoolDatabase } from '../db/connectors/pg-pool.js';
 import { Drain } from '../lifecycle/drain.js';
 import { verifyForward } from '../middleware/verify-forward.js';
+import { opsAccessFor } from '../routes/ops.js';
 import type { FetchApp, PoolgateApp } from '../definition.js';
 import { StatsRegistry } from '../stats/registry.js';
 
@@ -55,8 +56,7 @@ export function createNodeApp(config: Config, options: NodeAppOptions): NodeApp 
     requestTimeoutMs: config.requestTimeoutMs,
     log,
     verify,
-    // A gateway that takes only signed traffic keeps its figures to whoever has OPS_TOKEN (open in development).
-    opsAccess: { token: config.opsToken, locked: verify !== undefined && !config.development },
+    opsAccess: opsAccessFor({ token: config.opsToken, development: config.development, exposed: verify !== undefined }),
     readHeader: options.readHeader,
     onClientGone: options.onClientGone,
   });

@@ -103,10 +103,11 @@ afterAll(async () => {
   await stack?.stop();
 });
 
-async function ask(path: string, init: { method?: string; json?: unknown } = {}) {
+async function ask(path: string, init: { method?: string; json?: unknown; headers?: Record<string, string> } = {}) {
   const res = await fetch(`${edge}${path}`, {
     method: init.method ?? 'GET',
-    ...(init.json !== undefined ? { body: JSON.stringify(init.json), headers: { 'content-type': 'application/json' } } : {}),
+    headers: { ...(init.json !== undefined ? { 'content-type': 'application/json' } : {}), ...init.headers },
+    ...(init.json !== undefined ? { body: JSON.stringify(init.json) } : {}),
     signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
   });
   const text = await res.text();
@@ -163,8 +164,9 @@ describe('Netlify Edge entry under Deno', () => {
     expect(node?.clients['pg-pool']).toBe(1);
   });
 
-  it("/stats is the Deno isolate's own", async () => {
-    const res = await ask('/stats');
+  it("/stats is the Deno isolate's own, and needs OPS_TOKEN outside development", async () => {
+    for (const path of ['/stats', '/metrics']) expect((await ask(path)).status, path).toBe(401);
+    const res = await ask('/stats', { headers: { authorization: `Bearer ${stack.opsToken}` } });
     expect(res.status).toBe(200);
     expect(res.body.scope).toBe('netlify-edge isolate');
     const route = (method: string, path: string) =>

@@ -34,12 +34,16 @@ export interface EdgeStack {
   /** The built edge bundle (an ES module). */
   bundlePath: string;
   /** What the edge runtime needs: DATABASE_URL, NEON_PROXY_URL, NODE_FUNCTION_URL, FORWARD_SECRET. */
+  /** The edge's OPS_TOKEN (its /stats, /metrics and readiness details need it outside development). */
+  opsToken: string;
   edgeEnv: Record<string, string>;
   /** Gateway and proxy log lines. */
   logs: string[];
   /** Stops the gateway and the proxy, drops the database, removes the bundle. Idempotent. */
   stop(): Promise<void>;
 }
+
+const EDGE_OPS_TOKEN = 'edge-ops-token-0123456789-abcdef';
 
 /**
  * @example
@@ -93,7 +97,14 @@ export async function startEdgeStack(bundle: EdgeBundle, prefix = 'poolgate_edge
       forwardSecret,
       applicationName,
       bundlePath,
-      edgeEnv: { DATABASE_URL: db.url, NEON_PROXY_URL: proxy.url, NODE_FUNCTION_URL: gateway.url, FORWARD_SECRET: forwardSecret },
+      opsToken: EDGE_OPS_TOKEN,
+      edgeEnv: {
+        DATABASE_URL: db.url,
+        NEON_PROXY_URL: proxy.url,
+        NODE_FUNCTION_URL: gateway.url,
+        FORWARD_SECRET: forwardSecret,
+        OPS_TOKEN: EDGE_OPS_TOKEN,
+      },
       logs,
       stop: () => (stopping ??= stopAll()),
     };

@@ -42,10 +42,10 @@ function post(base: string, body: string, headers: Record<string, string> = {}) 
 }
 
 describe('the wire format', () => {
-  it('answers a single query in raw text, array mode, with CORS', async () => {
+  it('answers a single query in raw text, array mode, with no CORS grant for a caller without an Origin', async () => {
     const res = await post(proxy.url, JSON.stringify({ query: 'SELECT $1::int AS x, NULL::text AS y', params: ['1'] }));
     expect(res.status).toBe(200);
-    expect(res.headers.get('access-control-allow-origin')).toBe('*');
+    expect(res.headers.get('access-control-allow-origin')).toBeNull();
     expect(res.headers.get('content-type')).toBe('application/json');
     expect(await res.json()).toEqual({
       command: 'SELECT',
@@ -94,8 +94,9 @@ describe('the wire format', () => {
     }
   });
 
-  it('answers the OPTIONS preflight', async () => {
-    const res = await fetch(`${proxy.url}/sql`, {
+  it('answers the OPTIONS preflight of an origin it was given', async () => {
+    const own = await startNeonProxy({ databaseUrls: [db.url], port: 0, allowedOrigins: ['http://app.local'] });
+    const res = await fetch(`${own.url}/sql`, {
       method: 'OPTIONS',
       headers: {
         Origin: 'http://app.local',
@@ -103,8 +104,9 @@ describe('the wire format', () => {
         'Access-Control-Request-Headers': 'neon-connection-string',
       },
     });
+    await own.close();
     expect(res.status).toBe(204);
-    expect(res.headers.get('access-control-allow-origin')).toBe('*');
+    expect(res.headers.get('access-control-allow-origin')).toBe('http://app.local');
     expect(res.headers.get('access-control-allow-methods')).toContain('POST');
     expect(res.headers.get('access-control-allow-headers')?.toLowerCase()).toContain('neon-connection-string');
     expect(res.headers.get('access-control-allow-headers')?.toLowerCase()).toContain('neon-batch-isolation-level');
@@ -113,7 +115,6 @@ describe('the wire format', () => {
   it('answers unknown paths with a 404 JSON error, and GET /sql with 405', async () => {
     const res = await fetch(`${proxy.url}/nope`);
     expect(res.status).toBe(404);
-    expect(res.headers.get('access-control-allow-origin')).toBe('*');
     expect(await res.json()).toMatchObject({ message: expect.stringContaining('/nope') });
     expect((await fetch(`${proxy.url}/sql`)).status).toBe(405);
   });
@@ -142,9 +143,10 @@ describe('bad requests get 400 with a JSON message', () => {
     const res = await post(proxy.url, body, headers);
     expect(res.status).toBe(400);
     expect(res.headers.get('content-type')).toBe('application/json');
-    const json = (await res.json()) as { message: string; code: unknown };
+    const json = (await res.json()) as { message: string; code: unknown; severity: unknown; detail: unknown };
     expect(json.message).toMatch(message);
-    expect(json.code).toBeNull();
+    // As Neon: code and severity "" when there is no Postgres error, the other fields null.
+    expect(json).toMatchObject({ code: '', severity: '', detail: null });
   });
 
   it('a missing connection string', async () => {
@@ -167,7 +169,7 @@ describe('targets that are not allowed are refused', () => {
     const res = await post(proxy.url, '{"query":"SELECT 1"}', { 'Neon-Connection-String': FOREIGN_URL });
     expect(res.status).toBe(400);
     const text = await res.text();
-    expect(JSON.parse(text)).toMatchObject({ message: 'this proxy does not serve 127.0.0.1:1', code: null, severity: null });
+    expect(JSON.parse(text)).toMatchObject({ message: 'this proxy does not serve 127.0.0.1:1', code: '', severity: '' });
     expect(text).not.toContain('not-this-one');
     // As from Neon: a NeonDbError with the message, not "Server error (HTTP status 403): {json}".
     const err = await neon(FOREIGN_URL)`SELECT 1`.catch((e: unknown) => e);
@@ -327,7 +329,7 @@ describe('CLI', () => {
     // exits 143 and orphans the child), so through npx the CLI's own exit code is unobservable.
     const child = spawn(
       'node_modules/.bin/tsx',
-      ['src/local/neon-proxy/cli.ts', '--database-url', withPassword.toString(), '--port', '0'],
+      ['src/local/neon-proxy/cli.ts', '--database-url', withPassword.toString(), '--port', '0', '--allow-origin', 'http://127.0.0.1:8787'],
       {
         cwd: repoRoot,
         env: { ...process.env, DATABASE_URL: '' },
@@ -352,6 +354,13 @@ describe('CLI', () => {
       } finally {
         useNeonProxy(proxy);
       }
+      // --allow-origin: that origin's preflight is granted, any other refused.
+      const preflight = (origin: string) =>
+        fetch(`${url}/sql`, { method: 'OPTIONS', headers: { Origin: origin, 'Access-Control-Request-Method': 'POST' } });
+      const granted = await preflight('http://127.0.0.1:8787');
+      expect(granted.status).toBe(204);
+      expect(granted.headers.get('access-control-allow-origin')).toBe('http://127.0.0.1:8787');
+      expect((await preflight('https://evil.example')).status).toBe(403);
       child.kill('SIGTERM');
       expect(await exited).toBe(0);
       expect(stdout).toContain('neon-proxy: closed');
@@ -391,6 +400,7 @@ describe('CLI', () => {
     [['--database-url'], /argument missing/],
     [['--bogus', 'postgres://u:cli-secret-pw@h/x'], /Unknown option '--bogus'/],
     [['--database-url', 'postgres://postgres@127.0.0.1:5432/x', 'postgres://u:cli-secret-pw@h/x'], /unexpected argument #3/],
+    [['--database-url', 'postgres://u:cli-secret-pw@h/x', '--allow-origin', 'ftp://x'], /--allow-origin must be an http\(s\) origin/],
   ])('runNeonProxyCli(%j) returns 1', async (argv, message) => {
     const lines: string[] = [];
     const original = console.error;

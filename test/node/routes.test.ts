@@ -417,6 +417,12 @@ describe('GET /api/users/:id/workouts', () => {
       ['?limit=0', 'limit'],
       ['?limit=101', 'limit'],
       ['?limit=abc', 'limit'],
+      // Decimal digits only: Number() would take each of these as 16, 10 or 5.
+      ['?limit=0x10', 'limit'],
+      ['?limit=1e1', 'limit'],
+      ['?limit=%205', 'limit'],
+      ['?limit=5.0', 'limit'],
+      ['?limit=', 'limit'],
       ['?cursor=bm9wZQ', 'cursor'],
     ] as const) {
       const res = await json(`${api}/users/${u.id}/workouts${q}`);

@@ -548,6 +548,7 @@ describe('at the edge: worker.ts in workerd → Neon proxy (reads), Node gateway
           NEON_PROXY_URL: proxyUrl,
           NODE_FUNCTION_URL: nodeUrl,
           FORWARD_SECRET: forwardSecret,
+          OPS_TOKEN: opsToken,
         }),
       ],
     });
@@ -607,7 +608,9 @@ describe('at the edge: worker.ts in workerd → Neon proxy (reads), Node gateway
   });
 
   it("the edge's /ops/stats shows both routes: the write forwarded, the reads on Neon HTTP", async () => {
-    const res = await ask(`${edge}/ops/stats`);
+    // Outside development the edge's figures need OPS_TOKEN, as the gateway's do.
+    expect((await ask(`${edge}/ops/stats`)).status).toBe(401);
+    const res = await ask(`${edge}/ops/stats`, { headers: { authorization: `Bearer ${opsToken}` } });
     expect(res.status, res.text).toBe(200);
     const post = routeIn(res.body, 'POST', '/api/notes');
     const get = routeIn(res.body, 'GET', '/api/notes/:id');

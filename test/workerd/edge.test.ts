@@ -186,6 +186,7 @@ beforeAll(async () => {
         NODE_FUNCTION_URL: `${stack.nodeUrl}/hidden-path`,
       }),
       worker('short-secret', { ...stack.edgeEnv, FORWARD_SECRET: SHORT_SECRET }),
+      worker('no-token', { ...stack.edgeEnv, OPS_TOKEN: '' }),
       routed(
         worker('neon-down', {
           ...stack.edgeEnv,
@@ -345,12 +346,27 @@ describe('writes, forwarded signed to the Node function', () => {
     expect(await workoutCounts()).toEqual(before);
   });
 
+  it('an Idempotency-Key the Node side would refuse (300 characters) is a 400 at the edge, nothing signed or forwarded', async () => {
+    const before = recorder.requests.length;
+    const capture = await workerFetcher('capture');
+    for (const key of ['k'.repeat(300), 'has space']) {
+      const res = await ask(capture, 'http://edge.local/api/workouts', {
+        method: 'POST',
+        json: workoutBody(writer.userId, 'bad-key-run'),
+        headers: { 'idempotency-key': key },
+      });
+      expect(res.status, key).toBe(400);
+      expect(res.body.error.code).toBe('validation_failed');
+    }
+    expect(recorder.requests).toHaveLength(before);
+  });
+
   it('a signature the edge made is refused when the body is tampered with, accepted once, then refused as a replay', async () => {
     const body = workoutBody(writer.userId, 'captured-run');
     const viaCapture = await ask(await workerFetcher('capture'), 'http://edge.local/api/workouts', { method: 'POST', json: body });
     expect(viaCapture.status).toBe(201);
     expect(recorder.requests).toHaveLength(1);
-    const sent = recorder.requests[0]!;
+    const sent = recorder.requests.at(-1)!;
     expect(sent.path).toBe('/api/workouts');
     expect(sent.headers['x-poolgate-signature']).toMatch(/^t=\d+,n=[\w-]+,v2=[\w-]{43}$/);
     const replay = (payload: string, path = sent.path) =>
@@ -430,7 +446,7 @@ describe('capacity and the per-request WebSocket pool', () => {
 describe('stats at the edge', () => {
   it("/stats is the isolate's own, counting each request once under its route and client", async () => {
     const snap = async () =>
-      (await ask(nodeFetch, `${edge}/stats`)).body as {
+      (await ask(nodeFetch, `${edge}/stats`, { headers: { authorization: `Bearer ${stack.opsToken}` } })).body as {
         scope: string;
         routes: { method: string; route: string; count: number; clients: Record<string, number> }[];
       };
@@ -450,6 +466,34 @@ describe('stats at the edge', () => {
     expect(delta('POST', '/api/workouts', 'forwarded')).toBe(1);
     // Nothing at the edge ever ran on a pg Pool.
     expect(after.routes.every((r) => !('pg-pool' in r.clients))).toBe(true);
+  });
+});
+
+describe('the edge’s figures outside development', () => {
+  const bearer = () => ({ authorization: `Bearer ${stack.opsToken}` });
+
+  it('/stats, /metrics and readiness details need OPS_TOKEN; /health and readiness’s status stay open', async () => {
+    for (const path of ['/stats', '/metrics']) {
+      const res = await ask(nodeFetch, `${edge}${path}`);
+      expect(res.status, path).toBe(401);
+      expect(res.body.error.code).toBe('unauthorized');
+      expect(res.text).not.toContain('routes');
+      expect((await ask(nodeFetch, `${edge}${path}`, { headers: bearer() })).status, path).toBe(200);
+    }
+    expect((await ask(nodeFetch, `${edge}/health`)).status).toBe(200);
+    const bare = await ask(nodeFetch, `${edge}/health/ready`);
+    expect(Object.keys(bare.body)).toEqual(['status']);
+    expect((await ask(nodeFetch, `${edge}/health/ready`, { headers: bearer() })).body).toHaveProperty('breakers');
+  });
+
+  it('without OPS_TOKEN (and not in development) they are closed to everyone', async () => {
+    const fetcher = await workerFetcher('no-token');
+    for (const path of ['/stats', '/metrics']) {
+      const res = await ask(fetcher, `http://edge.local${path}`);
+      expect(res.status, path).toBe(401);
+      expect(res.body.error.message).toContain('OPS_TOKEN');
+    }
+    expect(Object.keys((await ask(fetcher, 'http://edge.local/health/ready')).body)).toEqual(['status']);
   });
 });
 

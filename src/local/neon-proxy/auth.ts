@@ -24,11 +24,32 @@ import {
   int32,
   message,
   SSL_REQUEST,
+  startupPacket,
   type MessageReader,
   type WireMessage,
 } from './pg-wire.js';
+import { withoutNeonHints } from './targets.js';
 
 const pbkdf2Async = promisify(pbkdf2);
+
+/**
+ * The StartupMessage as Postgres must see it: Neon's routing hints (`endpoint=…`, `project=…`)
+ * taken out of its `options`, as on HTTP (Postgres would refuse them: 42601), and `options`
+ * dropped when nothing else was in it. Any other startup goes as sent.
+ */
+function withoutNeonHintsIn(startup: Buffer): Buffer {
+  // name, value, name, value, …, then '' for the final NUL (values may be empty, names not).
+  const words = startup.toString('utf8', 8).split('\0');
+  let end = 0;
+  while (end + 1 < words.length && words[end] !== '') end += 2;
+  const params = words.slice(0, end);
+  const at = params.findIndex((p, i) => i % 2 === 0 && p === 'options');
+  if (at === -1) return startup;
+  const options = withoutNeonHints(params[at + 1] ?? null);
+  if (options === params[at + 1]) return startup;
+  const kept = options === undefined ? [...params.slice(0, at), ...params.slice(at + 2)] : params.with(at + 1, options);
+  return startupPacket(startup.readInt32BE(4), kept);
+}
 
 const AUTH_OK = 0;
 const AUTH_CLEARTEXT = 3;
@@ -84,7 +105,7 @@ export async function handshake(io: HandshakeIO): Promise<Handshake> {
   const params = cstrings(startup.body.subarray(4));
   const user = params[params.indexOf('user') + 1] ?? '';
 
-  io.toServer(startup.bytes);
+  io.toServer(withoutNeonHintsIn(startup.bytes));
   // The client's first message after its startup, read once: by a password request, or by the pipe after trust.
   let first: Promise<WireMessage> | undefined;
   const firstMessage = () => (first ??= io.client.message());

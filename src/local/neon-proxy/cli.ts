@@ -12,7 +12,7 @@ import { startNeonProxy, type NeonProxy } from './server.js';
 import { TargetError, describeTarget, parseAllowedTargets } from './targets.js';
 
 const USAGE =
-  'usage: poolgate neon-proxy --database-url <postgres://…> [--database-url <url>] [--port 4444] [--host 127.0.0.1] [--verbose]';
+  'usage: poolgate neon-proxy --database-url <postgres://…> [--database-url <url>] [--port 4444] [--host 127.0.0.1] [--allow-origin <http://…>] [--verbose]';
 
 class UsageError extends Error {}
 
@@ -20,6 +20,8 @@ interface CliArgs {
   databaseUrls: string[];
   port: number;
   host: string;
+  /** Browser origins allowed besides callers without an Origin (servers). */
+  allowedOrigins: string[];
   logLevel: 'silent' | 'info' | 'debug';
 }
 
@@ -43,6 +45,7 @@ export async function runNeonProxyCli(argv: string[], env: Record<string, string
       databaseUrls: args.databaseUrls,
       port: args.port,
       host: args.host,
+      allowedOrigins: args.allowedOrigins,
       log: (line) => console.error(line),
       logLevel: args.logLevel,
     });
@@ -78,6 +81,7 @@ function parseCliArgs(argv: string[], env: Record<string, string | undefined>): 
       'database-url': { type: 'string', multiple: true },
       port: { type: 'string' },
       host: { type: 'string' },
+      'allow-origin': { type: 'string', multiple: true },
       verbose: { type: 'boolean' },
     },
     strict: true,
@@ -93,7 +97,11 @@ function parseCliArgs(argv: string[], env: Record<string, string | undefined>): 
   if (!host) throw new UsageError('--host must not be empty');
   const logLevel = values.verbose ? 'debug' : env.LOG_LEVEL?.trim() || 'info';
   if (logLevel !== 'silent' && logLevel !== 'info' && logLevel !== 'debug') throw new UsageError('LOG_LEVEL must be silent, info or debug');
-  return { databaseUrls, port, host, logLevel };
+  const allowedOrigins = values['allow-origin'] ?? [];
+  for (const origin of allowedOrigins)
+    if (!URL.canParse(origin) || !/^https?:$/.test(new URL(origin).protocol))
+      throw new UsageError('--allow-origin must be an http(s) origin, e.g. http://127.0.0.1:8787');
+  return { databaseUrls, port, host, allowedOrigins, logLevel };
 }
 
 /** parseArgs errors name the option, never its value; keep just the first sentence. */

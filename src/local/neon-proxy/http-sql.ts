@@ -65,10 +65,25 @@ const ISOLATION_LEVELS: Record<string, string> = {
   Serializable: 'SERIALIZABLE',
 };
 
-/** A COPY to or from the client (leading comments and whitespace skipped). */
-const COPY_STDIO = /^(?:\s|--[^\n]*\n|\/\*[\s\S]*?\*\/)*COPY\b[\s\S]*\b(?:TO\s+STDOUT|FROM\s+STDIN)\b/i;
+/** A COPY to or from the client, read in a statement without its comments and quoted text (noSqlText). */
+const COPY_STDIO = /^\s*COPY\b[\s\S]*\b(?:TO\s+STDOUT|FROM\s+STDIN)\b/i;
+/** Comments, string literals ('…', E'…', $tag$…$tag$) and quoted identifiers: words in them are not the statement's. */
+const SQL_TEXT = /--[^\n]*|\/\*[\s\S]*?\*\/|'(?:[^']|'')*'|"(?:[^"]|"")*"|(\$[A-Za-z_]*\$)[\s\S]*?\1/g;
+const noSqlText = (query: string) => query.replace(SQL_TEXT, ' ');
 
-/** The Postgres error fields Neon forwards, in its order; absent ones are sent as null. */
+/**
+ * How deep a body may nest arrays and objects. Postgres arrays stop at 6 dimensions, and both a
+ * JSON.parse reviver and pg (turning a nested parameter into text) recurse: far deeper input
+ * would overflow the stack.
+ */
+const MAX_BODY_DEPTH = 64;
+/** Digits a double may not keep: a number with this many in a row is read again, digits kept. */
+const LONG_DIGITS = /\d{16}/;
+
+/** JSON.rawJSON (Node 21+; not yet in TypeScript's lib): a value JSON.stringify writes as the given text. */
+const rawJSON = (text: string) => (JSON as unknown as { rawJSON: (text: string) => object }).rawJSON(text);
+
+/** The Postgres error fields Neon forwards, in its order; absent ones are sent as null, but `code` and `severity` as "" (as Neon does). */
 const ERROR_FIELDS = [
   'code',
   'detail',
@@ -103,7 +118,8 @@ export async function handleSql(req: IncomingMessage, ctx: SqlContext, signal: A
       budget: { left: ctx.maxResponseBytes, limit: ctx.maxResponseBytes },
       signal,
     };
-    const client = await ctx.pools.connect(info);
+    const lease = await ctx.pools.connect(info, signal);
+    const client = lease.client;
     const cancel = cancelOnAbort(client, info, signal, ctx.log);
     let discard = false;
     try {
@@ -121,11 +137,12 @@ export async function handleSql(req: IncomingMessage, ctx: SqlContext, signal: A
       // A cancelled connection is never reused: a CancelRequest that lands late would hit the
       // next request's statement. The reset runs after the answer is handed back, off the
       // client's clock; the next request waits for it in the pool queue.
-      void releaseClean(client, discard || cancel.sent());
+      void releaseClean(lease, discard || cancel.sent());
       cancel.dispose();
     }
   } catch (err) {
-    return { ...errorResponse(err), headers: {}, target, refused: err instanceof RefusedError };
+    const failure = signal.aborted && !(err instanceof ProxyError) ? clientGone() : err;
+    return { ...errorResponse(failure), headers: {}, target, refused: err instanceof RefusedError };
   }
 }
 
@@ -135,7 +152,7 @@ export async function handleSql(req: IncomingMessage, ctx: SqlContext, signal: A
  * and holding a pool slot to its end.
  */
 function cancelOnAbort(
-  client: pg.PoolClient,
+  client: pg.Client,
   info: ConnectionInfo,
   signal: AbortSignal,
   log: (line: string) => void,
@@ -222,14 +239,28 @@ function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
 }
 
 function parsePayload(body: Buffer): Payload {
+  const text = body.toString('utf8');
   let json: unknown;
   try {
-    json = JSON.parse(body.toString('utf8'));
+    // Without a reviver JSON.parse does not recurse, so any depth parses; it is checked next.
+    json = JSON.parse(text);
   } catch (err) {
     throw new ProxyError(400, `could not parse the HTTP request body: ${(err as Error).message}`);
   }
+  if (!nestsWithin(json, MAX_BODY_DEPTH))
+    throw new ProxyError(400, `could not parse the HTTP request body: nested more than ${MAX_BODY_DEPTH} levels deep`);
+  if (LONG_DIGITS.test(text)) json = JSON.parse(text, keepNumberDigits);
   if (isObject(json) && Array.isArray(json.queries)) return { batch: json.queries.map((q, i) => statement(q, `queries[${i}]`)) };
   return { statement: statement(json, 'the body') };
+}
+
+/**
+ * A JSON number a double cannot hold as written (above 2^53, or more digits than it keeps) stays
+ * the text the client sent: pg then sends Postgres those digits, not the rounded double's.
+ */
+function keepNumberDigits(_key: string, value: unknown, context?: { source?: string }): unknown {
+  if (typeof value !== 'number' || context?.source === undefined) return value;
+  return String(value) === context.source ? value : rawJSON(context.source);
 }
 
 function statement(value: unknown, where: string): Statement {
@@ -240,13 +271,25 @@ function statement(value: unknown, where: string): Statement {
   if (value.arrayMode !== undefined && typeof value.arrayMode !== 'boolean') throw bad('needs "arrayMode" as a boolean');
   // Over HTTP there is no copy sub-protocol: a COPY TO STDOUT would "succeed" with no rows and a
   // COPY FROM STDIN would wait for data that never comes.
-  if (COPY_STDIO.test(value.query))
+  if (COPY_STDIO.test(noSqlText(value.query)))
     throw new ProxyError(400, 'COPY … TO STDOUT / FROM STDIN is not supported over HTTP; use a WebSocket session');
   // Params arrive as text (or null) from the driver; pg turns any other JSON value into text too.
   return { query: value.query, params: (value.params as unknown[] | undefined) ?? [], arrayMode: value.arrayMode };
 }
 
-async function runBatch(client: pg.PoolClient, batch: Statement[], begin: string, output: Output): Promise<string[]> {
+/** Whether `value` nests arrays and objects at most `limit` levels deep; walked without recursion, so any depth is safe to ask about. */
+function nestsWithin(value: unknown, limit: number): boolean {
+  const stack: [unknown, number][] = [[value, 0]];
+  for (let item = stack.pop(); item; item = stack.pop()) {
+    const [v, depth] = item;
+    if (typeof v !== 'object' || v === null) continue;
+    if (depth >= limit) return false;
+    for (const child of Object.values(v)) stack.push([child, depth + 1]);
+  }
+  return true;
+}
+
+async function runBatch(client: pg.Client, batch: Statement[], begin: string, output: Output): Promise<string[]> {
   await client.query(begin);
   try {
     const results: string[] = [];
@@ -287,7 +330,7 @@ interface RawResult {
  * counted against the response budget; past it the statement is abandoned with a 507 (the
  * caller discards the connection, which stops the backend) instead of buffering the whole result.
  */
-function runStatement(client: pg.PoolClient, stmt: Statement, output: Output): Promise<string> {
+function runStatement(client: pg.Client, stmt: Statement, output: Output): Promise<string> {
   const arrayMode = stmt.arrayMode ?? output.arrayMode;
   const budget = output.budget;
   return new Promise((resolve, reject) => {
@@ -339,10 +382,12 @@ function rowConverter(fields: pg.FieldDef[], rawText: boolean): (row: (string | 
   return (row) => row.map((v, i) => (converters[i] ? converters[i](v) : v));
 }
 
-/** Neon's error body: the message plus every Postgres field (null when absent). */
+/** Neon's error body: the message plus every Postgres field (see ERROR_FIELDS). */
 function errorResponse(err: unknown): { status: number; body: string } {
   const body: Record<string, unknown> = { message: '' };
   for (const field of ERROR_FIELDS) body[field] = null;
+  body.code = '';
+  body.severity = '';
   let status: number;
   if (err instanceof ProxyError) {
     status = err.status;
@@ -350,7 +395,7 @@ function errorResponse(err: unknown): { status: number; body: string } {
   } else if (err instanceof DatabaseError) {
     status = 400;
     body.message = err.message;
-    for (const field of ERROR_FIELDS) body[field] = err[field] ?? null;
+    for (const field of ERROR_FIELDS) body[field] = err[field] ?? body[field];
   } else {
     // Could not connect, or the connection died mid-statement: the database, not the request, failed.
     status = 502;

@@ -95,6 +95,15 @@ export function message(type: string, ...parts: (Buffer | string)[]): Buffer {
   return Buffer.concat([header, body]);
 }
 
+/** An untyped startup-phase packet: length, `version`, then the NUL-terminated name/value pairs and a final NUL. */
+export function startupPacket(version: number, params: string[]): Buffer {
+  const body = Buffer.from(`${params.map((p) => `${p}\0`).join('')}\0`);
+  const head = Buffer.alloc(8);
+  head.writeInt32BE(8 + body.length, 0);
+  head.writeInt32BE(version, 4);
+  return Buffer.concat([head, body]);
+}
+
 export function int32(n: number): Buffer {
   const b = Buffer.alloc(4);
   b.writeInt32BE(n);

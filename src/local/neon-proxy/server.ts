@@ -4,11 +4,14 @@
  * embedded PGlite. Node-only (node:http, ws, pg); nothing in the core imports it.
  *
  * Routes: `POST /sql` (see http-sql.ts), WebSocket `/v2?address=host:port` (see ws-pipe.ts),
- * `OPTIONS *` (CORS preflight); anything else is a 404 in Neon's JSON error shape.
+ * `OPTIONS *` (CORS preflight); anything else is a 404 in Neon's JSON error shape. A browser's
+ * request from an origin it was not given, or for a Host that is not this machine, is refused
+ * first (browser-access.ts).
  */
 import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { now } from '../../stats/clock.js';
+import { browserAccess } from './browser-access.js';
 import { handleSql, type SqlResponse } from './http-sql.js';
 import { PoolRegistry } from './pools.js';
 import { parseAllowedTargets } from './targets.js';
@@ -25,8 +28,21 @@ export interface NeonProxyOptions {
   maxRequestBytes?: number;
   /** Results above this get 507 "response is too large (max is N bytes)" (default 10 MiB). */
   maxResponseBytes?: number;
-  /** pg pool size per (server, database, user) key; default 10. */
+  /** pg pool size per (server, database, user, password, options) key; default 10. */
   poolMaxPerTarget?: number;
+  /**
+   * Backends the HTTP path may hold open in total, over every key; default 20. A key is a pool, and
+   * a password is part of the key: without this bound, requests with ever new passwords (ignored by
+   * a trust server) would each open a backend until Postgres had none left for anyone.
+   */
+  maxBackends?: number;
+  /** How long opening a database connection may take, TCP to ReadyForQuery (HTTP) or AuthenticationOk (WebSocket); default 5000. */
+  connectTimeoutMs?: number;
+  /**
+   * Browser origins allowed to call the proxy (CORS, and WebSocket upgrades), e.g. the local edge's
+   * `http://127.0.0.1:8787`; default none. Requests without an Origin (servers) are always served.
+   */
+  allowedOrigins?: string[];
   /** Where log lines go; never given a password or connection string. */
   log?: (line: string) => void;
   /**
@@ -45,6 +61,8 @@ export interface NeonProxyStats {
   wsOpenedCount: number;
   wsActiveCount: number;
   poolCount: number;
+  /** Backends the HTTP path holds open or is opening, over every pool. */
+  backendCount: number;
 }
 
 export interface NeonProxy {
@@ -61,8 +79,7 @@ const MiB = 1024 * 1024;
 /** How long close() lets in-flight HTTP requests finish before cutting their connections. */
 const CLOSE_GRACE_MS = 5_000;
 
-const CORS_HEADERS = {
-  'Access-Control-Allow-Origin': '*',
+const PREFLIGHT_HEADERS = {
   'Access-Control-Allow-Methods': 'POST, OPTIONS',
   'Access-Control-Allow-Headers': [
     'Authorization',
@@ -93,8 +110,17 @@ export async function startNeonProxy(opts: NeonProxyOptions): Promise<NeonProxy>
   const sink = opts.log ?? (() => {});
   const log = level === 'silent' ? () => {} : sink;
   const debug = level === 'debug' ? sink : () => {};
-  const pools = new PoolRegistry({ maxPerTarget: opts.poolMaxPerTarget ?? 10, log });
-  const pipes = new WsPipes({ allowed, log, debug });
+  const host = opts.host ?? '127.0.0.1';
+  const access = browserAccess(opts.allowedOrigins ?? [], host);
+  const connectTimeoutMs = opts.connectTimeoutMs ?? 5_000;
+  const pools = new PoolRegistry({
+    maxPerTarget: opts.poolMaxPerTarget ?? 10,
+    maxBackends: opts.maxBackends ?? 20,
+    connectTimeoutMs,
+    idleTimeoutMs: 30_000,
+    log,
+  });
+  const pipes = new WsPipes({ allowed, connectTimeoutMs, log, debug });
   const sqlContext = {
     allowed,
     pools,
@@ -120,7 +146,7 @@ export async function startNeonProxy(opts: NeonProxyOptions): Promise<NeonProxy>
       const body = Buffer.from(answer.body);
       res.writeHead(answer.status, {
         ...answer.headers,
-        'Access-Control-Allow-Origin': '*',
+        ...access.corsHeaders(req),
         'Content-Type': 'application/json',
         'Content-Length': body.length,
         ...(closing ? { Connection: 'close' } : {}),
@@ -140,7 +166,9 @@ export async function startNeonProxy(opts: NeonProxyOptions): Promise<NeonProxy>
 
   async function route(req: IncomingMessage, signal: AbortSignal): Promise<SqlResponse> {
     const path = pathOf(req);
-    if (req.method === 'OPTIONS') return { status: 204, body: '', headers: CORS_HEADERS };
+    const refusal = access.refusal(req);
+    if (refusal) return { status: 403, body: JSON.stringify({ message: refusal }), headers: {}, refused: true };
+    if (req.method === 'OPTIONS') return { status: 204, body: '', headers: req.headers.origin ? PREFLIGHT_HEADERS : {} };
     if (path === '/sql' && req.method === 'POST') return handleSql(req, sqlContext, signal);
     if (path === '/sql')
       return { status: 405, body: JSON.stringify({ message: 'use POST for /sql' }), headers: { Allow: 'POST, OPTIONS' } };
@@ -148,6 +176,8 @@ export async function startNeonProxy(opts: NeonProxyOptions): Promise<NeonProxy>
   }
 
   server.on('upgrade', (req, socket, head) => {
+    const refusal = access.refusal(req);
+    if (refusal) return pipes.refuse(socket, refusal);
     if (pathOf(req) === '/v2') return pipes.upgrade(req, socket, head, closing !== undefined);
     socket.on('error', () => {});
     socket.end('HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
@@ -157,7 +187,6 @@ export async function startNeonProxy(opts: NeonProxyOptions): Promise<NeonProxy>
     else socket.destroy();
   });
 
-  const host = opts.host ?? '127.0.0.1';
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(opts.port ?? 4444, host, () => {
@@ -198,6 +227,7 @@ export async function startNeonProxy(opts: NeonProxyOptions): Promise<NeonProxy>
       wsOpenedCount: pipes.openedCount,
       wsActiveCount: pipes.activeCount,
       poolCount: pools.poolCount,
+      backendCount: pools.backendCount,
     }),
   };
 }

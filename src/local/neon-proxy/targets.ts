@@ -81,7 +81,8 @@ export function parseConnectionString(raw: string): ConnectionInfo {
   };
 }
 
-function withoutNeonHints(options: string | null): string | undefined {
+/** `options` without Neon's routing hints; undefined when nothing else is left. */
+export function withoutNeonHints(options: string | null): string | undefined {
   if (options === null) return undefined;
   const kept = options
     .split(/\s+/)

@@ -21,6 +21,8 @@ import { describeTarget, isAllowed, parseAddress, type Target } from './targets.
 
 export interface WsPipesOptions {
   allowed: Target[];
+  /** TCP connect plus startup up to AuthenticationOk; past it the session is cut (a database that accepts and never answers). */
+  connectTimeoutMs: number;
   /** Refusals and sessions that ended abnormally. */
   log: (line: string) => void;
   /** Sessions that ended normally. */
@@ -62,6 +64,14 @@ export class WsPipes {
     this.#connectThenUpgrade(req, socket, head, target);
   }
 
+  /** Refuses an upgrade the browser-access rule turned away (403), counted with the other refusals. */
+  refuse(socket: Duplex, reason: string): void {
+    socket.on('error', () => {});
+    this.refusedCount++;
+    this.#opts.log(`neon-proxy: refused WebSocket: ${reason}`);
+    refuse(socket, 403, reason);
+  }
+
   /** Drops every open pipe at once (used by close()). */
   closeAll(): void {
     for (const { socket, tcp } of this.#connecting) {
@@ -94,6 +104,7 @@ export class WsPipes {
       refuse(socket, 502, `could not connect to ${where}: ${(err as { code?: string }).code ?? err.message}`);
     };
     tcp.once('error', unreachable);
+    tcp.setTimeout(this.#opts.connectTimeoutMs, () => tcp.destroy(new Error(`no connection within ${this.#opts.connectTimeoutMs} ms`)));
     // Until the pipe has it: an error after the connect only ends it (below).
     tcp.on('error', () => {});
     let piped = false;
@@ -103,6 +114,7 @@ export class WsPipes {
       if (!piped) tcp.destroy();
     });
     tcp.once('connect', () => {
+      tcp.setTimeout(0);
       tcp.off('error', unreachable);
       if (!this.#connecting.delete(pending)) return tcp.destroy();
       this.#wss.handleUpgrade(req, socket, head, (ws) => {
@@ -169,7 +181,14 @@ export class WsPipes {
       // What the client sent after its startup (a pipelined query): Postgres reads it once ready.
       toServer(Buffer.concat([first, fromClient.take()]));
     };
+    // A database that accepts and never answers would hold the session, and the client, forever.
+    const startupTimer = setTimeout(
+      () => finish(`startup failed: no answer from the database within ${this.#opts.connectTimeoutMs} ms`, 1011),
+      this.#opts.connectTimeoutMs,
+    );
+    startupTimer.unref();
     const afterHandshake = (result: Handshake) => {
+      clearTimeout(startupTimer);
       if (done) return;
       if (result.kind === 'refused') return finish(`startup refused: ${result.reason}`, 1000);
       if (result.kind === 'cancel') {
@@ -188,7 +207,10 @@ export class WsPipes {
     };
     handshake({ client: fromClient, server: fromServer, toClient: (b) => ws.send(b, { binary: true }), toServer }).then(
       afterHandshake,
-      (err: Error) => finish(`startup failed: ${err.message}`, 1011),
+      (err: Error) => {
+        clearTimeout(startupTimer);
+        finish(`startup failed: ${err.message}`, 1011);
+      },
     );
 
     ws.on('message', (data) => {
@@ -218,6 +240,6 @@ function refuse(socket: Duplex, status: number, message: string): void {
   const reason = { 400: 'Bad Request', 403: 'Forbidden', 502: 'Bad Gateway' }[status] ?? 'Service Unavailable';
   socket.end(
     `HTTP/1.1 ${status} ${reason}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
-      `Access-Control-Allow-Origin: *\r\nConnection: close\r\n\r\n${body}`,
+      `Connection: close\r\n\r\n${body}`,
   );
 }
