@@ -34,10 +34,25 @@ describe('the runtime the project brings', () => {
   });
 });
 
+const BUILT = [
+  'dist/public/index.html',
+  'dist/netlify/edge-functions/poolgate.js',
+  'dist/netlify/functions/gateway.mjs',
+  'dist/lib/fitness/entries/node.js',
+] as const;
+
 describe('netlify.toml', () => {
+  /** What the build made, read while the build lock is held (a package test may rebuild dist/ right after). */
+  const sizes = new Map<string, number>();
+  let gateway: { default: unknown; config?: unknown };
+
   beforeAll(async () => {
     // Under the package tests' lock: they must never pack a dist/ this build is rewriting.
-    await withBuildLock(() => run('npm', ['run', 'build'], { cwd: ROOT, timeout: 120_000 }));
+    await withBuildLock(async () => {
+      await run('npm', ['run', 'build'], { cwd: ROOT, timeout: 120_000 });
+      for (const file of BUILT) sizes.set(file, (await stat(join(ROOT, file))).size);
+      gateway = (await import(pathToFileURL(join(ROOT, 'dist/netlify/functions/gateway.mjs')).href)) as typeof gateway;
+    });
   }, 300_000);
 
   it('names only folders that `npm run build` makes, each holding its entry', async () => {
@@ -45,19 +60,14 @@ describe('netlify.toml', () => {
     expect(valueOf(pairs, 'command')).toBe('npm run build');
     const folders = ['publish', 'edge_functions', 'directory'].map((key) => valueOf(pairs, key));
     expect(folders).toEqual(['dist/public', 'dist/netlify/edge-functions', 'dist/netlify/functions']);
-    for (const file of ['dist/public/index.html', 'dist/netlify/edge-functions/poolgate.js', 'dist/netlify/functions/gateway.mjs']) {
-      expect((await stat(join(ROOT, file))).size, file).toBeGreaterThan(0);
-    }
+    for (const file of BUILT.slice(0, 3)) expect(sizes.get(file), file).toBeGreaterThan(0);
     for (const p of pairs.filter((p) => p.key === 'function')) expect(p.value).toBe('poolgate');
   });
 
   // Netlify serves a function with a config.path only at that path: the edge's forwards to
   // NODE_FUNCTION_URL/api/… (/.netlify/functions/gateway/api/…) would then reach nothing.
   it('deploys the Node function at /.netlify/functions/gateway, sub-paths included: no config.path here or in the README', async () => {
-    const fn = (await import(pathToFileURL(join(ROOT, 'dist/netlify/functions/gateway.mjs')).href)) as {
-      default: unknown;
-      config?: unknown;
-    };
+    const fn = gateway;
     expect(typeof fn.default).toBe('function');
     expect(fn.config).toBeUndefined();
     const readme = titledSnippets(await readFile(join(ROOT, 'README.md'), 'utf8'));
@@ -72,8 +82,8 @@ describe('netlify.toml', () => {
     expect(valueOf(await tomlStrings('netlify.toml'), 'NODE_VERSION')).toBe('24');
   });
 
-  it('the build also emits the Node gateway as plain JavaScript', async () => {
-    expect((await stat(join(ROOT, 'dist/lib/fitness/entries/node.js'))).size).toBeGreaterThan(0);
+  it('the build also emits the Node gateway as plain JavaScript', () => {
+    expect(sizes.get('dist/lib/fitness/entries/node.js')).toBeGreaterThan(0);
   });
 });
 
