@@ -97,12 +97,19 @@ export async function startWranglerDev(options: WranglerDevOptions): Promise<Wra
     process.off('exit', killOnExit);
     unguard();
   });
+  // Its own "Ready on http://host:port" line: until then a 200 on the port may be another process's
+  // (the port was free when chosen, and something else may have taken it since).
+  let announced = false;
+  const readyLine = new RegExp(`Ready on https?://\\S*:${options.port}\\b`);
   const prefix = (chunk: Buffer) =>
     chunk
       .toString('utf8')
       .split('\n')
       .filter((l) => l.trim() !== '')
-      .forEach((l) => log(`wrangler: ${l}`));
+      .forEach((l) => {
+        if (readyLine.test(l)) announced = true;
+        log(`wrangler: ${l}`);
+      });
   child.stdout!.on('data', prefix);
   child.stderr!.on('data', prefix);
 
@@ -124,7 +131,7 @@ export async function startWranglerDev(options: WranglerDevOptions): Promise<Wra
 
   const url = `http://${host.includes(':') ? `[${host}]` : host}:${options.port}`;
   try {
-    await waitUntilServing(child, `${url}/health`, options.readyTimeoutMs ?? 60_000);
+    await waitUntilServing(child, `${url}/health`, options.readyTimeoutMs ?? 60_000, () => announced);
   } catch (err) {
     await stop();
     throw err;
@@ -132,17 +139,19 @@ export async function startWranglerDev(options: WranglerDevOptions): Promise<Wra
   return { url, stop };
 }
 
-/** Polls `healthUrl` until it answers 200; fails early if the process exits. */
-async function waitUntilServing(child: ChildProcess, healthUrl: string, timeoutMs: number): Promise<void> {
+/** Polls `healthUrl`, once wrangler said it is ready there, until it answers 200; fails early if the process exits. */
+async function waitUntilServing(child: ChildProcess, healthUrl: string, timeoutMs: number, announced: () => boolean): Promise<void> {
   let exited: string | undefined;
   child.once('exit', (code, signal) => (exited = `wrangler dev exited (${code ?? signal}) before serving; see its output above`));
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     if (exited) throw new Error(exited);
     try {
-      const res = await fetch(healthUrl, { signal: AbortSignal.timeout(2_000) });
-      await res.body?.cancel();
-      if (res.status === 200) return;
+      if (announced()) {
+        const res = await fetch(healthUrl, { signal: AbortSignal.timeout(2_000) });
+        await res.body?.cancel();
+        if (res.status === 200) return;
+      }
     } catch {
       // not listening yet
     }
