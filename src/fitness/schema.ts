@@ -18,7 +18,9 @@ const queryInt = (min: number, max: number, fallback: number) =>
     .string()
     .regex(/^\d{1,9}$/, { message: 'must be a whole number in decimal digits' })
     .default(String(fallback))
-    .pipe(z.coerce.number<string>().int().min(min).max(max));
+    .pipe(z.coerce.number<string>().int().min(min).max(max))
+    // The OpenAPI document shows the input (a string of digits): the bounds go in its description.
+    .meta({ description: `A whole number from ${min} to ${max}, in decimal digits (default ${fallback}).` });
 
 export const preferencesInput = z.strictObject({
   units: z.enum(['metric', 'imperial']),

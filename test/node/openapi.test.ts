@@ -45,6 +45,18 @@ describe('GET /openapi.json on the Node gateway', () => {
     expect(documented.sort()).toEqual(fitnessRoutes.map((r) => `${r.method} ${openApiPath(r.path)}`).sort());
   });
 
+  it('documents a query integer as the digits it takes, with its bounds (limit=0x10 is refused)', () => {
+    const params = Object.values(doc.paths)
+      .flatMap((ops) => Object.values(ops) as { parameters?: { name: string; in: string; schema: Record<string, unknown> }[] }[])
+      .flatMap((op) => op.parameters ?? [])
+      .filter((p) => p.in === 'query' && p.name === 'limit');
+    expect(params.length).toBeGreaterThan(0);
+    for (const p of params) {
+      expect(p.schema).toMatchObject({ type: 'string', pattern: '^\\d{1,9}$', default: '20' });
+      expect(p.schema.description).toBe('A whole number from 1 to 100, in decimal digits (default 20).');
+    }
+  });
+
   it('describes what every route really answers', async () => {
     const call = async (method: RouteSpec['method'], path: string, url: string, body?: unknown) => {
       const res = await json(`${t.url}${url}`, { method, ...(body === undefined ? {} : { json: body }) });
