@@ -8,7 +8,7 @@
  */
 import { isConnectionError } from '../../errors.js';
 import { createBreaker, type Breaker, type BreakerTuning } from '../../resilience/breaker.js';
-import { Gate, type GateOptions } from '../../resilience/gate.js';
+import { Gate, priorityOf, type GateOptions } from '../../resilience/gate.js';
 import { RetryBudget, withRetry } from '../../resilience/retry.js';
 import { now } from '../../stats/clock.js';
 import type { QueryObserver, QueryResult, Statement, TxOptions } from '../types.js';
@@ -105,7 +105,7 @@ export class OneShotRunner {
     if (!gate) return undefined;
     const queued = gate.held >= this.#options.admission!.permits || gate.waiting > 0;
     const started = now();
-    const admitted = gate.acquire(Math.min(this.#options.admission!.timeoutMs, remainingMs(observer)), observer.signal);
+    const admitted = gate.acquire({ remainingMs: remainingMs(observer), signal: observer.signal, priority: priorityOf(observer) });
     if (!queued) return admitted;
     return admitted.then((release) => {
       observer.acquired(now() - started, false);

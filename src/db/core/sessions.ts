@@ -6,7 +6,7 @@
  */
 import { failureKind, isConnectionError } from '../../errors.js';
 import { createBreaker, type Breaker, type BreakerTuning } from '../../resilience/breaker.js';
-import { Gate, type GateOptions } from '../../resilience/gate.js';
+import { Gate, priorityOf, type GateOptions } from '../../resilience/gate.js';
 import { isRetryable, RetryBudget, withRetry, type RetryScope } from '../../resilience/retry.js';
 import { now } from '../../stats/clock.js';
 import type { QueryObserver, QueryResult, Queryable, TxOptions } from '../types.js';
@@ -181,7 +181,7 @@ export class SessionRunner {
   #admit(observer: QueryObserver): Promise<() => void> {
     const left = remainingMs(observer);
     if (!this.#gate) return Promise.resolve(() => {});
-    return this.#gate.acquire(Math.min(this.#options.admission!.timeoutMs, left), observer.signal);
+    return this.#gate.acquire({ remainingMs: left, signal: observer.signal, priority: priorityOf(observer) });
   }
 
   async #checkout(source: SessionSource, observer: QueryObserver): Promise<Checkout> {
