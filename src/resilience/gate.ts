@@ -266,6 +266,12 @@ export class Gate {
   }
 }
 
+/** The gate's figures for /stats and /metrics. */
+export const admissionOf = (gate: Gate): { estimateMs: number; shed: Record<ShedReason, number> } => ({
+  estimateMs: gate.estimate().waitMs,
+  shed: { ...gate.shedCounts },
+});
+
 /**
  * Writes (a route's transactional work) and the process's own work (health pings, migrations)
  * go first: a read shed or delayed is retried cheaply, a health check that waits behind reads

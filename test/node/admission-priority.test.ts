@@ -46,7 +46,8 @@ describe.skipIf(!realPostgresUrl)(
       await locker.query('LOCK TABLE workouts IN ACCESS EXCLUSIVE MODE');
       const list = (signal?: AbortSignal) => json(`${t.url}/api/users/${userId}/workouts?limit=5`, { signal });
       const quitter = new AbortController();
-      const holders = [list(quitter.signal).catch((e: unknown) => e), list()];
+      list(quitter.signal).catch(() => {}); // its client goes away below
+      const holder = list();
       await waitFor(() => t.gateway.database.stats()!.active === 2, { what: 'two reads holding both connections' });
       const reads = Array.from({ length: READS }, () => track(list()));
       await waitFor(() => t.gateway.database.stats()!.waiting === READS, { what: `${READS} reads queued` });
@@ -65,7 +66,7 @@ describe.skipIf(!realPostgresUrl)(
       expect(reads.filter((r) => r.settled).length).toBe(0); // every read still waits behind the lock
 
       await locker.query('COMMIT');
-      const answered = await Promise.all([holders[1]!, ...reads.map((r) => r.promise)]);
+      const answered = await Promise.all([holder, ...reads.map((r) => r.promise)]);
       expect(answered.map((r) => r.status)).toEqual(Array.from({ length: READS + 1 }, () => 200));
       expect(t.gateway.database.stats()).toMatchObject({ queueRejectedCount: 0, acquireTimeoutCount: 0, waiting: 0 });
     });

@@ -8,10 +8,10 @@
  */
 import { isConnectionError } from '../../errors.js';
 import { createBreaker, type Breaker, type BreakerTuning } from '../../resilience/breaker.js';
-import { Gate, priorityOf, type GateOptions } from '../../resilience/gate.js';
+import { admissionOf, Gate, priorityOf, type GateOptions, type ShedReason } from '../../resilience/gate.js';
 import { RetryBudget, withRetry } from '../../resilience/retry.js';
 import { now } from '../../stats/clock.js';
-import type { QueryObserver, QueryResult, Statement, TxOptions } from '../types.js';
+import type { AdmissionStats, QueryObserver, QueryResult, Statement, TxOptions } from '../types.js';
 import type { OneShotConnector } from './connector.js';
 import { cutShort, remainingMs, withAbort } from './deadline.js';
 
@@ -20,6 +20,8 @@ export interface OneShotRunnerOptions {
   timeoutMs: number;
   /** Bounded wait and FIFO queue in front of a connector of fixed capacity (the pipelined lanes); none for HTTP. */
   admission?: GateOptions;
+  /** Told of each request the admission gate shed (the shed log counts them). */
+  onShed?: (reason: ShedReason) => void;
   budget: RetryBudget;
   breaker?: Breaker;
   /** For the breaker created when none is given. */
@@ -36,6 +38,7 @@ export class OneShotRunner {
     this.connector = connector;
     this.#options = options;
     this.#gate = options.admission && new Gate(options.admission);
+    if (this.#gate) this.#gate.onShed = options.onShed;
     this.breaker = options.breaker ?? createBreaker(connector.upstream, { ...options.breakerOptions, isFailure: isConnectionError });
   }
 
@@ -71,8 +74,9 @@ export class OneShotRunner {
     return this.#gate?.waiting ?? 0;
   }
 
-  get gateFigures(): { acquireTimeoutCount: number; queueRejectedCount: number } | undefined {
-    return this.#gate && { acquireTimeoutCount: this.#gate.timedOutCount, queueRejectedCount: this.#gate.rejectedCount };
+  get gateFigures(): { acquireTimeoutCount: number; queueRejectedCount: number; admission: AdmissionStats } | undefined {
+    const gate = this.#gate;
+    return gate && { acquireTimeoutCount: gate.timedOutCount, queueRejectedCount: gate.rejectedCount, admission: admissionOf(gate) };
   }
 
   close(): void {

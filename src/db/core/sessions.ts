@@ -6,10 +6,10 @@
  */
 import { failureKind, isConnectionError } from '../../errors.js';
 import { createBreaker, type Breaker, type BreakerTuning } from '../../resilience/breaker.js';
-import { Gate, priorityOf, type GateOptions } from '../../resilience/gate.js';
+import { admissionOf, Gate, priorityOf, type GateOptions, type ShedReason } from '../../resilience/gate.js';
 import { isRetryable, RetryBudget, withRetry, type RetryScope } from '../../resilience/retry.js';
 import { now } from '../../stats/clock.js';
-import type { QueryObserver, QueryResult, Queryable, TxOptions } from '../types.js';
+import type { AdmissionStats, QueryObserver, QueryResult, Queryable, TxOptions } from '../types.js';
 import type { Checkout, PoolFigures, Session, SessionConnector, SessionSource } from './connector.js';
 import { asRefused, refuseTransactionControl } from './statement-kind.js';
 import { cutShort, remainingMs, watchDeadline, type FireReason } from './deadline.js';
@@ -17,6 +17,8 @@ import { cutShort, remainingMs, watchDeadline, type FireReason } from './deadlin
 export interface SessionRunnerOptions {
   /** Bounded wait and queue in front of a shared pool; none for a pool of one request's own. */
   admission?: GateOptions;
+  /** Told of each request the admission gate shed (the shed log counts them). */
+  onShed?: (reason: ShedReason) => void;
   /** The statement_timeout sessions start with; a transaction that starts later than that allows sets a tighter one. */
   sessionStatementTimeoutMs?: number;
   budget: RetryBudget;
@@ -94,6 +96,7 @@ export class SessionRunner {
     this.connector = connector;
     this.#options = options;
     this.#gate = options.admission && new Gate(options.admission);
+    if (this.#gate) this.#gate.onShed = options.onShed;
     this.breaker =
       options.breaker ??
       createBreaker(connector.upstream, {
@@ -165,8 +168,13 @@ export class SessionRunner {
     return this.#gate?.waiting ?? 0;
   }
 
-  get gateFigures(): { acquireTimeoutCount: number; queueRejectedCount: number } {
-    return { acquireTimeoutCount: this.#gate?.timedOutCount ?? 0, queueRejectedCount: this.#gate?.rejectedCount ?? 0 };
+  get gateFigures(): { acquireTimeoutCount: number; queueRejectedCount: number; admission?: AdmissionStats } {
+    const gate = this.#gate;
+    return {
+      acquireTimeoutCount: gate?.timedOutCount ?? 0,
+      queueRejectedCount: gate?.rejectedCount ?? 0,
+      ...(gate ? { admission: admissionOf(gate) } : {}),
+    };
   }
 
   figures(): PoolFigures | undefined {
