@@ -115,7 +115,7 @@ export interface PipelineStats {
 /** What the admission gate predicts a newcomer would wait now, and the requests it shed, by why. */
 export interface AdmissionStats {
   estimateMs: number;
-  shed: { wait: number; deadline: number; queue_full: number };
+  shed: { wait: number; deadline: number; overload: number; queue_full: number };
 }
 
 export interface ReadyReport {

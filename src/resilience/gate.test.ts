@@ -173,7 +173,7 @@ describe('Gate admission by predicted wait', () => {
     await flush();
     expect(waiters.filter((w) => w.settled)).toEqual([]);
     expect(gate.waiting).toBe(2_000);
-    expect(gate.shedCounts).toEqual({ wait: 0, deadline: 0, queue_full: 0 });
+    expect(gate.shedCounts).toEqual({ wait: 0, deadline: 0, overload: 0, queue_full: 0 });
     for (const h of holders) h();
     for (const w of waiters) {
       await flush();
@@ -193,7 +193,7 @@ describe('Gate admission by predicted wait', () => {
     await flush();
     expect(admitted.some((w) => w.settled)).toBe(false);
     expect(shed.error).toMatchObject({ status: 503, code: 'overloaded', extra: { retryAfterSec: 2 } });
-    expect(gate.shedCounts).toEqual({ wait: 1, deadline: 0, queue_full: 0 });
+    expect(gate.shedCounts).toEqual({ wait: 1, deadline: 0, overload: 0, queue_full: 0 });
     expect(gate.waiting).toBe(20);
     expect(gate.estimate()).toEqual({ waitMs: 1_050, holdMs: 50 });
   });
@@ -279,7 +279,7 @@ describe('Gate admission by predicted wait', () => {
     await gate.acquire();
     queueOf(gate, 3);
     await expect(gate.acquire()).rejects.toMatchObject({ code: 'overloaded' });
-    expect(gate.shedCounts).toEqual({ wait: 0, deadline: 0, queue_full: 1 });
+    expect(gate.shedCounts).toEqual({ wait: 0, deadline: 0, overload: 0, queue_full: 1 });
     expect(gate.rejectedCount).toBe(1);
   });
 

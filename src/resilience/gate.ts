@@ -16,6 +16,14 @@
  * Before any waiter was served it is the recent hold time ÷ permits. A waiter that timed out
  * counts with its whole wait (slow, never fast).
  *
+ * Under a sustained overload (the queue has not emptied for STANDING_MS) the wait a newcomer
+ * may be given shrinks to half the unloaded hold time: CoDel's idea, a standing queue only adds
+ * latency, applied at admission. The guards against such limiters' known failures: nothing to
+ * ramp up (the permits are always usable; only the queue is limited), the target is learnt only
+ * from holds released while nobody waited (no creep as the load slows work down), failed work
+ * and timed-out waiters never count as fast, and there is no periodic re-probe that sheds a
+ * burst: the overload ends when arrivals find free permits again for QUIET_MS.
+ *
  * Two classes of waiter: `high` (writes, health checks) is served before `normal` (reads), so a
  * flood of reads never starves them; at most HIGH_RUN_MAX high grants in a row while reads wait,
  * so a flood of writes cannot starve the reads either (they keep at least a fifth of hand-overs).
@@ -36,7 +44,10 @@ export interface GateOptions {
 export type Priority = 'high' | 'normal';
 
 /** Why a request was refused without waiting. */
-export type ShedReason = 'wait' | 'deadline' | 'queue_full';
+export type ShedReason = 'wait' | 'deadline' | 'overload' | 'queue_full';
+
+/** Gives a permit back; `ok: false` (the work failed) keeps its hold time out of the averages. */
+export type Release = (ok?: boolean) => void;
 
 export interface AcquireOptions {
   /** The longest wait for this call (default: the gate's timeoutMs). */
@@ -58,7 +69,7 @@ interface Waiter {
   /** When it joined, and its place then (1 = next). */
   joinedAt: number;
   place: number;
-  resolve(release: () => void): void;
+  resolve(release: Release): void;
   reject(err: Error): void;
   timer: ReturnType<typeof setTimeout>;
 }
@@ -77,6 +88,16 @@ const HIGH_RUN_MAX = 4;
  * holds would shed work that is served in a few ms. Past it, every holder is stuck: a stall.
  */
 const STALL_MS = 1_000;
+/**
+ * A queue that has not emptied for this long is a sustained overload, not a burst (500 fast reads
+ * drain in under 1.5 s here): from then on a newcomer is admitted only when its wait fits the
+ * target below, so admitted requests take about their unloaded time instead of the acquire timeout.
+ */
+const STANDING_MS = 2_000;
+/** The overload ends once no request had to queue for this long (arrivals find a free permit again). */
+const QUIET_MS = 500;
+/** The wait allowed under a sustained overload: half the unloaded hold time, at least this. */
+const TARGET_FLOOR_MS = 5;
 
 export class Gate {
   #free: number;
@@ -90,9 +111,20 @@ export class Gate {
   #holdMs: number | undefined;
   /** Served waiters' waits and places, decayed: their ratio is the time one place takes. */
   readonly #drain = { waitedMs: 0, places: 0, at: 0 };
+  /** Since when the queue has not been empty; undefined while it is. */
+  #queueSince: number | undefined;
+  /** When a waiter last joined the queue. */
+  #joinedAt = -Infinity;
+  #overload = false;
+  /**
+   * The hold time of work released while nobody waited: the unloaded latency the overload target
+   * is set from. Not learnt under load, so the target cannot creep up with the slowdown a load
+   * causes.
+   */
+  #baselineHoldMs: number | undefined;
   /** High grants in a row while reads waited (see the header). */
   #highRun = 0;
-  readonly shedCounts: Record<ShedReason, number> = { wait: 0, deadline: 0, queue_full: 0 };
+  readonly shedCounts: Record<ShedReason, number> = { wait: 0, deadline: 0, overload: 0, queue_full: 0 };
   timedOutCount = 0;
   /** Called once per shed request (the shed log counts them). */
   onShed: ((reason: ShedReason) => void) | undefined;
@@ -109,6 +141,16 @@ export class Gate {
 
   get held(): number {
     return this.#opts.permits - this.#free;
+  }
+
+  /** True once the queue has stood for STANDING_MS (a sustained overload, not a burst), until nobody queued for QUIET_MS. */
+  get overloaded(): boolean {
+    const at = this.#now();
+    if (!this.#overload && this.#queueSince !== undefined) this.#overload = at - this.#queueSince >= STANDING_MS;
+    // Not on an empty instant between waiters (at 3× load the queue empties for a few ms at a time):
+    // only when nobody had to queue for QUIET_MS.
+    else if (this.#overload && this.waiting === 0) this.#overload = at - this.#joinedAt < QUIET_MS;
+    return this.#overload;
   }
 
   /** Refused because the queue was at its memory bound (kept under its old name for /stats). */
@@ -133,7 +175,7 @@ export class Gate {
    * Refused at once when the predicted wait does not fit; a waiter whose `signal` aborts (its
    * client went away) leaves the queue at once.
    */
-  acquire(options: AcquireOptions = {}): Promise<() => void> {
+  acquire(options: AcquireOptions = {}): Promise<Release> {
     const { signal, priority = 'normal' } = options;
     if (this.#closedWith) return Promise.reject(this.#closedWith);
     if (signal?.aborted) return Promise.reject(clientClosed());
@@ -151,6 +193,7 @@ export class Gate {
       const leave = () => {
         const i = queue.indexOf(waiter);
         if (i !== -1) queue.splice(i, 1);
+        this.#emptied();
         clearTimeout(waiter.timer);
         signal?.removeEventListener('abort', onAbort);
       };
@@ -175,6 +218,8 @@ export class Gate {
       };
       (waiter.timer as { unref?: () => void }).unref?.();
       signal?.addEventListener('abort', onAbort, { once: true });
+      if (this.waiting === 0) this.#queueSince = started;
+      this.#joinedAt = started;
       queue.push(waiter);
     });
   }
@@ -182,6 +227,7 @@ export class Gate {
   /** Refuses every waiter and every later acquire with `err`; holders keep their permits. */
   close(err: Error = new AppError(503, 'shutting_down', 'The server is shutting down.', { retryAfterSec: 1 })): void {
     this.#closedWith ??= err;
+    this.#queueSince = undefined;
     for (const w of [...this.#queues.high.splice(0), ...this.#queues.normal.splice(0)]) {
       clearTimeout(w.timer);
       w.reject(this.#closedWith);
@@ -197,12 +243,31 @@ export class Gate {
     // shed everyone behind a full pool would never serve a waiter to learn that it recovered).
     else if (this.#placeOf(priority) === 1) reason = undefined;
     else if (waitMs > timeoutMs) reason = 'wait';
+    else if (this.overloaded && waitMs > this.targetWaitMs) reason = 'overload';
     else if (waitMs + holdMs > remainingMs) reason = 'deadline';
     if (!reason) return undefined;
     this.shedCounts[reason]++;
     this.onShed?.(reason);
     // The backlog ahead must clear before a retry can be admitted: that is the estimate itself.
     return new OverloadedError(Math.min(RETRY_AFTER_MAX_SEC, Math.max(1, Math.ceil(waitMs / 1000))));
+  }
+
+  /** The wait a newcomer may be given during a sustained overload. */
+  get targetWaitMs(): number {
+    return Math.max(TARGET_FLOOR_MS, (this.#baselineHoldMs ?? 0) / 2);
+  }
+
+  #emptied(): void {
+    if (this.waiting === 0) this.#queueSince = undefined;
+  }
+
+  /** A hold ended: the averages learn it, unless its work failed (a fast failure is not a fast answer). */
+  #held(heldMs: number, ok: boolean): void {
+    if (!ok) return;
+    this.#holdMs = this.#holdMs === undefined ? heldMs : this.#holdMs + HOLD_ALPHA * (heldMs - this.#holdMs);
+    if (this.waiting > 0 || this.overloaded) return; // not unloaded: its hold may include the load's own slowdown
+    this.#baselineHoldMs =
+      this.#baselineHoldMs === undefined ? heldMs : this.#baselineHoldMs + HOLD_ALPHA * (heldMs - this.#baselineHoldMs);
   }
 
   #placeOf(priority: Priority): number {
@@ -244,17 +309,17 @@ export class Gate {
     return normal.shift();
   }
 
-  #releaser(): () => void {
+  #releaser(): Release {
     const grant = { at: this.#now() };
     this.#grantedAt.add(grant);
     let released = false;
-    return () => {
+    return (ok = true) => {
       if (released) return;
       released = true;
       this.#grantedAt.delete(grant);
-      const heldMs = this.#now() - grant.at;
-      this.#holdMs = this.#holdMs === undefined ? heldMs : this.#holdMs + HOLD_ALPHA * (heldMs - this.#holdMs);
+      this.#held(this.#now() - grant.at, ok);
       const next = this.#next();
+      this.#emptied();
       if (next) {
         clearTimeout(next.timer);
         this.#served(next, this.#now() - next.joinedAt);

@@ -20,7 +20,7 @@ describe('ShedLog', () => {
     expect(lines).toEqual([]);
     await vi.advanceTimersByTimeAsync(1);
     expect(lines).toEqual([
-      'poolgate: shed requests with 503 overloaded in the last 10 s: pool 997 (wait 990, deadline 7, queue_full 0); lanes 3 (wait 0, deadline 0, queue_full 3)',
+      'poolgate: shed requests with 503 overloaded in the last 10 s: pool 997 (wait 990, deadline 7, overload 0, queue_full 0); lanes 3 (wait 0, deadline 0, overload 0, queue_full 3)',
     ]);
   });
 
@@ -36,8 +36,8 @@ describe('ShedLog', () => {
     shed.count('pool', 'wait');
     await vi.advanceTimersByTimeAsync(5_000);
     expect(lines.map((l) => l.slice(l.indexOf(' s: ') + 4))).toEqual([
-      'pool 1 (wait 1, deadline 0, queue_full 0)',
-      'pool 2 (wait 2, deadline 0, queue_full 0)',
+      'pool 1 (wait 1, deadline 0, overload 0, queue_full 0)',
+      'pool 2 (wait 2, deadline 0, overload 0, queue_full 0)',
     ]);
     expect(vi.getTimerCount()).toBe(0);
   });

@@ -12,7 +12,7 @@ export interface ShedLogOptions {
   intervalMs?: number;
 }
 
-const REASONS: readonly ShedReason[] = ['wait', 'deadline', 'queue_full'];
+const REASONS: readonly ShedReason[] = ['wait', 'deadline', 'overload', 'queue_full'];
 
 export class ShedLog {
   readonly #log: (line: string) => void;
@@ -31,7 +31,7 @@ export class ShedLog {
   count(path: string, reason: ShedReason): void {
     if (this.#closed) return;
     let counts = this.#counts.get(path);
-    if (!counts) this.#counts.set(path, (counts = { wait: 0, deadline: 0, queue_full: 0 }));
+    if (!counts) this.#counts.set(path, (counts = { wait: 0, deadline: 0, overload: 0, queue_full: 0 }));
     counts[reason]++;
     if (this.#timer) return;
     this.#timer = setTimeout(() => this.flush(), this.#intervalMs);

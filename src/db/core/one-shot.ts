@@ -8,7 +8,7 @@
  */
 import { isConnectionError } from '../../errors.js';
 import { createBreaker, type Breaker, type BreakerTuning } from '../../resilience/breaker.js';
-import { admissionOf, Gate, priorityOf, type GateOptions, type ShedReason } from '../../resilience/gate.js';
+import { admissionOf, Gate, priorityOf, type GateOptions, type Release, type ShedReason } from '../../resilience/gate.js';
 import { RetryBudget, withRetry } from '../../resilience/retry.js';
 import { now } from '../../stats/clock.js';
 import type { AdmissionStats, QueryObserver, QueryResult, Statement, TxOptions } from '../types.js';
@@ -42,31 +42,41 @@ export class OneShotRunner {
     this.breaker = options.breaker ?? createBreaker(connector.upstream, { ...options.breakerOptions, isFailure: isConnectionError });
   }
 
-  async query(observer: QueryObserver, statement: Statement): Promise<QueryResult> {
-    const release = await this.#admit(observer);
-    try {
-      return await withRetry(() => this.#timed(observer, 1, (signal) => this.connector.query(statement, signal)), {
+  query(observer: QueryObserver, statement: Statement): Promise<QueryResult> {
+    return this.#admitted(observer, () =>
+      withRetry(() => this.#timed(observer, 1, (signal) => this.connector.query(statement, signal)), {
         scope: observer.intent === 'read' ? 'read' : 'write',
         budget: this.#options.budget,
         deadline: observer.deadline,
         now,
         onRetry: () => observer.retried?.(),
-      });
-    } finally {
-      release?.();
-    }
+      }),
+    );
   }
 
   /** A batch is one transaction: it runs again, whole, where a transaction would (40001/40P01, or marked rerunnable). */
-  async batch(observer: QueryObserver, statements: readonly Statement[], options: TxOptions): Promise<QueryResult[]> {
+  batch(observer: QueryObserver, statements: readonly Statement[], options: TxOptions): Promise<QueryResult[]> {
+    return this.#admitted(observer, () =>
+      withRetry(() => this.#timed(observer, statements.length, (signal) => this.connector.batch(statements, options, signal)), {
+        scope: 'transaction',
+        budget: this.#options.budget,
+        deadline: observer.deadline,
+        now,
+        onRetry: () => observer.retried?.(),
+      }),
+    );
+  }
+
+  /** `run` once admitted; the permit goes back after, telling the gate whether the work succeeded. */
+  async #admitted<T>(observer: QueryObserver, run: () => Promise<T>): Promise<T> {
     const release = await this.#admit(observer);
+    let ok = false;
     try {
-      return await withRetry(
-        () => this.#timed(observer, statements.length, (signal) => this.connector.batch(statements, options, signal)),
-        { scope: 'transaction', budget: this.#options.budget, deadline: observer.deadline, now, onRetry: () => observer.retried?.() },
-      );
+      const result = await run();
+      ok = true;
+      return result;
     } finally {
-      release?.();
+      release?.(ok); // a failed attempt's hold says nothing of how long work takes
     }
   }
 
@@ -104,7 +114,7 @@ export class OneShotRunner {
    * First come, first served when the connector is at capacity: a wait bounded by the gate and the
    * deadline, reported as the request's acquire wait (nothing is reported when no wait was needed).
    */
-  #admit(observer: QueryObserver): Promise<(() => void) | undefined> | undefined {
+  #admit(observer: QueryObserver): Promise<Release | undefined> | undefined {
     const gate = this.#gate;
     if (!gate) return undefined;
     const queued = gate.held >= this.#options.admission!.permits || gate.waiting > 0;

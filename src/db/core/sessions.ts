@@ -6,7 +6,7 @@
  */
 import { failureKind, isConnectionError } from '../../errors.js';
 import { createBreaker, type Breaker, type BreakerTuning } from '../../resilience/breaker.js';
-import { admissionOf, Gate, priorityOf, type GateOptions, type ShedReason } from '../../resilience/gate.js';
+import { admissionOf, Gate, priorityOf, type GateOptions, type Release, type ShedReason } from '../../resilience/gate.js';
 import { isRetryable, RetryBudget, withRetry, type RetryScope } from '../../resilience/retry.js';
 import { now } from '../../stats/clock.js';
 import type { AdmissionStats, QueryObserver, QueryResult, Queryable, TxOptions } from '../types.js';
@@ -134,9 +134,10 @@ export class SessionRunner {
     work: (tx: OnSession) => Promise<T>,
   ): Promise<T> {
     const release = await this.#admit(observer);
+    let ok = false;
     try {
       let reached = false;
-      return await withRetry(
+      const result = await withRetry(
         async () => {
           reached = false;
           const checkout = await this.#checkout(source, observer);
@@ -153,8 +154,10 @@ export class SessionRunner {
           onRetry: () => observer.retried?.(),
         },
       );
+      ok = true;
+      return result;
     } finally {
-      release();
+      release(ok); // a failed attempt's hold says nothing of how long work takes
     }
   }
 
@@ -186,7 +189,7 @@ export class SessionRunner {
     return this.connector.close();
   }
 
-  #admit(observer: QueryObserver): Promise<() => void> {
+  #admit(observer: QueryObserver): Promise<Release> {
     const left = remainingMs(observer);
     if (!this.#gate) return Promise.resolve(() => {});
     return this.#gate.acquire({ remainingMs: left, signal: observer.signal, priority: priorityOf(observer) });
