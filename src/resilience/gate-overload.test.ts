@@ -94,6 +94,15 @@ describe('Gate under a sustained overload (simulated server)', () => {
     expect(gate.shedCounts.overload).toBe(shedBefore);
   });
 
+  it('after a quiet spell, the next spike starts as a burst again (queued, not shed)', async () => {
+    const gate = newGate();
+    await drive(gate, 1000 / CAPACITY_PER_SEC / 3, 12_000); // overloaded, then drained and quiet
+    const shedBefore = gate.shedCounts.overload;
+    const spike = await drive(gate, 1000 / CAPACITY_PER_SEC / 3, 1_500);
+    expect(spike.shed).toEqual([]);
+    expect(gate.shedCounts.overload).toBe(shedBefore);
+  });
+
   it('the target does not creep: holds measured during the overload (slower, as overloads make them) leave it at the unloaded one', async () => {
     const gate = newGate();
     await drive(gate, 1000 / CAPACITY_PER_SEC / 2, 2_000); // unloaded, 48 ms holds

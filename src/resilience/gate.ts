@@ -94,7 +94,7 @@ const STALL_MS = 1_000;
  * target below, so admitted requests take about their unloaded time instead of the acquire timeout.
  */
 const STANDING_MS = 2_000;
-/** The overload ends once no request had to queue for this long (arrivals find a free permit again). */
+/** The overload ends once no arrival found every permit held for this long. */
 const QUIET_MS = 500;
 /** The wait allowed under a sustained overload: half the unloaded hold time, at least this. */
 const TARGET_FLOOR_MS = 5;
@@ -113,8 +113,8 @@ export class Gate {
   readonly #drain = { waitedMs: 0, places: 0, at: 0 };
   /** Since when the queue has not been empty; undefined while it is. */
   #queueSince: number | undefined;
-  /** When a waiter last joined the queue. */
-  #joinedAt = -Infinity;
+  /** When an arrival last found every permit held (queued or shed). */
+  #busyAt = -Infinity;
   #overload = false;
   /**
    * The hold time of work released while nobody waited: the unloaded latency the overload target
@@ -143,13 +143,13 @@ export class Gate {
     return this.#opts.permits - this.#free;
   }
 
-  /** True once the queue has stood for STANDING_MS (a sustained overload, not a burst), until nobody queued for QUIET_MS. */
+  /** True once the queue has stood for STANDING_MS (a sustained overload, not a burst), until no arrival found every permit held for QUIET_MS. */
   get overloaded(): boolean {
     const at = this.#now();
     if (!this.#overload && this.#queueSince !== undefined) this.#overload = at - this.#queueSince >= STANDING_MS;
     // Not on an empty instant between waiters (at 3× load the queue empties for a few ms at a time):
-    // only when nobody had to queue for QUIET_MS.
-    else if (this.#overload && this.waiting === 0) this.#overload = at - this.#joinedAt < QUIET_MS;
+    // only when no arrival found every permit held for QUIET_MS.
+    else if (this.#overload && this.waiting === 0) this.#overload = at - this.#busyAt < QUIET_MS;
     return this.#overload;
   }
 
@@ -183,6 +183,7 @@ export class Gate {
       this.#free--;
       return Promise.resolve(this.#releaser());
     }
+    this.#foundBusy();
     const timeoutMs = Math.min(options.timeoutMs ?? this.#opts.timeoutMs, options.remainingMs ?? Infinity);
     const refused = this.#refusal(priority, timeoutMs, options.remainingMs ?? Infinity);
     if (refused) return Promise.reject(refused);
@@ -219,7 +220,6 @@ export class Gate {
       (waiter.timer as { unref?: () => void }).unref?.();
       signal?.addEventListener('abort', onAbort, { once: true });
       if (this.waiting === 0) this.#queueSince = started;
-      this.#joinedAt = started;
       queue.push(waiter);
     });
   }
@@ -255,6 +255,13 @@ export class Gate {
   /** The wait a newcomer may be given during a sustained overload. */
   get targetWaitMs(): number {
     return Math.max(TARGET_FLOOR_MS, (this.#baselineHoldMs ?? 0) / 2);
+  }
+
+  /** An arrival found every permit held; the first for QUIET_MS ends any overload (whatever state was last seen). */
+  #foundBusy(): void {
+    const at = this.#now();
+    if (at - this.#busyAt >= QUIET_MS) this.#overload = false;
+    this.#busyAt = at;
   }
 
   #emptied(): void {
