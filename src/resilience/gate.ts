@@ -13,8 +13,10 @@
  * The time per place is measured from waiters served (their wait ÷ their place at joining), not
  * derived from hold times: a burst of arrivals keeps the event loop from running releases, so
  * holds measured then look 50× their usual length although the queue drains as fast as ever.
- * Before any waiter was served it is the recent hold time ÷ permits. A waiter that timed out
- * counts with its whole wait (slow, never fast).
+ * Before any waiter was served nothing is known and the queue is admitted (its timeout still
+ * bounds it), unless every holder has held for more than STALL_MS. A waiter that timed out
+ * counts with its whole wait (slow, never fast). The next in line always queues, whatever the
+ * estimate: it is the probe that tells the gate the pool has recovered.
  *
  * Under a sustained overload (the queue has not emptied for STANDING_MS) the wait a newcomer
  * may be given shrinks to half the unloaded hold time: CoDel's idea, a standing queue only adds
