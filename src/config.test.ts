@@ -25,7 +25,7 @@ describe('parseConfig', () => {
       max: 20,
       min: 2,
       acquireTimeoutMs: 5000,
-      queueMax: 1000,
+      queueMax: 10_000,
       statementTimeoutMs: 30_000,
       queryTimeoutMs: 31_000,
       applicationName: 'poolgate',
@@ -79,10 +79,10 @@ describe('parseConfig', () => {
     expect(c.bodyLimitBytes).toBe(512);
   });
 
-  it('derives dependent defaults: min from max, queue from max, query timeout from statement timeout', () => {
+  it('derives dependent defaults: min from max, query timeout from statement timeout; the queue bound is a fixed memory bound', () => {
     const c = parseConfig({ POOL_MAX: '1', STATEMENT_TIMEOUT_MS: '500' });
     expect(c.pool.min).toBe(1);
-    expect(c.pool.queueMax).toBe(50);
+    expect(c.pool.queueMax).toBe(10_000);
     expect(c.pool.queryTimeoutMs).toBe(1500);
   });
 

@@ -15,7 +15,10 @@ export interface PoolConfig {
   connectionTimeoutMs: number;
   /** How long a request may wait for a free connection before it gets "pool exhausted". */
   acquireTimeoutMs: number;
-  /** Requests allowed to wait for a connection at once; beyond that they are refused at once. */
+  /**
+   * A memory bound on requests waiting for a connection (beyond it they are refused at once).
+   * Admission is by predicted wait (resilience/gate.ts), which sheds long before this in normal use.
+   */
   queueMax: number;
   /** Server-side `statement_timeout`. */
   statementTimeoutMs: number;
@@ -46,6 +49,9 @@ export interface PoolConfig {
 }
 
 /** Lanes by default: one per five connections, at most four; none below five connections. */
+/** POOL_QUEUE_MAX's default: a few MB of waiting requests, far above what predicted-wait admission lets queue. */
+const QUEUE_MAX_DEFAULT = 10_000;
+
 export const defaultPipelineLanes = (max: number): number => Math.min(4, Math.floor(max / 5));
 
 /** Named statements per connection by default: more than an application's fixed statements, few enough to cost little memory. */
@@ -190,7 +196,7 @@ export function parseConfig(env: Env): Config {
       idleTimeoutMs: int(env, 'POOL_IDLE_TIMEOUT_MS', 30_000, 0, 86_400_000),
       connectionTimeoutMs: int(env, 'POOL_CONNECTION_TIMEOUT_MS', 5_000, 1, 600_000),
       acquireTimeoutMs: int(env, 'POOL_ACQUIRE_TIMEOUT_MS', 5_000, 1, 600_000),
-      queueMax: int(env, 'POOL_QUEUE_MAX', max * 50, 0, 1_000_000),
+      queueMax: int(env, 'POOL_QUEUE_MAX', QUEUE_MAX_DEFAULT, 0, 1_000_000),
       statementTimeoutMs,
       queryTimeoutMs: int(env, 'QUERY_TIMEOUT_MS', statementTimeoutMs + 1_000, 1, 3_700_000),
       applicationName,

@@ -71,10 +71,10 @@ export class PoolExhaustedError extends AppError {
   }
 }
 
-/** Raised at once when too many requests already wait for a connection. */
+/** Raised at once when a request's predicted wait for a connection does not fit (resilience/gate.ts); Retry-After from that estimate. */
 export class OverloadedError extends AppError {
-  constructor() {
-    super(503, 'overloaded', 'The server is at capacity; try again shortly.', { retryAfterSec: 1 });
+  constructor(retryAfterSec = 1) {
+    super(503, 'overloaded', 'The server is at capacity; try again shortly.', { retryAfterSec });
   }
 }
 

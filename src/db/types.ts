@@ -80,6 +80,8 @@ export interface PoolStats {
   errorCount: number;
   acquireTimeoutCount: number;
   queueRejectedCount: number;
+  /** Admission in front of the pool (resilience/gate.ts); absent without a gate. */
+  admission?: AdmissionStats;
   /** Attempts made again under the retry rules, and retries the budget refused. */
   retryCount: number;
   retryDeniedCount: number;
@@ -116,6 +118,13 @@ export interface PipelineStats {
   waiting?: number;
   acquireTimeoutCount?: number;
   queueRejectedCount?: number;
+  admission?: AdmissionStats;
+}
+
+/** What the admission gate predicts a newcomer would wait now, and the requests it shed, by why. */
+export interface AdmissionStats {
+  estimateMs: number;
+  shed: { wait: number; deadline: number; overload: number; queue_full: number };
 }
 
 export interface ReadyReport {

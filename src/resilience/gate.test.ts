@@ -1,7 +1,10 @@
-/** The connection gate on its own: permits, FIFO hand-over, bounded queue, timeouts, close. Fake timers only. */
+/**
+ * The connection gate on its own: permits, FIFO hand-over, the memory bound, timeouts, close; then
+ * admission by predicted wait and the two priorities. Fake timers and the faked Date as its clock only.
+ */
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { AppError } from '../errors.js';
-import { Gate } from './gate.js';
+import { Gate, priorityOf, type GateOptions } from './gate.js';
 
 beforeEach(() => {
   vi.useFakeTimers();
@@ -9,6 +12,9 @@ beforeEach(() => {
 afterEach(() => {
   vi.useRealTimers();
 });
+
+/** The gate's clock is the faked Date, so holds and waits are measured in fake time. */
+const newGate = (opts: Omit<GateOptions, 'now'>) => new Gate({ ...opts, now: () => Date.now() });
 
 /** Settles what is already settled, without advancing time. */
 const flush = () => vi.advanceTimersByTimeAsync(0);
@@ -24,7 +30,7 @@ function track<T>(p: Promise<T>) {
 
 describe('Gate', () => {
   it('grants up to `permits` at once, then queues', async () => {
-    const gate = new Gate({ permits: 2, queueMax: 10, timeoutMs: 1000 });
+    const gate = newGate({ permits: 2, queueMax: 10, timeoutMs: 1000 });
     const a = track(gate.acquire());
     const b = track(gate.acquire());
     const c = track(gate.acquire());
@@ -35,7 +41,7 @@ describe('Gate', () => {
   });
 
   it('hands a released permit to the longest waiter first', async () => {
-    const gate = new Gate({ permits: 1, queueMax: 10, timeoutMs: 1000 });
+    const gate = newGate({ permits: 1, queueMax: 10, timeoutMs: 1000 });
     const first = await gate.acquire();
     const order: string[] = [];
     const second = gate.acquire().then((r) => (order.push('second'), r));
@@ -48,7 +54,7 @@ describe('Gate', () => {
   });
 
   it('does not let a newcomer barge past waiters', async () => {
-    const gate = new Gate({ permits: 1, queueMax: 10, timeoutMs: 1000 });
+    const gate = newGate({ permits: 1, queueMax: 10, timeoutMs: 1000 });
     const holder = await gate.acquire();
     const waiter = track(gate.acquire());
     holder(); // the permit goes straight to the waiter …
@@ -60,7 +66,7 @@ describe('Gate', () => {
   });
 
   it('a release function is harmless when called twice', async () => {
-    const gate = new Gate({ permits: 1, queueMax: 10, timeoutMs: 1000 });
+    const gate = newGate({ permits: 1, queueMax: 10, timeoutMs: 1000 });
     const release = await gate.acquire();
     release();
     release();
@@ -72,7 +78,7 @@ describe('Gate', () => {
   });
 
   it('a waiter gives up after timeoutMs with 503 pool_exhausted and leaves the queue', async () => {
-    const gate = new Gate({ permits: 1, queueMax: 10, timeoutMs: 300 });
+    const gate = newGate({ permits: 1, queueMax: 10, timeoutMs: 300 });
     await gate.acquire();
     const waiter = track(gate.acquire());
     await vi.advanceTimersByTimeAsync(299);
@@ -85,15 +91,15 @@ describe('Gate', () => {
   });
 
   it('honours a per-call timeout', async () => {
-    const gate = new Gate({ permits: 1, queueMax: 10, timeoutMs: 10_000 });
+    const gate = newGate({ permits: 1, queueMax: 10, timeoutMs: 10_000 });
     await gate.acquire();
-    const waiter = track(gate.acquire(50));
+    const waiter = track(gate.acquire({ timeoutMs: 50 }));
     await vi.advanceTimersByTimeAsync(50);
     expect(waiter.error).toMatchObject({ code: 'pool_exhausted' });
   });
 
   it('a granted waiter is never timed out later', async () => {
-    const gate = new Gate({ permits: 1, queueMax: 10, timeoutMs: 300 });
+    const gate = newGate({ permits: 1, queueMax: 10, timeoutMs: 300 });
     const holder = await gate.acquire();
     const waiter = track(gate.acquire());
     await vi.advanceTimersByTimeAsync(100);
@@ -106,7 +112,7 @@ describe('Gate', () => {
   });
 
   it('refuses at once with 503 overloaded when the queue is full', async () => {
-    const gate = new Gate({ permits: 1, queueMax: 2, timeoutMs: 1000 });
+    const gate = newGate({ permits: 1, queueMax: 2, timeoutMs: 1000 });
     await gate.acquire();
     track(gate.acquire());
     track(gate.acquire());
@@ -118,13 +124,13 @@ describe('Gate', () => {
   });
 
   it('with queueMax 0, refuses as soon as every permit is held', async () => {
-    const gate = new Gate({ permits: 1, queueMax: 0, timeoutMs: 1000 });
+    const gate = newGate({ permits: 1, queueMax: 0, timeoutMs: 1000 });
     await gate.acquire();
     await expect(gate.acquire()).rejects.toMatchObject({ code: 'overloaded' });
   });
 
   it('close() refuses every waiter and every later acquire; holders keep their permits', async () => {
-    const gate = new Gate({ permits: 1, queueMax: 10, timeoutMs: 1000 });
+    const gate = newGate({ permits: 1, queueMax: 10, timeoutMs: 1000 });
     const holder = await gate.acquire();
     const waiters = [track(gate.acquire()), track(gate.acquire())];
     gate.close();
@@ -136,5 +142,222 @@ describe('Gate', () => {
     expect(gate.held).toBe(0);
     expect(vi.getTimerCount()).toBe(0); // the waiters' timers were cleared
     gate.close(); // twice: harmless
+  });
+});
+
+/** `count` waiters queued on `gate`, tracked. */
+const queueOf = (gate: Gate, count: number, options = {}) => Array.from({ length: count }, () => track(gate.acquire(options)));
+
+/**
+ * Teaches `gate` that one place in its queue takes `ms` (and a hold `ms`), `times` times over: all
+ * permits held, one waiter queued, served `ms` later, which then holds for `ms`.
+ */
+async function learnDrain(gate: Gate, permits: number, ms: number, times = 10) {
+  for (let i = 0; i < times; i++) {
+    const holders = await Promise.all(Array.from({ length: permits }, () => gate.acquire()));
+    const waiter = gate.acquire();
+    await vi.advanceTimersByTimeAsync(ms);
+    for (const h of holders) h();
+    const release = await waiter;
+    await vi.advanceTimersByTimeAsync(ms);
+    release();
+  }
+}
+
+describe('Gate admission by predicted wait', () => {
+  it('queues a burst of fast work far past any count bound: 2,000 waiters behind 1 ms holds', async () => {
+    const gate = newGate({ permits: 4, queueMax: 100_000, timeoutMs: 5_000 });
+    await learnDrain(gate, 4, 1);
+    const holders = await Promise.all(Array.from({ length: 4 }, () => gate.acquire()));
+    const waiters = queueOf(gate, 2_000); // predicted wait of the last: 2,000 places × 1 ms
+    await flush();
+    expect(waiters.filter((w) => w.settled)).toEqual([]);
+    expect(gate.waiting).toBe(2_000);
+    expect(gate.shedCounts).toEqual({ wait: 0, deadline: 0, overload: 0, queue_full: 0 });
+    for (const h of holders) h();
+    for (const w of waiters) {
+      await flush();
+      (w.value as () => void)();
+    }
+    expect(gate.waiting).toBe(0);
+    expect(gate.held).toBe(0);
+  });
+
+  it('sheds at once, 503 overloaded, when the predicted wait exceeds the acquire timeout; Retry-After from the estimate', async () => {
+    const gate = newGate({ permits: 2, queueMax: 100_000, timeoutMs: 1_000 });
+    await learnDrain(gate, 2, 50);
+    await gate.acquire();
+    await gate.acquire();
+    const admitted = queueOf(gate, 20); // the 20th: 20 places × 50 ms = 1,000 ms — fits
+    const shed = track(gate.acquire()); // the 21st: 1,050 ms — does not
+    await flush();
+    expect(admitted.some((w) => w.settled)).toBe(false);
+    expect(shed.error).toMatchObject({ status: 503, code: 'overloaded', extra: { retryAfterSec: 2 } });
+    expect(gate.shedCounts).toEqual({ wait: 1, deadline: 0, overload: 0, queue_full: 0 });
+    expect(gate.waiting).toBe(20);
+    expect(gate.estimate()).toEqual({ waitMs: 1_050, holdMs: 50 });
+  });
+
+  it("sheds when the predicted wait plus one hold does not fit the request's remaining deadline", async () => {
+    const gate = newGate({ permits: 1, queueMax: 100_000, timeoutMs: 10_000 });
+    await learnDrain(gate, 1, 50);
+    await gate.acquire();
+    const fits = track(gate.acquire({ remainingMs: 100 })); // waits 50, holds 50: 100
+    const late = track(gate.acquire({ remainingMs: 140 })); // waits 100, holds 50: 150
+    await flush();
+    expect(fits.settled).toBe(false);
+    expect(late.error).toMatchObject({ code: 'overloaded', extra: { retryAfterSec: 1 } });
+    expect(gate.shedCounts.deadline).toBe(1);
+  });
+
+  it('a waiter admitted on a wrong estimate still gives up at its timeout', async () => {
+    const gate = newGate({ permits: 1, queueMax: 100_000, timeoutMs: 300 });
+    await learnDrain(gate, 1, 1);
+    await gate.acquire();
+    const waiter = track(gate.acquire());
+    await vi.advanceTimersByTimeAsync(300);
+    expect(waiter.error).toMatchObject({ code: 'pool_exhausted' });
+    expect(gate.timedOutCount).toBe(1);
+  });
+
+  it('a stall raises the estimate before any release: holders older than STALL_MS count as they are', async () => {
+    const gate = newGate({ permits: 2, queueMax: 100_000, timeoutMs: 1_000 });
+    const holders = [await gate.acquire(), await gate.acquire()]; // nothing measured yet: a cold gate admits
+    const early = track(gate.acquire());
+    await vi.advanceTimersByTimeAsync(2_100); // the early waiter timed out; the holders hold on
+    expect(early.error).toMatchObject({ code: 'pool_exhausted' });
+    expect(gate.estimate().waitMs).toBe(1_050); // 1 place × 2,100 ms ÷ 2
+    const probe = track(gate.acquire()); // the next in line always queues …
+    await expect(gate.acquire()).rejects.toMatchObject({ code: 'overloaded', extra: { retryAfterSec: 3 } }); // … the one behind it is shed
+    expect(probe.settled).toBe(false);
+    for (const h of holders) h();
+    await flush();
+    expect(probe.settled).toBe(true); // served at once: the estimate learns the pool is free again
+    expect(gate.estimate().waitMs).toBe(0);
+    expect(gate.shedCounts.wait).toBe(1);
+  });
+
+  it('long holds alone do not shed: before any waiter was served, a queue is admitted (a burst stalls the event loop, not the pool)', async () => {
+    const gate = newGate({ permits: 1, queueMax: 100_000, timeoutMs: 1_000 });
+    const first = await gate.acquire();
+    await vi.advanceTimersByTimeAsync(500); // a hold of 500 ms, as a burst's arrival makes them look
+    first();
+    await gate.acquire();
+    const waiters = queueOf(gate, 100); // holds ÷ permits would predict 50 s for the last
+    await flush();
+    expect(waiters.some((w) => w.settled)).toBe(false);
+    expect(gate.estimate()).toEqual({ waitMs: 0, holdMs: 500 });
+  });
+
+  it('a waiter that timed out counts with its whole wait: the estimate rises, never falls', async () => {
+    const gate = newGate({ permits: 1, queueMax: 100_000, timeoutMs: 300 });
+    await learnDrain(gate, 1, 1);
+    await gate.acquire();
+    const before = gate.estimate().waitMs;
+    const waiter = track(gate.acquire());
+    await vi.advanceTimersByTimeAsync(300);
+    expect(waiter.error).toMatchObject({ code: 'pool_exhausted' });
+    expect(before).toBe(1);
+    expect(gate.estimate().waitMs).toBeGreaterThan(40); // (6.5 × 0.9 + 300) ÷ (6.5 × 0.9 + 1) ms a place
+  });
+
+  it('after a quiet spell, the next waiter served sets the estimate: old slowness does not linger', async () => {
+    const gate = newGate({ permits: 1, queueMax: 100_000, timeoutMs: 10_000 });
+    await learnDrain(gate, 1, 100);
+    const holder = await gate.acquire();
+    expect(gate.estimate().waitMs).toBeCloseTo(100);
+    holder();
+    await vi.advanceTimersByTimeAsync(10_000);
+    await learnDrain(gate, 1, 1, 1);
+    await gate.acquire();
+    expect(gate.estimate().waitMs).toBeLessThan(2); // a value, not a timing: 1 ms a place, and a trace of the old 100
+  });
+
+  it('queueMax stays a memory bound: refused (queue_full) however short the predicted wait', async () => {
+    const gate = newGate({ permits: 1, queueMax: 3, timeoutMs: 1_000 });
+    await learnDrain(gate, 1, 1);
+    await gate.acquire();
+    queueOf(gate, 3);
+    await expect(gate.acquire()).rejects.toMatchObject({ code: 'overloaded' });
+    expect(gate.shedCounts).toEqual({ wait: 0, deadline: 0, overload: 0, queue_full: 1 });
+    expect(gate.rejectedCount).toBe(1);
+  });
+
+  it('Retry-After is at most a minute, however long the backlog', async () => {
+    const gate = newGate({ permits: 1, queueMax: 100_000, timeoutMs: 300_000 });
+    await learnDrain(gate, 1, 200_000, 1);
+    await gate.acquire();
+    track(gate.acquire()); // waits 200 s: fits
+    await expect(gate.acquire()).rejects.toMatchObject({ extra: { retryAfterSec: 60 } }); // 400 s does not
+  });
+
+  it('calls onShed once per shed request, with its reason', async () => {
+    const gate = newGate({ permits: 1, queueMax: 1, timeoutMs: 100 });
+    const reasons: string[] = [];
+    gate.onShed = (r) => reasons.push(r);
+    await learnDrain(gate, 1, 60, 1);
+    await gate.acquire();
+    track(gate.acquire()); // waits 60: fits
+    track(gate.acquire()); // the queue is at its bound
+    track(gate.acquire({ remainingMs: 1_000 }));
+    await flush();
+    expect(reasons).toEqual(['queue_full', 'queue_full']);
+  });
+});
+
+describe('Gate priorities', () => {
+  it('high waiters (writes, health) are served before normal ones (reads), whatever the arrival order', async () => {
+    const gate = newGate({ permits: 1, queueMax: 100, timeoutMs: 1_000 });
+    const holder = await gate.acquire();
+    const order: string[] = [];
+    const wait = (name: string, priority: 'high' | 'normal') => gate.acquire({ priority }).then((release) => (order.push(name), release()));
+    const all = [wait('read 1', 'normal'), wait('read 2', 'normal'), wait('write', 'high'), wait('health', 'high')];
+    holder();
+    await Promise.all(all);
+    expect(order).toEqual(['write', 'health', 'read 1', 'read 2']);
+  });
+
+  it("a high waiter's predicted wait counts only the high waiters ahead: it is admitted behind a flood of reads", async () => {
+    const gate = newGate({ permits: 1, queueMax: 100_000, timeoutMs: 1_000 });
+    await learnDrain(gate, 1, 10);
+    await gate.acquire();
+    queueOf(gate, 100); // reads up to the timeout: the 100th waits 100 × 10 ms = 1,000 ms
+    await expect(gate.acquire()).rejects.toMatchObject({ code: 'overloaded' }); // one more read does not fit
+    const write = track(gate.acquire({ priority: 'high' }));
+    await flush();
+    expect(write.settled).toBe(false); // queued, not shed
+    expect(gate.estimate('high').waitMs).toBe(20); // the next write: behind this one only
+    expect(gate.estimate('normal').waitMs).toBe(1_020);
+  });
+
+  it('reads are not starved by a flood of writes: after 4 high grants in a row, a read goes', async () => {
+    const gate = newGate({ permits: 2, queueMax: 100, timeoutMs: 10_000 });
+    const holders = [await gate.acquire(), await gate.acquire()];
+    const order: string[] = [];
+    const go = (name: string, priority: 'high' | 'normal') =>
+      track(gate.acquire({ priority }).then((release) => (order.push(name), release)));
+    const read = go('read', 'normal');
+    const writes = Array.from({ length: 6 }, (_, i) => go(`write ${i + 1}`, 'high'));
+    holders[0]!();
+    // Each grant is released at once, in turn, so the hand-over order is the queue's order.
+    const released = new Set<unknown>();
+    for (let round = 0; round < 10; round++) {
+      await flush();
+      for (const w of [read, ...writes]) {
+        if (w.settled && !released.has(w)) {
+          released.add(w);
+          (w.value as () => void)();
+        }
+      }
+    }
+    expect(order.slice(0, 5)).toEqual(['write 1', 'write 2', 'write 3', 'write 4', 'read']);
+    expect(order).toHaveLength(7);
+  });
+
+  it("priorityOf: transactional work and the process's own are high; reads and unknown intent normal", () => {
+    expect(priorityOf({ intent: 'transactional' })).toBe('high');
+    expect(priorityOf({ intent: 'read', internal: true })).toBe('high');
+    expect(priorityOf({ intent: 'read' })).toBe('normal');
+    expect(priorityOf({})).toBe('normal');
   });
 });

@@ -1,4 +1,5 @@
 /** Renders a stats snapshot in the Prometheus text exposition format (version 0.0.4). */
+import type { AdmissionStats } from '../db/types.js';
 import type { StatsSnapshot } from './registry.js';
 
 const esc = (v: string) => v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
@@ -119,6 +120,24 @@ export function renderPrometheus(snap: StatsSnapshot): string {
       [{ ...scope, feature: 'named_statements' }, refused.namedStatements === undefined ? 0 : 1],
       [{ ...scope, feature: 'startup_statement_timeout' }, refused.statementTimeoutAtStartup === undefined ? 0 : 1],
     ]);
+  }
+  const admission = [
+    ['pool', p?.admission],
+    ['lanes', p?.pipeline?.admission],
+  ].filter((a): a is [string, AdmissionStats] => a[1] !== undefined);
+  if (admission.length > 0) {
+    family(
+      'poolgate_admission_estimate_seconds',
+      'gauge',
+      'Predicted wait of a request arriving now, by admission path.',
+      admission.map(([path, a]) => [{ ...scope, path }, a.estimateMs / 1000]),
+    );
+    family(
+      'poolgate_admission_shed_total',
+      'counter',
+      'Requests refused at once (503 overloaded), by admission path and reason.',
+      admission.flatMap(([path, a]) => Object.entries(a.shed).map(([reason, n]): Row => [{ ...scope, path, reason }, n])),
+    );
   }
   const lanes = p?.pipeline;
   if (lanes) {

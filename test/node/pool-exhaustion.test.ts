@@ -105,9 +105,24 @@ describe('one connection, held by a slow request', () => {
     const route = stats.body.routes.find((r: { method: string; route: string }) => r.method === 'GET' && r.route === '/api/users/:id');
     expect(route.statusClasses['5xx']).toBe(3);
     expect(stats.body.pool).toMatchObject({ max: 1, acquireTimeoutCount: 2, queueRejectedCount: 1 });
+    expect(stats.body.pool.admission).toMatchObject({
+      estimateMs: expect.any(Number),
+      shed: { wait: 0, deadline: 0, overload: 0, queue_full: 1 },
+    });
+    const metrics = await (await fetch(`${t.url}/metrics`)).text();
+    expect(metrics).toContain('poolgate_admission_shed_total{scope="node",path="pool",reason="queue_full"} 1');
+    expect(metrics).toMatch(/^poolgate_admission_estimate_seconds\{scope="node",path="pool"\} [0-9.e-]+$/m);
   });
 
   it('no response leaked internals', () => {
     expect(seenResponses.flatMap((text) => leaksIn(text, t.db))).toEqual([]);
+  });
+
+  it('the shed request is logged in one summary line, written at the latest when the gateway stops', async () => {
+    await t.stop();
+    const lines = t.logs.filter((l) => l.includes('shed requests'));
+    expect(lines).toEqual([
+      'poolgate: shed requests with 503 overloaded in the last 10 s: pool 1 (wait 0, deadline 0, overload 0, queue_full 1)',
+    ]);
   });
 });

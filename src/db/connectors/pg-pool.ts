@@ -245,6 +245,7 @@ export function createPgPoolDatabase(options: PgPoolConnectorOptions, driver: Pg
     oneShotAdmission: { permits: lanes * LANE_DEPTH, queueMax: options.queueMax, timeoutMs: options.acquireTimeoutMs },
     admission: { permits: max, queueMax: options.queueMax, timeoutMs: options.acquireTimeoutMs },
     sessionStatementTimeoutMs: connector.sessionStatementTimeoutMs,
+    log: driver.log,
   });
   return Object.assign(database, { pool: connector.pool });
 }

@@ -7,6 +7,7 @@ import { AppError } from '../../errors.js';
 import type { BreakerSnapshot, BreakerTuning } from '../../resilience/breaker.js';
 import type { GateOptions } from '../../resilience/gate.js';
 import { RetryBudget } from '../../resilience/retry.js';
+import { ShedLog } from '../../resilience/shed-log.js';
 import { now } from '../../stats/clock.js';
 import type {
   ClientKind,
@@ -38,6 +39,8 @@ export interface CoreOptions {
   /** Upper bound of one one-shot round trip (default 10 s). */
   oneShotTimeoutMs?: number;
   budget?: RetryBudget;
+  /** Where the admission gates' shed summary goes, one line per interval (resilience/shed-log.ts); none: not logged. */
+  log?: (line: string) => void;
   /** Applied to the breakers the runners create (threshold, probe schedule; tests pass a fake clock). */
   breaker?: BreakerTuning;
 }
@@ -59,15 +62,18 @@ export class CoreDatabase implements Database {
   readonly sessions: SessionRunner | undefined;
   readonly oneShot: OneShotRunner | undefined;
   readonly #budget: RetryBudget;
+  readonly #shedLog: ShedLog | undefined;
   #closing: Promise<void> | undefined;
 
   constructor(options: CoreOptions) {
     if (!options.sessions && !options.oneShot) throw new Error('createDatabase needs a session connector, a one-shot connector, or both.');
     this.#budget = options.budget ?? new RetryBudget();
+    const shedLog = (this.#shedLog = options.log && new ShedLog({ log: options.log }));
     this.sessions =
       options.sessions &&
       new SessionRunner(options.sessions, {
         admission: options.admission,
+        onShed: shedLog && ((reason) => shedLog.count('pool', reason)),
         sessionStatementTimeoutMs: options.sessionStatementTimeoutMs,
         budget: this.#budget,
         breakerOptions: options.breaker,
@@ -77,6 +83,7 @@ export class CoreDatabase implements Database {
       new OneShotRunner(options.oneShot, {
         timeoutMs: options.oneShotTimeoutMs ?? 10_000,
         admission: options.oneShotAdmission,
+        onShed: shedLog && ((reason) => shedLog.count('lanes', reason)),
         budget: this.#budget,
         // One upstream, one breaker: both paths open and close it.
         breaker: this.sessions?.connector.upstream === options.oneShot.upstream ? this.sessions.breaker : undefined,
@@ -151,6 +158,7 @@ export class CoreDatabase implements Database {
 
   close(): Promise<void> {
     this.oneShot?.close();
+    this.#shedLog?.close();
     return (this.#closing ??= Promise.all([this.sessions?.close(), this.oneShot?.connector.close?.()]).then(() => {}));
   }
 

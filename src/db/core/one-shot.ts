@@ -8,10 +8,10 @@
  */
 import { isConnectionError } from '../../errors.js';
 import { createBreaker, type Breaker, type BreakerTuning } from '../../resilience/breaker.js';
-import { Gate, type GateOptions } from '../../resilience/gate.js';
+import { admissionOf, Gate, priorityOf, type GateOptions, type Release, type ShedReason } from '../../resilience/gate.js';
 import { RetryBudget, withRetry } from '../../resilience/retry.js';
 import { now } from '../../stats/clock.js';
-import type { QueryObserver, QueryResult, Statement, TxOptions } from '../types.js';
+import type { AdmissionStats, QueryObserver, QueryResult, Statement, TxOptions } from '../types.js';
 import type { OneShotConnector } from './connector.js';
 import { cutShort, remainingMs, withAbort } from './deadline.js';
 
@@ -20,6 +20,8 @@ export interface OneShotRunnerOptions {
   timeoutMs: number;
   /** Bounded wait and FIFO queue in front of a connector of fixed capacity (the pipelined lanes); none for HTTP. */
   admission?: GateOptions;
+  /** Told of each request the admission gate shed (the shed log counts them). */
+  onShed?: (reason: ShedReason) => void;
   budget: RetryBudget;
   breaker?: Breaker;
   /** For the breaker created when none is given. */
@@ -36,34 +38,45 @@ export class OneShotRunner {
     this.connector = connector;
     this.#options = options;
     this.#gate = options.admission && new Gate(options.admission);
+    if (this.#gate) this.#gate.onShed = options.onShed;
     this.breaker = options.breaker ?? createBreaker(connector.upstream, { ...options.breakerOptions, isFailure: isConnectionError });
   }
 
-  async query(observer: QueryObserver, statement: Statement): Promise<QueryResult> {
-    const release = await this.#admit(observer);
-    try {
-      return await withRetry(() => this.#timed(observer, 1, (signal) => this.connector.query(statement, signal)), {
+  query(observer: QueryObserver, statement: Statement): Promise<QueryResult> {
+    return this.#admitted(observer, () =>
+      withRetry(() => this.#timed(observer, 1, (signal) => this.connector.query(statement, signal)), {
         scope: observer.intent === 'read' ? 'read' : 'write',
         budget: this.#options.budget,
         deadline: observer.deadline,
         now,
         onRetry: () => observer.retried?.(),
-      });
-    } finally {
-      release?.();
-    }
+      }),
+    );
   }
 
   /** A batch is one transaction: it runs again, whole, where a transaction would (40001/40P01, or marked rerunnable). */
-  async batch(observer: QueryObserver, statements: readonly Statement[], options: TxOptions): Promise<QueryResult[]> {
+  batch(observer: QueryObserver, statements: readonly Statement[], options: TxOptions): Promise<QueryResult[]> {
+    return this.#admitted(observer, () =>
+      withRetry(() => this.#timed(observer, statements.length, (signal) => this.connector.batch(statements, options, signal)), {
+        scope: 'transaction',
+        budget: this.#options.budget,
+        deadline: observer.deadline,
+        now,
+        onRetry: () => observer.retried?.(),
+      }),
+    );
+  }
+
+  /** `run` once admitted; the permit goes back after, telling the gate whether the work succeeded. */
+  async #admitted<T>(observer: QueryObserver, run: () => Promise<T>): Promise<T> {
     const release = await this.#admit(observer);
+    let ok = false;
     try {
-      return await withRetry(
-        () => this.#timed(observer, statements.length, (signal) => this.connector.batch(statements, options, signal)),
-        { scope: 'transaction', budget: this.#options.budget, deadline: observer.deadline, now, onRetry: () => observer.retried?.() },
-      );
+      const result = await run();
+      ok = true;
+      return result;
     } finally {
-      release?.();
+      release?.(ok); // a failed attempt's hold says nothing of how long work takes
     }
   }
 
@@ -71,8 +84,9 @@ export class OneShotRunner {
     return this.#gate?.waiting ?? 0;
   }
 
-  get gateFigures(): { acquireTimeoutCount: number; queueRejectedCount: number } | undefined {
-    return this.#gate && { acquireTimeoutCount: this.#gate.timedOutCount, queueRejectedCount: this.#gate.rejectedCount };
+  get gateFigures(): { acquireTimeoutCount: number; queueRejectedCount: number; admission: AdmissionStats } | undefined {
+    const gate = this.#gate;
+    return gate && { acquireTimeoutCount: gate.timedOutCount, queueRejectedCount: gate.rejectedCount, admission: admissionOf(gate) };
   }
 
   close(): void {
@@ -100,12 +114,12 @@ export class OneShotRunner {
    * First come, first served when the connector is at capacity: a wait bounded by the gate and the
    * deadline, reported as the request's acquire wait (nothing is reported when no wait was needed).
    */
-  #admit(observer: QueryObserver): Promise<(() => void) | undefined> | undefined {
+  #admit(observer: QueryObserver): Promise<Release | undefined> | undefined {
     const gate = this.#gate;
     if (!gate) return undefined;
     const queued = gate.held >= this.#options.admission!.permits || gate.waiting > 0;
     const started = now();
-    const admitted = gate.acquire(Math.min(this.#options.admission!.timeoutMs, remainingMs(observer)), observer.signal);
+    const admitted = gate.acquire({ remainingMs: remainingMs(observer), signal: observer.signal, priority: priorityOf(observer) });
     if (!queued) return admitted;
     return admitted.then((release) => {
       observer.acquired(now() - started, false);

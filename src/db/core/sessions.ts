@@ -6,10 +6,10 @@
  */
 import { failureKind, isConnectionError } from '../../errors.js';
 import { createBreaker, type Breaker, type BreakerTuning } from '../../resilience/breaker.js';
-import { Gate, type GateOptions } from '../../resilience/gate.js';
+import { admissionOf, Gate, priorityOf, type GateOptions, type Release, type ShedReason } from '../../resilience/gate.js';
 import { isRetryable, RetryBudget, withRetry, type RetryScope } from '../../resilience/retry.js';
 import { now } from '../../stats/clock.js';
-import type { QueryObserver, QueryResult, Queryable, TxOptions } from '../types.js';
+import type { AdmissionStats, QueryObserver, QueryResult, Queryable, TxOptions } from '../types.js';
 import type { Checkout, PoolFigures, Session, SessionConnector, SessionSource } from './connector.js';
 import { asRefused, refuseTransactionControl } from './statement-kind.js';
 import { cutShort, remainingMs, watchDeadline, type FireReason } from './deadline.js';
@@ -17,6 +17,8 @@ import { cutShort, remainingMs, watchDeadline, type FireReason } from './deadlin
 export interface SessionRunnerOptions {
   /** Bounded wait and queue in front of a shared pool; none for a pool of one request's own. */
   admission?: GateOptions;
+  /** Told of each request the admission gate shed (the shed log counts them). */
+  onShed?: (reason: ShedReason) => void;
   /** The statement_timeout sessions start with; a transaction that starts later than that allows sets a tighter one. */
   sessionStatementTimeoutMs?: number;
   budget: RetryBudget;
@@ -94,6 +96,7 @@ export class SessionRunner {
     this.connector = connector;
     this.#options = options;
     this.#gate = options.admission && new Gate(options.admission);
+    if (this.#gate) this.#gate.onShed = options.onShed;
     this.breaker =
       options.breaker ??
       createBreaker(connector.upstream, {
@@ -131,9 +134,10 @@ export class SessionRunner {
     work: (tx: OnSession) => Promise<T>,
   ): Promise<T> {
     const release = await this.#admit(observer);
+    let ok = false;
     try {
       let reached = false;
-      return await withRetry(
+      const result = await withRetry(
         async () => {
           reached = false;
           const checkout = await this.#checkout(source, observer);
@@ -150,8 +154,10 @@ export class SessionRunner {
           onRetry: () => observer.retried?.(),
         },
       );
+      ok = true;
+      return result;
     } finally {
-      release();
+      release(ok); // a failed attempt's hold says nothing of how long work takes
     }
   }
 
@@ -165,8 +171,13 @@ export class SessionRunner {
     return this.#gate?.waiting ?? 0;
   }
 
-  get gateFigures(): { acquireTimeoutCount: number; queueRejectedCount: number } {
-    return { acquireTimeoutCount: this.#gate?.timedOutCount ?? 0, queueRejectedCount: this.#gate?.rejectedCount ?? 0 };
+  get gateFigures(): { acquireTimeoutCount: number; queueRejectedCount: number; admission?: AdmissionStats } {
+    const gate = this.#gate;
+    return {
+      acquireTimeoutCount: gate?.timedOutCount ?? 0,
+      queueRejectedCount: gate?.rejectedCount ?? 0,
+      ...(gate ? { admission: admissionOf(gate) } : {}),
+    };
   }
 
   figures(): PoolFigures | undefined {
@@ -178,10 +189,10 @@ export class SessionRunner {
     return this.connector.close();
   }
 
-  #admit(observer: QueryObserver): Promise<() => void> {
+  #admit(observer: QueryObserver): Promise<Release> {
     const left = remainingMs(observer);
     if (!this.#gate) return Promise.resolve(() => {});
-    return this.#gate.acquire(Math.min(this.#options.admission!.timeoutMs, left), observer.signal);
+    return this.#gate.acquire({ remainingMs: left, signal: observer.signal, priority: priorityOf(observer) });
   }
 
   async #checkout(source: SessionSource, observer: QueryObserver): Promise<Checkout> {
