@@ -106,7 +106,7 @@ async function main(): Promise<number> {
       databaseUrl: db.url,
       applicationName: 'poolgate-bench-overload',
       poolMax: POOL_MAX,
-      env: { PG_PIPELINE_LANES: '0', POOL_MIN: String(POOL_MAX) },
+      env: { PG_PIPELINE_LANES: '0', POOL_MIN: String(POOL_MAX), POOL_OVERLOAD_SHEDDING: 'on' },
       appModule: new URL('./mixed-app.ts', import.meta.url).href,
     });
     try {

@@ -20,6 +20,8 @@ export interface PoolConfig {
    * Admission is by predicted wait (resilience/gate.ts), which sheds long before this in normal use.
    */
   queueMax: number;
+  /** Also shed by the standing-queue (CoDel-style) rule under a sustained overload (resilience/gate.ts); default off. */
+  overloadShedding: boolean;
   /** Server-side `statement_timeout`. */
   statementTimeoutMs: number;
   /** Client-side timeout, a little longer than the statement timeout. */
@@ -197,6 +199,7 @@ export function parseConfig(env: Env): Config {
       connectionTimeoutMs: int(env, 'POOL_CONNECTION_TIMEOUT_MS', 5_000, 1, 600_000),
       acquireTimeoutMs: int(env, 'POOL_ACQUIRE_TIMEOUT_MS', 5_000, 1, 600_000),
       queueMax: int(env, 'POOL_QUEUE_MAX', QUEUE_MAX_DEFAULT, 0, 1_000_000),
+      overloadShedding: onOff(env, 'POOL_OVERLOAD_SHEDDING', false),
       statementTimeoutMs,
       queryTimeoutMs: int(env, 'QUERY_TIMEOUT_MS', statementTimeoutMs + 1_000, 1, 3_700_000),
       applicationName,

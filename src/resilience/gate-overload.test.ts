@@ -55,7 +55,8 @@ async function drive(
 }
 
 const p99 = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.ceil(xs.length * 0.99) - 1] ?? 0;
-const newGate = () => new Gate({ permits: PERMITS, queueMax: 10_000, timeoutMs: 5_000, now: () => Date.now() });
+const newGate = (overloadShedding = true) =>
+  new Gate({ permits: PERMITS, queueMax: 10_000, timeoutMs: 5_000, overloadShedding, now: () => Date.now() });
 
 describe('Gate under a sustained overload (simulated server)', () => {
   it('at 1× capacity sheds nothing', async () => {
@@ -74,6 +75,13 @@ describe('Gate under a sustained overload (simulated server)', () => {
     expect(run.shed.filter((s) => s.afterMs > 0)).toEqual([]); // refused at once, never after a wait
     expect(gate.shedCounts.overload).toBeGreaterThan(0);
     expect(gate.timedOutCount).toBe(0);
+  });
+
+  it('with overload shedding off (the default), a standing queue sheds only by the acquire timeout or the deadline', async () => {
+    const gate = newGate(false);
+    await drive(gate, 1000 / CAPACITY_PER_SEC / 3, 20_000);
+    expect(gate.shedCounts.overload).toBe(0);
+    expect(gate.shedCounts.wait + gate.shedCounts.deadline).toBeGreaterThan(0);
   });
 
   it('a 2-second spike at 3× is absorbed, then 1× load is served without a shed once the queue has cleared', async () => {

@@ -39,6 +39,13 @@ export interface GateOptions {
   queueMax: number;
   /** The longest wait for a permit (POOL_ACQUIRE_TIMEOUT_MS). */
   timeoutMs: number;
+  /**
+   * Shed by the standing-queue rule too (POOL_OVERLOAD_SHEDDING; default off). Off, a newcomer is
+   * shed only when its predicted wait passes the acquire timeout or its deadline. The rule cannot
+   * tell a sustained overload from closed-loop clients behind a lock or a few slow reads (the queue
+   * stands in both): there it sheds requests their deadlines would have served.
+   */
+  overloadShedding?: boolean;
   /** The clock (tests pass a fake one). */
   now?: () => number;
 }
@@ -245,7 +252,7 @@ export class Gate {
     // shed everyone behind a full pool would never serve a waiter to learn that it recovered).
     else if (this.#placeOf(priority) === 1) reason = undefined;
     else if (waitMs > timeoutMs) reason = 'wait';
-    else if (this.overloaded && waitMs > this.targetWaitMs) reason = 'overload';
+    else if (this.#opts.overloadShedding === true && this.overloaded && waitMs > this.targetWaitMs) reason = 'overload';
     else if (waitMs + holdMs > remainingMs) reason = 'deadline';
     if (!reason) return undefined;
     this.shedCounts[reason]++;

@@ -22,7 +22,13 @@ type PoolClient = pg.PoolClient & NamedClient;
 
 type PreparedOptions = Pick<
   PoolConfig,
-  'preparedStatements' | 'preparedStatementsMax' | 'pipelineLanes' | 'pipelineSlowReadMs' | 'resultMaxRows' | 'resultMaxBytes'
+  | 'preparedStatements'
+  | 'preparedStatementsMax'
+  | 'pipelineLanes'
+  | 'pipelineSlowReadMs'
+  | 'resultMaxRows'
+  | 'resultMaxBytes'
+  | 'overloadShedding'
 >;
 
 export interface PgPoolConnectorOptions extends Omit<PoolConfig, keyof PreparedOptions>, Partial<PreparedOptions> {
@@ -242,8 +248,18 @@ export function createPgPoolDatabase(options: PgPoolConnectorOptions, driver: Pg
           )
         : undefined,
     oneShotTimeoutMs: options.requestTimeoutMs,
-    oneShotAdmission: { permits: lanes * LANE_DEPTH, queueMax: options.queueMax, timeoutMs: options.acquireTimeoutMs },
-    admission: { permits: max, queueMax: options.queueMax, timeoutMs: options.acquireTimeoutMs },
+    oneShotAdmission: {
+      permits: lanes * LANE_DEPTH,
+      queueMax: options.queueMax,
+      timeoutMs: options.acquireTimeoutMs,
+      overloadShedding: options.overloadShedding,
+    },
+    admission: {
+      permits: max,
+      queueMax: options.queueMax,
+      timeoutMs: options.acquireTimeoutMs,
+      overloadShedding: options.overloadShedding,
+    },
     sessionStatementTimeoutMs: connector.sessionStatementTimeoutMs,
     log: driver.log,
   });
