@@ -28,7 +28,7 @@ export class Gate {
   timedOutCount = 0;
 
   constructor(opts: GateOptions) {
-    this.#opts = opts;
+    this.#opts = { ...opts };
     this.#free = opts.permits;
   }
 
@@ -85,6 +85,21 @@ export class Gate {
     });
   }
 
+  /**
+   * A new number of permits (a pool that sizes itself): more lets waiters in at once; fewer are
+   * taken back as holders release, none is revoked.
+   */
+  resize(permits: number): void {
+    this.#free += permits - this.#opts.permits;
+    this.#opts.permits = permits;
+    while (this.#free > 0 && this.#queue.length > 0) {
+      this.#free--;
+      const next = this.#queue.shift()!;
+      clearTimeout(next.timer);
+      next.resolve(this.#releaser());
+    }
+  }
+
   /** Refuses every waiter and every later acquire with `err`; holders keep their permits. */
   close(err: Error = new AppError(503, 'shutting_down', 'The server is shutting down.', { retryAfterSec: 1 })): void {
     this.#closedWith ??= err;
@@ -99,7 +114,7 @@ export class Gate {
     return () => {
       if (released) return;
       released = true;
-      const next = this.#queue.shift();
+      const next = this.#free >= 0 ? this.#queue.shift() : undefined; // shrunk: this permit is given back
       if (next) {
         clearTimeout(next.timer);
         next.resolve(this.#releaser());

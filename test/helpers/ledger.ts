@@ -290,7 +290,7 @@ export class Ledger {
     }
     if (applicationName) {
       const idle = await db.admin(
-        `SELECT pid, state FROM pg_stat_activity WHERE application_name = $1 AND state LIKE 'idle in transaction%'`,
+        `SELECT pid, state FROM pg_stat_activity WHERE starts_with(application_name, $1) AND state LIKE 'idle in transaction%'`,
         [applicationName],
       );
       for (const r of idle.rows) problems.push(`backend ${r.pid} of the gateway is "${r.state}"`);
@@ -317,7 +317,7 @@ export function sampleConnections(db: TestDatabase, applicationName: string, int
   const loop = (async () => {
     while (running) {
       try {
-        const { rows } = await db.admin('SELECT pid FROM pg_stat_activity WHERE application_name = $1', [applicationName]);
+        const { rows } = await db.admin('SELECT pid FROM pg_stat_activity WHERE starts_with(application_name, $1)', [applicationName]);
         max = Math.max(max, rows.filter((r) => !excluded.has(r.pid)).length);
         samples++;
       } catch {

@@ -46,7 +46,7 @@ describe.skipIf(!realPostgresUrl).each([0, 2])(
       let maxTotal = 0;
       const sampler = (async () => {
         while (sampling) {
-          const { rows } = await t.db.admin('SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1', [
+          const { rows } = await t.db.admin('SELECT count(*)::int AS n FROM pg_stat_activity WHERE starts_with(application_name, $1)', [
             t.applicationName,
           ]);
           maxSeen = Math.max(maxSeen, rows[0].n);

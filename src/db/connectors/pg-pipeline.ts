@@ -58,6 +58,18 @@ export interface PgPipelineOptions {
   support?: SourceSupport;
   /** Past these a statement's rows are dropped and it fails (result_too_large); its neighbours' answers follow as usual. */
   resultLimits?: ResultLimits;
+  /** The connection budget the lanes share with the pool (pg-pool.ts); none: up to `lanes`, always. */
+  slots?: LaneSlots;
+}
+
+/** How the lanes take their connections out of a budget they share with the pool. */
+export interface LaneSlots {
+  /** Whether one more lane fits now; false asks the pool to make room (it gives a connection back). */
+  mayOpen(): boolean;
+  /** The number of live lanes changed. */
+  changed(): void;
+  /** A lane's connect failed with `err` (53300: the server is full). */
+  connectFailed(err: unknown): void;
 }
 
 export interface PgPipelineDriver {
@@ -177,6 +189,8 @@ export class PgPipelineConnector implements OneShotConnector {
   /** Recent read times per statement text, lanes and pool both (see learn). */
   readonly latency: LaneLatency;
   #closed = false;
+  /** Lanes holding (or opening) a connection: what they take of the budget. */
+  readonly #live = new Set<Lane>();
   /** Lane connects failed in a row, and when the next may be tried (reads take the pool meanwhile). */
   #connectFailures = 0;
   #openAfter = 0;
@@ -223,7 +237,13 @@ export class PgPipelineConnector implements OneShotConnector {
     return (await this.#ownBackends) === true;
   }
 
+  /** Connections the lanes hold or are opening. */
+  get liveLanes(): number {
+    return this.#live.size;
+  }
+
   async #probe(): Promise<boolean> {
+    if (this.#options.slots?.mayOpen() === false) throw new Error('No room in the connection budget for a lane yet.');
     let lane = (this.#lanes[0] = this.#open());
     try {
       await lane.ready;
@@ -258,10 +278,19 @@ export class PgPipelineConnector implements OneShotConnector {
 
   #open(): Lane {
     this.#openedCount++;
-    const lane = new Lane(this.#support.clientConfig(this.#config()), this.#driver, () => void this.#closedCount++);
+    const gone = () => {
+      if (this.#live.delete(lane)) this.#options.slots?.changed();
+    };
+    const lane = new Lane(this.#support.clientConfig(this.#config()), this.#driver, () => (this.#closedCount++, gone()));
+    this.#live.add(lane);
+    this.#options.slots?.changed();
     lane.ready.then(
       () => void (this.#connectFailures = 0),
-      () => void (this.#openAfter = now() + reconnectDelayMs(++this.#connectFailures)),
+      (err: unknown) => {
+        this.#openAfter = now() + reconnectDelayMs(++this.#connectFailures);
+        gone();
+        this.#options.slots?.connectFailed(err);
+      },
     );
     return lane;
   }
@@ -330,7 +359,8 @@ export class PgPipelineConnector implements OneShotConnector {
       if (lane.stalled(at, this.#stallMs) || lane.pendingMs > queueLimit) continue;
       if (best === undefined || lane.inFlight < best.inFlight) best = lane;
     }
-    if (free >= 0 && (best === undefined || best.inFlight > 0)) return (this.#lanes[free] = this.#open());
+    const wanted = free >= 0 && (best === undefined || best.inFlight > 0);
+    if (wanted && this.#options.slots?.mayOpen() !== false) return (this.#lanes[free] = this.#open());
     return best;
   }
 
