@@ -150,3 +150,75 @@ describe.skipIf(!privatePostgresAvailable)('four gateways share one server (priv
     }
   }, 180_000);
 });
+
+/**
+ * Others take every free slot between two looks (POOL_BUDGET_INTERVAL_MS long here, so the
+ * gateway does not see them coming): its connects are refused with 53300. That is a signal to hold
+ * fewer, not an outage: the share shrinks to what the gateway holds and every read waits for one
+ * of its connections within its deadline, so all answer 200.
+ */
+describe.skipIf(!privatePostgresAvailable)('a 53300 at connect shrinks the share, not the service (private cluster)', () => {
+  let cluster: PrivatePostgres;
+  let gateway: TestGateway;
+  let dropDb: (() => Promise<void>) | undefined;
+  const holders: pg.Client[] = [];
+  let userId: string;
+
+  beforeAll(async () => {
+    cluster = await startPrivatePostgres();
+    const admin = new pg.Client({ connectionString: cluster.url() });
+    await admin.connect();
+    await admin.query('ALTER SYSTEM SET max_connections = 20');
+    await admin.end();
+    await cluster.stop();
+    await cluster.start();
+    await cluster.acceptsConnections();
+    const db = await privateTestDatabase(cluster, 'poolgate_refused');
+    dropDb = db.drop;
+    gateway = await startTestGateway(
+      { POOL_MAX: '10', POOL_MIN: '1', PG_PIPELINE_LANES: '0', POOL_RESERVE: '0', POOL_BUDGET_INTERVAL_MS: '600000' },
+      { db },
+    );
+    const res = await json(`${gateway.url}/api/users`, {
+      method: 'POST',
+      json: { email: `refused-${randomUUID()}@example.com`, name: 'r' },
+    });
+    expect(res.status).toBe(201);
+    userId = res.body.id;
+  }, 60_000);
+
+  afterAll(async () => {
+    await Promise.allSettled(holders.map((h) => h.end()));
+    await gateway?.stop().catch(() => {});
+    await dropDb?.();
+    await cluster?.destroy();
+  });
+
+  it("fills the server behind the gateway's back; 60 reads at once all answer 200", async () => {
+    for (;;) {
+      const holder = new pg.Client({ connectionString: cluster.url(), application_name: 'holder' });
+      holder.on('error', () => {});
+      try {
+        await holder.connect();
+      } catch (err) {
+        if ((err as { code?: string }).code === '53300') break; // the server is full
+        throw err;
+      }
+      holders.push(holder);
+    }
+    const before = (await json(`${gateway.url}/stats`)).body.pool;
+    expect(before.total).toBeGreaterThan(0);
+    expect(before.budget.share).toBeGreaterThan(before.total); // it would open more if it could
+
+    const statuses = await Promise.all(
+      Array.from({ length: 60 }, async () => (await json(`${gateway.url}/api/users/${userId}/workouts?limit=5`)).status),
+    );
+    const pool = (await json(`${gateway.url}/stats`)).body.pool;
+    console.log(
+      `refused: ${JSON.stringify(statuses.reduce<Record<number, number>>((a, s) => ((a[s] = (a[s] ?? 0) + 1), a), {}))}, pool ${JSON.stringify({ max: pool.max, total: pool.total, budget: pool.budget })}`,
+    );
+    expect(statuses.filter((s) => s !== 200)).toEqual([]);
+    expect(pool.budget.refusedCount).toBeGreaterThan(0);
+    expect(pool.budget.share).toBe(pool.total);
+  }, 60_000);
+});
