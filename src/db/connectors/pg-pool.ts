@@ -350,6 +350,7 @@ export function createPgPoolDatabase(options: PgPoolConnectorOptions, driver: Pg
             support: connector.support,
             resultLimits: connector.resultLimits,
             slots: connector.attachLanes((): number => pipeline?.liveLanes ?? 0),
+            idleTimeoutMs: options.idleTimeoutMs,
           },
           driver,
         )
