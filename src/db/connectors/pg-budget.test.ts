@@ -34,8 +34,8 @@ describe('shareOf', () => {
     expect(shareOf(view(31, crowded), { ...rules, instanceId: 'b' }).share).toBe(8);
   });
 
-  it('POOL_BUDGET=<n> replaces the server limit', () => {
-    expect(shareOf(view(4, { a: 2, b: 2 }), { ...rules, total: 13 })).toMatchObject({ limit: 13, share: 5 });
+  it("POOL_BUDGET=<n> is poolgate's own total: split between the instances, no reserve or others taken off", () => {
+    expect(shareOf(view(30, { a: 2, b: 2 }), { ...rules, total: 13 })).toMatchObject({ limit: 13, share: 6, others: 26 });
   });
 });
 
@@ -68,7 +68,7 @@ describe('the pool inside the share', () => {
 describe('ConnectionBudget', () => {
   function budget(sample: () => Promise<ServerView>) {
     const shares: number[] = [];
-    const b = new ConnectionBudget({ ...rules, intervalMs: 1_000, sample, holding: () => true, onShare: (s) => shares.push(s) });
+    const b = new ConnectionBudget({ ...rules, intervalMs: 1_000, sample, canLook: () => true, onShare: (s) => shares.push(s) });
     return { b, shares };
   }
 

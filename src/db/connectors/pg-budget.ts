@@ -39,8 +39,8 @@ export interface BudgetRules {
 
 /**
  * The share rule, written once: an even split of what is left after the reserve and everyone
- * else's backends, but no more than this instance holds plus what is free right now; at least 1,
- * at most POOL_MAX.
+ * else's backends (or of POOL_BUDGET=<n>), but no more than this instance holds plus what is free
+ * right now; at least 1, at most POOL_MAX.
  * @example shareOf({ maxConnections: 40, superuserReserved: 3, clients: 10, instances: { a: 2, b: 2 } }, { instanceId: 'a', reserve: 3, poolMax: 20 })
  */
 export function shareOf(view: ServerView, rules: BudgetRules): { share: number; limit: number; instances: number; others: number } {
@@ -48,7 +48,8 @@ export function shareOf(view: ServerView, rules: BudgetRules): { share: number; 
   const ours = Object.values(view.instances).reduce((n, c) => n + c, 0);
   const others = Math.max(0, view.clients - ours);
   const instances = Object.keys(view.instances).length + (rules.instanceId in view.instances ? 0 : 1);
-  const available = limit - rules.reserve - others;
+  // POOL_BUDGET=<n> is poolgate's own total: the reserve and others' backends are the server's business then.
+  const available = rules.total ?? limit - rules.reserve - others;
   const fair = Math.floor(available / instances);
   const mine = view.instances[rules.instanceId] ?? 0;
   const free = Math.max(0, available - ours);
@@ -99,8 +100,12 @@ export interface ConnectionBudgetOptions extends BudgetRules {
   intervalMs: number;
   /** Runs SERVER_VIEW_SQL (on one of the pool's connections). */
   sample: () => Promise<ServerView>;
-  /** Whether the instance holds connections now: with none, nothing is sampled (no connection kept open for it). */
-  holding: () => boolean;
+  /**
+   * Whether a periodic look can be had now without a connection of its own: one idle, or a lane to
+   * write it on. Holding nothing, nothing is looked at (no connection kept open for it); all busy,
+   * the look waits for the next tick rather than for a connection.
+   */
+  canLook: () => boolean;
   /** Called whenever the share changes. */
   onShare: (share: number) => void;
   log?: (line: string) => void;
@@ -132,7 +137,7 @@ export class ConnectionBudget {
   /** Starts the periodic look (unref'd: it never holds the process open). */
   start(): void {
     this.#timer ??= setInterval(() => {
-      if (this.#o.holding()) void this.refresh();
+      if (this.#o.canLook()) void this.refresh();
     }, this.#o.intervalMs);
     (this.#timer as { unref?: () => void }).unref?.();
   }

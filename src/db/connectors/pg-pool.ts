@@ -73,6 +73,8 @@ export class PgPoolConnector implements SessionConnector {
   #share: number;
   /** The lanes' count of connections, once lanes are attached (see attachLanes). */
   #liveLanes: () => number = () => 0;
+  /** Runs a read on a lane (written behind others' reads: no connection of its own), once lanes are attached. */
+  #onLane: ((text: string) => Promise<QueryResult>) | undefined;
   /** A lane waits for room: the pool gives a connection back at its next release. */
   #laneWanted = false;
   readonly #resized: ((max: number) => void)[] = [];
@@ -80,7 +82,7 @@ export class PgPoolConnector implements SessionConnector {
   readonly budget: ConnectionBudget | undefined;
 
   constructor(options: PgPoolConnectorOptions, driver: PgDriver) {
-    this.#options = options;
+    this.#options = { ...options }; // its applicationName gets the instance id: the caller's object stays as it was
     this.#driver = driver;
     this.#Query = queryClassOf(driver.Client);
     this.support = new SourceSupport(driver.log);
@@ -120,8 +122,8 @@ export class PgPoolConnector implements SessionConnector {
       poolMax: this.#options.max,
       total: typeof config.mode === 'number' ? config.mode : undefined,
       intervalMs: config.intervalMs,
-      sample: async () => toServerView((await this.pool.query(SERVER_VIEW_SQL)).rows[0] as Record<string, unknown>),
-      holding: () => this.pool.totalCount + this.#liveLanes() > 0,
+      sample: async () => toServerView((await this.#look()).rows[0] as Record<string, unknown>),
+      canLook: () => this.pool.idleCount > 0 || this.#liveLanes() > 0,
       onShare: (share) => {
         this.#share = share;
         this.#resize();
@@ -135,9 +137,16 @@ export class PgPoolConnector implements SessionConnector {
     return this.#options.applicationName;
   }
 
-  /** The lanes take their connections out of the same share (see LaneSlots). */
-  attachLanes(liveLanes: () => number): LaneSlots {
+  /** The budget's look at the server: on a lane when one is open, else on an idle pooled connection (or a new one). */
+  #look(): Promise<{ rows: unknown[] }> {
+    if (this.#onLane && this.#liveLanes() > 0 && this.pool.idleCount === 0) return this.#onLane(SERVER_VIEW_SQL);
+    return this.pool.query(SERVER_VIEW_SQL);
+  }
+
+  /** The lanes take their connections out of the same share (see LaneSlots); the budget may look on them. */
+  attachLanes(liveLanes: () => number, onLane: (text: string) => Promise<QueryResult>): LaneSlots {
     this.#liveLanes = liveLanes;
+    this.#onLane = onLane;
     return {
       mayOpen: () => {
         const fits = laneFits(this.#share, this.pool.totalCount, liveLanes());
@@ -349,7 +358,10 @@ export function createPgPoolDatabase(options: PgPoolConnectorOptions, driver: Pg
             statements: connector.statements,
             support: connector.support,
             resultLimits: connector.resultLimits,
-            slots: connector.attachLanes((): number => pipeline?.liveLanes ?? 0),
+            slots: connector.attachLanes(
+              (): number => pipeline?.liveLanes ?? 0,
+              (text) => pipeline!.query({ text }, AbortSignal.timeout(options.connectionTimeoutMs)),
+            ),
             idleTimeoutMs: options.idleTimeoutMs,
           },
           driver,
@@ -363,5 +375,11 @@ export function createPgPoolDatabase(options: PgPoolConnectorOptions, driver: Pg
     admission: { permits: connector.pool.options.max, queueMax: options.queueMax, timeoutMs: options.acquireTimeoutMs },
     sessionStatementTimeoutMs: connector.sessionStatementTimeoutMs,
   });
-  return Object.assign(database, { pool: connector.pool });
+  // Warm no more than the share allows (looked up first): warming waits for all its connections at once.
+  const warm = database.warm.bind(database);
+  const warmInShare = async (count: number) => {
+    await connector.budget?.fresh();
+    return warm(Math.min(count, connector.pool.options.max));
+  };
+  return Object.assign(database, { pool: connector.pool, warm: warmInShare });
 }
