@@ -84,6 +84,12 @@ describe('ConnectionBudget', () => {
     expect(b.figures()).toMatchObject({ share: 8, limit: 37, reserve: 3, instances: 4, others: 2, sampledCount: 1 });
   });
 
+  it('a look that does not see this instance (a pooler in between) means no budget', async () => {
+    const { b } = budget(() => Promise.resolve(view(30, { b: 10, c: 10 })));
+    await b.refresh();
+    expect(b.figures()).toMatchObject({ share: 20, instances: 0 });
+  });
+
   it('a 53300 shrinks the share to what is held and asks for a fresh look', async () => {
     let looks = 0;
     const { b, shares } = budget(() => (looks++, Promise.resolve(view(10, { a: 2, b: 2, c: 2, d: 2 }))));

@@ -122,6 +122,7 @@ export class ConnectionBudget {
   #sampleErrorCount = 0;
   #refusedCount = 0;
   #loggedError = false;
+  #loggedBlind = false;
 
   constructor(options: ConnectionBudgetOptions) {
     this.#o = options;
@@ -192,6 +193,17 @@ export class ConnectionBudget {
 
   #apply(view: ServerView): void {
     this.#sampledCount++;
+    // The look ran on one of our connections, so it must see at least that one. It does not when
+    // something in between (a pooler) opens the server's connections under another name: what it
+    // counts is then not ours to split, so no budget (as POOL_BUDGET=off), said once.
+    if (!(this.#o.instanceId in view.instances)) {
+      if (!this.#loggedBlind)
+        this.#o.log?.('poolgate: the connection budget does not see this instance in pg_stat_activity (a pooler in between?); no budget');
+      this.#loggedBlind = true;
+      this.#view = { ...this.#view, instances: 0 };
+      this.#set(this.#o.poolMax);
+      return;
+    }
     const { share, ...rest } = shareOf(view, this.#o);
     this.#view = rest;
     this.#set(share);

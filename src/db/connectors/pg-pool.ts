@@ -140,7 +140,23 @@ export class PgPoolConnector implements SessionConnector {
   /** The budget's look at the server: on a lane when one is open, else on an idle pooled connection (or a new one). */
   #look(): Promise<{ rows: unknown[] }> {
     if (this.#onLane && this.#liveLanes() > 0 && this.pool.idleCount === 0) return this.#onLane(SERVER_VIEW_SQL);
-    return this.pool.query(SERVER_VIEW_SQL);
+    return this.#connect().then(async (client) => {
+      try {
+        return await client.query(SERVER_VIEW_SQL);
+      } finally {
+        client.release();
+      }
+    });
+  }
+
+  /** A pooled connection; a pooler that refuses statement_timeout at startup: every connection opens without it from now on. */
+  async #connect(again = false): Promise<PoolClient> {
+    try {
+      return await this.pool.connect();
+    } catch (err) {
+      if (!again && (await this.support.startupRefused(err, this.#driver.Client, this.#clientConfig()))) return this.#connect(true);
+      throw err;
+    }
   }
 
   /** The lanes take their connections out of the same share (see LaneSlots); the budget may look on them. */
@@ -240,19 +256,16 @@ export class PgPoolConnector implements SessionConnector {
     });
   }
 
-  async #acquire(deadline = Infinity, again = false): Promise<{ session: Session; opened: boolean }> {
+  async #acquire(deadline = Infinity): Promise<{ session: Session; opened: boolean }> {
     await this.budget?.fresh();
     let client: PoolClient;
     // Internal work (warm, migrations) has no deadline: a full server gets a connect timeout's while.
     const until = Number.isFinite(deadline) ? deadline : now() + this.#options.connectionTimeoutMs;
     for (let refused = 0; ; refused++) {
       try {
-        client = await this.pool.connect();
+        client = await this.#connect();
         break;
       } catch (err) {
-        // A pooler that refuses statement_timeout at startup: every connection opens without it from now on.
-        if (!again && (await this.support.startupRefused(err, this.#driver.Client, this.#clientConfig())))
-          return this.#acquire(deadline, true);
         if (!this.budget || !isTooMany(err)) throw classified(err, 'connect');
         // The server is full: hold no more than we have, and wait for one of ours (or a short, jittered while).
         this.budget.refused(this.#held());
