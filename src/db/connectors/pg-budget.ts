@@ -7,10 +7,11 @@
  * between the live instances; an instance grows only into what is free at that moment, so a
  * newcomer waits for its peers to shrink instead of pushing the server over its limit.
  *
- * Why pg_stat_activity and no lease: an instance killed without closing leaves nothing behind
- * once its backends die (the server notices the dead sockets: keepalive), so there is nothing to
- * expire and no clock to trust; a partitioned instance keeps its last share and the ones that
- * still see the server count its backends for as long as they exist. A connect refused with
+ * Why pg_stat_activity and no lease: the server's list of backends is the truth about who holds
+ * slots, so there is nothing to expire and no clock to trust (intervals are read on the monotonic
+ * clock). A process killed without closing: its kernel closes the sockets and the backends end at
+ * once. A host lost or partitioned: its backends stay until the server's TCP keepalive ends them,
+ * and are counted meanwhile (its peers hold less, never more); it keeps its last share. A connect refused with
  * 53300 anyway (peers started together and saw each other late) shrinks the share to what the
  * instance holds, and the connect waits for one of those instead (pg-pool.ts).
  */
