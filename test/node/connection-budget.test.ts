@@ -11,6 +11,7 @@
 import { randomUUID } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawnGateway, type ChildGateway } from '../helpers/child-gateway.js';
 import { json, startTestGateway, waitFor, type TestGateway } from '../helpers/gateway.js';
 import { privatePostgresAvailable, privateTestDatabase, startPrivatePostgres, type PrivatePostgres } from '../helpers/private-postgres.js';
 
@@ -220,5 +221,54 @@ describe.skipIf(!privatePostgresAvailable)('a 53300 at connect shrinks the share
     expect(statuses.filter((s) => s !== 200)).toEqual([]);
     expect(pool.budget.refusedCount).toBeGreaterThan(0);
     expect(pool.budget.share).toBe(pool.total);
+  }, 60_000);
+});
+
+/**
+ * An instance killed without closing (SIGKILL: no pool.end, no goodbye) leaves no lease to expire:
+ * its kernel closes its sockets, its backends end, and at the next look its peer counts one
+ * instance fewer and takes the whole budget again.
+ */
+describe.skipIf(!privatePostgresAvailable)('a peer killed without closing gives its share back (private cluster)', () => {
+  let cluster: PrivatePostgres;
+  let gateway: TestGateway;
+  let child: ChildGateway | undefined;
+  let dropDb: (() => Promise<void>) | undefined;
+  const env = { POOL_MAX: '20', POOL_MIN: '2', PG_PIPELINE_LANES: '0', POOL_RESERVE: '3', POOL_BUDGET_INTERVAL_MS: '200' };
+
+  beforeAll(async () => {
+    cluster = await startPrivatePostgres();
+    const admin = new pg.Client({ connectionString: cluster.url() });
+    await admin.connect();
+    await admin.query('ALTER SYSTEM SET max_connections = 20');
+    await admin.end();
+    await cluster.stop();
+    await cluster.start();
+    await cluster.acceptsConnections();
+    const db = await privateTestDatabase(cluster, 'poolgate_killed');
+    dropDb = db.drop;
+    gateway = await startTestGateway(env, { db });
+    child = await spawnGateway(db, env);
+  }, 60_000);
+
+  afterAll(async () => {
+    child?.child.kill('SIGKILL');
+    await gateway?.stop().catch(() => {});
+    await dropDb?.();
+    await cluster?.destroy();
+  });
+
+  it('the survivor sees one instance again and takes the whole budget', async () => {
+    const budget = async () => (await json(`${gateway.url}/stats`)).body.pool.budget;
+    await waitFor(async () => (await budget()).instances === 2, { timeoutMs: 10_000, what: 'the gateway sees its peer' });
+    const shared = await budget();
+    child!.child.kill('SIGKILL');
+    await child!.exited;
+    await waitFor(async () => (await budget()).instances === 1, { timeoutMs: 10_000, what: 'the killed peer gone from the count' });
+    const alone = await budget();
+    console.log(`killed peer: share ${shared.share} with it, ${alone.share} without (others ${alone.others})`);
+    // 20 − 3 superuser − 3 reserve − others' backends, split between two, then all of it.
+    expect(shared.share).toBe(Math.floor((20 - 3 - 3 - shared.others) / 2));
+    expect(alone.share).toBe(Math.min(20, 20 - 3 - 3 - alone.others));
   }, 60_000);
 });
