@@ -31,6 +31,7 @@ describe('parseConfig', () => {
       applicationName: 'poolgate',
       preparedStatements: true,
       preparedStatementsMax: 200,
+      budget: { mode: 'auto', reserve: 3, intervalMs: 1000 },
     });
     expect(c.bodyLimitBytes).toBe(64 * 1024);
     expect(c.logLevel).toBe('info');
@@ -57,6 +58,9 @@ describe('parseConfig', () => {
       PG_PIPELINE_SLOW_MS: '12',
       RESULT_MAX_ROWS: '1000',
       RESULT_MAX_BYTES: '65536',
+      POOL_BUDGET: '60',
+      POOL_RESERVE: '5',
+      POOL_BUDGET_INTERVAL_MS: '2000',
     });
     expect(c.databaseUrl).toBe(URL_WITH_SECRET);
     expect(c.port).toBe(0);
@@ -77,8 +81,16 @@ describe('parseConfig', () => {
       pipelineSlowReadMs: 12,
       resultMaxRows: 1000,
       resultMaxBytes: 65536,
+      budget: { mode: 60, reserve: 5, intervalMs: 2000 },
     });
     expect(c.bodyLimitBytes).toBe(512);
+  });
+
+  it('reads POOL_BUDGET as auto, off or a number of connections, in any case', () => {
+    expect(parseConfig({ POOL_BUDGET: ' OFF ' }).pool.budget.mode).toBe('off');
+    expect(parseConfig({ POOL_BUDGET: 'Auto' }).pool.budget.mode).toBe('auto');
+    expect(() => parseConfig({ POOL_BUDGET: 'lots' })).toThrow(/POOL_BUDGET: must be a whole number from 1 to 100000/);
+    expect(() => parseConfig({ POOL_BUDGET: '0' })).toThrow(/POOL_BUDGET/);
   });
 
   it('derives dependent defaults: min from max, query timeout from statement timeout; the queue bound is a fixed memory bound', () => {

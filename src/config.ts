@@ -48,6 +48,21 @@ export interface PoolConfig {
   /** A statement's result is refused past this many rows (RESULT_MAX_ROWS) or bytes (RESULT_MAX_BYTES): rows beyond are not kept. */
   resultMaxRows: number;
   resultMaxBytes: number;
+  /**
+   * One connection budget for every instance on the server (POOL_BUDGET=auto|off|<n>: the server's
+   * max_connections less superuser_reserved_connections, none, or n connections for all
+   * instances), less POOL_RESERVE for operators and migrations; looked at every
+   * POOL_BUDGET_INTERVAL_MS while connections are held (db/connectors/pg-budget.ts).
+   */
+  budget: BudgetConfig;
+}
+
+export interface BudgetConfig {
+  mode: 'auto' | 'off' | number;
+  reserve: number;
+  intervalMs: number;
+  /** Tests pin it; otherwise new per process. */
+  instanceId?: string;
 }
 
 /** Lanes by default: one per five connections, at most four; none below five connections. */
@@ -140,6 +155,13 @@ function int(env: Env, name: string, fallback: number, min: number, max: number)
 }
 
 /** "on" or "off", in any case; the error names both. */
+function budgetMode(env: Env): BudgetConfig['mode'] {
+  const raw = env.POOL_BUDGET?.trim().toLowerCase();
+  if (raw === undefined || raw === '' || raw === 'auto') return 'auto';
+  if (raw === 'off') return 'off';
+  return int(env, 'POOL_BUDGET', 0, 1, 100_000);
+}
+
 function onOff(env: Env, name: string, fallback: boolean): boolean {
   const raw = env[name];
   if (raw === undefined || raw.trim() === '') return fallback;
@@ -208,6 +230,11 @@ export function parseConfig(env: Env): Config {
       pipelineLanes,
       pipelineSlowReadMs: int(env, 'PG_PIPELINE_SLOW_MS', SLOW_READ_MS, 1, 3_600_000),
       ...resultLimits(env),
+      budget: {
+        mode: budgetMode(env),
+        reserve: int(env, 'POOL_RESERVE', 3, 0, 10_000),
+        intervalMs: int(env, 'POOL_BUDGET_INTERVAL_MS', 1_000, 100, 600_000),
+      },
     },
     bodyLimitBytes: int(env, 'BODY_LIMIT_BYTES', 64 * 1024, 1, 64 * 1024 * 1024),
     shutdownTimeoutMs: int(env, 'SHUTDOWN_TIMEOUT_MS', 10_000, 0, 600_000),

@@ -91,6 +91,26 @@ export interface PoolStats {
   pipeline?: PipelineStats;
   /** What the server, or a pooler in front of it, refused (this pool does without it since): the SQLSTATE that said so. */
   refused?: RefusedFeatures;
+  /** This instance's share of the connection budget every instance on the server shares (POOL_BUDGET), where there is one. */
+  budget?: BudgetFigures;
+}
+
+/** A connection budget shared with other instances on one server (db/connectors/pg-budget.ts). */
+export interface BudgetFigures {
+  /** What this instance may hold now, lanes and pool together. */
+  share: number;
+  /** The limit shared: the server's (less superuser_reserved_connections) or POOL_BUDGET. */
+  limit: number;
+  reserve: number;
+  /** Live poolgate instances seen (this one included). */
+  instances: number;
+  /** Backends that are no poolgate instance's (operators, other applications). */
+  others: number;
+  /** Looks at the server so far, and how many failed. */
+  sampledCount: number;
+  sampleErrorCount: number;
+  /** Connects the server refused with 53300 (pool and lanes). */
+  refusedCount: number;
 }
 
 export interface RefusedFeatures {

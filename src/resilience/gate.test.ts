@@ -40,6 +40,25 @@ describe('Gate', () => {
     expect(gate.waiting).toBe(1);
   });
 
+  it('resizes: more permits let waiters in at once, fewer are taken back as holders release', async () => {
+    const gate = new Gate({ permits: 1, queueMax: 10, timeoutMs: 1000 });
+    const first = await gate.acquire();
+    const b = track(gate.acquire());
+    const c = track(gate.acquire());
+    gate.resize(2);
+    await flush();
+    expect([b.settled, c.settled]).toEqual([true, false]);
+    gate.resize(1); // two held, one allowed: the next release gives its permit back
+    first();
+    await flush();
+    expect(c.settled).toBe(false);
+    expect(gate.held).toBe(1);
+    b.value!();
+    await flush();
+    expect(c.settled).toBe(true);
+    expect(gate.held).toBe(1);
+  });
+
   it('hands a released permit to the longest waiter first', async () => {
     const gate = newGate({ permits: 1, queueMax: 10, timeoutMs: 1000 });
     const first = await gate.acquire();

@@ -139,7 +139,7 @@ export class Gate {
   onShed: ((reason: ShedReason) => void) | undefined;
 
   constructor(opts: GateOptions) {
-    this.#opts = opts;
+    this.#opts = { ...opts };
     this.#free = opts.permits;
     this.#now = opts.now ?? clockNow;
   }
@@ -231,6 +231,22 @@ export class Gate {
       if (this.waiting === 0) this.#queueSince = started;
       queue.push(waiter);
     });
+  }
+
+  /**
+   * A new number of permits (a pool that sizes itself): more lets waiters in at once; fewer are
+   * taken back as holders release, none is revoked.
+   */
+  resize(permits: number): void {
+    this.#free += permits - this.#opts.permits;
+    this.#opts.permits = permits;
+    for (let next = this.#free > 0 ? this.#next() : undefined; next; next = this.#free > 0 ? this.#next() : undefined) {
+      this.#free--;
+      clearTimeout(next.timer);
+      this.#served(next, this.#now() - next.joinedAt);
+      next.resolve(this.#releaser());
+    }
+    this.#emptied();
   }
 
   /** Refuses every waiter and every later acquire with `err`; holders keep their permits. */
@@ -334,7 +350,7 @@ export class Gate {
       released = true;
       this.#grantedAt.delete(grant);
       this.#held(this.#now() - grant.at, ok);
-      const next = this.#next();
+      const next = this.#free >= 0 ? this.#next() : undefined; // shrunk below its holders: this permit is given back
       this.#emptied();
       if (next) {
         clearTimeout(next.timer);

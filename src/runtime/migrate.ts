@@ -24,7 +24,8 @@ export async function runMigrations(env: Record<string, string | undefined>, app
   const config = parseConfig(env);
   if (!config.databaseUrl) throw new ConfigError('DATABASE_URL', 'is required to migrate (the database to apply the schema to)');
   const database = createPgPoolDatabase(
-    { ...config.pool, min: 0, max: 1, pipelineLanes: 0, connectionString: config.databaseUrl },
+    // One connection, out of POOL_RESERVE (what the gateways leave for migrations): outside the budget.
+    { ...config.pool, min: 0, max: 1, pipelineLanes: 0, budget: undefined, connectionString: config.databaseUrl },
     { Pool: pg.Pool, Client: pg.Client },
   );
   try {

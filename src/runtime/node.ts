@@ -82,6 +82,7 @@ export async function startGateway(
     connectionString = embedded.url;
     // One backend serves every connection there: a lane's read batch would share it with others' statements.
     config.pool.pipelineLanes = 0;
+    config.pool.budget.mode = 'off'; // one process on its own embedded server: nothing to share
     log(`poolgate: embedded PGlite on 127.0.0.1:${embedded.port} (data in ${config.embeddedDataDir})`);
   }
 

@@ -76,7 +76,7 @@ export function renderPrometheus(snap: StatsSnapshot): string {
 
   const p = snap.pool;
   if (p) {
-    family('poolgate_pool_max_connections', 'gauge', 'Configured pool size.', [[scope, p.max]]);
+    family('poolgate_pool_max_connections', 'gauge', "The pool's size now: its share of the budget less the lanes open.", [[scope, p.max]]);
     family('poolgate_pool_connections', 'gauge', 'Pool connections by state.', [
       [{ ...scope, state: 'active' }, p.active],
       [{ ...scope, state: 'idle' }, p.idle],
@@ -138,6 +138,28 @@ export function renderPrometheus(snap: StatsSnapshot): string {
       'Requests refused at once (503 overloaded), by admission path and reason.',
       admission.flatMap(([path, a]) => Object.entries(a.shed).map(([reason, n]): Row => [{ ...scope, path, reason }, n])),
     );
+  }
+  const budget = p?.budget;
+  if (budget) {
+    family('poolgate_budget_share_connections', 'gauge', 'Connections this instance may hold, lanes and pool (POOL_BUDGET).', [
+      [scope, budget.share],
+    ]);
+    family(
+      'poolgate_budget_limit_connections',
+      'gauge',
+      'The limit every instance shares (max_connections less superuser_reserved_connections, or POOL_BUDGET).',
+      [[scope, budget.limit]],
+    );
+    family('poolgate_budget_reserve_connections', 'gauge', 'Connections left for operators and migrations (POOL_RESERVE).', [
+      [scope, budget.reserve],
+    ]);
+    family('poolgate_budget_instances', 'gauge', 'Live poolgate instances on the server, this one included.', [[scope, budget.instances]]);
+    family('poolgate_budget_other_backends', 'gauge', "Backends on the server that are no poolgate instance's.", [[scope, budget.others]]);
+    family('poolgate_budget_samples_total', 'counter', 'Looks at pg_stat_activity.', [[scope, budget.sampledCount]]);
+    family('poolgate_budget_sample_errors_total', 'counter', 'Looks at pg_stat_activity that failed.', [[scope, budget.sampleErrorCount]]);
+    family('poolgate_budget_refused_total', 'counter', 'Connects the server refused with 53300 (pool and lanes).', [
+      [scope, budget.refusedCount],
+    ]);
   }
   const lanes = p?.pipeline;
   if (lanes) {

@@ -123,7 +123,9 @@ describe.skipIf(!realPostgresUrl)(suiteName, () => {
     }
     // Never past the deadline: none ended in a 504 (how fast the 503s come is the bench's business).
     expect(flood.filter((e) => ![201, 503].includes(e.status))).toEqual([]);
-    expect(maxWaiting).toBeLessThanOrEqual(QUEUE_MAX);
+    // The queue, plus the requests admitted before the first 53300 taught the pool the role's limit:
+    // those wait for one of its LIMIT connections instead of failing (issue 21).
+    expect(maxWaiting).toBeLessThanOrEqual(QUEUE_MAX + POOL_MAX - LIMIT);
     expect(maxRoleBackends).toBeLessThanOrEqual(LIMIT);
     expect(max).toBeLessThanOrEqual(POOL_MAX);
     expect(counts.acknowledged).toBeGreaterThan(5);

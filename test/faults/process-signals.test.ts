@@ -79,7 +79,7 @@ describe.skipIf(!realPostgresUrl)(suiteName, () => {
     const blocked = await waitFor(
       async () => {
         const { rows } = await db.admin(
-          `SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO workout_sets%'`,
+          `SELECT pid FROM pg_stat_activity WHERE split_part(application_name, ' [pg:', 1) = $1 AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO workout_sets%'`,
           [g.applicationName],
         );
         return rows[0]?.pid as number | undefined;

@@ -56,7 +56,9 @@ describe.skipIf(!realPostgresUrl)(suiteName, () => {
       await new Promise((r) => setTimeout(r, 120));
       // Leave the doomed pids out of the sample first: an exiting backend can linger a moment in
       // pg_stat_activity after the pool has already opened its replacement.
-      const { rows } = await t.db.admin('SELECT pid FROM pg_stat_activity WHERE application_name = $1', [t.applicationName]);
+      const { rows } = await t.db.admin("SELECT pid FROM pg_stat_activity WHERE split_part(application_name, ' [pg:', 1) = $1", [
+        t.applicationName,
+      ]);
       const pids = rows.map((r) => r.pid as number);
       sampler.exclude(pids);
       const killed = await t.db.admin('SELECT count(*) FILTER (WHERE pg_terminate_backend(pid))::int AS n FROM unnest($1::int[]) AS pid', [

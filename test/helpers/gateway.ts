@@ -139,7 +139,7 @@ export async function backendsOf(
   applicationName: string,
 ): Promise<{ pid: number; state: string | null; wait_event_type: string | null }[]> {
   const { rows } = await db.admin(
-    'SELECT pid, state, wait_event_type FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()',
+    "SELECT pid, state, wait_event_type FROM pg_stat_activity WHERE split_part(application_name, ' [pg:', 1) = $1 AND datname = current_database()",
     [applicationName],
   );
   return rows;

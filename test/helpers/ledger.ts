@@ -290,7 +290,7 @@ export class Ledger {
     }
     if (applicationName) {
       const idle = await db.admin(
-        `SELECT pid, state FROM pg_stat_activity WHERE application_name = $1 AND state LIKE 'idle in transaction%'`,
+        `SELECT pid, state FROM pg_stat_activity WHERE split_part(application_name, ' [pg:', 1) = $1 AND state LIKE 'idle in transaction%'`,
         [applicationName],
       );
       for (const r of idle.rows) problems.push(`backend ${r.pid} of the gateway is "${r.state}"`);
@@ -306,8 +306,9 @@ export interface ConnectionSampler {
 }
 
 /**
- * Samples pg_stat_activity every `intervalMs` for backends with `applicationName` (exact match:
- * the gateway's out-of-band cancel connections carry a `-cancel` suffix and are not pool members).
+ * Samples pg_stat_activity every `intervalMs` for backends with `applicationName` (exact match, less
+ * the ` [pg:<instance id>]` POOL_BUDGET adds: the gateway's out-of-band cancel connections carry a
+ * `-cancel` suffix and are not pool members).
  */
 export function sampleConnections(db: TestDatabase, applicationName: string, intervalMs = 10): ConnectionSampler {
   let running = true;
@@ -317,7 +318,9 @@ export function sampleConnections(db: TestDatabase, applicationName: string, int
   const loop = (async () => {
     while (running) {
       try {
-        const { rows } = await db.admin('SELECT pid FROM pg_stat_activity WHERE application_name = $1', [applicationName]);
+        const { rows } = await db.admin("SELECT pid FROM pg_stat_activity WHERE split_part(application_name, ' [pg:', 1) = $1", [
+          applicationName,
+        ]);
         max = Math.max(max, rows.filter((r) => !excluded.has(r.pid)).length);
         samples++;
       } catch {

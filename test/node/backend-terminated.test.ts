@@ -46,9 +46,10 @@ describe.skipIf(!realPostgresUrl)(suiteName, () => {
   });
 
   const terminateAll = async () => {
-    const { rows } = await t.db.admin('SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE application_name = $1', [
-      t.applicationName,
-    ]);
+    const { rows } = await t.db.admin(
+      "SELECT pg_terminate_backend(pid) AS ok FROM pg_stat_activity WHERE split_part(application_name, ' [pg:', 1) = $1",
+      [t.applicationName],
+    );
     return rows.filter((r) => r.ok).length;
   };
 

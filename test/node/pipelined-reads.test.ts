@@ -90,8 +90,11 @@ describe.skipIf(!realPostgresUrl)(suiteName, () => {
   it('a quiet process keeps one lane; reads at once open more, up to PG_PIPELINE_LANES', async () => {
     const { database, applicationName } = await lanes(3);
     const connections = async () =>
-      (await db.admin('SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1', [applicationName])).rows[0]
-        .n as number;
+      (
+        await db.admin("SELECT count(*)::int AS n FROM pg_stat_activity WHERE split_part(application_name, ' [pg:', 1) = $1", [
+          applicationName,
+        ])
+      ).rows[0].n as number;
     for (let i = 0; i < 10; i++) await database.forRequest(observer('read')).query('SELECT $1::int', [i]);
     expect(database.stats()?.pipeline).toMatchObject({ lanes: 1, openedCount: 1 });
     expect(await connections()).toBe(1);
@@ -234,7 +237,7 @@ describe.skipIf(!realPostgresUrl)(suiteName, () => {
     const read = database.forRequest(inFlight).query("SELECT 'lanes-terminated' AS t, pg_sleep(0.3)");
     await waitFor(async () => (await running('%lanes-terminated%')) === 1, { timeoutMs: 3_000 });
     await db.admin(
-      `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1 AND query LIKE '%lanes-terminated%'`,
+      `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE split_part(application_name, ' [pg:', 1) = $1 AND query LIKE '%lanes-terminated%'`,
       [applicationName],
     );
     expect((await read).rows[0]!.t).toBe('lanes-terminated');
@@ -270,7 +273,11 @@ describe.skipIf(!realPostgresUrl)(suiteName, () => {
     await database.close();
     await waitFor(
       async () =>
-        (await db.admin('SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1', [applicationName])).rows[0].n === 0,
+        (
+          await db.admin("SELECT count(*)::int AS n FROM pg_stat_activity WHERE split_part(application_name, ' [pg:', 1) = $1", [
+            applicationName,
+          ])
+        ).rows[0].n === 0,
       { timeoutMs: 3_000 },
     );
   });

@@ -46,9 +46,10 @@ describe.skipIf(!realPostgresUrl).each([0, 2])(
       let maxTotal = 0;
       const sampler = (async () => {
         while (sampling) {
-          const { rows } = await t.db.admin('SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1', [
-            t.applicationName,
-          ]);
+          const { rows } = await t.db.admin(
+            "SELECT count(*)::int AS n FROM pg_stat_activity WHERE split_part(application_name, ' [pg:', 1) = $1",
+            [t.applicationName],
+          );
           maxSeen = Math.max(maxSeen, rows[0].n);
           maxTotal = Math.max(maxTotal, t.gateway.database.stats()!.total);
           samples++;

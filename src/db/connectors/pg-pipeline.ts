@@ -58,6 +58,20 @@ export interface PgPipelineOptions {
   support?: SourceSupport;
   /** Past these a statement's rows are dropped and it fails (result_too_large); its neighbours' answers follow as usual. */
   resultLimits?: ResultLimits;
+  /** The connection budget the lanes share with the pool (pg-pool.ts); none: up to `lanes`, always. */
+  slots?: LaneSlots;
+  /** A lane with nothing in flight this long is closed, like the pool's idle connections (POOL_IDLE_TIMEOUT_MS; 0: never). */
+  idleTimeoutMs?: number;
+}
+
+/** How the lanes take their connections out of a budget they share with the pool. */
+export interface LaneSlots {
+  /** Whether one more lane fits now; false asks the pool to make room (it gives a connection back). */
+  mayOpen(): boolean;
+  /** The number of live lanes changed. */
+  changed(): void;
+  /** A lane's connect failed with `err` (53300: the server is full). */
+  connectFailed(err: unknown): void;
 }
 
 export interface PgPipelineDriver {
@@ -114,6 +128,8 @@ class Lane {
   /** When each statement in flight was written, oldest first (answers come back in order). */
   readonly #sentAt: number[] = [];
   #answeredAt = 0;
+  /** When its last statement answered, or it opened. */
+  usedAt = now();
 
   constructor(config: pg.ClientConfig & { pipeline: true }, driver: PgPipelineDriver, onEnd: () => void) {
     this.client = new driver.Client(config);
@@ -150,6 +166,7 @@ class Lane {
     const sent = this.#sentAt.shift() ?? at;
     const ms = at - Math.max(sent, this.#answeredAt);
     this.#answeredAt = at;
+    this.usedAt = at;
     return { ms, behind: this.#sentAt.length };
   }
 
@@ -177,6 +194,9 @@ export class PgPipelineConnector implements OneShotConnector {
   /** Recent read times per statement text, lanes and pool both (see learn). */
   readonly latency: LaneLatency;
   #closed = false;
+  #idleTimer: ReturnType<typeof setInterval> | undefined;
+  /** Lanes holding (or opening) a connection: what they take of the budget. */
+  readonly #live = new Set<Lane>();
   /** Lane connects failed in a row, and when the next may be tried (reads take the pool meanwhile). */
   #connectFailures = 0;
   #openAfter = 0;
@@ -194,6 +214,22 @@ export class PgPipelineConnector implements OneShotConnector {
     this.#lanes = Array.from({ length: options.lanes }, () => undefined);
     this.#stallMs = options.stallMs ?? STALL_MS;
     this.latency = new LaneLatency(options.slowReadMs);
+    if (options.idleTimeoutMs) {
+      this.#idleTimer = setInterval(() => this.#closeIdle(options.idleTimeoutMs!), Math.max(100, options.idleTimeoutMs / 2));
+      (this.#idleTimer as { unref?: () => void }).unref?.();
+    }
+  }
+
+  /** Lanes idle for `idleMs` close, so their connections go back to the pool's share (and the server). */
+  #closeIdle(idleMs: number): void {
+    const at = now();
+    for (let i = 0; i < this.#lanes.length; i++) {
+      const lane = this.#lanes[i];
+      if (lane === undefined || !lane.connected || lane.inFlight > 0 || at - lane.usedAt < idleMs) continue;
+      lane.retired = true;
+      lane.closeWhenEmpty();
+      this.#lanes[i] = undefined;
+    }
   }
 
   /** A lane with room for `statements`, or none (the read then takes a pooled session): slow reads never have one. */
@@ -223,7 +259,13 @@ export class PgPipelineConnector implements OneShotConnector {
     return (await this.#ownBackends) === true;
   }
 
+  /** Connections the lanes hold or are opening. */
+  get liveLanes(): number {
+    return this.#live.size;
+  }
+
   async #probe(): Promise<boolean> {
+    if (this.#options.slots?.mayOpen() === false) throw new Error('No room in the connection budget for a lane yet.');
     let lane = (this.#lanes[0] = this.#open());
     try {
       await lane.ready;
@@ -258,10 +300,19 @@ export class PgPipelineConnector implements OneShotConnector {
 
   #open(): Lane {
     this.#openedCount++;
-    const lane = new Lane(this.#support.clientConfig(this.#config()), this.#driver, () => void this.#closedCount++);
+    const gone = () => {
+      if (this.#live.delete(lane)) this.#options.slots?.changed();
+    };
+    const lane = new Lane(this.#support.clientConfig(this.#config()), this.#driver, () => (this.#closedCount++, gone()));
+    this.#live.add(lane);
+    this.#options.slots?.changed();
     lane.ready.then(
       () => void (this.#connectFailures = 0),
-      () => void (this.#openAfter = now() + reconnectDelayMs(++this.#connectFailures)),
+      (err: unknown) => {
+        this.#openAfter = now() + reconnectDelayMs(++this.#connectFailures);
+        gone();
+        this.#options.slots?.connectFailed(err);
+      },
     );
     return lane;
   }
@@ -301,6 +352,7 @@ export class PgPipelineConnector implements OneShotConnector {
 
   async close(): Promise<void> {
     this.#closed = true;
+    clearInterval(this.#idleTimer);
     const lanes = this.#lanes.splice(0).filter((l) => l !== undefined);
     await Promise.allSettled(lanes.map((l) => ((l.retired = true), l.ready.then(() => l.client.end()))));
   }
@@ -330,7 +382,8 @@ export class PgPipelineConnector implements OneShotConnector {
       if (lane.stalled(at, this.#stallMs) || lane.pendingMs > queueLimit) continue;
       if (best === undefined || lane.inFlight < best.inFlight) best = lane;
     }
-    if (free >= 0 && (best === undefined || best.inFlight > 0)) return (this.#lanes[free] = this.#open());
+    const wanted = free >= 0 && (best === undefined || best.inFlight > 0);
+    if (wanted && this.#options.slots?.mayOpen() !== false) return (this.#lanes[free] = this.#open());
     return best;
   }
 

@@ -13,7 +13,19 @@ import type { PoolFigures, Session, SessionConnector, SessionSource } from '../c
 import type { QueryResult } from '../types.js';
 import { CANCEL_GRACE_MS, sendCancelRequest } from './cancel.js';
 import { classified } from './driver-errors.js';
-import { LANE_DEPTH, PgPipelineConnector } from './pg-pipeline.js';
+import { now } from '../../stats/clock.js';
+import {
+  ConnectionBudget,
+  isTooMany,
+  laneFits,
+  markedApplicationName,
+  newInstanceId,
+  poolMaxFor,
+  refusedPauseMs,
+  SERVER_VIEW_SQL,
+  toServerView,
+} from './pg-budget.js';
+import { LANE_DEPTH, PgPipelineConnector, type LaneSlots } from './pg-pipeline.js';
 import { isIdle, pgSession, queryClassOf, toResult, withBegin, type PgQueryClass, type ResultLimits } from './pg-session.js';
 import { SourceSupport } from './source-support.js';
 import { send, StatementNames, type NamedClient } from './statement-names.js';
@@ -31,8 +43,10 @@ type PreparedOptions = Pick<
   | 'overloadShedding'
 >;
 
-export interface PgPoolConnectorOptions extends Omit<PoolConfig, keyof PreparedOptions>, Partial<PreparedOptions> {
+export interface PgPoolConnectorOptions extends Omit<PoolConfig, keyof PreparedOptions | 'budget'>, Partial<PreparedOptions> {
   connectionString: string;
+  /** A connection budget shared with the other instances on the server (POOL_BUDGET); none: `max` for this process alone. */
+  budget?: PoolConfig['budget'];
   /** Requests' deadline; the session statement_timeout is never longer. */
   requestTimeoutMs?: number;
 }
@@ -61,9 +75,20 @@ export class PgPoolConnector implements SessionConnector {
   #openedCount = 0;
   #closedCount = 0;
   #errorCount = 0;
+  /** The connections this process may hold, lanes and pool together: `max`, or the budget's share. */
+  #share: number;
+  /** The lanes' count of connections, once lanes are attached (see attachLanes). */
+  #liveLanes: () => number = () => 0;
+  /** Runs a read on a lane (written behind others' reads: no connection of its own), once lanes are attached. */
+  #onLane: ((text: string) => Promise<QueryResult>) | undefined;
+  /** A lane waits for room: the pool gives a connection back at its next release. */
+  #laneWanted = false;
+  readonly #resized: ((max: number) => void)[] = [];
+  /** Undefined without POOL_BUDGET. */
+  readonly budget: ConnectionBudget | undefined;
 
   constructor(options: PgPoolConnectorOptions, driver: PgDriver) {
-    this.#options = options;
+    this.#options = { ...options }; // its applicationName gets the instance id: the caller's object stays as it was
     this.#driver = driver;
     this.#Query = queryClassOf(driver.Client);
     this.support = new SourceSupport(driver.log);
@@ -72,9 +97,11 @@ export class PgPoolConnector implements SessionConnector {
         ? undefined
         : new StatementNames(options.preparedStatementsMax ?? PREPARED_STATEMENTS_MAX, this.support);
     const support = this.support;
+    this.budget = options.budget?.mode === 'off' || options.budget === undefined ? undefined : this.#budget(options.budget);
+    this.#share = this.budget?.share ?? options.max;
     this.pool = new driver.Pool({
       ...this.#clientConfig(),
-      max: options.max,
+      max: this.budget ? 1 : options.max,
       min: options.min,
       idleTimeoutMillis: options.idleTimeoutMs,
       // Each new connection opens with what the source supports (no statement_timeout once a pooler refused it).
@@ -88,7 +115,103 @@ export class PgPoolConnector implements SessionConnector {
     this.pool.on('remove', () => void this.#closedCount++);
     // Required (an unheard 'error' crashes the process) but silent: the client's listener logged it.
     this.pool.on('error', () => {});
-    this.#source = { acquire: () => this.#acquire() };
+    this.#source = { acquire: (deadline) => this.#acquire(deadline) };
+    this.budget?.start();
+  }
+
+  #budget(config: NonNullable<PoolConfig['budget']>): ConnectionBudget {
+    const instanceId = config.instanceId ?? newInstanceId();
+    this.#options.applicationName = markedApplicationName(this.#options.applicationName, instanceId);
+    return new ConnectionBudget({
+      instanceId,
+      reserve: config.reserve,
+      poolMax: this.#options.max,
+      total: typeof config.mode === 'number' ? config.mode : undefined,
+      intervalMs: config.intervalMs,
+      sample: async () => toServerView((await this.#look()).rows[0] as Record<string, unknown>),
+      canLook: () => this.pool.idleCount > 0 || this.#liveLanes() > 0,
+      onShare: (share) => {
+        this.#share = share;
+        this.#resize();
+      },
+      log: this.#driver.log,
+    });
+  }
+
+  /** What this instance's connections carry: APPLICATION_NAME, marked with the instance id under a budget. */
+  get applicationName(): string {
+    return this.#options.applicationName;
+  }
+
+  /** The budget's look at the server: on a lane when one is open, else on an idle pooled connection (or a new one). */
+  #look(): Promise<{ rows: unknown[] }> {
+    if (this.#onLane && this.#liveLanes() > 0 && this.pool.idleCount === 0) return this.#onLane(SERVER_VIEW_SQL);
+    return this.#connect().then(async (client) => {
+      try {
+        return await client.query(SERVER_VIEW_SQL);
+      } finally {
+        client.release();
+      }
+    });
+  }
+
+  /** A pooled connection; a pooler that refuses statement_timeout at startup: every connection opens without it from now on. */
+  async #connect(again = false): Promise<PoolClient> {
+    try {
+      return await this.pool.connect();
+    } catch (err) {
+      if (!again && (await this.support.startupRefused(err, this.#driver.Client, this.#clientConfig()))) return this.#connect(true);
+      throw err;
+    }
+  }
+
+  /** The lanes take their connections out of the same share (see LaneSlots); the budget may look on them. */
+  attachLanes(liveLanes: () => number, onLane: (text: string) => Promise<QueryResult>): LaneSlots {
+    this.#liveLanes = liveLanes;
+    this.#onLane = onLane;
+    return {
+      mayOpen: () => {
+        const fits = laneFits(this.#share, this.pool.totalCount, liveLanes());
+        if (this.#laneWanted !== !fits) {
+          this.#laneWanted = !fits;
+          this.#resize();
+        }
+        return fits;
+      },
+      changed: () => this.#resize(),
+      connectFailed: (err) => {
+        if (isTooMany(err)) this.budget?.refused(this.#held());
+      },
+    };
+  }
+
+  onResize(listener: (max: number) => void): void {
+    this.#resized.push(listener);
+  }
+
+  /** Connections held now, lanes and pool. */
+  #held(): number {
+    return this.pool.totalCount + this.#liveLanes();
+  }
+
+  /** The pool's size follows the share and the lanes; admission follows the pool; idle connections above it close now. */
+  #resize(): void {
+    const max = poolMaxFor(this.#share, this.#liveLanes(), this.#laneWanted);
+    if (max === this.pool.options.max) return;
+    this.pool.options.max = max;
+    for (const listener of this.#resized) listener(max);
+    this.#trimIdle();
+  }
+
+  /** Idle connections above the pool's size: checked out (an idle one comes at once) and discarded. */
+  #trimIdle(): void {
+    const excess = Math.min(this.pool.idleCount, this.pool.totalCount - this.pool.options.max);
+    for (let i = 0; i < excess; i++) {
+      this.pool.connect().then(
+        (client) => client.release(true),
+        () => {},
+      );
+    }
   }
 
   /** RESULT_MAX_ROWS / RESULT_MAX_BYTES: past them a statement's rows are dropped and it fails (result_too_large). */
@@ -106,12 +229,12 @@ export class PgPoolConnector implements SessionConnector {
 
   /** 53300 while our pool holds live connections says "no room for one more", not "the server is down". */
   isBusy(err: unknown): boolean {
-    return (err as { code?: unknown } | undefined)?.code === '53300' && this.pool.totalCount > 0;
+    return isTooMany(err) && this.pool.totalCount > 0;
   }
 
   figures(): PoolFigures {
     return {
-      max: this.#options.max,
+      max: this.pool.options.max,
       total: this.pool.totalCount,
       idle: this.pool.idleCount,
       waiting: this.pool.waitingCount,
@@ -119,10 +242,12 @@ export class PgPoolConnector implements SessionConnector {
       closedCount: this.#closedCount,
       errorCount: this.#errorCount,
       refused: this.support.refused(),
+      ...(this.budget ? { budget: this.budget.figures() } : {}),
     };
   }
 
   close(): Promise<void> {
+    this.budget?.stop();
     return this.pool.end();
   }
 
@@ -137,14 +262,23 @@ export class PgPoolConnector implements SessionConnector {
     });
   }
 
-  async #acquire(again = false): Promise<{ session: Session; opened: boolean }> {
+  async #acquire(deadline = Infinity): Promise<{ session: Session; opened: boolean }> {
+    await this.budget?.fresh();
     let client: PoolClient;
-    try {
-      client = await this.pool.connect();
-    } catch (err) {
-      // A pooler that refuses statement_timeout at startup: every connection opens without it from now on.
-      if (!again && (await this.support.startupRefused(err, this.#driver.Client, this.#clientConfig()))) return this.#acquire(true);
-      throw classified(err, 'connect');
+    // Internal work (warm, migrations) has no deadline: a full server gets a connect timeout's while.
+    const until = Number.isFinite(deadline) ? deadline : now() + this.#options.connectionTimeoutMs;
+    for (let refused = 0; ; refused++) {
+      try {
+        client = await this.#connect();
+        break;
+      } catch (err) {
+        if (!this.budget || !isTooMany(err)) throw classified(err, 'connect');
+        // The server is full: hold no more than we have, and wait for one of ours (or a short, jittered while).
+        this.budget.refused(this.#held());
+        const pauseMs = this.pool.totalCount > 0 ? 0 : refusedPauseMs(refused);
+        if (now() + pauseMs >= until) throw classified(err, 'connect');
+        if (pauseMs > 0) await new Promise((r) => setTimeout(r, pauseMs));
+      }
     }
     return { session: this.#session(client), opened: this.#fresh.delete(client) };
   }
@@ -186,7 +320,9 @@ export class PgPoolConnector implements SessionConnector {
       },
       release: (discard) => {
         clearTimeout(cut);
-        client.release(discard || !isIdle(client) || this.statements?.isStale(client) || undefined);
+        // Above the pool's size (the share shrank, or a lane waits for room): given back to the server.
+        const over = this.pool.totalCount > this.pool.options.max;
+        client.release(discard || over || !isIdle(client) || this.statements?.isStale(client) || undefined);
       },
     });
   }
@@ -224,29 +360,35 @@ export type PgPoolDatabase = CoreDatabase & { readonly pool: pg.Pool };
  * await database.warm(config.pool.min);
  */
 export function createPgPoolDatabase(options: PgPoolConnectorOptions, driver: PgDriver): PgPoolDatabase {
-  // `max` is the budget: the lanes come out of it, and the pool keeps at least one connection.
+  // `max` is the budget (or the share of one, POOL_BUDGET): the lanes open inside it as reads
+  // overlap, the pool gets the rest (see PgPoolConnector#resize), and keeps at least one.
   const lanes = Math.max(0, Math.min(options.pipelineLanes ?? 0, options.max - 1));
-  const max = options.max - lanes;
-  const connector = new PgPoolConnector({ ...options, max, min: Math.min(options.min, max) }, driver);
+  const connector = new PgPoolConnector(options, driver);
+  const pipeline: PgPipelineConnector | undefined =
+    lanes > 0
+      ? new PgPipelineConnector(
+          {
+            connectionString: options.connectionString,
+            lanes,
+            slowReadMs: options.pipelineSlowReadMs,
+            statementTimeoutMs: connector.sessionStatementTimeoutMs,
+            connectionTimeoutMs: options.connectionTimeoutMs,
+            applicationName: connector.applicationName,
+            statements: connector.statements,
+            support: connector.support,
+            resultLimits: connector.resultLimits,
+            slots: connector.attachLanes(
+              (): number => pipeline?.liveLanes ?? 0,
+              (text) => pipeline!.query({ text }, AbortSignal.timeout(options.connectionTimeoutMs)),
+            ),
+            idleTimeoutMs: options.idleTimeoutMs,
+          },
+          driver,
+        )
+      : undefined;
   const database = createDatabase({
     sessions: connector,
-    oneShot:
-      lanes > 0
-        ? new PgPipelineConnector(
-            {
-              connectionString: options.connectionString,
-              lanes,
-              slowReadMs: options.pipelineSlowReadMs,
-              statementTimeoutMs: connector.sessionStatementTimeoutMs,
-              connectionTimeoutMs: options.connectionTimeoutMs,
-              applicationName: options.applicationName,
-              statements: connector.statements,
-              support: connector.support,
-              resultLimits: connector.resultLimits,
-            },
-            driver,
-          )
-        : undefined,
+    oneShot: pipeline,
     oneShotTimeoutMs: options.requestTimeoutMs,
     oneShotAdmission: {
       permits: lanes * LANE_DEPTH,
@@ -255,7 +397,7 @@ export function createPgPoolDatabase(options: PgPoolConnectorOptions, driver: Pg
       overloadShedding: options.overloadShedding,
     },
     admission: {
-      permits: max,
+      permits: connector.pool.options.max,
       queueMax: options.queueMax,
       timeoutMs: options.acquireTimeoutMs,
       overloadShedding: options.overloadShedding,
@@ -263,5 +405,11 @@ export function createPgPoolDatabase(options: PgPoolConnectorOptions, driver: Pg
     sessionStatementTimeoutMs: connector.sessionStatementTimeoutMs,
     log: driver.log,
   });
-  return Object.assign(database, { pool: connector.pool });
+  // Warm no more than the share allows (looked up first): warming waits for all its connections at once.
+  const warm = database.warm.bind(database);
+  const warmInShare = async (count: number) => {
+    await connector.budget?.fresh();
+    return warm(Math.min(count, connector.pool.options.max));
+  };
+  return Object.assign(database, { pool: connector.pool, warm: warmInShare });
 }

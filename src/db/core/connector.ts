@@ -4,7 +4,7 @@
  * one round trip without a session (OneShotConnector). Transactions, deadlines, retries, the
  * breaker and the observer calls are the core's (src/db/core/database.ts), written once.
  */
-import type { ClientKind, PipelineStats, QueryResult, RefusedFeatures, Statement, TxOptions } from '../types.js';
+import type { BudgetFigures, ClientKind, PipelineStats, QueryResult, RefusedFeatures, Statement, TxOptions } from '../types.js';
 
 /**
  * One server session: a pooled connection, checked out by one request at a time. Transaction
@@ -42,7 +42,8 @@ export interface Checkout {
 
 /** Where one request's sessions come from: a pool shared by the process, or one made for the request. */
 export interface SessionSource {
-  acquire(): Promise<Checkout>;
+  /** `deadline` (now()-based ms): a connector that waits and tries again (53300 under a budget) stops there. */
+  acquire(deadline?: number): Promise<Checkout>;
   /** Ends what this source opened for its request; absent for a shared pool. */
   end?(): Promise<void>;
 }
@@ -58,6 +59,8 @@ export interface PoolFigures {
   errorCount: number;
   /** What the server, or a pooler in front of it, refused. */
   refused?: RefusedFeatures;
+  /** The share of a connection budget shared with other instances (pg-budget.ts), where there is one. */
+  budget?: BudgetFigures;
 }
 
 export interface SessionConnector {
@@ -69,6 +72,8 @@ export interface SessionConnector {
   /** An error that says "busy", not "down" (no breaker count), e.g. 53300 while our pool holds live connections. */
   isBusy?(err: unknown): boolean;
   figures?(): PoolFigures;
+  /** A pool that sizes itself calls `listener` with its new size, so admission follows it. */
+  onResize?(listener: (max: number) => void): void;
   close(): Promise<void>;
 }
 

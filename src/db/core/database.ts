@@ -140,6 +140,7 @@ export class CoreDatabase implements Database {
       cancelledCount: runner.cancelledCount,
       ...this.#pipelineStats(),
       ...(pool.refused ? { refused: pool.refused } : {}),
+      ...(pool.budget ? { budget: pool.budget } : {}),
     };
   }
 

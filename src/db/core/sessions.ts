@@ -97,6 +97,7 @@ export class SessionRunner {
     this.#options = options;
     this.#gate = options.admission && new Gate(options.admission);
     if (this.#gate) this.#gate.onShed = options.onShed;
+    connector.onResize?.((max) => this.#gate?.resize(max));
     this.breaker =
       options.breaker ??
       createBreaker(connector.upstream, {
@@ -198,7 +199,7 @@ export class SessionRunner {
   async #checkout(source: SessionSource, observer: QueryObserver): Promise<Checkout> {
     const started = now();
     remainingMs(observer);
-    const checkout = await this.breaker.execute(() => source.acquire());
+    const checkout = await this.breaker.execute(() => source.acquire(observer.deadline));
     if (!observer.internal) {
       this.acquisitionCount++;
       if (checkout.opened) this.openedOnAcquireCount++;
