@@ -37,9 +37,10 @@ describe.skipIf(!realPostgresUrl)(
       let maxSeen = 0;
       const sampler = (async () => {
         while (sampling) {
-          const { rows } = await t.db.admin('SELECT count(*)::int AS n FROM pg_stat_activity WHERE application_name = $1', [
-            t.applicationName,
-          ]);
+          const { rows } = await t.db.admin(
+            "SELECT count(*)::int AS n FROM pg_stat_activity WHERE split_part(application_name, ' [pg:', 1) = $1",
+            [t.applicationName],
+          );
           maxSeen = Math.max(maxSeen, rows[0].n);
           await new Promise((r) => setTimeout(r, 2));
         }

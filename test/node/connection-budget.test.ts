@@ -43,7 +43,7 @@ describe.skipIf(!privatePostgresAvailable)('four gateways share one server (priv
     const db = await privateTestDatabase(cluster, 'poolgate_budget');
     dropDb = db.drop;
     for (let i = 0; i < GATEWAYS; i++) {
-      gateways.push(await startTestGateway({ POOL_MAX: '20', POOL_MIN: '2', POOL_RESERVE: String(RESERVE) }, { db }));
+      gateways.push(await startTestGateway({ POOL_BUDGET: 'auto', POOL_MAX: '20', POOL_MIN: '2', POOL_RESERVE: String(RESERVE) }, { db }));
     }
     const res = await json(`${gateways[0]!.url}/api/users`, {
       method: 'POST',
@@ -177,7 +177,7 @@ describe.skipIf(!privatePostgresAvailable)('a 53300 at connect shrinks the share
     const db = await privateTestDatabase(cluster, 'poolgate_refused');
     dropDb = db.drop;
     gateway = await startTestGateway(
-      { POOL_MAX: '10', POOL_MIN: '1', PG_PIPELINE_LANES: '0', POOL_RESERVE: '0', POOL_BUDGET_INTERVAL_MS: '600000' },
+      { POOL_BUDGET: 'auto', POOL_MAX: '10', POOL_MIN: '1', PG_PIPELINE_LANES: '0', POOL_RESERVE: '0', POOL_BUDGET_INTERVAL_MS: '600000' },
       { db },
     );
     const res = await json(`${gateway.url}/api/users`, {
@@ -234,7 +234,14 @@ describe.skipIf(!privatePostgresAvailable)('a peer killed without closing gives 
   let gateway: TestGateway;
   let child: ChildGateway | undefined;
   let dropDb: (() => Promise<void>) | undefined;
-  const env = { POOL_MAX: '20', POOL_MIN: '2', PG_PIPELINE_LANES: '0', POOL_RESERVE: '3', POOL_BUDGET_INTERVAL_MS: '200' };
+  const env = {
+    POOL_BUDGET: 'auto',
+    POOL_MAX: '20',
+    POOL_MIN: '2',
+    PG_PIPELINE_LANES: '0',
+    POOL_RESERVE: '3',
+    POOL_BUDGET_INTERVAL_MS: '200',
+  };
 
   beforeAll(async () => {
     cluster = await startPrivatePostgres();
