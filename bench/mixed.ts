@@ -16,8 +16,8 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import { DEMO_USER_ID } from '../src/fitness/seed.js';
+import { quickOrExit, runIfMain } from './cli.js';
 import { createBenchDatabase, prepareSchema, sourceDatabaseUrl } from './database.js';
 import { latencyOf, runMix, type Latency, type MixRequest } from './load.js';
 import { SLOW_PATH } from './mixed-app.js';
@@ -331,18 +331,8 @@ Database: BENCH_DATABASE_URL, else DATABASE_URL, else postgres://postgres@127.0.
 poolgate_mixed_<pid>, dropped at the end. Writes bench/results/<date>-mixed.md and .json (quick: -mixed-quick).`;
 
 async function main(): Promise<number> {
-  let values;
-  try {
-    values = parseArgs({ options: { quick: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } }).values;
-  } catch (err) {
-    console.error(`mixed: ${(err as Error).message}\n${USAGE}`);
-    return 2;
-  }
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
-  const mode = values.quick ? 'quick' : 'full';
+  const mode = quickOrExit('mixed', USAGE);
+  if (typeof mode === 'number') return mode;
   const plan = PLANS[mode];
   const startedAt = new Date();
   const loadAvgStart = os.loadavg();
@@ -382,12 +372,4 @@ async function main(): Promise<number> {
   }
 }
 
-if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
-  main().then(
-    (code) => process.exit(code),
-    (err: unknown) => {
-      console.error(err);
-      process.exit(1);
-    },
-  );
-}
+runIfMain(import.meta.url, main);

@@ -14,6 +14,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { quickOrExit, runIfMain } from './cli.js';
 import { createBenchDatabase, prepareSchema, sourceDatabaseUrl } from './database.js';
 import { latencyOf, now, runMix } from './load.js';
 import { SLOW_PATH } from './mixed-app.js';
@@ -97,7 +98,17 @@ function summarize(answers: Answer[], unloadedP99: number, maxPerSec: number) {
   };
 }
 
+const USAGE = `usage: npm run bench:overload
+One gateway (POOL_MAX 5, no lanes, POOL_OVERLOAD_SHEDDING=on) serving a 50 ms route at 1x, 3x and 5x its
+measured capacity; about 1.5 minutes (there is no quick pass). Writes bench/results/<date>-overload.json.`;
+
 async function main(): Promise<number> {
+  const mode = quickOrExit('overload', USAGE);
+  if (typeof mode === 'number') return mode;
+  if (mode === 'quick') {
+    console.error(`overload: there is no quick pass\n${USAGE}`);
+    return 2;
+  }
   const db = await createBenchDatabase(sourceDatabaseUrl(), { prefix: 'poolgate_overload_' });
   const log = (line: string) => console.log(`  ${line}`);
   try {
@@ -154,12 +165,4 @@ async function main(): Promise<number> {
   }
 }
 
-if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
-  main().then(
-    (code) => process.exit(code),
-    (err: unknown) => {
-      console.error(err);
-      process.exit(1);
-    },
-  );
-}
+runIfMain(import.meta.url, main);

@@ -20,9 +20,9 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { DEMO_USER_ID, DEMO_WORKOUT_ID } from '../src/fitness/seed.js';
+import { quickOrExit, runIfMain } from './cli.js';
 import { createBenchDatabase, prepareSchema, WRITER_USER_ID } from './database.js';
 import { runMix, type MixOutcome, type MixRequest } from './load.js';
 import { removeStaleInstances, startBenchPostgres } from './private-postgres.js';
@@ -465,18 +465,8 @@ const USAGE = `usage: npm run bench:soak [-- --quick]
 Starts a private PostgreSQL (SCRAM over TLS; deleted at the end). Writes bench/results/<date>-soak.md and .json (quick: -soak-quick).`;
 
 async function main(): Promise<number> {
-  let values;
-  try {
-    values = parseArgs({ options: { quick: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } } }).values;
-  } catch (err) {
-    console.error(`soak: ${(err as Error).message}\n${USAGE}`);
-    return 2;
-  }
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
-  const mode = values.quick ? 'quick' : 'full';
+  const mode = quickOrExit('soak', USAGE);
+  if (typeof mode === 'number') return mode;
   const plan = PLANS[mode];
   const startedAt = new Date();
   const loadAvgStart = os.loadavg();
@@ -525,12 +515,4 @@ async function main(): Promise<number> {
   }
 }
 
-if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
-  main().then(
-    (code) => process.exit(code),
-    (err: unknown) => {
-      console.error(err);
-      process.exit(1);
-    },
-  );
-}
+runIfMain(import.meta.url, main);

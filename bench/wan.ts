@@ -22,6 +22,7 @@
  * there and dropped at the end. Writes bench/results/<date>-wan.md and .json (--quick:
  * <date>-wan-quick.*). `runWanBench` and `renderWanMarkdown` are for bench/run.ts.
  */
+import { runIfMain } from './cli.js';
 import { dropStaleDatabases } from './stale.js';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -1242,12 +1243,4 @@ async function main(): Promise<number> {
   }
 }
 
-if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
-  main().then(
-    (code) => process.exit(code),
-    (err: unknown) => {
-      console.error(err);
-      process.exit(1);
-    },
-  );
-}
+runIfMain(import.meta.url, main);
