@@ -68,6 +68,9 @@ export async function createTestDatabase(prefix = 'poolgate_test'): Promise<Test
   url.pathname = `/${name}`;
   const adminPool = new pg.Pool({ connectionString: url.toString(), max: 2, application_name: 'poolgate-test-admin' });
   adminPool.on('error', () => {});
+  // pg-pool's end() resolves before its clients have closed, and stops listening to them: drop()'s
+  // DROP DATABASE … WITH (FORCE) may end one mid-close (57P01), which would be an uncaught error.
+  adminPool.on('connect', (client) => client.on('error', () => {}));
   return {
     url: url.toString(),
     name,

@@ -36,7 +36,12 @@ async function freshSchema(): Promise<{ schema: string; runTx: () => RunTransact
   const runTx = (): RunTransaction => {
     const pool = new pg.Pool({ connectionString: db.url, max: 1 });
     pools.push(pool);
-    pool.on('connect', (client) => void client.query(`SET search_path TO ${schema}`));
+    pool.on('connect', (client) => {
+      // pool.end() resolves before its clients have closed; the suite's DROP DATABASE … WITH (FORCE)
+      // may then end one mid-close (57P01), after pg-pool stopped listening to it.
+      client.on('error', () => {});
+      void client.query(`SET search_path TO ${schema}`);
+    });
     return async (fn) => {
       const client = await pool.connect();
       try {
