@@ -36,9 +36,10 @@ async function freshSchema(): Promise<{ schema: string; runTx: () => RunTransact
   const runTx = (): RunTransaction => {
     const pool = new pg.Pool({ connectionString: db.url, max: 1 });
     pools.push(pool);
+    // The suite's DROP DATABASE … WITH (FORCE) ends what is still connected (57P01): an idle client's
+    // error reaches the pool's 'error' event, and one closing after pool.end() its own.
+    pool.on('error', () => {});
     pool.on('connect', (client) => {
-      // pool.end() resolves before its clients have closed; the suite's DROP DATABASE … WITH (FORCE)
-      // may then end one mid-close (57P01), after pg-pool stopped listening to it.
       client.on('error', () => {});
       void client.query(`SET search_path TO ${schema}`);
     });
