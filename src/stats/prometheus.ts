@@ -172,12 +172,15 @@ export function renderPrometheus(snap: StatsSnapshot): string {
     family(
       'poolgate_pipeline_overflow_total',
       'counter',
-      'Reads sent to the pool because every lane was stalled behind a slow statement.',
+      'Reads sent to the pool because every lane was stalled behind a slow statement or its queue, in expected time, was full.',
       [[scope, lanes.overflowCount]],
     );
-    family('poolgate_pipeline_slow_to_pool_total', 'counter', 'Reads sent to the pool because their recent time was slow.', [
-      [scope, lanes.slowToPoolCount ?? 0],
-    ]);
+    family(
+      'poolgate_pipeline_slow_to_pool_total',
+      'counter',
+      'Reads sent to the pool because their statement is slow (its mean time above PG_PIPELINE_SLOW_MS or 4 typical reads).',
+      [[scope, lanes.slowToPoolCount ?? 0]],
+    );
     family(
       'poolgate_pipeline_waited_behind_slow_total',
       'counter',
