@@ -31,7 +31,7 @@ describe('parseConfig', () => {
       applicationName: 'poolgate',
       preparedStatements: true,
       preparedStatementsMax: 200,
-      budget: { mode: 'off', reserve: 3, intervalMs: 1000 },
+      budget: { mode: 'auto', reserve: 3, intervalMs: 1000 },
     });
     expect(c.bodyLimitBytes).toBe(64 * 1024);
     expect(c.logLevel).toBe('info');
@@ -89,7 +89,8 @@ describe('parseConfig', () => {
   it('reads POOL_BUDGET as auto, off or a number of connections, in any case', () => {
     expect(parseConfig({ POOL_BUDGET: ' OFF ' }).pool.budget.mode).toBe('off');
     expect(parseConfig({ POOL_BUDGET: 'Auto' }).pool.budget.mode).toBe('auto');
-    expect(parseConfig({}).pool.budget.mode).toBe('off');
+    expect(parseConfig({}).pool.budget.mode).toBe('auto');
+    expect(parseConfig({ POOL_BUDGET: '' }).pool.budget.mode).toBe('auto');
     expect(() => parseConfig({ POOL_BUDGET: 'lots' })).toThrow(/POOL_BUDGET: must be a whole number from 1 to 100000/);
     expect(() => parseConfig({ POOL_BUDGET: '0' })).toThrow(/POOL_BUDGET/);
   });

@@ -157,7 +157,8 @@ function int(env: Env, name: string, fallback: number, min: number, max: number)
 /** "on" or "off", in any case; the error names both. */
 function budgetMode(env: Env): BudgetConfig['mode'] {
   const raw = env.POOL_BUDGET?.trim().toLowerCase();
-  if (raw === undefined || raw === '' || raw === 'off') return 'off'; // opt-in while it is young (README)
+  if (raw === undefined || raw === '') return 'auto';
+  if (raw === 'off') return 'off';
   if (raw === 'auto') return 'auto';
   return int(env, 'POOL_BUDGET', 0, 1, 100_000);
 }
