@@ -7,7 +7,7 @@
 import { freePort } from './wait.js';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { chown, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chown, mkdtemp, rm, statfs, writeFile } from 'node:fs/promises';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -50,14 +50,30 @@ export function asPostgres(args: string[]): Promise<{ stdout: string; stderr: st
   return exec('su', ['postgres', '-c', args.map(quote).join(' ')]);
 }
 
-/** A new temporary folder the postgres user owns (a server's data folder, log and socket go in it). */
+/**
+ * A new temporary folder the postgres user owns (a server's data folder, log and socket go in it).
+ * On tmpfs (/dev/shm) when it has room: creating a cluster's thousand files on this machine's ext4
+ * took initdb 2.0 s and pg_basebackup 1.1 s, on tmpfs 0.75 s and 0.14 s. A container's default
+ * /dev/shm (64 MB) has no room for one, so then the usual temporary folder.
+ */
 export async function postgresOwnedDir(): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'poolgate-pg-'));
+  const dir = await mkdtemp(join(await scratchBase(), 'poolgate-pg-'));
   if (isRoot) {
     const [uid, gid] = await Promise.all(['-u', '-g'].map(async (flag) => Number((await exec('id', [flag, 'postgres'])).stdout)));
     await chown(dir, uid!, gid!);
   }
   return dir;
+}
+
+const TMPFS = '/dev/shm';
+const TMPFS_ROOM_BYTES = 1024 ** 3;
+
+async function scratchBase(): Promise<string> {
+  const room = await statfs(TMPFS).then(
+    (fs) => fs.bavail * fs.bsize,
+    () => 0,
+  );
+  return room >= TMPFS_ROOM_BYTES ? TMPFS : tmpdir();
 }
 
 /** Where a server lives (its data folder is `dir`/data) and how it is started. */
