@@ -7,13 +7,14 @@
 import { freePort } from './wait.js';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { chown, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chown, mkdtemp, rm, statfs, writeFile } from 'node:fs/promises';
 import { tmpdir, userInfo } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import pg from 'pg';
 
-const BIN = '/usr/lib/postgresql/15/bin';
+/** Where PostgreSQL 15's server binaries are. */
+export const BIN = '/usr/lib/postgresql/15/bin';
 const exec = promisify(execFile);
 const isRoot = process.getuid?.() === 0;
 
@@ -37,39 +38,60 @@ export interface PrivatePostgres {
 export interface PrivatePostgresOptions {
   /** Require this password (scram-sha-256) on TCP connections; trust when unset. */
   password?: string;
+  /** Server settings, each passed as `-c name=value` on the command line (so ALTER SYSTEM cannot override them). */
+  settings?: Record<string, string>;
 }
 
 const quote = (arg: string) => `'${arg.replace(/'/g, `'\\''`)}'`;
 
-function asPostgres(args: string[]): Promise<{ stdout: string; stderr: string }> {
+/** Runs a server binary as the postgres user: the server refuses to run as root. */
+export function asPostgres(args: string[]): Promise<{ stdout: string; stderr: string }> {
   if (!isRoot) return exec(args[0]!, args.slice(1));
   return exec('su', ['postgres', '-c', args.map(quote).join(' ')]);
 }
 
 /**
- * @example
- * const pgx = await startPrivatePostgres();
- * await pgx.stop(); await pgx.start(); await pgx.acceptsConnections();
- * await pgx.destroy();
+ * A new temporary folder the postgres user owns (a server's data folder, log and socket go in it).
+ * On tmpfs (/dev/shm) when it has room: creating a cluster's thousand files on this machine's ext4
+ * took initdb 2.0 s and pg_basebackup 1.1 s, on tmpfs 0.75 s and 0.14 s. A container's default
+ * /dev/shm (64 MB) has no room for one, so then the usual temporary folder.
  */
-export async function startPrivatePostgres(options: PrivatePostgresOptions = {}): Promise<PrivatePostgres> {
-  const dir = await mkdtemp(join(tmpdir(), 'poolgate-pg-'));
+export async function postgresOwnedDir(): Promise<string> {
+  const dir = await mkdtemp(join(await scratchBase(), 'poolgate-pg-'));
   if (isRoot) {
     const [uid, gid] = await Promise.all(['-u', '-g'].map(async (flag) => Number((await exec('id', [flag, 'postgres'])).stdout)));
     await chown(dir, uid!, gid!);
   }
-  const data = join(dir, 'data');
-  const port = await freePort();
-  const initdb = [join(BIN, 'initdb'), '-D', data, '-U', 'postgres', '-N', '--auth-local=trust'];
-  if (options.password !== undefined) {
-    await writeFile(join(dir, 'pw'), options.password, { mode: 0o644 });
-    initdb.push('--auth-host=scram-sha-256', `--pwfile=${join(dir, 'pw')}`);
-  } else initdb.push('--auth-host=trust');
-  const ctl = (...args: string[]) => asPostgres([join(BIN, 'pg_ctl'), '-D', data, ...args]);
-  const serverOptions = `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`;
+  return dir;
+}
+
+const TMPFS = '/dev/shm';
+const TMPFS_ROOM_BYTES = 1024 ** 3;
+
+async function scratchBase(): Promise<string> {
+  const room = await statfs(TMPFS).then(
+    (fs) => fs.bavail * fs.bsize,
+    () => 0,
+  );
+  return room >= TMPFS_ROOM_BYTES ? TMPFS : tmpdir();
+}
+
+/** Where a server lives (its data folder is `dir`/data) and how it is started. */
+export interface ServerPlace extends PrivatePostgresOptions {
+  dir: string;
+  port: number;
+}
+
+/** stop/start/acceptsConnections/destroy for an existing data folder (made by initdb or pg_basebackup). */
+export function controlServer({ dir, port, password, settings = {} }: ServerPlace): PrivatePostgres {
+  const ctl = (...args: string[]) => asPostgres([join(BIN, 'pg_ctl'), '-D', join(dir, 'data'), ...args]);
+  const serverOptions = [
+    `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`,
+    ...Object.entries(settings).map(([name, value]) => `-c ${name}=${value}`),
+  ].join(' ');
   let running = false;
-  const url = (database = 'postgres', password?: string) =>
-    `postgres://postgres${password === undefined ? '' : `:${encodeURIComponent(password)}`}@127.0.0.1:${port}/${database}`;
+  const url = (database = 'postgres', pw?: string) =>
+    `postgres://postgres${pw === undefined ? '' : `:${encodeURIComponent(pw)}`}@127.0.0.1:${port}/${database}`;
 
   const self: PrivatePostgres = {
     port,
@@ -85,7 +107,7 @@ export async function startPrivatePostgres(options: PrivatePostgresOptions = {})
     async acceptsConnections(timeoutMs = 30_000, intervalMs = 5) {
       const deadline = performance.now() + timeoutMs;
       for (;;) {
-        const client = new pg.Client({ connectionString: url('postgres', options.password), connectionTimeoutMillis: 1_000 });
+        const client = new pg.Client({ connectionString: url('postgres', password), connectionTimeoutMillis: 1_000 });
         client.on('error', () => {});
         try {
           await client.connect();
@@ -103,15 +125,42 @@ export async function startPrivatePostgres(options: PrivatePostgresOptions = {})
       await rm(dir, { recursive: true, force: true });
     },
   };
+  return self;
+}
+
+/** Starts `server` and waits until it accepts connections; destroys it if either fails. */
+export async function startedOrDestroyed<T extends PrivatePostgres>(server: T): Promise<T> {
   try {
-    await asPostgres(initdb);
-    await self.start();
-    await self.acceptsConnections();
+    await server.start();
+    await server.acceptsConnections();
   } catch (err) {
-    await self.destroy();
+    await server.destroy();
     throw err;
   }
-  return self;
+  return server;
+}
+
+/**
+ * @example
+ * const pgx = await startPrivatePostgres();
+ * await pgx.stop(); await pgx.start(); await pgx.acceptsConnections();
+ * await pgx.destroy();
+ */
+export async function startPrivatePostgres(options: PrivatePostgresOptions = {}): Promise<PrivatePostgres> {
+  const dir = await postgresOwnedDir();
+  const server = controlServer({ dir, port: await freePort(), ...options });
+  const initdb = [join(BIN, 'initdb'), '-D', join(dir, 'data'), '-U', 'postgres', '-N', '--auth-local=trust'];
+  if (options.password !== undefined) {
+    await writeFile(join(dir, 'pw'), options.password, { mode: 0o644 });
+    initdb.push('--auth-host=scram-sha-256', `--pwfile=${join(dir, 'pw')}`);
+  } else initdb.push('--auth-host=trust');
+  try {
+    await asPostgres(initdb);
+  } catch (err) {
+    await server.destroy();
+    throw err;
+  }
+  return startedOrDestroyed(server);
 }
 
 /** A database on the cluster, in the shape the gateway helpers take (dropped with the cluster). */
