@@ -46,6 +46,8 @@ export interface PoolgateDeps {
   opsAccess?: OpsAccess;
   /** A runtime's cheap "the client went away" (Node's comes from the response; default: the Request's signal). */
   onClientGone?: (c: Context, gone: () => void) => void;
+  /** Transactional responses also set the consistency token as a cookie (CONSISTENCY_COOKIE=on). */
+  consistencyCookie?: boolean;
 }
 
 const BODYLESS = new Set(['GET', 'HEAD']);
@@ -117,6 +119,7 @@ function commonMiddleware(deps: PoolgateDeps): MiddlewareHandler<AppEnv>[] {
     requestTimeoutMs: deps.requestTimeoutMs ?? 15_000,
     readHeader: deps.readHeader,
     onClientGone: deps.onClientGone,
+    consistencyCookie: deps.consistencyCookie,
   }) as unknown as MiddlewareHandler<AppEnv>;
   return [onlyErrors, stats];
 }

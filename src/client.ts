@@ -154,7 +154,13 @@ class Calls {
     this.#timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.#onClose = options.onClose;
     this.registry =
-      options.registry ?? new StatsRegistry({ scope: options.scope, pool: () => database.stats(), breakers: () => database.breakers() });
+      options.registry ??
+      new StatsRegistry({
+        scope: options.scope,
+        pool: () => database.stats(),
+        breakers: () => database.breakers(),
+        replicas: () => database.replicaFigures?.(),
+      });
   }
 
   /** One unit of work: its own observer (deadline, signal, intent), its own Db, one stats sample. */

@@ -78,9 +78,22 @@ export const PREPARED_STATEMENTS_MAX = 200;
 export const RESULT_MAX_ROWS = 500_000;
 export const RESULT_MAX_BYTES = 64 * 1024 * 1024;
 
+/** Read replicas (DATABASE_REPLICA_URLS): which reads may go there, how often each is looked at. */
+export interface ReplicaConfig {
+  /** A replica further behind than this serves no read (REPLICA_MAX_LAG_MS). */
+  maxLagMs: number;
+  /** How often each replica's replay position and lag are read (REPLICA_CHECK_INTERVAL_MS). */
+  checkIntervalMs: number;
+  /** Transactional responses also set the consistency token as a cookie (CONSISTENCY_COOKIE=on). */
+  cookie: boolean;
+}
+
 export interface Config {
   /** postgres:// URL, or undefined to run on the embedded database. Non-enumerable. */
   readonly databaseUrl: string | undefined;
+  /** The read replicas' postgres:// URLs (DATABASE_REPLICA_URLS, comma-separated); none: every read on the primary. Non-enumerable. */
+  readonly replicaUrls: readonly string[];
+  replicas: ReplicaConfig;
   port: number;
   host: string;
   pool: PoolConfig;
@@ -186,6 +199,19 @@ export function validateDatabaseUrl(name: string, raw: string): string {
   return raw;
 }
 
+/** DATABASE_REPLICA_URLS: comma-separated postgres URLs, each checked without being echoed. */
+export function replicaUrls(env: Env): string[] {
+  const raw = env.DATABASE_REPLICA_URLS?.trim();
+  if (!raw) return [];
+  return raw.split(',').map((u, i) => validateDatabaseUrl(`DATABASE_REPLICA_URLS (entry ${i + 1})`, u.trim()));
+}
+
+export const replicaConfig = (env: Env): ReplicaConfig => ({
+  maxLagMs: int(env, 'REPLICA_MAX_LAG_MS', 5_000, 0, 86_400_000),
+  checkIntervalMs: int(env, 'REPLICA_CHECK_INTERVAL_MS', 500, 50, 60_000),
+  cookie: onOff(env, 'CONSISTENCY_COOKIE', false),
+});
+
 /**
  * Parses the environment. Throws ConfigError naming the first bad variable.
  * @example const config = parseConfig(process.env);
@@ -208,8 +234,13 @@ export function parseConfig(env: Env): Config {
     throw new ConfigError('LOG_LEVEL', `must be silent, info or debug, got "${logLevel}"`);
   }
 
+  const replicas = replicaUrls(env);
+  if (replicas.length > 0 && databaseUrl === undefined)
+    throw new ConfigError('DATABASE_REPLICA_URLS', 'needs DATABASE_URL (the primary); the embedded database has no replicas');
   const config: Config = {
     databaseUrl: undefined,
+    replicaUrls: [],
+    replicas: replicaConfig(env),
     forwardSecret: undefined,
     opsToken: undefined,
     development: isDevelopment(env),
@@ -251,6 +282,7 @@ export function parseConfig(env: Env): Config {
     throw new ConfigError('QUERY_TIMEOUT_MS', `must be longer than STATEMENT_TIMEOUT_MS (${statementTimeoutMs})`);
   }
   Object.defineProperty(config, 'databaseUrl', { value: databaseUrl, enumerable: false, writable: false });
+  Object.defineProperty(config, 'replicaUrls', { value: replicas, enumerable: false, writable: false });
   Object.defineProperty(config, 'forwardSecret', { value: secret(env, isDevelopment(env), false), enumerable: false, writable: false });
   Object.defineProperty(config, 'opsToken', { value: opsToken(env), enumerable: false, writable: false });
   return config;
@@ -301,6 +333,9 @@ export interface EdgeConfig {
   resultMaxRows: number;
   resultMaxBytes: number;
   development: boolean;
+  /** The read replicas' URLs (DATABASE_REPLICA_URLS) for the edge's reads. Non-enumerable. */
+  readonly replicaUrls: readonly string[];
+  replicas: ReplicaConfig;
 }
 
 export function parseEdgeConfig(env: Env): EdgeConfig {
@@ -335,8 +370,11 @@ export function parseEdgeConfig(env: Env): EdgeConfig {
     bodyLimitBytes: int(env, 'BODY_LIMIT_BYTES', 64 * 1024, 1, 64 * 1024 * 1024),
     ...resultLimits(env),
     development,
+    replicaUrls: [],
+    replicas: replicaConfig(env),
   };
   Object.defineProperty(config, 'databaseUrl', { value: databaseUrl, enumerable: false, writable: false });
+  Object.defineProperty(config, 'replicaUrls', { value: replicaUrls(env), enumerable: false, writable: false });
   Object.defineProperty(config, 'forwardSecret', { value: forwardSecret, enumerable: false, writable: false });
   Object.defineProperty(config, 'opsToken', { value: opsToken(env), enumerable: false, writable: false });
   return config;

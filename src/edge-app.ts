@@ -6,7 +6,7 @@
 import type * as Neon from '@neondatabase/serverless';
 import { buildApp, createPoolgate } from './app.js';
 import type { EdgeConfig } from './config.js';
-import { createNeonDatabase, useLocalNeonProxy, type NeonDriver } from './db/connectors/neon.js';
+import { createNeonReplicatedDatabase, useLocalNeonProxy, type NeonDriver } from './db/connectors/neon.js';
 import { createForwardBreaker, forwardTo } from './middleware/forward.js';
 import type { FetchApp, PoolgateApp } from './definition.js';
 import { opsAccessFor } from './routes/ops.js';
@@ -25,15 +25,22 @@ export interface EdgeAppDeps {
 
 export function createEdgeApp(config: EdgeConfig, deps: EdgeAppDeps): FetchApp {
   if (config.neonProxyUrl) useLocalNeonProxy(deps.driver.neonConfig, config.neonProxyUrl);
-  const database = createNeonDatabase({
-    connectionString: config.databaseUrl,
-    driver: deps.driver,
-    queryTimeoutMs: config.queryTimeoutMs,
-    resultLimits: { maxRows: config.resultMaxRows, maxBytes: config.resultMaxBytes },
-    log: deps.log,
-  });
+  const database = createNeonReplicatedDatabase(
+    {
+      connectionString: config.databaseUrl,
+      driver: deps.driver,
+      queryTimeoutMs: config.queryTimeoutMs,
+      resultLimits: { maxRows: config.resultMaxRows, maxBytes: config.resultMaxBytes },
+      log: deps.log,
+    },
+    { urls: config.replicaUrls, ...config.replicas },
+  );
   const forwarder = createForwardBreaker();
-  const registry = new StatsRegistry({ scope: deps.scope, breakers: () => [...database.breakers(), forwarder.snapshot()] });
+  const registry = new StatsRegistry({
+    scope: deps.scope,
+    breakers: () => [...database.breakers(), forwarder.snapshot()],
+    replicas: () => database.replicaFigures?.(),
+  });
   const pg = createPoolgate({
     database,
     registry,

@@ -28,6 +28,7 @@ export type ErrorCode =
   | 'client_closed'
   | 'statement_refused'
   | 'result_too_large'
+  | 'invalid_consistency_token'
   | 'internal';
 
 export interface FieldError {

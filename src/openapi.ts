@@ -58,6 +58,7 @@ const ERROR_CODES = [
   'upstream_timeout',
   'statement_refused',
   'result_too_large',
+  'invalid_consistency_token',
   'internal',
 ] as const satisfies readonly ErrorCode[];
 // A code added to ErrorCode but not listed above fails the typecheck here, naming the code.
@@ -72,7 +73,11 @@ interface ErrorResponse {
 
 /** The error responses by status; a declared status not listed here gets a generic one. */
 const ERROR_RESPONSES: Record<number, ErrorResponse> = {
-  400: { name: 'BadRequest', description: 'Invalid params, query, body or Idempotency-Key (`validation_failed`, `invalid_json`).' },
+  400: {
+    name: 'BadRequest',
+    description:
+      'Invalid params, query, body, Idempotency-Key or Poolgate-Consistency token (`validation_failed`, `invalid_json`, `invalid_consistency_token`).',
+  },
   401: { name: 'Unauthorized', description: 'Not authorized (`unauthorized`).' },
   403: { name: 'Forbidden', description: 'Not allowed.' },
   404: { name: 'NotFound', description: 'Not found (`not_found`).' },
@@ -140,6 +145,10 @@ function headerComponents(transactional: boolean): Schemas {
         type: 'string',
         enum: ['true'],
       }),
+      ConsistencyToken: header(
+        "Where there are read replicas: the primary's WAL position after this write (`lsn=16/B374D848`). Send it back on reads as Poolgate-Consistency to read this write.",
+        { type: 'string' },
+      ),
     }),
   };
 }
@@ -152,6 +161,18 @@ function idempotencyKeyParameter(): JsonObject {
     description:
       'Makes a retry safe: a request with the same key and the same content gets the stored response without being applied again. Scoped to the route; 1 to 255 visible ASCII characters.',
     schema: { type: 'string', minLength: 1, maxLength: 255, pattern: '^[!-~]+$' },
+  };
+}
+
+/** The consistency token a read carries (db/consistency.ts): served only where the write it names is seen. */
+function consistencyParameter(): JsonObject {
+  return {
+    name: 'Poolgate-Consistency',
+    in: 'header',
+    required: false,
+    description:
+      'Read-your-writes: the value a transactional response returned in its Poolgate-Consistency header, sent back unchanged. The read is served only by a server that has that write (a replica that replayed past it, or the primary). Malformed: 400 `invalid_consistency_token`.',
+    schema: { type: 'string', maxLength: 512 },
   };
 }
 
@@ -277,7 +298,7 @@ function parameters(route: RouteSpec, context: string, schemas: Schemas): JsonOb
   return [
     ...pathParamNames(route.path).map((name) => ({ name, in: 'path', required: true, schema: path[name] ?? { type: 'string' } })),
     ...Object.entries(query.properties).map(([name, schema]) => ({ name, in: 'query', required: query.required.includes(name), schema })),
-    ...(route.kind === 'transactional' ? [ref('parameters', 'IdempotencyKey')] : []),
+    ...(route.kind === 'transactional' ? [ref('parameters', 'IdempotencyKey')] : [ref('parameters', 'ConsistencyToken')]),
   ];
 }
 
@@ -285,7 +306,10 @@ function successResponse(route: RouteSpec, context: string, schemas: Schemas): [
   const headers: JsonObject = {
     'Server-Timing': ref('headers', 'ServerTiming'),
     'X-Request-Id': ref('headers', 'RequestId'),
-    ...(route.kind === 'transactional' && { 'Idempotent-Replayed': ref('headers', 'IdempotentReplayed') }),
+    ...(route.kind === 'transactional' && {
+      'Idempotent-Replayed': ref('headers', 'IdempotentReplayed'),
+      'Poolgate-Consistency': ref('headers', 'ConsistencyToken'),
+    }),
   };
   const declared = route.response;
   if (!declared) return ['2XX', { description: 'Success (the route declares no response).', headers }];
@@ -344,7 +368,10 @@ export function openApiDocument(routes: readonly RouteSpec[], info: OpenApiInfo,
     components: {
       schemas,
       responses: Object.fromEntries(statuses.map(errorResponseComponent)),
-      parameters: transactional ? { IdempotencyKey: idempotencyKeyParameter() } : {},
+      parameters: {
+        ...(transactional && { IdempotencyKey: idempotencyKeyParameter() }),
+        ...(routes.some((route) => route.kind === 'read') && { ConsistencyToken: consistencyParameter() }),
+      },
       headers: headerComponents(transactional),
     },
   };

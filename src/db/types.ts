@@ -51,6 +51,8 @@ export interface QueryObserver {
   queried(durationMs: number, statements?: number): void;
   /** Which client served the request. */
   served(kind: ClientKind): void;
+  /** Which server served its reads, where there are replicas: `primary` or a replica's name. */
+  readFrom?(server: string): void;
   /** When the request must be finished by (the clock's ms); work is cut short to meet it. */
   readonly deadline?: number;
   /** Aborts when the client goes away: the request's database work is cancelled at once. */
@@ -64,6 +66,10 @@ export interface QueryObserver {
   retried?(): void;
   /** Work of the process itself (migrations at start), kept out of the acquisition figures. */
   readonly internal?: boolean;
+  /** The primary's WAL position after this request's write (where replicas are configured): its consistency token. */
+  committed?(lsn: string): void;
+  /** The position the request's client asked its reads to have seen (its consistency token); none: any replica in bounds. */
+  readonly consistency?: string;
 }
 
 export interface PoolStats {
@@ -93,6 +99,31 @@ export interface PoolStats {
   refused?: RefusedFeatures;
   /** This instance's share of the connection budget every instance on the server shares (POOL_BUDGET), where there is one. */
   budget?: BudgetFigures;
+}
+
+/** What /stats shows of one replica. */
+export interface ReplicaFigures {
+  name: string;
+  up: boolean;
+  standby: boolean;
+  lagMs: number;
+  replayed?: string;
+  inFlight: number;
+  servedCount: number;
+  /** Reads that failed here for the replica's sake and ran again on the primary. */
+  fellBackCount: number;
+  checkCount: number;
+  checkErrorCount: number;
+  pool?: PoolStats;
+}
+
+export interface ReplicaSetFigures {
+  maxLagMs: number;
+  /** Reads served by the primary because no replica fit: none up or within lag, or none past the request's token. */
+  onPrimary: { noReplica: number; token: number };
+  /** Reads with a token served by a replica that had replayed past it. */
+  tokensHonoured: number;
+  replicas: ReplicaFigures[];
 }
 
 /** A connection budget shared with other instances on one server (db/connectors/pg-budget.ts). */
@@ -164,6 +195,8 @@ export interface Database {
   stats(): PoolStats | undefined;
   /** Circuit breakers guarding this backend's upstreams. */
   breakers(): BreakerSnapshot[];
+  /** The read replicas beside the primary (DATABASE_REPLICA_URLS), where there are any. */
+  replicaFigures?(): ReplicaSetFigures;
   /** Opens `count` pooled connections now, so the first requests do not pay for connecting. */
   warm?(count: number): Promise<void>;
   /** Ends the backend once; a second call returns the same promise. */

@@ -153,10 +153,13 @@ export async function startTopology(env: Env, log: (line: string) => void, optio
     checkpoint();
     const gateway = await startNode(options.app, env, databaseUrl, ports.node, forwardSecret, lock !== undefined, parts);
     checkpoint();
-    const proxy = await startProxy(databaseUrl, ports, gateway.config.logLevel, parts);
+    // Read replicas (opt-in, with DATABASE_URL): the edge reads from them through the same proxy.
+    const replicaUrls = gateway.config.replicaUrls;
+    const proxy = await startProxy([databaseUrl, ...replicaUrls], ports, gateway.config.logLevel, parts);
     checkpoint();
     const bindings = {
       DATABASE_URL: databaseUrl,
+      ...(replicaUrls.length ? { DATABASE_REPLICA_URLS: replicaUrls.join(',') } : {}),
       NODE_FUNCTION_URL: gateway.url,
       NEON_PROXY_URL: proxy.url,
       FORWARD_SECRET: forwardSecret,
@@ -250,7 +253,7 @@ async function startNode(
 }
 
 async function startProxy(
-  databaseUrl: string,
+  databaseUrls: string[],
   ports: ReturnType<typeof topologyPorts>,
   logLevel: NeonProxyOptions['logLevel'],
   parts: Parts,
@@ -259,7 +262,7 @@ async function startProxy(
   // Browsers may reach it only from the local edge's pages; the edge itself (workerd) sends no Origin.
   const allowedOrigins = [`http://${HOST}:${ports.edge.port}`, `http://localhost:${ports.edge.port}`];
   const proxy = await explainBusyPort(claim, () =>
-    startNeonProxy({ databaseUrls: [databaseUrl], port: claim.port, host: HOST, allowedOrigins, log: parts.log, logLevel }),
+    startNeonProxy({ databaseUrls, port: claim.port, host: HOST, allowedOrigins, log: parts.log, logLevel }),
   );
   parts.set('proxy', async () => {
     await proxy.close();
@@ -313,8 +316,9 @@ async function startEdgeApp(
   options: TopologyOptions & { scriptPath?: string },
 ): Promise<{ url: string; stop(): Promise<void> }> {
   if (options.edge === 'wrangler') {
-    const { DATABASE_URL = '', FORWARD_SECRET = '', ...vars } = bindings;
-    return startWranglerDev({ port, host: HOST, vars, secrets: { DATABASE_URL, FORWARD_SECRET }, log });
+    const { DATABASE_URL = '', FORWARD_SECRET = '', DATABASE_REPLICA_URLS, ...vars } = bindings;
+    const secrets = { DATABASE_URL, FORWARD_SECRET, ...(DATABASE_REPLICA_URLS ? { DATABASE_REPLICA_URLS } : {}) };
+    return startWranglerDev({ port, host: HOST, vars, secrets, log });
   }
   const scriptPath = options.scriptPath ?? (await options.buildWorker());
   const mf = createMiniflare(

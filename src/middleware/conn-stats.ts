@@ -4,6 +4,7 @@
  * route pattern and answers with a `Server-Timing` header of that request's own figures.
  */
 import type { Context, MiddlewareHandler } from 'hono';
+import { CONSISTENCY_HEADER, formatToken, laterLsn, parseToken, tokenCookie, tokenFromCookie } from '../db/consistency.js';
 import type { ClientKind, Database, Db, QueryObserver } from '../db/types.js';
 import { now } from '../stats/clock.js';
 import type { StatsRegistry } from '../stats/registry.js';
@@ -33,6 +34,10 @@ export interface RequestMetrics extends QueryObserver {
   replayed: boolean;
   /** Server-Timing and x-request-id went out with the handler's response (see responseHeaders). */
   headersWritten?: boolean;
+  /** Where there are replicas: the server the request's reads went to. */
+  server?: string;
+  /** The primary's WAL position after the request's writes: sent back as its consistency token. */
+  position?: string;
 }
 
 export interface ConnStatsVariables {
@@ -55,9 +60,18 @@ export interface ConnStatsOptions {
    * response's 'close'); default: the Web Request's own signal.
    */
   onClientGone?: (c: Context, gone: () => void) => void;
+  /** Transactional responses also set the consistency token as a cookie (CONSISTENCY_COOKIE=on). */
+  consistencyCookie?: boolean;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
+
+/** The consistency token on a response built before this middleware saw it (a replayed or forwarded answer keeps its own). */
+function setToken(headers: Headers, position: string, cookie: boolean | undefined): void {
+  if (headers.has(CONSISTENCY_HEADER)) return;
+  headers.set(CONSISTENCY_HEADER, formatToken({ lsn: position }));
+  if (cookie) headers.append('set-cookie', tokenCookie({ lsn: position }));
+}
 
 /**
  * One request's figures; a class so its methods live on the prototype (this runs per request).
@@ -80,9 +94,25 @@ class Metrics implements RequestMetrics {
   timings: RequestMetrics['timings'] = [];
   upstreamTiming?: string;
   headersWritten?: boolean;
+  server?: string;
+  position?: string;
+  /** Reads the client's token as sent (header, else cookie), when a read first needs it: most requests never do. */
+  tokenSent?: () => string | undefined;
+  #consistency: { lsn: string } | undefined | null = null;
 
   constructor(requestTimeoutMs?: number) {
     this.deadline = requestTimeoutMs === undefined ? undefined : this.startedAt + requestTimeoutMs;
+  }
+  /** The position the client's token asks for; a malformed token fails the read that needs it (400). */
+  get consistency(): string | undefined {
+    if (this.#consistency === null) this.#consistency = parseToken(this.tokenSent?.());
+    return this.#consistency?.lsn;
+  }
+  committed(lsn: string): void {
+    this.position = laterLsn(this.position, lsn);
+  }
+  readFrom(server: string): void {
+    this.server = server;
   }
   get signal(): AbortSignal {
     if (!this.#controller) {
@@ -125,10 +155,11 @@ export const requestIdOf = (c: Context): string => (c.get('requestId' as never) 
 const ms = (x: number) => x.toFixed(2);
 
 function serverTiming(metrics: RequestMetrics, totalMs: number): string {
+  const server = metrics.server ? ` ${metrics.server}` : '';
   return [
     ...metrics.timings.map((t) => `${t.name};dur=${ms(t.durMs)}${t.desc ? `;desc="${t.desc}"` : ''}`),
     `acquire;dur=${ms(metrics.acquireMs)}`,
-    `db;dur=${ms(metrics.dbMs)};desc="${metrics.client} ${metrics.queries}q"`,
+    `db;dur=${ms(metrics.dbMs)};desc="${metrics.client} ${metrics.queries}q${server}"`,
     `total;dur=${ms(totalMs)}`,
     ...(metrics.upstreamTiming ? [metrics.upstreamTiming] : []),
   ].join(', ');
@@ -144,7 +175,16 @@ export function responseHeaders(c: Context): Record<string, string> {
   const metrics = c.get('metrics' as never) as RequestMetrics | undefined;
   if (!metrics) return {};
   metrics.headersWritten = true;
-  return { 'server-timing': serverTiming(metrics, now() - metrics.startedAt), 'x-request-id': requestIdOf(c) };
+  const headers: Record<string, string> = {
+    'server-timing': serverTiming(metrics, now() - metrics.startedAt),
+    'x-request-id': requestIdOf(c),
+  };
+  const position = metrics.position;
+  if (position !== undefined) {
+    headers[CONSISTENCY_HEADER] = formatToken({ lsn: position });
+    if (c.get('consistencyCookie' as never)) headers['set-cookie'] = tokenCookie({ lsn: position });
+  }
+  return headers;
 }
 
 export const connStats = ({
@@ -153,12 +193,16 @@ export const connStats = ({
   requestTimeoutMs,
   readHeader,
   onClientGone,
+  consistencyCookie,
 }: ConnStatsOptions): MiddlewareHandler<{ Variables: ConnStatsVariables }> =>
   async function connStats(c, next) {
     if (c.get('metrics')) return next(); // installed twice: the outer one records
-    const incoming = readHeader ? readHeader(c, 'x-request-id') : c.req.header('x-request-id');
+    const header = (name: string) => (readHeader ? readHeader(c, name) : c.req.header(name));
+    const incoming = header('x-request-id');
     const requestId = incoming && REQUEST_ID.test(incoming) ? incoming : crypto.randomUUID();
-    const metrics = newMetrics(requestTimeoutMs);
+    const metrics = new Metrics(requestTimeoutMs);
+    metrics.tokenSent = () => header(CONSISTENCY_HEADER) ?? tokenFromCookie(header('cookie'));
+    if (consistencyCookie) c.set('consistencyCookie' as never, true as never);
     if (onClientGone) onClientGone(c, () => metrics.abort());
     else metrics.signal = c.req.raw.signal;
     c.set('requestId', requestId);
@@ -189,11 +233,13 @@ export const connStats = ({
         client: metrics.client,
         retries: metrics.retries,
         replayed: metrics.replayed,
+        server: metrics.server,
       });
       if (!metrics.headersWritten) {
         // Errors, ops endpoints, forwarded answers: the response exists already.
         res.headers.set('server-timing', serverTiming(metrics, totalMs));
         res.headers.set('x-request-id', requestId);
+        if (metrics.position !== undefined) setToken(res.headers, metrics.position, consistencyCookie);
       }
     }
   };

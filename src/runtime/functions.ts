@@ -32,7 +32,7 @@ import type {
 } from '../client.js';
 import { ConfigError, parseConfig, validateDatabaseUrl } from '../config.js';
 import { useLocalNeonProxy } from '../db/connectors/neon.js';
-import { createPgPoolDatabase } from '../db/connectors/pg-pool.js';
+import { createPgDatabase } from '../db/connectors/pg-pool.js';
 import type { QueryResult, Row, Statement } from '../db/types.js';
 import type { StatsSnapshot } from '../stats/registry.js';
 
@@ -107,8 +107,9 @@ export function createNodeClient(options: NodeClientOptions = {}): NodeClient {
   const connectionString = connectionStringOf(options, env);
   const config = parseConfig({ ...env, DATABASE_URL: connectionString });
   const log = config.logLevel === 'silent' ? undefined : (line: string) => console.warn(line);
-  const database = createPgPoolDatabase(
+  const database = createPgDatabase(
     { ...config.pool, connectionString, requestTimeoutMs: config.requestTimeoutMs },
+    { urls: config.replicaUrls, ...config.replicas },
     { Pool: pg.Pool, Client: pg.Client, log },
   );
   let neonClient: NeonQueryFunction<false, false> | undefined;

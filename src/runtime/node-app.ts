@@ -7,7 +7,7 @@ import type { Context } from 'hono';
 import pg from 'pg';
 import { buildApp, createPoolgate } from '../app.js';
 import type { Config } from '../config.js';
-import { createPgPoolDatabase, type PgPoolDatabase } from '../db/connectors/pg-pool.js';
+import { createPgDatabase, type PgPoolDatabase } from '../db/connectors/pg-pool.js';
 import { Drain } from '../lifecycle/drain.js';
 import { verifyForward } from '../middleware/verify-forward.js';
 import { opsAccessFor } from '../routes/ops.js';
@@ -34,11 +34,17 @@ export interface NodeApp {
 
 export function createNodeApp(config: Config, options: NodeAppOptions): NodeApp {
   const { log } = options;
-  const database = createPgPoolDatabase(
+  const database = createPgDatabase(
     { ...config.pool, connectionString: options.connectionString, requestTimeoutMs: config.requestTimeoutMs },
+    { urls: config.replicaUrls, ...config.replicas },
     { Pool: pg.Pool, Client: pg.Client, log },
   );
-  const registry = new StatsRegistry({ scope: options.scope, pool: () => database.stats(), breakers: () => database.breakers() });
+  const registry = new StatsRegistry({
+    scope: options.scope,
+    pool: () => database.stats(),
+    breakers: () => database.breakers(),
+    replicas: () => database.replicaFigures?.(),
+  });
   const drain = new Drain();
   const verify =
     config.forwardSecret === undefined
@@ -59,6 +65,7 @@ export function createNodeApp(config: Config, options: NodeAppOptions): NodeApp 
     opsAccess: opsAccessFor({ token: config.opsToken, development: config.development, exposed: verify !== undefined }),
     readHeader: options.readHeader,
     onClientGone: options.onClientGone,
+    consistencyCookie: config.replicas.cookie,
   });
   return { app: buildApp(options.app, parts), database, registry, drain };
 }

@@ -1,5 +1,5 @@
 /** Renders a stats snapshot in the Prometheus text exposition format (version 0.0.4). */
-import type { AdmissionStats } from '../db/types.js';
+import type { AdmissionStats, ReplicaFigures } from '../db/types.js';
 import type { StatsSnapshot } from './registry.js';
 
 const esc = (v: string) => v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
@@ -211,5 +211,71 @@ export function renderPrometheus(snap: StatsSnapshot): string {
     snap.breakers.map((b) => [{ ...scope, upstream: b.name }, b.rejectedCount]),
   );
   family('poolgate_uptime_seconds', 'gauge', 'Seconds since this process or isolate started.', [[scope, snap.uptimeSeconds]]);
+  replicaFamilies(snap, family);
   return out.join('\n') + '\n';
+}
+
+type Family = (name: string, type: string, help: string, rows: [Record<string, string>, number][]) => void;
+
+/** The read replicas (DATABASE_REPLICA_URLS): where reads went, each replica's state, the tokens. */
+function replicaFamilies(snap: StatsSnapshot, family: Family): void {
+  const set = snap.replicas;
+  if (!set) return;
+  const scope = { scope: snap.scope };
+  family(
+    'poolgate_http_requests_by_server_total',
+    'counter',
+    'Requests by the server their reads went to (primary, replica-1 …).',
+    snap.routes.flatMap((r) =>
+      Object.entries(r.servers ?? {}).map(([server, n]): [Record<string, string>, number] => [
+        { ...scope, method: r.method, route: r.route, server },
+        n,
+      ]),
+    ),
+  );
+  const each = (f: (r: ReplicaFigures) => number) =>
+    set.replicas.map((r): [Record<string, string>, number] => [{ ...scope, replica: r.name }, f(r)]);
+  family(
+    'poolgate_replica_up',
+    'gauge',
+    'Whether the replica answered its last look (1) or is out (0).',
+    each((r) => (r.up ? 1 : 0)),
+  );
+  family(
+    'poolgate_replica_lag_seconds',
+    'gauge',
+    'How far behind the replica was at its last look.',
+    each((r) => r.lagMs / 1000),
+  );
+  family(
+    'poolgate_replica_in_flight',
+    'gauge',
+    'Reads running on the replica now.',
+    each((r) => r.inFlight),
+  );
+  family(
+    'poolgate_replica_reads_total',
+    'counter',
+    'Reads the replica served.',
+    each((r) => r.servedCount),
+  );
+  family(
+    'poolgate_replica_fell_back_total',
+    'counter',
+    'Reads that failed on the replica for its sake and ran on the primary.',
+    each((r) => r.fellBackCount),
+  );
+  family(
+    'poolgate_replica_check_errors_total',
+    'counter',
+    'Looks at the replica that failed.',
+    each((r) => r.checkErrorCount),
+  );
+  family('poolgate_replica_reads_on_primary_total', 'counter', 'Reads the primary served because no replica fit, by why.', [
+    [{ ...scope, reason: 'no_replica' }, set.onPrimary.noReplica],
+    [{ ...scope, reason: 'token' }, set.onPrimary.token],
+  ]);
+  family('poolgate_replica_tokens_honoured_total', 'counter', 'Reads with a consistency token served by a replica past it.', [
+    [scope, set.tokensHonoured],
+  ]);
 }

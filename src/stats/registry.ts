@@ -4,7 +4,7 @@
  * same snapshot as Prometheus text. Latency quantiles come from the most recent samples of each
  * route (a fixed ring), so memory stays bounded however long the process runs.
  */
-import type { ClientKind, PoolStats } from '../db/types.js';
+import type { ClientKind, PoolStats, ReplicaSetFigures } from '../db/types.js';
 import type { BreakerSnapshot } from '../resilience/breaker.js';
 
 export interface RequestSample {
@@ -19,6 +19,8 @@ export interface RequestSample {
   client: ClientKind | 'none';
   retries?: number;
   replayed?: boolean;
+  /** Where there are replicas: the server its reads went to (`primary`, `replica-1` …). */
+  server?: string;
 }
 
 export interface RouteSnapshot {
@@ -32,6 +34,8 @@ export interface RouteSnapshot {
   acquireWaitMs: { sum: number; mean: number; max: number };
   queries: { sum: number; perRequest: number };
   clients: Partial<Record<ClientKind | 'none', number>>;
+  /** Where there are replicas: requests by the server their reads went to. */
+  servers?: Record<string, number>;
   retryCount: number;
   replayCount: number;
 }
@@ -43,6 +47,8 @@ export interface StatsSnapshot {
   uptimeSeconds: number;
   routes: RouteSnapshot[];
   pool?: PoolStats;
+  /** The read replicas and what they served, where there are any (DATABASE_REPLICA_URLS). */
+  replicas?: ReplicaSetFigures;
   breakers: BreakerSnapshot[];
 }
 
@@ -61,6 +67,7 @@ class RouteStats {
   retryCount = 0;
   replayCount = 0;
   readonly clients: Partial<Record<ClientKind | 'none', number>> = {};
+  servers: Record<string, number> | undefined;
   readonly #ring = new Float64Array(RING);
 
   constructor(
@@ -81,6 +88,7 @@ class RouteStats {
     this.acquireMax = Math.max(this.acquireMax, s.acquireMs);
     this.querySum += s.queries;
     this.clients[s.client] = (this.clients[s.client] ?? 0) + 1;
+    if (s.server !== undefined) (this.servers ??= {})[s.server] = (this.servers[s.server] ?? 0) + 1;
     this.retryCount += s.retries ?? 0;
     if (s.replayed) this.replayCount++;
   }
@@ -100,6 +108,7 @@ class RouteStats {
       acquireWaitMs: { sum: round(this.acquireSum), mean: round(this.acquireSum / n), max: round(this.acquireMax) },
       queries: { sum: this.querySum, perRequest: round(this.querySum / n) },
       clients: { ...this.clients },
+      ...(this.servers ? { servers: { ...this.servers } } : {}),
       retryCount: this.retryCount,
       replayCount: this.replayCount,
     };
@@ -114,6 +123,8 @@ export interface StatsRegistryOptions {
   pool?: () => PoolStats | undefined;
   /** Circuit breakers to report, read at snapshot time. */
   breakers?: () => BreakerSnapshot[];
+  /** Read replicas, read at snapshot time. */
+  replicas?: () => ReplicaSetFigures | undefined;
 }
 
 export class StatsRegistry {
@@ -134,12 +145,14 @@ export class StatsRegistry {
 
   snapshot(): StatsSnapshot {
     const pool = this.options.pool?.();
+    const replicas = this.options.replicas?.();
     return {
       scope: this.options.scope,
       startedAt: new Date(this.#started).toISOString(),
       uptimeSeconds: Math.round((Date.now() - this.#started) / 1000),
       routes: [...this.#routes.values()].map((r) => r.snapshot()),
       ...(pool ? { pool } : {}),
+      ...(replicas ? { replicas } : {}),
       breakers: this.options.breakers?.() ?? [],
     };
   }

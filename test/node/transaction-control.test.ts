@@ -13,7 +13,7 @@
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createPgPoolDatabase, type PgPoolDatabase } from '../../src/db/connectors/pg-pool.js';
+import { createPgPoolDatabase, type PgServerDatabase } from '../../src/db/connectors/pg-pool.js';
 import type { QueryObserver } from '../../src/db/types.js';
 import { createNodeClient, type NodeClient } from '../../src/runtime/functions.js';
 import { POOL } from '../contract/backends.js';
@@ -22,7 +22,7 @@ import { appErrorOf } from '../helpers/observer.js';
 
 let db: TestDatabase;
 let client: NodeClient;
-let database: PgPoolDatabase;
+let database: PgServerDatabase;
 
 const tag = () => randomBytes(4).toString('hex');
 const itemsNamed = async (name: string) => Number((await db.admin('SELECT count(*) AS n FROM items WHERE name = $1', [name])).rows[0].n);

@@ -13,9 +13,11 @@
 import type * as Neon from '@neondatabase/serverless';
 import { describeError } from '../../errors.js';
 import { createDatabase, type CoreDatabase } from '../core/database.js';
+import { Replica, REPLICA_BREAKER, ReplicatedDatabase } from '../core/replicas.js';
+import type { BreakerTuning } from '../../resilience/breaker.js';
 import type { OneShotConnector, Session, SessionConnector, SessionSource } from '../core/connector.js';
 import { RESULT_MAX_BYTES, RESULT_MAX_ROWS } from '../../config.js';
-import type { QueryResult, Statement, TxOptions } from '../types.js';
+import type { Database, QueryResult, Statement, TxOptions } from '../types.js';
 import { sendCancelRequest } from './cancel.js';
 import { classified } from './driver-errors.js';
 import {
@@ -38,6 +40,8 @@ export interface NeonConnectorOptions {
   log?: (line: string) => void;
   /** RESULT_MAX_ROWS / RESULT_MAX_BYTES (default: config's); see the module header for Neon HTTP. */
   resultLimits?: ResultLimits;
+  /** Appended to the breakers' names (`neon-http-replica-1`): a replica's breakers are its own. */
+  upstreamSuffix?: string;
 }
 
 const limitsOf = (options: NeonConnectorOptions): ResultLimits =>
@@ -73,7 +77,7 @@ export function neonHttpConnector(options: NeonConnectorOptions): OneShotConnect
   const limits = limitsOf(options);
   return {
     kind: 'neon-http',
-    upstream: 'neon-http',
+    upstream: `neon-http${options.upstreamSuffix ?? ''}`,
     async query(s: Statement, signal: AbortSignal) {
       const work = sql.query(s.text, s.params as unknown[], { fullResults: true, fetchOptions: { signal } });
       return (await httpResults(limits, work, (r) => [toResult(r)]))[0]!;
@@ -96,7 +100,7 @@ export function neonWsConnector(options: NeonConnectorOptions): SessionConnector
   const onError = (err: unknown) => log(`poolgate: neon websocket error (${describeError(err)}); the connection will be discarded`);
   return {
     kind: 'neon-ws',
-    upstream: 'neon-ws',
+    upstream: `neon-ws${options.upstreamSuffix ?? ''}`,
     source(): SessionSource {
       let pool: Neon.Pool | undefined;
       // COMMITs answered before the server did (read-only transactions): end() waits for them.
@@ -199,12 +203,36 @@ function wsSession(
  * import * as driver from '@neondatabase/serverless';
  * const database = createNeonDatabase({ connectionString: env.DATABASE_URL, driver, queryTimeoutMs: 10_000 });
  */
-export function createNeonDatabase(options: NeonConnectorOptions & { queryTimeoutMs: number }): CoreDatabase {
+export function createNeonDatabase(options: NeonConnectorOptions & { queryTimeoutMs: number; breaker?: BreakerTuning }): CoreDatabase {
   return createDatabase({
     oneShot: neonHttpConnector(options),
     sessions: neonWsConnector(options),
     oneShotTimeoutMs: options.queryTimeoutMs,
+    breaker: options.breaker,
   });
+}
+
+/**
+ * The edge backend with its read replicas, if any (DATABASE_REPLICA_URLS; db/core/replicas.ts):
+ * each replica Neon HTTP and WebSocket of its own. Writes never run here (they are forwarded), so
+ * the primary tells no positions: the Node function's responses carry the tokens these reads honour.
+ */
+export function createNeonReplicatedDatabase(
+  options: NeonConnectorOptions & { queryTimeoutMs: number },
+  replicas: { urls: readonly string[]; maxLagMs: number; checkIntervalMs: number },
+): Database {
+  const primary = createNeonDatabase(options);
+  if (replicas.urls.length === 0) return primary;
+  const set = replicas.urls.map((url, i) => {
+    const database = createNeonDatabase({
+      ...options,
+      connectionString: url,
+      upstreamSuffix: `-replica-${i + 1}`,
+      breaker: REPLICA_BREAKER,
+    });
+    return new Replica(`replica-${i + 1}`, database);
+  });
+  return new ReplicatedDatabase(primary, set, { maxLagMs: replicas.maxLagMs, checkIntervalMs: replicas.checkIntervalMs });
 }
 
 /** The driver settings a local proxy needs (the same in driver 1.x and 0.10.x). */

@@ -43,6 +43,8 @@ import { changesSession } from '../core/statement-kind.js';
 
 export interface PgPipelineOptions {
   connectionString: string;
+  /** The breaker's name, the pool's (they share it). */
+  upstream?: string;
   /** How many pipelined connections (lanes). */
   lanes: number;
   /** A lane whose oldest statement has run this long takes no more (head-of-line blocking). */
@@ -177,7 +179,7 @@ class Lane {
 
 export class PgPipelineConnector implements OneShotConnector {
   readonly kind = 'pg-pipeline';
-  readonly upstream = 'postgres';
+  readonly upstream: string;
   readonly readsOnly = true;
   readonly shared = true;
   readonly #lanes: (Lane | undefined)[];
@@ -209,6 +211,7 @@ export class PgPipelineConnector implements OneShotConnector {
 
   constructor(options: PgPipelineOptions, driver: PgPipelineDriver) {
     this.#options = options;
+    this.upstream = options.upstream ?? 'postgres';
     this.#driver = driver;
     this.#support = options.support ?? new SourceSupport(driver.log);
     this.#lanes = Array.from({ length: options.lanes }, () => undefined);

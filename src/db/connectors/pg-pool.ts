@@ -9,8 +9,10 @@ import type pg from 'pg';
 import { PREPARED_STATEMENTS_MAX, RESULT_MAX_BYTES, RESULT_MAX_ROWS, type PoolConfig } from '../../config.js';
 import { describeError } from '../../errors.js';
 import { createDatabase, type CoreDatabase } from '../core/database.js';
+import { Replica, REPLICA_BREAKER, ReplicatedDatabase } from '../core/replicas.js';
+import type { BreakerTuning } from '../../resilience/breaker.js';
 import type { PoolFigures, Session, SessionConnector, SessionSource } from '../core/connector.js';
-import type { QueryResult } from '../types.js';
+import type { Database, QueryResult } from '../types.js';
 import { CANCEL_GRACE_MS, sendCancelRequest } from './cancel.js';
 import { classified } from './driver-errors.js';
 import { now } from '../../stats/clock.js';
@@ -49,6 +51,12 @@ export interface PgPoolConnectorOptions extends Omit<PoolConfig, keyof PreparedO
   budget?: PoolConfig['budget'];
   /** Requests' deadline; the session statement_timeout is never longer. */
   requestTimeoutMs?: number;
+  /** The breaker's name in /stats and /metrics (default `postgres`; a replica: `postgres-replica-1` …). */
+  upstream?: string;
+  /** Tell requests the WAL position after their writes (a primary with replicas). */
+  positions?: boolean;
+  /** The breaker's tuning (a replica probes at least every second, so it is back in rotation soon after its return). */
+  breaker?: BreakerTuning;
 }
 
 export interface PgDriver {
@@ -60,7 +68,7 @@ export interface PgDriver {
 
 export class PgPoolConnector implements SessionConnector {
   readonly kind = 'pg-pool';
-  readonly upstream = 'postgres';
+  readonly upstream: string;
   readonly pool: pg.Pool;
   readonly #fresh = new WeakSet<pg.PoolClient>();
   readonly #source: SessionSource;
@@ -89,6 +97,7 @@ export class PgPoolConnector implements SessionConnector {
 
   constructor(options: PgPoolConnectorOptions, driver: PgDriver) {
     this.#options = { ...options }; // its applicationName gets the instance id: the caller's object stays as it was
+    this.upstream = options.upstream ?? 'postgres';
     this.#driver = driver;
     this.#Query = queryClassOf(driver.Client);
     this.support = new SourceSupport(driver.log);
@@ -351,7 +360,11 @@ export class PgPoolConnector implements SessionConnector {
   }
 }
 
-export type PgPoolDatabase = CoreDatabase & { readonly pool: pg.Pool };
+/** One server's backend: the core over its pg Pool (`pool`, for its own tools) and lanes. */
+export type PgServerDatabase = CoreDatabase & { readonly pool: pg.Pool };
+
+/** The Node backend: the primary's pg Pool (`pool`) and, where configured, its read replicas. */
+export type PgPoolDatabase = Database & { readonly pool: pg.Pool; warm(count: number): Promise<void> };
 
 /**
  * The Node backend: the pg Pool connector under the core, with bounded admission.
@@ -359,7 +372,7 @@ export type PgPoolDatabase = CoreDatabase & { readonly pool: pg.Pool };
  * const database = createPgPoolDatabase({ ...config.pool, connectionString }, { Pool: pg.Pool, Client: pg.Client, log });
  * await database.warm(config.pool.min);
  */
-export function createPgPoolDatabase(options: PgPoolConnectorOptions, driver: PgDriver): PgPoolDatabase {
+export function createPgPoolDatabase(options: PgPoolConnectorOptions, driver: PgDriver): PgServerDatabase {
   // `max` is the budget (or the share of one, POOL_BUDGET): the lanes open inside it as reads
   // overlap, the pool gets the rest (see PgPoolConnector#resize), and keeps at least one.
   const lanes = Math.max(0, Math.min(options.pipelineLanes ?? 0, options.max - 1));
@@ -369,6 +382,7 @@ export function createPgPoolDatabase(options: PgPoolConnectorOptions, driver: Pg
       ? new PgPipelineConnector(
           {
             connectionString: options.connectionString,
+            upstream: connector.upstream,
             lanes,
             slowReadMs: options.pipelineSlowReadMs,
             statementTimeoutMs: connector.sessionStatementTimeoutMs,
@@ -404,6 +418,8 @@ export function createPgPoolDatabase(options: PgPoolConnectorOptions, driver: Pg
     },
     sessionStatementTimeoutMs: connector.sessionStatementTimeoutMs,
     log: driver.log,
+    positions: options.positions,
+    breaker: options.breaker,
   });
   // Warm no more than the share allows (looked up first): warming waits for all its connections at once.
   const warm = database.warm.bind(database);
@@ -412,4 +428,33 @@ export function createPgPoolDatabase(options: PgPoolConnectorOptions, driver: Pg
     return warm(Math.min(count, connector.pool.options.max));
   };
   return Object.assign(database, { pool: connector.pool, warm: warmInShare });
+}
+
+/** Read replicas beside the primary (DATABASE_REPLICA_URLS, REPLICA_MAX_LAG_MS, REPLICA_CHECK_INTERVAL_MS). */
+export interface PgReplicaOptions {
+  urls: readonly string[];
+  maxLagMs: number;
+  checkIntervalMs: number;
+}
+
+/**
+ * The Node backend with its read replicas, if any (db/core/replicas.ts): each replica a pg Pool
+ * backend of its own (the same settings, its own breaker `postgres-replica-<n>`), the primary
+ * telling each write its WAL position (the consistency token).
+ * @example const database = createPgDatabase({ ...config.pool, connectionString }, { urls, maxLagMs: 5000, checkIntervalMs: 500 }, driver);
+ */
+export function createPgDatabase(
+  options: PgPoolConnectorOptions,
+  replicas: PgReplicaOptions | undefined,
+  driver: PgDriver,
+): PgPoolDatabase {
+  if (!replicas?.urls.length) return createPgPoolDatabase(options, driver);
+  const primary = createPgPoolDatabase({ ...options, positions: true }, driver);
+  const set = replicas.urls.map((url, i) => {
+    const upstream = `postgres-replica-${i + 1}`;
+    const replica = createPgPoolDatabase({ ...options, connectionString: url, upstream, breaker: REPLICA_BREAKER }, driver);
+    return new Replica(`replica-${i + 1}`, replica);
+  });
+  const database = new ReplicatedDatabase(primary, set, { maxLagMs: replicas.maxLagMs, checkIntervalMs: replicas.checkIntervalMs });
+  return Object.assign(database, { pool: primary.pool });
 }

@@ -13,6 +13,7 @@
 import { AppError } from '../../errors.js';
 import type { Session } from '../core/connector.js';
 import { changesSession, mayChangeSession } from '../core/statement-kind.js';
+import { COMMIT_WITH_POSITION, positionOf } from '../consistency.js';
 import type { QueryResult, TxOptions } from '../types.js';
 
 /** The parts of pg's Query and Connection the BEGIN piggyback uses; not in pg's types. */
@@ -51,12 +52,17 @@ export function beginStatement(opts: TxOptions): string {
   return sql;
 }
 
-/** A pg-shaped result (node-postgres, the Neon driver's HTTP and WebSocket) as the core's QueryResult. */
-export const toResult = (r: { rows: unknown[]; rowCount?: number | null; command?: string }): QueryResult => ({
-  rows: r.rows as QueryResult['rows'],
-  rowCount: r.rowCount ?? null,
-  command: r.command,
-});
+type PgShaped = { rows: unknown[]; rowCount?: number | null; command?: string };
+
+/**
+ * A pg-shaped result (node-postgres, the Neon driver's HTTP and WebSocket) as the core's
+ * QueryResult. A script of several statements answers with its first command's tag (a COMMIT's
+ * outcome) and its last statement's rows.
+ */
+export const toResult = (r: PgShaped | PgShaped[]): QueryResult => {
+  const last = Array.isArray(r) ? r[r.length - 1]! : r;
+  return { rows: last.rows as QueryResult['rows'], rowCount: last.rowCount ?? null, command: Array.isArray(r) ? r[0]!.command : r.command };
+};
 
 const answered = (command: string): QueryResult => ({ rows: [], rowCount: null, command });
 
@@ -91,7 +97,7 @@ export function pgSession(parts: PgSessionParts): Session {
       throw err;
     }
   };
-  const end = async (command: 'COMMIT' | 'ROLLBACK') => {
+  const end = async (command: 'COMMIT' | 'ROLLBACK', position = false): Promise<QueryResult & { position?: string }> => {
     const ending = tx;
     tx = undefined;
     if (begin !== undefined) {
@@ -101,6 +107,10 @@ export function pgSession(parts: PgSessionParts): Session {
     if (command === 'COMMIT' && ending?.quickCommit && !ending.failed) {
       parts.inBackground!(parts.run('COMMIT', undefined, undefined));
       return answered('COMMIT');
+    }
+    if (command === 'COMMIT' && position && !ending?.failed) {
+      const result = await run(COMMIT_WITH_POSITION, undefined, true);
+      return { ...answered(result.command ?? 'COMMIT'), position: positionOf(result) };
     }
     return run(command);
   };
@@ -113,7 +123,7 @@ export function pgSession(parts: PgSessionParts): Session {
       tx = { quickCommit: quick, failed: false };
       return Promise.resolve();
     },
-    commit: () => end('COMMIT'),
+    commit: (options) => end('COMMIT', options?.position),
     rollback: async () => void (await end('ROLLBACK')),
     cancel: () => parts.cancel(),
     release: (discard) => parts.release(discard || changed),

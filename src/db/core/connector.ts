@@ -18,8 +18,12 @@ export interface Session {
   query(text: string, params?: readonly unknown[], script?: boolean): Promise<QueryResult>;
   /** Opens a transaction with these options (the connector may write it with the next statement). */
   begin(options: TxOptions): Promise<void>;
-  /** Commits; the server's tag is ROLLBACK when the transaction had failed. */
-  commit(): Promise<QueryResult>;
+  /**
+   * Commits; the server's tag is ROLLBACK when the transaction had failed. With `position`, the
+   * primary's WAL position after the COMMIT comes back too, read in the same round trip where the
+   * connector can (the consistency token); none when nothing was written or it could not be read.
+   */
+  commit(options?: { position?: boolean }): Promise<QueryResult & { position?: string }>;
   rollback(): Promise<void>;
   /**
    * Asks the server to stop what this session is running now (a protocol-level cancel where the

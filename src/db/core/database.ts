@@ -43,6 +43,8 @@ export interface CoreOptions {
   log?: (line: string) => void;
   /** Applied to the breakers the runners create (threshold, probe schedule; tests pass a fake clock). */
   breaker?: BreakerTuning;
+  /** Tell requests the WAL position after their writes (a primary with replicas: the consistency token; see SessionRunner). */
+  positions?: boolean;
 }
 
 const READ_BATCH: TxOptions = { isolation: 'repeatable read', readOnly: true };
@@ -77,6 +79,7 @@ export class CoreDatabase implements Database {
         sessionStatementTimeoutMs: options.sessionStatementTimeoutMs,
         budget: this.#budget,
         breakerOptions: options.breaker,
+        positions: options.positions,
       });
     this.oneShot =
       options.oneShot &&

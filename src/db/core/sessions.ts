@@ -10,6 +10,7 @@ import { admissionOf, Gate, priorityOf, type GateOptions, type Release, type She
 import { isRetryable, RetryBudget, withRetry, type RetryScope } from '../../resilience/retry.js';
 import { now } from '../../stats/clock.js';
 import type { AdmissionStats, QueryObserver, QueryResult, Queryable, TxOptions } from '../types.js';
+import { POSITION_SQL, positionOf } from '../consistency.js';
 import type { Checkout, PoolFigures, Session, SessionConnector, SessionSource } from './connector.js';
 import { asRefused, refuseTransactionControl } from './statement-kind.js';
 import { cutShort, remainingMs, watchDeadline, type FireReason } from './deadline.js';
@@ -25,6 +26,12 @@ export interface SessionRunnerOptions {
   breaker?: Breaker;
   /** For the breaker created when none is given. */
   breakerOptions?: BreakerTuning;
+  /**
+   * Tell each request the primary's WAL position after its writes (`observer.committed`, the
+   * consistency token): read with COMMIT in one round trip; after a transactional request's
+   * single statement, in one more. On where there are replicas to read from.
+   */
+  positions?: boolean;
 }
 
 /** How far past the session statement timeout a transaction must already be before it pays for set_config. */
@@ -33,7 +40,9 @@ const LATE_MS = 500;
 /** A session as the work on it sees it: the caller's statements, and the core's own transaction control. */
 interface OnSession extends Queryable {
   begin(options: TxOptions): Promise<void>;
-  commit(): Promise<QueryResult>;
+  commit(options?: { position?: boolean }): Promise<QueryResult & { position?: string }>;
+  /** The server's WAL position now (POSITION_SQL), outside the caller's statements and the refusals. */
+  position(): Promise<string | undefined>;
 }
 
 /**
@@ -64,7 +73,8 @@ function instrument(session: Session, observer: QueryObserver, inTransaction: bo
       }
     },
     begin: (options) => timed(() => session.begin(options)),
-    commit: () => timed(() => session.commit()),
+    commit: (options) => timed(() => session.commit(options)),
+    position: async () => positionOf(await timed(() => session.query(POSITION_SQL))),
   };
 }
 
@@ -109,7 +119,18 @@ export class SessionRunner {
   /** One statement on a session of its own. */
   statement(source: SessionSource, observer: QueryObserver, text: string, params?: readonly unknown[]): Promise<QueryResult> {
     const scope: RetryScope = observer.intent === 'read' ? 'read' : 'write';
-    return this.#run(source, observer, scope, false, (tx) => tx.query(text, params));
+    const tell = scope === 'write' ? this.#positionTo(observer) : undefined;
+    return this.#run(source, observer, scope, false, async (tx) => {
+      const result = await tx.query(text, params);
+      if (tell) tell(await tx.position().catch(() => undefined)); // the statement is done: a failed look must not fail it
+      return result;
+    });
+  }
+
+  /** Where a request hears the position after its writes, when positions are on and it listens. */
+  #positionTo(observer: QueryObserver): ((lsn: string | undefined) => void) | undefined {
+    if (!this.#options.positions || !observer.committed || observer.internal) return undefined;
+    return (lsn) => lsn !== undefined && observer.committed?.(lsn);
   }
 
   /** BEGIN … COMMIT around `fn`; the whole transaction runs again on 40001/40P01 or an error marked rerunnable (nothing of it applied). */
@@ -118,10 +139,12 @@ export class SessionRunner {
       await tx.begin(opts);
       await this.#tighten(tx, observer);
       const result = await fn({ query: (text, params) => tx.query(text, params) }); // the callback gets statements only, not our begin/commit
-      const commit = await tx.commit();
+      const tell = this.#positionTo(observer);
+      const commit = await tx.commit({ position: tell !== undefined });
       // A callback that caught a SQL error and carried on: the server had aborted the transaction
       // and answers COMMIT with ROLLBACK. Nothing was written, so the caller must not hear "done".
       if (commit.command === 'ROLLBACK') throw rolledBackAtCommit();
+      tell?.(commit.position);
       return result;
     });
   }
