@@ -112,7 +112,9 @@ describe.skipIf(!privatePostgresAvailable)('read replicas (a private primary and
     expect(route.servers['replica-1'] + route.servers['replica-2']).toBeGreaterThanOrEqual(80);
     const metrics = await (await fetch(`${t.url}/metrics`)).text();
     expect(metrics).toMatch(/^poolgate_replica_up\{scope="node",replica="replica-2"\} 1$/m);
-    expect(metrics).toMatch(/^poolgate_http_requests_by_server_total\{scope="node",method="GET",route="\/api\/users\/:id",server="replica-1"\} \d+$/m);
+    expect(metrics).toMatch(
+      /^poolgate_http_requests_by_server_total\{scope="node",method="GET",route="\/api\/users\/:id",server="replica-1"\} \d+$/m,
+    );
   }, 60_000);
 
   it("a malformed token is the caller's mistake: 400 invalid_consistency_token", async () => {
