@@ -52,6 +52,10 @@ export async function startTestGateway(overrides: Record<string, string> = {}, o
         POOL_MAX: '5',
         POOL_MIN: '1',
         SHUTDOWN_TIMEOUT_MS: '5000',
+        // The suite's files share one server but are no one deployment: a gateway must not size its
+        // pool by other files' connections (a share that shrank mid-test reopened a connection in
+        // stats.test). The budget's own tests turn it on (connection-budget.test.ts).
+        POOL_BUDGET: 'off',
         ...overrides,
         APPLICATION_NAME: applicationName,
       },
