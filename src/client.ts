@@ -21,6 +21,7 @@
  * - a TypeError for other misuse (a `sql` call without a template, a tx used after its callback).
  * `toAppError(err)` maps any of them onto one AppError (status, code), e.g. to answer an HTTP request.
  */
+import { formatToken, laterLsn } from './db/consistency.js';
 import type { Database, Db, QueryResult, Queryable, Row, Statement, TxOptions } from './db/types.js';
 import { AppError, isConnectionError, isTimeoutError, toAppError } from './errors.js';
 import { newMetrics, type RequestMetrics } from './middleware/conn-stats.js';
@@ -35,6 +36,12 @@ export interface CallOptions {
   timeoutMs?: number;
   /** Aborting it cancels the call's database work at once (`client_closed`, or the signal's reason when that is an AppError). */
   signal?: AbortSignal;
+  /**
+   * Read-your-writes with read replicas (DATABASE_REPLICA_URLS): a token a write returned
+   * (`client.consistencyToken()`, or a Poolgate-Consistency header); the read is served only where
+   * that write is seen. Malformed: `invalid_consistency_token`.
+   */
+  consistency?: string;
 }
 
 export interface QueryOptions extends CallOptions {
@@ -84,6 +91,11 @@ export interface PoolgateClient {
   getStats(): StatsSnapshot;
   /** Ends the pool once; a second call returns the same promise. Later calls fail with `shutting_down`. */
   close(): Promise<void>;
+  /**
+   * With read replicas: the consistency token of this client's latest write (`lsn=…`), to pass as
+   * `{ consistency }` to reads that must see it, or to hand to another process. Undefined before any.
+   */
+  consistencyToken(): string | undefined;
 }
 
 export interface ClientOptions<E extends object = object> {
@@ -148,6 +160,8 @@ class Calls {
   readonly #timeoutMs: number;
   readonly #onClose: (() => void) | undefined;
   #closing: Promise<void> | undefined;
+  /** The primary's position after this client's latest write (replicas only). */
+  latestPosition: string | undefined;
 
   constructor(database: Database, options: ClientOptions) {
     this.#database = database;
@@ -169,6 +183,7 @@ class Calls {
     const metrics = newMetrics(options.timeoutMs ?? this.#timeoutMs);
     metrics.intent = INTENT[kind];
     metrics.signal = options.signal;
+    metrics.tokenSent = () => options.consistency;
     const db = this.#database.forRequest(metrics);
     let status = 200;
     try {
@@ -180,6 +195,7 @@ class Calls {
     } finally {
       // A per-call WebSocket pool (the edge's transactions) is ended before the call returns.
       await db.end?.()?.catch(() => {});
+      this.latestPosition = laterLsn(this.latestPosition, metrics.position);
       this.#record(call, kind, status, metrics);
     }
   }
@@ -207,6 +223,7 @@ class Calls {
       queries: m.queries,
       client: m.client,
       retries: m.retries,
+      server: m.server,
     });
   }
 }
@@ -256,6 +273,7 @@ export function createClient<E extends object = object>(database: Database, opti
     healthCheck: (timeoutMs = HEALTH_TIMEOUT_MS) => calls.health(timeoutMs),
     getStats: () => calls.registry.snapshot(),
     close: () => calls.close(),
+    consistencyToken: () => (calls.latestPosition === undefined ? undefined : formatToken({ lsn: calls.latestPosition })),
   };
   return { ...options.extras, ...client } as PoolgateClient & E;
 }

@@ -38,6 +38,8 @@ export interface RequestMetrics extends QueryObserver {
   server?: string;
   /** The primary's WAL position after the request's writes: sent back as its consistency token. */
   position?: string;
+  /** Reads the client's token as sent (header, else cookie), when a read first needs it: most requests never do. */
+  tokenSent?: () => string | undefined;
 }
 
 export interface ConnStatsVariables {
@@ -96,7 +98,6 @@ class Metrics implements RequestMetrics {
   headersWritten?: boolean;
   server?: string;
   position?: string;
-  /** Reads the client's token as sent (header, else cookie), when a read first needs it: most requests never do. */
   tokenSent?: () => string | undefined;
   #consistency: { lsn: string } | undefined | null = null;
 

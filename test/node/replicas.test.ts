@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { json, startTestGateway, waitFor, type TestGateway } from '../helpers/gateway.js';
 import { privatePostgresAvailable, privateTestDatabase } from '../helpers/private-postgres.js';
 import { startReplicaSet, type ReplicaSet } from '../helpers/private-replicas.js';
+import { createNodeClient } from '../../src/runtime/functions.js';
 
 const DB = 'poolgate_replicas';
 const HEADER = 'poolgate-consistency';
@@ -115,6 +116,39 @@ describe.skipIf(!privatePostgresAvailable)('read replicas (a private primary and
     expect(metrics).toMatch(
       /^poolgate_http_requests_by_server_total\{scope="node",method="GET",route="\/api\/users\/:id",server="replica-1"\} \d+$/m,
     );
+  }, 60_000);
+
+  it("poolgate/functions: a read given the client's own consistency token sees its write; reads go to the replicas", async () => {
+    const client = createNodeClient({
+      env: {
+        DATABASE_URL: set.primary.url(DB),
+        DATABASE_REPLICA_URLS: set.standbys.map((s) => s.url(DB)).join(','),
+        REPLICA_CHECK_INTERVAL_MS: '100',
+        POOL_MAX: '4',
+        LOG_LEVEL: 'silent',
+      },
+    });
+    await Promise.all(set.standbys.map((s) => s.setApplyDelay(700)));
+    try {
+      expect(client.consistencyToken()).toBeUndefined();
+      let stale = 0;
+      for (let i = 0; i < 10; i++) {
+        const email = `f-${randomUUID()}@example.com`;
+        await client.executeTransaction((tx) => tx.query("INSERT INTO users (email, name) VALUES ($1, 'f')", [email]));
+        const token = client.consistencyToken();
+        expect(token).toMatch(/^lsn=/);
+        const seen = await client.executeQuery('SELECT 1 FROM users WHERE email = $1', [email], { kind: 'read', consistency: token });
+        expect(seen.rowCount).toBe(1);
+        const bare = await client.executeQuery('SELECT 1 FROM users WHERE email = $1', [email], 'read');
+        if (bare.rowCount === 0) stale++;
+      }
+      expect(stale).toBeGreaterThan(0); // token-less reads went to the lagging replicas
+      const reads = client.getStats().routes.find((r) => r.method === 'executeQuery' && r.route === 'read')!;
+      expect(Object.keys(reads.servers ?? {}).some((s) => s.startsWith('replica-'))).toBe(true);
+    } finally {
+      await Promise.all(set.standbys.map((s) => s.setApplyDelay(0)));
+      await client.close();
+    }
   }, 60_000);
 
   it("a malformed token is the caller's mistake: 400 invalid_consistency_token", async () => {
