@@ -293,7 +293,7 @@ export interface MixRequest {
   /** What the request is, for the tallies (e.g. 'fast', 'slow', 'write'). */
   kind: string;
   url: string;
-  method?: 'GET' | 'POST';
+  method?: 'GET' | 'POST' | 'PATCH';
   body?: string;
   headers?: Record<string, string>;
   /** The client gives up after this many ms (AbortController): the request counts as aborted if no full answer came first. */
@@ -312,6 +312,8 @@ export interface MixOutcome {
   /** The error body's `error.code`, when the answer was not 2xx. */
   code?: string;
   retryAfter?: string;
+  /** The server's own time for the answer: the `total` entry of its Server-Timing header, when it sent one. */
+  serverMs?: number;
   /** The parsed body of a 2xx answer to a POST (its id, for the bench's own checks). */
   body?: unknown;
   /** The socket error, for answers that never came. */
@@ -329,6 +331,17 @@ export interface MixSpec {
   timeoutMs?: number;
   /** Stops the clients early (each finishes or aborts its request in flight). */
   signal?: AbortSignal;
+  /** At most this many requests in all, over every client (default: as many as the duration allows). */
+  requests?: number;
+}
+
+/**
+ * The `total` of a Server-Timing header (poolgate's conn-stats writes `…, total;dur=1.23, …`): the
+ * server's time from taking the request to answering it, without the network or the client's own lag.
+ */
+export function serverTotalMs(header: string | null): number | undefined {
+  const m = header && /(?:^|,)\s*total;(?:[^,]*;)?dur=([\d.]+)/.exec(header);
+  return m ? Number(m[1]) : undefined;
 }
 
 async function sendOne(req: MixRequest, t0: number, timeoutMs: number): Promise<MixOutcome> {
@@ -362,14 +375,16 @@ async function sendOne(req: MixRequest, t0: number, timeoutMs: number): Promise<
     clearTimeout(abortTimer);
     aborted = false;
     const retryAfter = res.headers.get('retry-after') ?? undefined;
-    if (res.ok) return end({ status: res.status, ...(req.method === 'POST' ? { body: JSON.parse(text) as unknown } : {}) });
+    const serverMs = serverTotalMs(res.headers.get('server-timing'));
+    const timing = serverMs === undefined ? {} : { serverMs };
+    if (res.ok) return end({ status: res.status, ...timing, ...(req.method === 'POST' ? { body: JSON.parse(text) as unknown } : {}) });
     let code: string | undefined;
     try {
       code = (JSON.parse(text) as { error?: { code?: string } }).error?.code;
     } catch {
       code = 'not-json';
     }
-    return end({ status: res.status, ...(code ? { code } : {}), ...(retryAfter ? { retryAfter } : {}) });
+    return end({ status: res.status, ...timing, ...(code ? { code } : {}), ...(retryAfter ? { retryAfter } : {}) });
   } catch (err) {
     clearTimeout(abortTimer);
     return end({
@@ -381,15 +396,17 @@ async function sendOne(req: MixRequest, t0: number, timeoutMs: number): Promise<
 
 /**
  * `connections` clients, each sending its next request as soon as the last one ended, for
- * `durationMs` (requests in flight then finish; none is cut). Returns the run's length in ms.
+ * `durationMs` or until `requests` were sent (requests in flight then finish; none is cut).
+ * Returns the run's length in ms.
  */
 export async function runMix(spec: MixSpec): Promise<number> {
   const t0 = now();
   const until = t0 + spec.durationMs;
   const timeoutMs = spec.timeoutMs ?? 10_000;
+  let left = spec.requests ?? Infinity;
   await Promise.all(
     Array.from({ length: spec.connections }, async (_, client) => {
-      while (now() < until && !spec.signal?.aborted) {
+      while (now() < until && !spec.signal?.aborted && left-- > 0) {
         const req = spec.next(client);
         spec.onOutcome(await sendOne(req, t0, timeoutMs), req);
       }
@@ -402,29 +419,33 @@ export async function runMix(spec: MixSpec): Promise<number> {
 // pg_stat_activity sampler
 
 export interface ConnectionPeaks {
-  /** Peak number of connections to the bench database (the sampler's own excluded). */
+  /** Peak number of connections counted (see ConnectionSampler: the bench database's, or the server's client backends). */
   total: number;
   /** Peak per application_name ('' when a client set none). */
   byApp: Record<string, number>;
   sampleCount: number;
+  /** The longest time between two samples' starts: a starved sampler shows here. */
+  longestGapMs: number;
   /** Peak, over samples, of the summed counts of applications matching `match`. */
   peakOf(match: (applicationName: string) => boolean): number;
 }
 
 /**
- * Counts the bench database's connections by application_name every `intervalMs` on its own
- * connection, from start() to stop(). One query in flight at a time: a slow sample delays the
- * next rather than piling up.
+ * Counts connections by application_name every `intervalMs` on its own connection, from start()
+ * to stop(): the bench database's (the sampler's own excluded), or with `database` undefined every
+ * client backend of the server, the sampler's own included (it holds a slot of max_connections
+ * too). One query in flight at a time: a slow sample delays the next rather than piling up.
  */
 export class ConnectionSampler {
   readonly #client: pg.Client;
-  readonly #database: string;
+  readonly #database: string | undefined;
   readonly #intervalMs: number;
   #samples: Map<string, number>[] = [];
+  #sampledAt: number[] = [];
   #running: Promise<void> | undefined;
   #stopping = false;
 
-  constructor(client: pg.Client, database: string, intervalMs = 50) {
+  constructor(client: pg.Client, database: string | undefined, intervalMs = 50) {
     this.#client = client;
     this.#database = database;
     this.#intervalMs = intervalMs;
@@ -432,22 +453,30 @@ export class ConnectionSampler {
 
   /** One sample now, outside a step (e.g. to check headroom). */
   async count(): Promise<Map<string, number>> {
-    const { rows } = await this.#client.query<{ app: string; n: number }>(
-      `SELECT coalesce(application_name, '') AS app, count(*)::int AS n
-       FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() GROUP BY 1`,
-      [this.#database],
-    );
+    const { rows } =
+      this.#database === undefined
+        ? await this.#client.query<{ app: string; n: number }>(
+            `SELECT coalesce(application_name, '') AS app, count(*)::int AS n
+             FROM pg_stat_activity WHERE backend_type = 'client backend' GROUP BY 1`,
+          )
+        : await this.#client.query<{ app: string; n: number }>(
+            `SELECT coalesce(application_name, '') AS app, count(*)::int AS n
+             FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() GROUP BY 1`,
+            [this.#database],
+          );
     return new Map(rows.map((r) => [r.app, r.n]));
   }
 
   start(maxDurationMs = 120_000): void {
     if (this.#running) throw new Error('The sampler is already running; stop() it before starting it again.');
     this.#samples = [];
+    this.#sampledAt = [];
     this.#stopping = false;
     const deadline = now() + maxDurationMs;
     this.#running = (async () => {
       while (!this.#stopping && now() < deadline) {
         const t = now();
+        this.#sampledAt.push(t);
         try {
           this.#samples.push(await this.count());
         } catch {
@@ -463,6 +492,8 @@ export class ConnectionSampler {
     await this.#running;
     this.#running = undefined;
     const samples = this.#samples;
+    let longestGapMs = 0;
+    for (let i = 1; i < this.#sampledAt.length; i++) longestGapMs = Math.max(longestGapMs, this.#sampledAt[i]! - this.#sampledAt[i - 1]!);
     const byApp: Record<string, number> = {};
     let total = 0;
     for (const s of samples) {
@@ -477,6 +508,7 @@ export class ConnectionSampler {
       total,
       byApp,
       sampleCount: samples.length,
+      longestGapMs,
       peakOf(match) {
         let peak = 0;
         for (const s of samples) {

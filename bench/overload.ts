@@ -5,8 +5,10 @@
  * a time) and the measured maximum goodput (a closed loop of 2 × POOL_MAX clients); then open-loop
  * arrivals — requests sent at a fixed rate whatever the answers, as independent users do — at 1×,
  * 3× and 5× that maximum, 15 s each with a pause between. Per step: admitted p99 and goodput over
- * its last 5 s, the shed answers (503) and how fast they came, and when it settled (the first
- * second from which every second admits half the maximum or more, its p99 within 2× the unloaded p99).
+ * its last 5 s, the shed answers (503) and how fast they came — as the client saw them, and for the
+ * gate's sheds (`overloaded`) at the server too (their Server-Timing `total`: the app's own time,
+ * without the load generator's lag on the same cores) — and when it settled (the first second from which every second admits half the
+ * maximum or more, its p99 within 2× the unloaded p99).
  *
  * Database: BENCH_DATABASE_URL, else DATABASE_URL, else postgres://postgres@127.0.0.1:5432/test;
  * works in poolgate_overload_<pid>, dropped at the end. Writes bench/results/<date>-overload.json.
@@ -16,7 +18,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { quickOrExit, runIfMain } from './cli.js';
 import { createBenchDatabase, prepareSchema, sourceDatabaseUrl } from './database.js';
-import { latencyOf, now, runMix } from './load.js';
+import { latencyOf, now, runMix, serverTotalMs } from './load.js';
 import { SLOW_PATH } from './mixed-app.js';
 import { localDate } from './report.js';
 import { launchTarget } from './targets.js';
@@ -34,6 +36,8 @@ interface Answer {
   ms: number;
   status: number | 'error';
   code?: string;
+  /** The server's own time for it (Server-Timing `total`): without the client's lag and the network. */
+  serverMs?: number;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -44,7 +48,8 @@ async function send(url: string): Promise<Omit<Answer, 'sentMs'>> {
     const res = await fetch(url, { signal: AbortSignal.timeout(20_000) });
     const text = await res.text();
     const code = res.ok ? undefined : ((JSON.parse(text) as { error?: { code?: string } }).error?.code ?? '?');
-    return { ms: now() - started, status: res.status, ...(code ? { code } : {}) };
+    const serverMs = serverTotalMs(res.headers.get('server-timing'));
+    return { ms: now() - started, status: res.status, ...(code ? { code } : {}), ...(serverMs === undefined ? {} : { serverMs }) };
   } catch {
     return { ms: now() - started, status: 'error' };
   }
@@ -66,6 +71,24 @@ async function openLoop(url: string, perSec: number, forMs: number): Promise<Ans
 }
 
 const p99Of = (xs: number[]) => latencyOf(Float64Array.from(xs)).p99;
+
+/**
+ * The gate's sheds (503 `overloaded`) as the server timed them (Server-Timing `total`): p50, p99,
+ * max, and how many took ≤ 5 ms (issue 21's target). A 503 `pool_exhausted` is no shed: it waited
+ * in the queue until its acquire timeout.
+ */
+function shedAtServer(shed: Answer[]) {
+  const ms = shed.flatMap((a) => (a.code === 'overloaded' && a.serverMs !== undefined ? [a.serverMs] : []));
+  if (ms.length === 0) return {};
+  const l = latencyOf(Float64Array.from(ms));
+  return {
+    shedServerCount: ms.length,
+    shedServerP50Ms: l.p50,
+    shedServerP99Ms: l.p99,
+    shedServerMaxMs: l.max,
+    shedServerWithin5Ms: ms.filter((x) => x <= 5).length,
+  };
+}
 
 function summarize(answers: Answer[], unloadedP99: number, maxPerSec: number) {
   const window = answers.filter((a) => a.sentMs >= MEASURED_FROM_MS);
@@ -92,6 +115,7 @@ function summarize(answers: Answer[], unloadedP99: number, maxPerSec: number) {
     shed: shed.length,
     shedAnswerP50Ms: shed.length ? latencyOf(Float64Array.from(shed.map((a) => a.ms))).p50 : 0,
     shedAnswerP99Ms: shed.length ? p99Of(shed.map((a) => a.ms)) : 0,
+    ...shedAtServer(shed),
     otherThan200: codes,
     settledAtSec,
     perSecond,
@@ -147,7 +171,9 @@ async function main(): Promise<number> {
         steps[`${load}x`] = { load, perSecRate: rate, ...s };
         log(
           `${load}× (${rate.toFixed(0)} req/s): admitted p99 ${s.admittedP99Ms.toFixed(1)} ms (${s.admittedP99VsUnloaded.toFixed(2)}× unloaded), ` +
-            `goodput ${s.goodputPerSec.toFixed(1)}/s (${(s.goodputVsMax * 100).toFixed(0)}% of max), shed ${s.shed} (answer p50 ${s.shedAnswerP50Ms.toFixed(1)} / p99 ${s.shedAnswerP99Ms.toFixed(1)} ms), ` +
+            `goodput ${s.goodputPerSec.toFixed(1)}/s (${(s.goodputVsMax * 100).toFixed(0)}% of max), shed ${s.shed} (answer p50 ${s.shedAnswerP50Ms.toFixed(1)} / p99 ${s.shedAnswerP99Ms.toFixed(1)} ms; ` +
+            `'overloaded' at the server p50 ${s.shedServerP50Ms?.toFixed(2) ?? '–'} / p99 ${s.shedServerP99Ms?.toFixed(2) ?? '–'} / max ${s.shedServerMaxMs?.toFixed(1) ?? '–'} ms, ` +
+            `${s.shedServerWithin5Ms ?? 0} of ${s.shedServerCount ?? 0} within 5 ms), ` +
             `settled at ${s.settledAtSec ?? 'never'} s, other ${JSON.stringify(s.otherThan200)}`,
         );
       }

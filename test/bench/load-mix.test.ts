@@ -1,14 +1,15 @@
 /**
  * The bench's mixed closed-loop load (bench/load.ts runMix), against a real Node HTTP server on
  * loopback: each outcome says whether the client aborted the request before its answer, the
- * status, the error body's `code`, Retry-After, and the body of a POST's 2xx; an aborted request
- * closes its socket, so a server that got it sees its client leave (what the soak's aborts rely on).
+ * status, the error body's `code`, Retry-After, the server's own time (Server-Timing `total`) and
+ * the body of a POST's 2xx; an aborted request closes its socket, so a server that got it sees its
+ * client leave (what the soak's aborts rely on); a count of requests ends the run.
  */
 import { once } from 'node:events';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { runMix, type MixOutcome, type MixRequest } from '../../bench/load.js';
+import { runMix, serverTotalMs, type MixOutcome, type MixRequest } from '../../bench/load.js';
 import { waitFor } from '../helpers/wait.js';
 
 const closers: (() => Promise<unknown>)[] = [];
@@ -24,7 +25,12 @@ async function serve(): Promise<{ url: string; arrived: () => number; left: () =
     const send = (status: number, body: object, headers: Record<string, string> = {}) =>
       res.writeHead(status, { 'content-type': 'application/json', ...headers }).end(JSON.stringify(body));
     if (req.url === '/ok') return send(200, { ok: true });
-    if (req.url === '/busy') return send(503, { error: { code: 'overloaded' } }, { 'retry-after': '1' });
+    if (req.url === '/busy')
+      return send(
+        503,
+        { error: { code: 'overloaded' } },
+        { 'retry-after': '1', 'server-timing': 'acquire;dur=0.00, db;dur=0.00;desc="none 0q", total;dur=0.42' },
+      );
     if (req.url === '/create') return send(201, { id: 'w1' });
     arrived++;
     req.socket.once('close', () => void left++);
@@ -69,10 +75,32 @@ describe('runMix (bench load)', () => {
     expect(hang).toMatchObject({ kind: 'hang', aborted: true, error: 'aborted' });
     expect(hang!.status).toBeUndefined();
     expect(ok).toMatchObject({ kind: 'ok', aborted: false, status: 200 });
-    expect(busy).toMatchObject({ aborted: false, status: 503, code: 'overloaded', retryAfter: '1' });
+    expect(busy).toMatchObject({ aborted: false, status: 503, code: 'overloaded', retryAfter: '1', serverMs: 0.42 });
+    expect(ok!.serverMs).toBeUndefined(); // no Server-Timing, no figure
     expect(create).toMatchObject({ status: 201, body: { id: 'w1' } });
     // One that reached the server (under load the abort may come first) is seen leaving.
     expect(server.arrived()).toBeLessThanOrEqual(1);
     await waitFor(() => server.left() === server.arrived());
+  });
+
+  it('sends exactly `requests` requests over all its clients, then stops', async () => {
+    const server = await serve();
+    const outcomes: MixOutcome[] = [];
+    await runMix({
+      connections: 3,
+      durationMs: 5_000, // without the count, hundreds in this time
+      requests: 7,
+      next: () => ({ kind: 'ok', url: `${server.url}/ok` }),
+      onOutcome: (o) => outcomes.push(o),
+    });
+    expect(outcomes.map((o) => o.status)).toEqual(Array(7).fill(200));
+  });
+
+  it('reads the total of a Server-Timing header, wherever it stands', () => {
+    expect(serverTotalMs('acquire;dur=0.10, db;dur=1.20;desc="pg-pool 1q", total;dur=3.45')).toBe(3.45);
+    expect(serverTotalMs('total;dur=7')).toBe(7);
+    expect(serverTotalMs('total;desc="x";dur=2.5, node-total;dur=9')).toBe(2.5);
+    expect(serverTotalMs('node-total;dur=9')).toBeUndefined();
+    expect(serverTotalMs(null)).toBeUndefined();
   });
 });
