@@ -74,8 +74,6 @@ export interface LaneSlots {
   changed(): void;
   /** A lane's connect failed with `err` (53300: the server is full). */
   connectFailed(err: unknown): void;
-  /** Whether the pool beside the lanes could take a read now (an idle connection, or room to open one). */
-  poolHasRoom?(): boolean;
 }
 
 export interface PgPipelineDriver {
@@ -365,16 +363,13 @@ export class PgPipelineConnector implements OneShotConnector {
   /**
    * The least busy lane not stalled behind a slow statement; undefined when every lane is. A new
    * lane is opened only when every open one is busy, so a quiet process (a function serving one
-   * request at a time) keeps a single connection. A lane whose queue is past the limit still takes
-   * the read when the pool has no room either: overflowing into a full pool only queued reads
-   * behind its few sessions (a flood of four gateways shed 15–109 of 8,000 reads there, bench:scale).
+   * request at a time) keeps a single connection.
    */
   #pick(): Lane | undefined {
     if (this.#closed) return undefined;
     const at = now();
     const queueLimit = this.latency.queueLimitMs();
     let best: Lane | undefined;
-    let queued: Lane | undefined;
     let free = -1;
     for (let i = 0; i < this.#lanes.length; i++) {
       let lane = this.#lanes[i];
@@ -387,16 +382,12 @@ export class PgPipelineConnector implements OneShotConnector {
         if (free < 0 && at >= this.#openAfter) free = i; // backing off after failed connects: none opened
         continue;
       }
-      if (lane.stalled(at, this.#stallMs)) continue;
-      if (lane.pendingMs > queueLimit) {
-        if (queued === undefined || lane.pendingMs < queued.pendingMs) queued = lane;
-        continue;
-      }
+      if (lane.stalled(at, this.#stallMs) || lane.pendingMs > queueLimit) continue;
       if (best === undefined || lane.inFlight < best.inFlight) best = lane;
     }
     const wanted = free >= 0 && (best === undefined || best.inFlight > 0);
     if (wanted && this.#options.slots?.mayOpen() !== false) return (this.#lanes[free] = this.#open());
-    return best ?? (this.#options.slots?.poolHasRoom?.() === false ? queued : undefined);
+    return best;
   }
 
   /** Every lane stalled since the read was admitted: the least busy one still takes it. */

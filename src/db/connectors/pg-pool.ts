@@ -191,7 +191,6 @@ export class PgPoolConnector implements SessionConnector {
       connectFailed: (err) => {
         if (isTooMany(err)) this.budget?.refused(this.#held());
       },
-      poolHasRoom: () => this.pool.idleCount > 0 || this.pool.totalCount < this.pool.options.max,
     };
   }
 
