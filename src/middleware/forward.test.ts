@@ -243,6 +243,20 @@ describe('forwardTo: what travels to the Node function', FAST, () => {
     expect(await e.routeStats()).toMatchObject({ count: 1, clients: { forwarded: 1 }, statusClasses: { '2xx': 1 } });
   });
 
+  it("the Node side's consistency token and every one of its cookies come back (the application's own, and the token's)", async () => {
+    const headers = new Headers({ 'content-type': 'application/json', 'poolgate-consistency': 'lsn=0/3000060' });
+    headers.append('set-cookie', 'session=abc; Path=/; HttpOnly');
+    headers.append('set-cookie', 'poolgate_consistency=lsn%3D0%2F3000060; Path=/; Max-Age=300; HttpOnly; SameSite=Lax');
+    const node = fakeNode(() => Promise.resolve(new Response('{"id":"f","name":"F"}', { status: 201, headers })));
+    const res = await edge(node.fetch).post('{"id":"f","name":"F"}');
+    expect(res.status).toBe(201);
+    expect(res.headers.get('poolgate-consistency')).toBe('lsn=0/3000060');
+    expect(res.headers.getSetCookie()).toEqual([
+      'session=abc; Path=/; HttpOnly',
+      'poolgate_consistency=lsn%3D0%2F3000060; Path=/; Max-Age=300; HttpOnly; SameSite=Lax',
+    ]);
+  });
+
   it("the Node side's errors and empty answers pass through unchanged", async () => {
     const answers = [
       Response.json({ error: { code: 'conflict', message: 'dup', requestId: 'r' } }, { status: 409 }),

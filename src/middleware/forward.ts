@@ -136,8 +136,9 @@ async function send(
         throw new AppError(504, 'upstream_timeout', TIMEOUT_MESSAGE, { cause: err });
       }
       const out = new Headers();
+      // append: forEach gives each Set-Cookie on its own (the rest once, combined); set kept only the last cookie.
       res.headers.forEach((v, k) => {
-        if (!DROP_RESPONSE_HEADERS.has(k)) out.set(k, v);
+        if (!DROP_RESPONSE_HEADERS.has(k)) out.append(k, v);
       });
       const upstreamTiming = res.headers.get('server-timing');
       if (upstreamTiming) metrics.upstreamTiming = upstreamTiming.replace(/(^|,\s*)([\w-]+)/g, '$1node-$2');

@@ -7,99 +7,29 @@
  * Deno runs with network access to 127.0.0.1 only and read access to the bundle and this folder,
  * so the bundle cannot reach anything else (nor download anything).
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startDenoEdge, type DenoEdge } from '../helpers/deno.js';
 import { waitFor } from '../helpers/gateway.js';
 import { countRows, dbDescOf, insertAthlete, startEdgeStack, workoutBody, type Athlete, type EdgeStack } from '../helpers/edge.js';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const repoRoot = join(here, '../..');
-const DENO = join(repoRoot, 'node_modules/.bin/deno');
-const START_TIMEOUT_MS = 60_000;
 const REQUEST_TIMEOUT_MS = 20_000;
 
 let stack: EdgeStack;
-let deno: ChildProcess | undefined;
+let deno: DenoEdge | undefined;
 let edge: string;
 let athlete: Athlete;
 let writer: Athlete;
-const denoOutput: string[] = [];
-
-/** Starts Deno on the bundle; resolves with its base URL once it prints `listening <port>`. */
-function startDeno(bundlePath: string, env: Record<string, string>): Promise<string> {
-  const child = spawn(
-    DENO,
-    [
-      'run',
-      '--no-prompt',
-      '--no-config',
-      '--no-lock',
-      '--no-remote',
-      '--no-npm',
-      '--allow-net=127.0.0.1',
-      '--allow-env',
-      `--allow-read=${dirname(bundlePath)},${here}`,
-      join(here, 'serve-edge.ts'),
-      bundlePath,
-    ],
-    {
-      cwd: dirname(bundlePath),
-      // Only what Deno itself needs, plus the edge configuration: no POOLGATE_ENV/NODE_ENV from the test run.
-      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', NO_COLOR: '1', DENO_NO_UPDATE_CHECK: '1', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  );
-  deno = child;
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(
-      () => reject(new Error(`deno did not start within ${START_TIMEOUT_MS} ms:\n${denoOutput.join('')}`)),
-      START_TIMEOUT_MS,
-    );
-    let stdout = '';
-    child.stdout.on('data', (chunk: Buffer) => {
-      denoOutput.push(chunk.toString('utf8'));
-      stdout += chunk.toString('utf8');
-      const m = /listening (\d+)/.exec(stdout);
-      if (m) {
-        clearTimeout(timer);
-        resolve(`http://127.0.0.1:${m[1]}`);
-      }
-    });
-    child.stderr.on('data', (chunk: Buffer) => denoOutput.push(chunk.toString('utf8')));
-    child.once('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    child.once('exit', (code, signal) => {
-      clearTimeout(timer);
-      reject(new Error(`deno exited (${code ?? signal}) before listening:\n${denoOutput.join('')}`));
-    });
-  });
-}
-
-/** SIGTERM, then SIGKILL if it has not exited within 5 s. */
-async function stopDeno(): Promise<void> {
-  const child = deno;
-  deno = undefined;
-  if (!child || child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  child.kill('SIGTERM');
-  const timer = setTimeout(() => child.kill('SIGKILL'), 5_000);
-  await exited;
-  clearTimeout(timer);
-}
 
 beforeAll(async () => {
-  stack = await startEdgeStack('netlify-edge', 'poolgate_deno');
+  stack = await startEdgeStack('netlify-edge', { prefix: 'poolgate_deno' });
   athlete = await insertAthlete(stack.db);
   writer = await insertAthlete(stack.db);
-  edge = await startDeno(stack.bundlePath, stack.edgeEnv);
+  deno = await startDenoEdge(stack.bundlePath, stack.edgeEnv);
+  edge = deno.url;
 });
 
 afterAll(async () => {
-  await stopDeno();
+  await deno?.stop();
   await stack?.stop();
 });
 

@@ -1,9 +1,10 @@
 /**
- * Shared set-up of the edge runtime tests (workerd, Deno): a database of the suite's own, the
- * Node gateway (signed forwards only, unique application_name, ephemeral port), the local Neon
- * proxy in front of that database, and the edge bundle built into a temporary folder (so suites
- * running side by side, or `npm start`, never overwrite each other's dist/). The runtime itself
- * (miniflare, a Deno process) is the suite's to start and stop, before `stop()`.
+ * Shared set-up of the edge runtime tests (workerd, Deno): a database of the suite's own (or one
+ * it is given, e.g. on a private primary with standbys), the Node gateway (signed forwards only,
+ * unique application_name, ephemeral port), the local Neon proxy in front of that database and its
+ * replicas, and the edge bundle built into a temporary folder (so suites running side by side, or
+ * `npm start`, never overwrite each other's dist/). The runtime itself (miniflare, a Deno process)
+ * is the suite's to start and stop, before `stop()`.
  */
 import { freePort } from './wait.js';
 import type { Summary, Workout } from '../../src/fitness/repo.js';
@@ -33,14 +34,29 @@ export interface EdgeStack {
   applicationName: string;
   /** The built edge bundle (an ES module). */
   bundlePath: string;
-  /** What the edge runtime needs: DATABASE_URL, NEON_PROXY_URL, NODE_FUNCTION_URL, FORWARD_SECRET. */
   /** The edge's OPS_TOKEN (its /stats, /metrics and readiness details need it outside development). */
   opsToken: string;
+  /** What the edge runtime needs: DATABASE_URL, NEON_PROXY_URL, NODE_FUNCTION_URL, FORWARD_SECRET, OPS_TOKEN (and DATABASE_REPLICA_URLS, given replicas). */
   edgeEnv: Record<string, string>;
   /** Gateway and proxy log lines. */
   logs: string[];
-  /** Stops the gateway and the proxy, drops the database, removes the bundle. Idempotent. */
+  /** Stops the gateway and the proxy, drops the database (unless it was given), removes the bundle. Idempotent. */
   stop(): Promise<void>;
+}
+
+export interface EdgeStackOptions {
+  /** The name prefix of the database made for the stack (default `poolgate_edge`). */
+  prefix?: string;
+  /** A database the caller made (and drops itself); default: a new one from createTestDatabase, dropped by stop(). */
+  database?: TestDatabase;
+  /**
+   * Read replicas of that database (streaming standbys): DATABASE_REPLICA_URLS for the gateway
+   * (so its transactional answers carry consistency tokens) and the edge (so its reads use them),
+   * and targets the proxy may reach.
+   */
+  replicaUrls?: string[];
+  /** More of the gateway's env (e.g. REPLICA_CHECK_INTERVAL_MS, CONSISTENCY_COOKIE). */
+  gatewayEnv?: Record<string, string>;
 }
 
 const EDGE_OPS_TOKEN = 'edge-ops-token-0123456789-abcdef';
@@ -51,7 +67,9 @@ const EDGE_OPS_TOKEN = 'edge-ops-token-0123456789-abcdef';
  * const mf = new Miniflare({ workers: [workerdWorker('edge', stack.bundlePath, stack.edgeEnv)] });
  * … await mf.dispose(); await stack.stop();
  */
-export async function startEdgeStack(bundle: EdgeBundle, prefix = 'poolgate_edge'): Promise<EdgeStack> {
+export async function startEdgeStack(bundle: EdgeBundle, options: EdgeStackOptions = {}): Promise<EdgeStack> {
+  const { prefix = 'poolgate_edge', replicaUrls = [], gatewayEnv = {} } = options;
+  const replicaEnv: Record<string, string> = replicaUrls.length ? { DATABASE_REPLICA_URLS: replicaUrls.join(',') } : {};
   const stops: (() => Promise<unknown>)[] = [];
   const stopAll = async () => {
     for (const stop of stops.splice(0).reverse()) await stop().catch(() => {});
@@ -63,8 +81,8 @@ export async function startEdgeStack(bundle: EdgeBundle, prefix = 'poolgate_edge
     // Building first lets esbuild run while nothing else competes for the two cores.
     const bundlePath = bundle === 'worker' ? await buildWorker(join(dir, 'worker.js')) : await buildNetlifyEdge(join(dir, 'poolgate.js'));
 
-    const db = await createTestDatabase(prefix);
-    stops.push(() => db.drop());
+    const db = options.database ?? (await createTestDatabase(prefix));
+    if (!options.database) stops.push(() => db.drop());
 
     const forwardSecret = randomBytes(32).toString('base64url');
     const applicationName = `poolgate-edge-${process.pid}-${randomBytes(4).toString('hex')}`;
@@ -79,12 +97,19 @@ export async function startEdgeStack(bundle: EdgeBundle, prefix = 'poolgate_edge
         SHUTDOWN_TIMEOUT_MS: '5000',
         FORWARD_SECRET: forwardSecret,
         APPLICATION_NAME: applicationName,
+        ...replicaEnv,
+        ...gatewayEnv,
       },
       { log: (line) => logs.push(line) },
     );
     stops.push(() => gateway.close());
 
-    const proxy = await startNeonProxy({ databaseUrls: [db.url], port: 0, host: '127.0.0.1', log: (line) => logs.push(line) });
+    const proxy = await startNeonProxy({
+      databaseUrls: [db.url, ...replicaUrls],
+      port: 0,
+      host: '127.0.0.1',
+      log: (line) => logs.push(line),
+    });
     stops.push(() => proxy.close());
 
     let stopping: Promise<void> | undefined;
@@ -104,6 +129,7 @@ export async function startEdgeStack(bundle: EdgeBundle, prefix = 'poolgate_edge
         NODE_FUNCTION_URL: gateway.url,
         FORWARD_SECRET: forwardSecret,
         OPS_TOKEN: EDGE_OPS_TOKEN,
+        ...replicaEnv,
       },
       logs,
       stop: () => (stopping ??= stopAll()),

@@ -158,7 +158,7 @@ async function workerFetcher(name: string): Promise<Fetcher> {
 }
 
 beforeAll(async () => {
-  stack = await startEdgeStack('worker', 'poolgate_workerd');
+  stack = await startEdgeStack('worker', { prefix: 'poolgate_workerd' });
   athlete = await insertAthlete(stack.db);
   writer = await insertAthlete(stack.db);
   recorder = await startRecorder();
