@@ -23,7 +23,12 @@ describe.skipIf(!realPostgresUrl)('npm start with DATABASE_REPLICA_URLS (needs T
     const dir = await tempDir('replica-topology');
     cleanups.push(() => dir.remove());
     const replicaUrl = db.url.replace('127.0.0.1', 'localhost');
-    const env = { ...(await topologyEnv(`${dir.path}/pglite`)), DATABASE_URL: db.url, DATABASE_REPLICA_URLS: replicaUrl, SEED: 'true' };
+    const env: Record<string, string> = {
+      ...(await topologyEnv(`${dir.path}/pglite`)),
+      DATABASE_URL: db.url,
+      DATABASE_REPLICA_URLS: replicaUrl,
+      SEED: 'true',
+    };
     const proc = spawnTopology(env);
     await proc.waitForLine(/^poolgate: try /);
     const edge = `http://127.0.0.1:${env.EDGE_PORT}`;
