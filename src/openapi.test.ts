@@ -147,10 +147,20 @@ describe('openApiDocument', () => {
     expect(op('/api/notebooks/{notebookId}/notes', 'post').parameters).toContainEqual(key);
     expect(op('/api/notes/{id}', 'delete').parameters).toContainEqual(key);
     expect(op('/api/notebooks/{notebookId}/notes', 'get').parameters).not.toContainEqual(key);
-    expect(op('/api/ping', 'get').parameters).toBeUndefined();
+    expect(op('/api/ping', 'get').parameters).not.toContainEqual(key);
     expect(doc.components.parameters.IdempotencyKey).toMatchObject({ name: 'Idempotency-Key', in: 'header', required: false });
     expect(op('/api/notes/{id}', 'delete')['x-poolgate-kind']).toBe('transactional');
     expect(op('/api/ping', 'get')['x-poolgate-kind']).toBe('read');
+  });
+
+  it('offers the Poolgate-Consistency token on read routes, and returns it from transactional ones', () => {
+    const token = { $ref: '#/components/parameters/ConsistencyToken' };
+    expect(op('/api/ping', 'get').parameters).toEqual([token]);
+    expect(op('/api/notebooks/{notebookId}/notes', 'get').parameters).toContainEqual(token);
+    expect(op('/api/notebooks/{notebookId}/notes', 'post').parameters).not.toContainEqual(token);
+    expect(doc.components.parameters.ConsistencyToken).toMatchObject({ name: 'Poolgate-Consistency', in: 'header', required: false });
+    const created = Object.values(op('/api/notebooks/{notebookId}/notes', 'post').responses)[0] as { headers: Record<string, unknown> };
+    expect(created.headers['Poolgate-Consistency']).toEqual({ $ref: '#/components/headers/ConsistencyToken' });
   });
 
   it('gives each operation a unique operationId derived from method and path', () => {

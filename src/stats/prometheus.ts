@@ -141,25 +141,20 @@ export function renderPrometheus(snap: StatsSnapshot): string {
   }
   const budget = p?.budget;
   if (budget) {
-    family('poolgate_budget_share_connections', 'gauge', 'Connections this instance may hold, lanes and pool (POOL_BUDGET).', [
-      [scope, budget.share],
-    ]);
-    family(
+    const one = (name: string, type: string, help: string, value: number) => family(name, type, help, [[scope, value]]);
+    one('poolgate_budget_share_connections', 'gauge', 'Connections this instance may hold, lanes and pool (POOL_BUDGET).', budget.share);
+    one(
       'poolgate_budget_limit_connections',
       'gauge',
       'The limit every instance shares (max_connections less superuser_reserved_connections, or POOL_BUDGET).',
-      [[scope, budget.limit]],
+      budget.limit,
     );
-    family('poolgate_budget_reserve_connections', 'gauge', 'Connections left for operators and migrations (POOL_RESERVE).', [
-      [scope, budget.reserve],
-    ]);
-    family('poolgate_budget_instances', 'gauge', 'Live poolgate instances on the server, this one included.', [[scope, budget.instances]]);
-    family('poolgate_budget_other_backends', 'gauge', "Backends on the server that are no poolgate instance's.", [[scope, budget.others]]);
-    family('poolgate_budget_samples_total', 'counter', 'Looks at pg_stat_activity.', [[scope, budget.sampledCount]]);
-    family('poolgate_budget_sample_errors_total', 'counter', 'Looks at pg_stat_activity that failed.', [[scope, budget.sampleErrorCount]]);
-    family('poolgate_budget_refused_total', 'counter', 'Connects the server refused with 53300 (pool and lanes).', [
-      [scope, budget.refusedCount],
-    ]);
+    one('poolgate_budget_reserve_connections', 'gauge', 'Connections left for operators and migrations (POOL_RESERVE).', budget.reserve);
+    one('poolgate_budget_instances', 'gauge', 'Live poolgate instances on the server, this one included.', budget.instances);
+    one('poolgate_budget_other_backends', 'gauge', "Backends on the server that are no poolgate instance's.", budget.others);
+    one('poolgate_budget_samples_total', 'counter', 'Looks at pg_stat_activity.', budget.sampledCount);
+    one('poolgate_budget_sample_errors_total', 'counter', 'Looks at pg_stat_activity that failed.', budget.sampleErrorCount);
+    one('poolgate_budget_refused_total', 'counter', 'Connects the server refused with 53300 (pool and lanes).', budget.refusedCount);
   }
   const lanes = p?.pipeline;
   if (lanes) {

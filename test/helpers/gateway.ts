@@ -7,6 +7,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
+import type { PoolgateApp } from '../../src/definition.js';
 import { fitness } from '../../src/fitness/app.js';
 import { startGateway, type Gateway } from '../../src/runtime/node.js';
 import { createTestDatabase, type TestDatabase } from './db.js';
@@ -26,6 +27,8 @@ export interface TestGateway {
 export interface TestGatewayOptions {
   /** Reuse a database (it is then not dropped by `stop()`). */
   db?: TestDatabase;
+  /** The application to serve (default: the fitness example), e.g. with test-only routes added. */
+  app?: PoolgateApp;
 }
 
 export const uniqueName = (prefix = 'poolgate-test') => `${prefix}-${process.pid}-${randomBytes(4).toString('hex')}`;
@@ -43,7 +46,7 @@ export async function startTestGateway(overrides: Record<string, string> = {}, o
   let gateway: Gateway;
   try {
     gateway = await startGateway(
-      fitness,
+      options.app ?? fitness,
       {
         DATABASE_URL: db.url,
         PORT: '0',

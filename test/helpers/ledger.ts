@@ -310,7 +310,7 @@ export interface ConnectionSampler {
  * the ` [pg:<instance id>]` POOL_BUDGET adds: the gateway's out-of-band cancel connections carry a
  * `-cancel` suffix and are not pool members).
  */
-export function sampleConnections(db: TestDatabase, applicationName: string, intervalMs = 10): ConnectionSampler {
+export function sampleConnections(db: TestDatabase, applicationName: string, intervalMs = 10, onSample?: () => void): ConnectionSampler {
   let running = true;
   let max = 0;
   let samples = 0;
@@ -323,6 +323,7 @@ export function sampleConnections(db: TestDatabase, applicationName: string, int
         ]);
         max = Math.max(max, rows.filter((r) => !excluded.has(r.pid)).length);
         samples++;
+        onSample?.();
       } catch {
         // The admin pool is shared with the scenario; a failed sample is just skipped.
       }

@@ -9,6 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { onRealPostgres, PGLITE_CANNOT, realPostgresUrl } from '../helpers/db.js';
 import { json, startTestGateway, type TestGateway } from '../helpers/gateway.js';
+import { sampleConnections } from '../helpers/ledger.js';
 
 const POOL_MAX = 5;
 const REQUESTS = 500;
@@ -33,18 +34,8 @@ describe.skipIf(!realPostgresUrl)(
     });
 
     it(`serves ${REQUESTS}/${REQUESTS} in each of ${ROUNDS} rounds with at most ${POOL_MAX} server backends`, async () => {
-      let sampling = true;
-      let maxSeen = 0;
-      const sampler = (async () => {
-        while (sampling) {
-          const { rows } = await t.db.admin(
-            "SELECT count(*)::int AS n FROM pg_stat_activity WHERE split_part(application_name, ' [pg:', 1) = $1",
-            [t.applicationName],
-          );
-          maxSeen = Math.max(maxSeen, rows[0].n);
-          await new Promise((r) => setTimeout(r, 2));
-        }
-      })();
+      const sampler = sampleConnections(t.db, t.applicationName, 2);
+      let maxSeen: number;
       const rounds: Record<number, number>[] = [];
       try {
         for (let round = 0; round < ROUNDS; round++) {
@@ -54,8 +45,7 @@ describe.skipIf(!realPostgresUrl)(
           rounds.push(statuses.reduce<Record<number, number>>((acc, s) => ((acc[s] = (acc[s] ?? 0) + 1), acc), {}));
         }
       } finally {
-        sampling = false;
-        await sampler;
+        maxSeen = (await sampler.stop()).max;
       }
       expect(rounds).toEqual(Array.from({ length: ROUNDS }, () => ({ 200: REQUESTS })));
       expect(maxSeen).toBeGreaterThan(0);

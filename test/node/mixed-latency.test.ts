@@ -10,9 +10,8 @@ import { z } from 'zod';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fitness } from '../../src/fitness/app.js';
 import { defineApp, route } from '../../src/index.js';
-import { startGateway, type Gateway } from '../../src/runtime/node.js';
 import { createTestDatabase, realPostgresUrl, type TestDatabase, onRealPostgres, PGLITE_CANNOT } from '../helpers/db.js';
-import { json, uniqueName } from '../helpers/gateway.js';
+import { json, startTestGateway, uniqueName, type TestGateway } from '../helpers/gateway.js';
 
 const slowRead = route({
   method: 'GET',
@@ -59,24 +58,11 @@ describe.skipIf(!realPostgresUrl)(
   onRealPostgres('slow reads do not stall fast ones (one lane, real PostgreSQL, real HTTP)', PGLITE_CANNOT.lanes),
   () => {
     let db: TestDatabase;
-    const gateways: Gateway[] = [];
+    const gateways: TestGateway[] = [];
     let userPath: string;
 
     const start = async (extra: Record<string, string> = {}) => {
-      const gateway = await startGateway(
-        app,
-        {
-          DATABASE_URL: db.url,
-          PORT: '0',
-          HOST: '127.0.0.1',
-          LOG_LEVEL: 'silent',
-          POOL_MAX: '8',
-          PG_PIPELINE_LANES: '1',
-          APPLICATION_NAME: uniqueName('poolgate-mixed'),
-          ...extra,
-        },
-        { log: () => {} },
-      );
+      const gateway = await startTestGateway({ POOL_MAX: '8', POOL_MIN: '2', PG_PIPELINE_LANES: '1', ...extra }, { db, app });
       gateways.push(gateway);
       return gateway;
     };
@@ -93,7 +79,7 @@ describe.skipIf(!realPostgresUrl)(
     });
 
     afterAll(async () => {
-      await Promise.all(gateways.map((g) => g.close()));
+      await Promise.all(gateways.map((g) => g.stop()));
       await db?.drop();
     });
 

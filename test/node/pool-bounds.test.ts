@@ -9,6 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { onRealPostgres, PGLITE_CANNOT, realPostgresUrl } from '../helpers/db.js';
 import { json, startTestGateway, type TestGateway } from '../helpers/gateway.js';
+import { sampleConnections } from '../helpers/ledger.js';
 
 const POOL_MAX = 5;
 const REQUESTS = 500;
@@ -40,22 +41,10 @@ describe.skipIf(!realPostgresUrl).each([0, 2])(
     });
 
     it(`serves all ${REQUESTS} requests with at most ${POOL_MAX} server connections`, async () => {
-      let sampling = true;
-      let maxSeen = 0;
-      let samples = 0;
       let maxTotal = 0;
-      const sampler = (async () => {
-        while (sampling) {
-          const { rows } = await t.db.admin(
-            "SELECT count(*)::int AS n FROM pg_stat_activity WHERE split_part(application_name, ' [pg:', 1) = $1",
-            [t.applicationName],
-          );
-          maxSeen = Math.max(maxSeen, rows[0].n);
-          maxTotal = Math.max(maxTotal, t.gateway.database.stats()!.total);
-          samples++;
-          await new Promise((r) => setTimeout(r, 2));
-        }
-      })();
+      const sampler = sampleConnections(t.db, t.applicationName, 2, () => {
+        maxTotal = Math.max(maxTotal, t.gateway.database.stats()!.total);
+      });
 
       const responses = await Promise.all(
         Array.from({ length: REQUESTS }, async () => {
@@ -64,8 +53,7 @@ describe.skipIf(!realPostgresUrl).each([0, 2])(
           return res.status;
         }),
       );
-      sampling = false;
-      await sampler;
+      const { max: maxSeen, samples } = await sampler.stop();
 
       const byStatus = responses.reduce<Record<number, number>>((acc, s) => ((acc[s] = (acc[s] ?? 0) + 1), acc), {});
       expect(byStatus).toEqual({ 200: REQUESTS });

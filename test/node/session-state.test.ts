@@ -14,9 +14,8 @@ import { z } from 'zod';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { fitness } from '../../src/fitness/app.js';
 import { defineApp, route } from '../../src/index.js';
-import { startGateway, type Gateway } from '../../src/runtime/node.js';
 import { createTestDatabase, realPostgresUrl, type TestDatabase, onRealPostgres, PGLITE_CANNOT } from '../helpers/db.js';
-import { json, uniqueName, waitFor } from '../helpers/gateway.js';
+import { json, startTestGateway, waitFor, type TestGateway } from '../helpers/gateway.js';
 
 const Setting = z.object({ timeout: z.string(), leak: z.string(), pid: z.number() });
 const SETTING =
@@ -58,31 +57,16 @@ describe.skipIf(!realPostgresUrl)(
   onRealPostgres('session changes stay with the request that made them (real PostgreSQL, real HTTP)', PGLITE_CANNOT.lanes),
   () => {
     let db: TestDatabase;
-    const gateways: Gateway[] = [];
+    const gateways: TestGateway[] = [];
     const start = async (env: Record<string, string>) => {
-      const gateway = await startGateway(
-        app,
-        {
-          DATABASE_URL: db.url,
-          PORT: '0',
-          HOST: '127.0.0.1',
-          LOG_LEVEL: 'silent',
-          POOL_MIN: '0',
-          STATEMENT_TIMEOUT_MS: '9000',
-          QUERY_TIMEOUT_MS: '10000',
-          REQUEST_TIMEOUT_MS: '9000',
-          PG_PIPELINE_SLOW_MS: '60000',
-          APPLICATION_NAME: uniqueName('poolgate-state'),
-          ...env,
-        },
-        { log: () => {} },
-      );
+      const settings = { POOL_MIN: '0', STATEMENT_TIMEOUT_MS: '9000', QUERY_TIMEOUT_MS: '10000', REQUEST_TIMEOUT_MS: '9000' };
+      const gateway = await startTestGateway({ ...settings, PG_PIPELINE_SLOW_MS: '60000', ...env }, { db, app });
       gateways.push(gateway);
       return gateway;
     };
-    const run = (g: Gateway, kind: 'read' | 'transactional', sql: string) =>
+    const run = (g: TestGateway, kind: 'read' | 'transactional', sql: string) =>
       json(`${g.url}/api/test/${kind}/change?sql=${encodeURIComponent(sql)}`, { method: kind === 'read' ? 'GET' : 'POST' });
-    const look = (g: Gateway, kind: 'read' | 'transactional') =>
+    const look = (g: TestGateway, kind: 'read' | 'transactional') =>
       json<z.infer<typeof Setting>>(`${g.url}/api/test/${kind}/setting`, { method: kind === 'read' ? 'GET' : 'POST' });
 
     beforeAll(async () => {
@@ -90,7 +74,7 @@ describe.skipIf(!realPostgresUrl)(
     });
 
     afterAll(async () => {
-      await Promise.all(gateways.map((g) => g.close()));
+      await Promise.all(gateways.map((g) => g.stop()));
       await db?.drop();
     });
 
