@@ -29,15 +29,18 @@ export const createUserCall = (name = 'Load'): FitnessCall => ({
   body: { email: `load-${randomUUID()}@example.com`, name },
 });
 
+/** A workout of `user`'s with one set: the mix's transaction of two tables. */
+export const createWorkoutCall = (user: string): FitnessCall => ({
+  kind: 'create-workout',
+  method: 'POST',
+  path: '/api/workouts',
+  body: { userId: user, kind: 'run', startedAt: '2026-12-01T07:00:00.000Z', sets: [{ exercise: 'km', reps: 5 }] },
+});
+
 const KINDS: readonly ((user: string, workout: string | undefined) => FitnessCall)[] = [
   (user) => ({ kind: 'user', method: 'GET', path: `/api/users/${user}` }),
   (user) => ({ kind: 'summary', method: 'GET', path: `/api/users/${user}/summary` }),
-  (user) => ({
-    kind: 'create-workout',
-    method: 'POST',
-    path: '/api/workouts',
-    body: { userId: user, kind: 'run', startedAt: '2026-12-01T07:00:00.000Z', sets: [{ exercise: 'km', reps: 5 }] },
-  }),
+  createWorkoutCall,
   (user) => ({ kind: 'workouts', method: 'GET', path: `/api/users/${user}/workouts?limit=5` }),
   // Until a workout was created, a random id: answered 404, which the mix counts as correct.
   (_user, workout) => ({ kind: 'workout', method: 'GET', path: `/api/workouts/${workout ?? randomUUID()}` }),

@@ -314,6 +314,10 @@ export interface MixOutcome {
   retryAfter?: string;
   /** The server's own time for the answer: the `total` entry of its Server-Timing header, when it sent one. */
   serverMs?: number;
+  /** Which server its reads came from (`primary`, `replica-1` …), where the gateway has replicas: its Server-Timing `db` entry. */
+  servedBy?: string;
+  /** The consistency token the answer carried (`Poolgate-Consistency`: a write's, where the gateway has replicas). */
+  consistency?: string;
   /** The parsed body of a 2xx answer to a POST (its id, for the bench's own checks). */
   body?: unknown;
   /** The socket error, for answers that never came. */
@@ -344,7 +348,32 @@ export function serverTotalMs(header: string | null): number | undefined {
   return m ? Number(m[1]) : undefined;
 }
 
-async function sendOne(req: MixRequest, t0: number, timeoutMs: number): Promise<MixOutcome> {
+/**
+ * The server a Server-Timing header says the request read from: the last word of its `db` entry's
+ * description (`db;dur=0.41;desc="pg-pipeline 1q replica-1"`), where the gateway has replicas.
+ */
+export function servedByOf(header: string | null): string | undefined {
+  return (header && /(?:^|,)\s*db;[^,]*desc="[^"]* (primary|replica-\d+)"/.exec(header)?.[1]) || undefined;
+}
+
+/** What a response says beside its status: the server's time, the server read from, the consistency token. */
+function answerHeaders(res: Response): Pick<MixOutcome, 'serverMs' | 'servedBy' | 'consistency'> {
+  const timing = res.headers.get('server-timing');
+  const serverMs = serverTotalMs(timing);
+  const servedBy = servedByOf(timing);
+  const consistency = res.headers.get('poolgate-consistency') ?? undefined;
+  return {
+    ...(serverMs === undefined ? {} : { serverMs }),
+    ...(servedBy === undefined ? {} : { servedBy }),
+    ...(consistency === undefined ? {} : { consistency }),
+  };
+}
+
+/**
+ * One request, its answer read whole; `t0` is the run's start (now()) its times count from.
+ * @example const o = await sendRequest({ kind: 'read', url }, now(), 10_000); // o.status, o.servedBy
+ */
+export async function sendRequest(req: MixRequest, t0: number, timeoutMs: number): Promise<MixOutcome> {
   const startMs = now() - t0;
   const client = new AbortController();
   let aborted = false;
@@ -375,8 +404,7 @@ async function sendOne(req: MixRequest, t0: number, timeoutMs: number): Promise<
     clearTimeout(abortTimer);
     aborted = false;
     const retryAfter = res.headers.get('retry-after') ?? undefined;
-    const serverMs = serverTotalMs(res.headers.get('server-timing'));
-    const timing = serverMs === undefined ? {} : { serverMs };
+    const timing = answerHeaders(res);
     if (res.ok) return end({ status: res.status, ...timing, ...(req.method === 'POST' ? { body: JSON.parse(text) as unknown } : {}) });
     let code: string | undefined;
     try {
@@ -408,7 +436,7 @@ export async function runMix(spec: MixSpec): Promise<number> {
     Array.from({ length: spec.connections }, async (_, client) => {
       while (now() < until && !spec.signal?.aborted && left-- > 0) {
         const req = spec.next(client);
-        spec.onOutcome(await sendOne(req, t0, timeoutMs), req);
+        spec.onOutcome(await sendRequest(req, t0, timeoutMs), req);
       }
     }),
   );
@@ -676,7 +704,7 @@ export async function runPgbench(
 const TICK_MS = 10; // CLK_TCK is 100 on Linux
 
 export interface ProcessTreeStats {
-  /** User + system CPU. */
+  /** User + system CPU, the tree's ended processes' included (those its processes reaped). */
   cpuMs: number;
   /** read/recv-like and write/send-like system calls (/proc/<pid>/io syscr, syscw). */
   readCalls: number;
@@ -698,7 +726,9 @@ export function processTreeStats(pid: number): ProcessTreeStats | undefined {
       const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
       parent.set(Number(e), Number(f[1]));
-      cpu.set(Number(e), (Number(f[11]) + Number(f[12])) * TICK_MS);
+      // utime + stime, and cutime + cstime: the children it has reaped (a postmaster's backends and
+      // parallel workers end while a step runs; without them their CPU would leave the total).
+      cpu.set(Number(e), (Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) * TICK_MS);
     } catch {
       // The process ended while we read.
     }

@@ -1,15 +1,15 @@
 /**
  * The bench's mixed closed-loop load (bench/load.ts runMix), against a real Node HTTP server on
  * loopback: each outcome says whether the client aborted the request before its answer, the
- * status, the error body's `code`, Retry-After, the server's own time (Server-Timing `total`) and
- * the body of a POST's 2xx; an aborted request closes its socket, so a server that got it sees its
+ * status, the error body's `code`, Retry-After, the server's own time (Server-Timing `total`), the
+ * server its reads came from (Server-Timing `db`), a write's consistency token and the body of a POST's 2xx; an aborted request closes its socket, so a server that got it sees its
  * client leave (what the soak's aborts rely on); a count of requests ends the run.
  */
 import { once } from 'node:events';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { runMix, serverTotalMs, type MixOutcome, type MixRequest } from '../../bench/load.js';
+import { runMix, servedByOf, serverTotalMs, type MixOutcome, type MixRequest } from '../../bench/load.js';
 import { waitFor } from '../helpers/wait.js';
 
 const closers: (() => Promise<unknown>)[] = [];
@@ -17,7 +17,7 @@ afterEach(async () => {
   for (const close of closers.splice(0).reverse()) await close().catch(() => {});
 });
 
-/** /ok 200, /busy 503 + Retry-After, /create 201 with an id, /hang never answers (counts clients that left). */
+/** /ok 200, /busy 503 + Retry-After, /create 201 with an id and a token, /hang never answers (counts clients that left). */
 async function serve(): Promise<{ url: string; arrived: () => number; left: () => number }> {
   let left = 0;
   let arrived = 0;
@@ -31,7 +31,12 @@ async function serve(): Promise<{ url: string; arrived: () => number; left: () =
         { error: { code: 'overloaded' } },
         { 'retry-after': '1', 'server-timing': 'acquire;dur=0.00, db;dur=0.00;desc="none 0q", total;dur=0.42' },
       );
-    if (req.url === '/create') return send(201, { id: 'w1' });
+    if (req.url === '/create')
+      return send(
+        201,
+        { id: 'w1' },
+        { 'poolgate-consistency': 'lsn=0/3000060', 'server-timing': 'acquire;dur=0.00, db;dur=1.00;desc="pg-pool 3q", total;dur=1.50' },
+      );
     arrived++;
     req.socket.once('close', () => void left++);
   });
@@ -77,7 +82,9 @@ describe('runMix (bench load)', () => {
     expect(ok).toMatchObject({ kind: 'ok', aborted: false, status: 200 });
     expect(busy).toMatchObject({ aborted: false, status: 503, code: 'overloaded', retryAfter: '1', serverMs: 0.42 });
     expect(ok!.serverMs).toBeUndefined(); // no Server-Timing, no figure
-    expect(create).toMatchObject({ status: 201, body: { id: 'w1' } });
+    expect(create).toMatchObject({ status: 201, body: { id: 'w1' }, consistency: 'lsn=0/3000060' });
+    expect(create!.servedBy).toBeUndefined(); // a write names no server
+    expect(ok!.consistency).toBeUndefined();
     // One that reached the server (under load the abort may come first) is seen leaving.
     expect(server.arrived()).toBeLessThanOrEqual(1);
     await waitFor(() => server.left() === server.arrived());
@@ -102,5 +109,13 @@ describe('runMix (bench load)', () => {
     expect(serverTotalMs('total;desc="x";dur=2.5, node-total;dur=9')).toBe(2.5);
     expect(serverTotalMs('node-total;dur=9')).toBeUndefined();
     expect(serverTotalMs(null)).toBeUndefined();
+  });
+
+  it('reads the server a request read from in Server-Timing `db`, where the gateway has replicas', () => {
+    expect(servedByOf('acquire;dur=0.00, db;dur=0.41;desc="pg-pipeline 1q replica-2", total;dur=0.90')).toBe('replica-2');
+    expect(servedByOf('db;dur=0.41;desc="pg-pool 2q primary", total;dur=0.90')).toBe('primary');
+    expect(servedByOf('db;dur=0.41;desc="pg-pool 2q", total;dur=0.90')).toBeUndefined();
+    expect(servedByOf('node-db;dur=1;desc="pg-pool 1q replica-1"')).toBeUndefined();
+    expect(servedByOf(null)).toBeUndefined();
   });
 });

@@ -61,6 +61,16 @@ describe('LaneLatency: which reads may share a lane', () => {
     expect(latency.isSlow('SELECT sleep')).toBe(true);
   });
 
+  it('slow reads that are most of the reads, or all of them, stay slow: a busy machine raises the line to 4 configured lines at most', () => {
+    const mostly = new LaneLatency();
+    for (let i = 0; i < 3_000; i++) mostly.record(i % 3 === 0 ? `SELECT ${i % 7}` : 'SELECT sleep', i % 3 === 0 ? 1 : 50);
+    expect(mostly.isSlow('SELECT sleep')).toBe(true);
+    const only = new LaneLatency();
+    times(only, 'SELECT sleep', 50, 1_000);
+    expect(only.isSlow('SELECT sleep')).toBe(true);
+    expect(only.slowLineMs()).toBe(4 * SLOW_READ_MS);
+  });
+
   it('a configured line of 60 s keeps every read on the lanes', () => {
     const latency = new LaneLatency(60_000);
     times(latency, 'SELECT e', 300, 20);

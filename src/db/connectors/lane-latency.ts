@@ -11,7 +11,11 @@
  * SLOW_FACTOR typical reads, whichever is higher. On a busy machine a fast read waits for the event
  * loop and the server's CPU as every other does, and the pool would serve it no sooner; only a read
  * slower than the others by far takes the pool. The same holds for a lane's queue, counted in
- * expected time: its limit is LANE_QUEUE_MS, or QUEUE_FACTOR typical reads.
+ * expected time: its limit is LANE_QUEUE_MS, or QUEUE_FACTOR typical reads. A busy machine raises
+ * the line to BUSY_LINE_FACTOR times the configured one at most: reads slower than that are slow
+ * by their own doing. Unbounded, slow reads that were a quarter or more of all reads raised the
+ * typical read to their own time, and so stayed on the lanes, one at a time per lane
+ * (bench:replicas: a 50 ms read route served 4 at a time with 16 pooled connections idle).
  *
  * A text's first run is counted at most at the line: it parses and plans (and may meet a cold
  * cache), which later runs do not, so a read is known slow from its second slow run.
@@ -24,6 +28,8 @@ export const LANE_QUEUE_MS = 20;
 /** On a busy machine: slow is this many typical reads, queued this many. */
 const SLOW_FACTOR = 4;
 const QUEUE_FACTOR = 16;
+/** The most a busy machine raises the slow line: this many times the configured one. */
+const BUSY_LINE_FACTOR = 4;
 /** A read never seen, and the typical read before any is seen. */
 const UNKNOWN_MS = 1;
 /** The weight of a new sample in a text's mean, and in the typical read time. */
@@ -48,9 +54,9 @@ export class LaneLatency {
     return this.#mean.get(key) ?? this.#typical;
   }
 
-  /** Above this a read is slow: the configured line, or SLOW_FACTOR typical reads when the machine is busy. */
+  /** Above this a read is slow: the configured line, or SLOW_FACTOR typical reads when the machine is busy (at most BUSY_LINE_FACTOR lines). */
   slowLineMs(): number {
-    return Math.max(this.slowMs, SLOW_FACTOR * this.#typical);
+    return Math.max(this.slowMs, Math.min(SLOW_FACTOR * this.#typical, BUSY_LINE_FACTOR * this.slowMs));
   }
 
   /** How long, in expected time, a lane's queue may be. */
