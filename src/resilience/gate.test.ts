@@ -217,6 +217,19 @@ describe('Gate admission by predicted wait', () => {
     expect(gate.estimate()).toEqual({ waitMs: 1_050, holdMs: 50 });
   });
 
+  it('a pool that grows predicts from its size now: a place measured at 80 ms with one permit takes 10 ms with eight', async () => {
+    const gate = newGate({ permits: 1, queueMax: 100_000, timeoutMs: 10_000 });
+    await learnDrain(gate, 1, 80);
+    await gate.acquire();
+    queueOf(gate, 19);
+    expect(gate.estimate().waitMs).toBe(1_600); // 20 places × 80 ms
+    gate.resize(8); // a budget's share widened: 7 of the waiters get permits at once
+    await flush();
+    queueOf(gate, 17 - gate.waiting);
+    expect(gate.waiting).toBe(17);
+    expect(gate.estimate().waitMs).toBeCloseTo(180, 0); // 18 places × 80 ms ÷ 8 (and a trace of the served waiters' own waits)
+  });
+
   it("sheds when the predicted wait plus one hold does not fit the request's remaining deadline", async () => {
     const gate = newGate({ permits: 1, queueMax: 100_000, timeoutMs: 10_000 });
     await learnDrain(gate, 1, 50);

@@ -12,7 +12,9 @@
  *
  * The time per place is measured from waiters served (their wait ÷ their place at joining), not
  * derived from hold times: a burst of arrivals keeps the event loop from running releases, so
- * holds measured then look 50× their usual length although the queue drains as fast as ever.
+ * holds measured then look 50× their usual length although the queue drains as fast as ever. It
+ * is kept per permit (a place takes a hold ÷ the permits), so a pool that grows (a budget's share
+ * widening at a flood's start) predicts from its size now, not from the waits of its smaller self.
  * Before any waiter was served nothing is known and the queue is admitted (its timeout still
  * bounds it), unless every holder has held for more than STALL_MS. A waiter that timed out
  * counts with its whole wait (slow, never fast). The next in line always queues, whatever the
@@ -118,8 +120,8 @@ export class Gate {
   #closedWith: Error | undefined;
   /** Recent hold time (ms), an exponentially weighted average; undefined before the first release. */
   #holdMs: number | undefined;
-  /** Served waiters' waits and places, decayed: their ratio is the time one place takes. */
-  readonly #drain = { waitedMs: 0, places: 0, at: 0 };
+  /** Served waiters' waits × the permits then, and their places, decayed: their ratio ÷ the permits now is the time one place takes. */
+  readonly #drain = { permitMs: 0, places: 0, at: 0 };
   /** Since when the queue has not been empty; undefined while it is. */
   #queueSince: number | undefined;
   /** When an arrival last found every permit held (queued or shed). */
@@ -243,7 +245,7 @@ export class Gate {
     for (let next = this.#free > 0 ? this.#next() : undefined; next; next = this.#free > 0 ? this.#next() : undefined) {
       this.#free--;
       clearTimeout(next.timer);
-      this.#served(next, this.#now() - next.joinedAt);
+      // Not counted in the drain: its wait ended because the pool grew, not because places drained.
       next.resolve(this.#releaser());
     }
     this.#emptied();
@@ -307,9 +309,9 @@ export class Gate {
   }
 
   #perPlaceMs(): number {
-    const { waitedMs, places } = this.#drain;
+    const { permitMs, places } = this.#drain;
     // Nothing measured yet: admitted (their timeout still bounds them) unless the holders stall.
-    const measured = places > 0 ? waitedMs / places : 0;
+    const measured = places > 0 ? permitMs / places / Math.max(1, this.#opts.permits) : 0;
     return Math.max(measured, this.#stalledMs() / this.#opts.permits);
   }
 
@@ -326,7 +328,7 @@ export class Gate {
   #served(waiter: Waiter, waitedMs: number): void {
     const at = this.#now();
     const keep = DRAIN_DECAY * 2 ** (-(at - this.#drain.at) / DRAIN_HALF_LIFE_MS);
-    this.#drain.waitedMs = this.#drain.waitedMs * keep + waitedMs;
+    this.#drain.permitMs = this.#drain.permitMs * keep + waitedMs * Math.max(1, this.#opts.permits);
     this.#drain.places = this.#drain.places * keep + waiter.place;
     this.#drain.at = at;
   }
