@@ -7,6 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import { CONSISTENCY_HEADER } from '../../src/db/consistency.js';
 import { startEdgeStack, type EdgeBundle, type EdgeStack } from './edge.js';
+import { json } from './gateway.js';
 import { privateTestDatabase } from './private-postgres.js';
 import { startReplicaSet, type ReplicaSet, type Standby } from './private-replicas.js';
 
@@ -75,23 +76,9 @@ export async function startReplicatedEdgeStack(bundle: EdgeBundle, gatewayEnv: R
 export const servedBy = (headers: Headers): string | undefined =>
   /(?:^|,\s*)db;[^,]*desc="[^"]* (primary|replica-\d)"/.exec(headers.get('server-timing') ?? '')?.[1];
 
-/** One request to the edge, bounded so a hang fails the test; the body read as text. */
-export async function ask(url: string, init: { method?: string; headers?: Record<string, string>; json?: unknown } = {}) {
-  const res = await fetch(url, {
-    method: init.method ?? 'GET',
-    headers: { ...(init.json !== undefined ? { 'content-type': 'application/json' } : {}), ...init.headers },
-    ...(init.json !== undefined ? { body: JSON.stringify(init.json) } : {}),
-    signal: AbortSignal.timeout(20_000),
-  });
-  const text = await res.text();
-  let body: any;
-  try {
-    body = text ? JSON.parse(text) : undefined;
-  } catch {
-    body = undefined;
-  }
-  return { status: res.status, headers: res.headers, text, body };
-}
+/** One request to the edge, bounded so a hang fails the test; the body read (and parsed when JSON). */
+export const ask = (url: string, init: { method?: string; headers?: Record<string, string>; json?: unknown } = {}) =>
+  json(url, { ...init, signal: AbortSignal.timeout(20_000) });
 
 /** POST /api/users through the edge (forwarded to the gateway): the new user's id and the answer. */
 export async function createUser(edge: string, headers: Record<string, string> = {}) {
