@@ -10,6 +10,10 @@ import type { FetchApp, OpenApiInfo, Poolgate, PoolgateApp } from './definition.
 import { openApiDocument } from './openapi.js';
 import { bindToTransaction } from './db/tx-db.js';
 import type { Database, Db } from './db/types.js';
+import { checkPolicy } from './cache/policy.js';
+import { ReadCache } from './cache/read-cache.js';
+import type { CacheStore } from './cache/store.js';
+import { CONSISTENCY_HEADER, parseToken } from './db/consistency.js';
 import { claimNonce } from './idempotency/nonces.js';
 import { describeError, toAppError } from './errors.js';
 import type { Drain } from './lifecycle/drain.js';
@@ -48,6 +52,13 @@ export interface PoolgateDeps {
   onClientGone?: (c: Context, gone: () => void) => void;
   /** Transactional responses also set the consistency token as a cookie (CONSISTENCY_COOKIE=on). */
   consistencyCookie?: boolean;
+  /** The read cache for routes with a cache policy (CACHE=on); none: no route is cached. */
+  cache?: { store: CacheStore; maxStalenessMs: number };
+}
+
+/** The deps with the one read cache of this instance built. */
+interface Parts extends PoolgateDeps {
+  readCache?: ReadCache;
 }
 
 const BODYLESS = new Set(['GET', 'HEAD']);
@@ -58,7 +69,9 @@ const BODYLESS = new Set(['GET', 'HEAD']);
  * written or none. The body was read and parsed before (parseBody), so a transaction that runs
  * again (40001/40P01) sees the same input, and a slow upload holds no connection.
  */
-function runHere(route: RouteSpec, ttlMs: number): Handler<AppEnv> {
+function runHere(route: RouteSpec, ttlMs: number, cache: ReadCache | undefined): Handler<AppEnv> {
+  const policy = route.cache && cache ? checkPolicy(route, route.cache) : undefined;
+  if (policy && cache) return async (c) => answer(c, await cache.serve(c, route, policy));
   return async function runRoute(c) {
     const key = route.kind === 'transactional' ? c.req.header(IDEMPOTENCY_HEADER) : undefined;
     const forward = route.kind === 'transactional' ? c.get('forward') : undefined;
@@ -79,6 +92,32 @@ function runHere(route: RouteSpec, ttlMs: number): Handler<AppEnv> {
     headers['content-type'] = 'application/json';
     return new Response(JSON.stringify(result.body), { status: result.status, headers });
   };
+}
+
+/** A cached route's answer, with the request's headers and its Cache-Status (RFC 9211). */
+function answer(c: Context<AppEnv>, served: { status: number; body: string | undefined; cacheStatus: string }): Response {
+  const headers = responseHeaders(c);
+  headers['cache-status'] = served.cacheStatus;
+  if (served.body === undefined) return new Response(null, { status: served.status, headers });
+  headers['content-type'] = 'application/json';
+  return new Response(served.body, { status: served.status, headers });
+}
+
+/** After a transactional route: the write's position (its own, or the forwarded answer's token), so this instance's cache view is read again. */
+function noteWrite(cache: ReadCache): MiddlewareHandler<AppEnv> {
+  return async function noteWrite(c, next) {
+    await next();
+    const lsn = c.get('metrics').position ?? tokenPosition(c.res.headers.get(CONSISTENCY_HEADER));
+    if (lsn !== undefined) cache.noteWrite(lsn);
+  };
+}
+
+function tokenPosition(raw: string | null): string | undefined {
+  try {
+    return parseToken(raw ?? undefined)?.lsn;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -141,13 +180,13 @@ function answerError(log: (line: string) => void): ErrorHandler<AppEnv> {
   };
 }
 
-function routesApp(routes: readonly RouteSpec[], deps: PoolgateDeps, common: MiddlewareHandler<AppEnv>[], mounted: boolean): Hono<AppEnv> {
+function routesApp(routes: readonly RouteSpec[], deps: Parts, common: MiddlewareHandler<AppEnv>[], mounted: boolean): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
   for (const route of routes) {
     const handler: Handler<AppEnv> =
       route.kind === 'transactional' && deps.transactional
         ? deps.transactional(route)
-        : runHere(route, deps.idempotencyTtlMs ?? 86_400_000);
+        : runHere(route, deps.idempotencyTtlMs ?? 86_400_000, deps.readCache);
     register(app, route.method, route.path, [
       ...common,
       async function declaredRoute(c, next) {
@@ -159,6 +198,7 @@ function routesApp(routes: readonly RouteSpec[], deps: PoolgateDeps, common: Mid
       // Health and stats keep answering while draining (readiness then says so); the routes refuse.
       ...(deps.drain ? [deps.drain.middleware] : []),
       ...(deps.verify ? [deps.verify] : []),
+      ...(deps.readCache && route.kind === 'transactional' ? [noteWrite(deps.readCache)] : []),
       parseInput(route),
       onlyErrors,
       handler,
@@ -183,7 +223,7 @@ function opsApp(deps: PoolgateDeps, common: MiddlewareHandler<AppEnv>[], mounted
   return ops;
 }
 
-function wholeApp(routes: readonly RouteSpec[], deps: PoolgateDeps, options: { openapi?: OpenApiInfo }): Hono<AppEnv> {
+function wholeApp(routes: readonly RouteSpec[], deps: Parts, options: { openapi?: OpenApiInfo }): Hono<AppEnv> {
   const common = commonMiddleware(deps);
   const app = new Hono<AppEnv>();
   // Outermost, once for every request: unmatched ones (404/405) get a request id and are counted
@@ -207,13 +247,25 @@ function wholeApp(routes: readonly RouteSpec[], deps: PoolgateDeps, options: { o
  * poolgate's parts for one runtime, for the application to mount.
  * @example const pg = createPoolgate({ database, registry, bodyLimitBytes: 65536 }); app.route('/', pg.routes(myRoutes));
  */
-export function createPoolgate(deps: PoolgateDeps): Poolgate {
+export function createPoolgate(options: PoolgateDeps): Poolgate {
+  const deps: Parts = { ...options, readCache: readCacheFor(options) };
   return {
     runtime: deps.transactional ? 'edge' : 'node',
     routes: (routes) => routesApp(routes, deps, commonMiddleware(deps), true),
     ops: () => opsApp(deps, commonMiddleware(deps), true),
     app: (routes, options = {}) => wholeApp(routes, deps, options),
   };
+}
+
+function readCacheFor(deps: PoolgateDeps): ReadCache | undefined {
+  if (!deps.cache) return undefined;
+  return new ReadCache({
+    database: deps.database,
+    store: deps.cache.store,
+    maxStalenessMs: deps.cache.maxStalenessMs,
+    requestTimeoutMs: deps.requestTimeoutMs ?? 15_000,
+    log: deps.log,
+  });
 }
 
 export interface AppDeps extends PoolgateDeps {

@@ -88,12 +88,30 @@ export interface ReplicaConfig {
   cookie: boolean;
 }
 
+/** The read cache for routes that declare a policy (cache/): CACHE=on|off and its bounds. */
+export interface CacheConfig {
+  enabled: boolean;
+  /** The longest a committed write may go unseen by readers without its token (CACHE_MAX_STALENESS_MS). */
+  maxStalenessMs: number;
+  /** The in-process store's bounds (CACHE_MAX_ENTRIES, CACHE_MAX_BYTES). */
+  maxEntries: number;
+  maxBytes: number;
+}
+
+export const cacheConfig = (env: Env): CacheConfig => ({
+  enabled: onOff(env, 'CACHE', true),
+  maxStalenessMs: int(env, 'CACHE_MAX_STALENESS_MS', 1_000, 20, 600_000),
+  maxEntries: int(env, 'CACHE_MAX_ENTRIES', 10_000, 1, 10_000_000),
+  maxBytes: int(env, 'CACHE_MAX_BYTES', 32 * 1024 * 1024, 1024, 16 * 1024 * 1024 * 1024),
+});
+
 export interface Config {
   /** postgres:// URL, or undefined to run on the embedded database. Non-enumerable. */
   readonly databaseUrl: string | undefined;
   /** The read replicas' postgres:// URLs (DATABASE_REPLICA_URLS, comma-separated); none: every read on the primary. Non-enumerable. */
   readonly replicaUrls: readonly string[];
   replicas: ReplicaConfig;
+  cache: CacheConfig;
   port: number;
   host: string;
   pool: PoolConfig;
@@ -241,6 +259,7 @@ export function parseConfig(env: Env): Config {
     databaseUrl: undefined,
     replicaUrls: [],
     replicas: replicaConfig(env),
+    cache: cacheConfig(env),
     forwardSecret: undefined,
     opsToken: undefined,
     development: isDevelopment(env),
@@ -336,6 +355,7 @@ export interface EdgeConfig {
   /** The read replicas' URLs (DATABASE_REPLICA_URLS) for the edge's reads. Non-enumerable. */
   readonly replicaUrls: readonly string[];
   replicas: ReplicaConfig;
+  cache: CacheConfig;
 }
 
 export function parseEdgeConfig(env: Env): EdgeConfig {
@@ -372,6 +392,7 @@ export function parseEdgeConfig(env: Env): EdgeConfig {
     development,
     replicaUrls: [],
     replicas: replicaConfig(env),
+    cache: cacheConfig(env),
   };
   Object.defineProperty(config, 'databaseUrl', { value: databaseUrl, enumerable: false, writable: false });
   Object.defineProperty(config, 'replicaUrls', { value: replicaUrls(env), enumerable: false, writable: false });

@@ -7,6 +7,7 @@ import type * as Neon from '@neondatabase/serverless';
 import { buildApp, createPoolgate } from './app.js';
 import type { EdgeConfig } from './config.js';
 import { createNeonReplicatedDatabase, useLocalNeonProxy, type NeonDriver } from './db/connectors/neon.js';
+import { MemoryStore, TieredStore, WebCacheStore, type CacheStore, type WebCache } from './cache/store.js';
 import { createForwardBreaker, forwardTo } from './middleware/forward.js';
 import type { FetchApp, PoolgateApp } from './definition.js';
 import { opsAccessFor } from './routes/ops.js';
@@ -21,6 +22,17 @@ export interface EdgeAppDeps {
   log?: (line: string) => void;
   /** This runtime's "the fetch never sent its request" (src/runtime/fetch-errors.ts). */
   neverSent?: (err: unknown) => boolean;
+  /** The platform's Cache API, where the runtime has one (workerd: caches.default); the read cache keeps an in-isolate LRU in front of it. */
+  platformCache?: WebCache | Promise<WebCache>;
+}
+
+function edgeCacheStore(config: EdgeConfig, deps: EdgeAppDeps): CacheStore {
+  // The isolate's own tier: a fraction of the Node bounds, since isolates are many and small.
+  const near = new MemoryStore({
+    maxEntries: Math.min(config.cache.maxEntries, 1000),
+    maxBytes: Math.min(config.cache.maxBytes, 8 * 1024 * 1024),
+  });
+  return deps.platformCache ? new TieredStore(near, new WebCacheStore(deps.platformCache)) : near;
 }
 
 export function createEdgeApp(config: EdgeConfig, deps: EdgeAppDeps): FetchApp {
@@ -48,6 +60,7 @@ export function createEdgeApp(config: EdgeConfig, deps: EdgeAppDeps): FetchApp {
     requestTimeoutMs: config.requestTimeoutMs,
     opsAccess: opsAccessFor({ token: config.opsToken, development: config.development, exposed: true }),
     log: deps.log,
+    cache: config.cache.enabled ? { store: edgeCacheStore(config, deps), maxStalenessMs: config.cache.maxStalenessMs } : undefined,
     transactional: forwardTo({
       targetUrl: config.nodeFunctionUrl,
       secret: config.forwardSecret,

@@ -7,7 +7,10 @@
  * processes starting at once apply each step once, and a failing step leaves nothing of its run
  * behind.
  */
+import { cachedTables } from '../cache/policy.js';
+import { GENERATIONS_TABLE, installTriggers } from '../cache/triggers.js';
 import type { Migration } from '../definition.js';
+import type { RouteSpec } from '../routes/types.js';
 import type { Queryable } from './types.js';
 
 /** Misuse of the migration list, or a step that failed; the message is one sentence fit for a terminal. */
@@ -22,6 +25,8 @@ export type RunTransaction = <T>(fn: (tx: Queryable) => Promise<T>) => Promise<T
 export interface MigratingApp {
   readonly name?: string | undefined;
   readonly migrations?: readonly Migration[] | undefined;
+  /** Its routes: the tables their cache policies read get the generation triggers (cache/triggers.ts). */
+  readonly routes?: readonly Pick<RouteSpec, 'cache'>[] | undefined;
 }
 
 /** What a run did: the ids it applied, in order, and one line per applied step whose text has changed since. */
@@ -213,7 +218,12 @@ export async function migrate(runTx: RunTransaction, app: MigratingApp): Promise
       await tx.query(MIGRATIONS_TABLE);
       await upgradeMigrationsTable(tx);
       await adoptLegacyTables(tx, fresh);
-      return pending.length ? applyPending(tx, name, pending, running) : { applied: [], warnings: [] };
+      await tx.query(GENERATIONS_TABLE);
+      const report = pending.length ? await applyPending(tx, name, pending, running) : { applied: [], warnings: [] };
+      await installTriggers(tx, cachedTables(app.routes ?? [])).catch((err: unknown) => {
+        throw isSqlError(err) ? err : new MigrationError((err as Error).message);
+      });
+      return report;
     });
   } catch (err) {
     const step = running.step;
@@ -266,6 +276,8 @@ function checkMigrations(migrations: readonly Migration[]): Migration[] {
   });
   return [...byId.values()].sort((a, b) => a.id - b.id);
 }
+
+const isSqlError = (err: unknown) => typeof (err as { code?: unknown }).code === 'string';
 
 /** What went wrong in a step's SQL: the server's first line and its SQLSTATE (schema text, no secrets). */
 function describeSqlError(err: unknown): string {

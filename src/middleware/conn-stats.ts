@@ -5,6 +5,7 @@
  */
 import type { Context, MiddlewareHandler } from 'hono';
 import { CONSISTENCY_HEADER, formatToken, laterLsn, parseToken, tokenCookie, tokenFromCookie } from '../db/consistency.js';
+import type { CacheOutcome } from '../cache/read-cache.js';
 import type { ClientKind, Database, Db, QueryObserver } from '../db/types.js';
 import { now } from '../stats/clock.js';
 import type { StatsRegistry } from '../stats/registry.js';
@@ -40,6 +41,10 @@ export interface RequestMetrics extends QueryObserver {
   position?: string;
   /** Reads the client's token as sent (header, else cookie), when a read first needs it: most requests never do. */
   tokenSent?: () => string | undefined;
+  /** Its reads must see at least this position, besides its token's (a cache fill: the generations it will claim). */
+  requirePosition(lsn: string): void;
+  /** What the read cache did for it, on a cached route. */
+  cache?: CacheOutcome;
 }
 
 export interface ConnStatsVariables {
@@ -99,6 +104,7 @@ class Metrics implements RequestMetrics {
   server?: string;
   position?: string;
   tokenSent?: () => string | undefined;
+  cache?: CacheOutcome;
   #consistency: { lsn: string } | undefined | null = null;
 
   constructor(requestTimeoutMs?: number) {
@@ -108,6 +114,9 @@ class Metrics implements RequestMetrics {
   get consistency(): string | undefined {
     if (this.#consistency === null) this.#consistency = parseToken(this.tokenSent?.());
     return this.#consistency?.lsn;
+  }
+  requirePosition(lsn: string): void {
+    this.#consistency = { lsn: laterLsn(this.consistency, lsn) ?? lsn };
   }
   committed(lsn: string): void {
     this.position = laterLsn(this.position, lsn);
@@ -235,6 +244,7 @@ export const connStats = ({
         retries: metrics.retries,
         replayed: metrics.replayed,
         server: metrics.server,
+        cache: metrics.cache,
       });
       if (!metrics.headersWritten) {
         // Errors, ops endpoints, forwarded answers: the response exists already.

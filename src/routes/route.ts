@@ -4,6 +4,7 @@
  */
 import type { Context } from 'hono';
 import type { z } from 'zod';
+import { checkPolicy } from '../cache/policy.js';
 import type { Db } from '../db/types.js';
 import type { AppEnv, RouteResult, RouteSpec } from './types.js';
 
@@ -51,6 +52,7 @@ export function route<
   const { handler, ...spec } = declaration;
   return {
     ...spec,
+    ...(spec.cache ? { cache: checkPolicy(spec, spec.cache) } : {}),
     run: (c, db) =>
       handler({
         db,

@@ -8,6 +8,7 @@
  */
 import type { Context } from 'hono';
 import type { z } from 'zod';
+import type { CachePolicy } from '../cache/policy.js';
 import type { Db } from '../db/types.js';
 import type { ForwardNonce } from '../idempotency/nonces.js';
 import type { ConnStatsVariables } from '../middleware/conn-stats.js';
@@ -61,6 +62,11 @@ export interface RouteSpec {
   response?: RouteResponse;
   /** Error statuses the route itself can answer (e.g. 404, 409), besides those poolgate adds. */
   errors?: readonly number[];
+  /**
+   * A `read` GET route's answers cached (cache/policy.ts): ttl, stale-while-revalidate, the
+   * tables it reads (a committed write to them outdates it), the headers it varies by. None: never cached.
+   */
+  cache?: CachePolicy;
   /** One line for the OpenAPI document. */
   summary?: string;
   tags?: readonly string[];

@@ -5,6 +5,7 @@
  */
 import * as driver from '@neondatabase/serverless';
 import { buildOnce, parseEdgeConfig } from '../config.js';
+import type { WebCache } from '../cache/store.js';
 import type { PoolgateApp } from '../definition.js';
 import { createEdgeApp } from '../edge-app.js';
 import { denoNeverSent } from './fetch-errors.js';
@@ -16,6 +17,12 @@ function readEnv(): Record<string, string> {
   if (typeof Netlify !== 'undefined') return Netlify.env.toObject();
   if (typeof Deno !== 'undefined') return Deno.env.toObject();
   return {};
+}
+
+/** Netlify's Cache API (standard CacheStorage, per region) or Deno's; none: the isolate's own LRU only. */
+function openCache(): Promise<WebCache> | undefined {
+  const storage = (globalThis as { caches?: { open?(name: string): Promise<WebCache> } }).caches;
+  return storage?.open ? storage.open('poolgate') : undefined;
 }
 
 /** What Netlify passes as the second argument; `waitUntil` lets the request's WebSocket pool end after the response. */
@@ -37,6 +44,7 @@ export function createEdgeFunction(app: PoolgateApp): EdgeFunction {
       neverSent: denoNeverSent,
       scope: 'netlify-edge isolate',
       log: (line) => console.log(line),
+      platformCache: openCache(),
     }),
   );
   return function poolgate(request, context) {

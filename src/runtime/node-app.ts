@@ -8,6 +8,7 @@ import pg from 'pg';
 import { buildApp, createPoolgate } from '../app.js';
 import type { Config } from '../config.js';
 import { createPgDatabase, type PgPoolDatabase } from '../db/connectors/pg-pool.js';
+import { MemoryStore } from '../cache/store.js';
 import { Drain } from '../lifecycle/drain.js';
 import { verifyForward } from '../middleware/verify-forward.js';
 import { opsAccessFor } from '../routes/ops.js';
@@ -35,7 +36,13 @@ export interface NodeApp {
 export function createNodeApp(config: Config, options: NodeAppOptions): NodeApp {
   const { log } = options;
   const database = createPgDatabase(
-    { ...config.pool, connectionString: options.connectionString, requestTimeoutMs: config.requestTimeoutMs },
+    // With the read cache on, a write's answer carries its position: its writer's reads skip older entries.
+    {
+      ...config.pool,
+      connectionString: options.connectionString,
+      requestTimeoutMs: config.requestTimeoutMs,
+      positions: config.cache.enabled,
+    },
     { urls: config.replicaUrls, ...config.replicas },
     { Pool: pg.Pool, Client: pg.Client, log },
   );
@@ -66,6 +73,12 @@ export function createNodeApp(config: Config, options: NodeAppOptions): NodeApp 
     readHeader: options.readHeader,
     onClientGone: options.onClientGone,
     consistencyCookie: config.replicas.cookie,
+    cache: config.cache.enabled
+      ? {
+          store: new MemoryStore({ maxEntries: config.cache.maxEntries, maxBytes: config.cache.maxBytes }),
+          maxStalenessMs: config.cache.maxStalenessMs,
+        }
+      : undefined,
   });
   return { app: buildApp(options.app, parts), database, registry, drain };
 }

@@ -13,7 +13,7 @@ import type { PgPoolDatabase } from '../db/connectors/pg-pool.js';
 import type { StatsRegistry } from '../stats/registry.js';
 import type { Queryable } from '../db/types.js';
 import { describeError, describeStartupFailure, rootCause, type ErrorCode } from '../errors.js';
-import { migrate } from '../db/migrate.js';
+import { migrate, MigrationError } from '../db/migrate.js';
 import type { PoolgateApp } from '../definition.js';
 import { IdempotencyPurger } from '../idempotency/purge.js';
 import type { EmbeddedPostgres } from '../local/embedded.js';
@@ -117,7 +117,7 @@ export async function startGateway(
   } catch (err) {
     await database.close().catch(() => {});
     await embedded?.stop();
-    if (err instanceof ConfigError) throw err;
+    if (err instanceof ConfigError || err instanceof MigrationError) throw err; // one line that names the fix
     if ((err as { code?: string }).code === 'EADDRINUSE')
       throw new StartupError(`port ${config.port} on ${config.host} is in use; set PORT`);
     // The cause and its fix (an open breaker: what opened it), where the database is, never a secret.

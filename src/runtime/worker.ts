@@ -7,6 +7,7 @@
 import * as driver from '@neondatabase/serverless';
 import type { ExecutionContext } from 'hono';
 import { buildOnce, parseEdgeConfig } from '../config.js';
+import type { WebCache } from '../cache/store.js';
 import type { PoolgateApp } from '../definition.js';
 import { createEdgeApp } from '../edge-app.js';
 
@@ -17,6 +18,9 @@ export interface Worker {
   fetch(request: Request, env: Env, ctx: ExecutionContext): Response | Promise<Response>;
 }
 
+/** workerd's shared cache of this location (`caches.default`); absent where a test runtime has none. */
+const workerdCache = (): WebCache | undefined => (globalThis as { caches?: { default?: WebCache } }).caches?.default;
+
 /**
  * The Worker for `app`: reads on Neon (DATABASE_URL), transactional routes forwarded, signed
  * (FORWARD_SECRET), to NODE_FUNCTION_URL.
@@ -24,7 +28,13 @@ export interface Worker {
  */
 export function createWorker(app: PoolgateApp): Worker {
   const appFor = buildOnce((env: Env) =>
-    createEdgeApp(parseEdgeConfig(env), { app, driver, scope: 'workerd isolate', log: (line) => console.log(line) }),
+    createEdgeApp(parseEdgeConfig(env), {
+      app,
+      driver,
+      scope: 'workerd isolate',
+      log: (line) => console.log(line),
+      platformCache: workerdCache(),
+    }),
   );
   return {
     fetch(request, env, ctx) {

@@ -74,6 +74,29 @@ export function renderPrometheus(snap: StatsSnapshot): string {
     per((r) => r.queries.sum),
   );
 
+  const cached = snap.routes.filter((r) => r.cache);
+  if (cached.length > 0) {
+    family(
+      'poolgate_cache_requests_total',
+      'counter',
+      'Requests of cached routes by what the read cache did: hit, stale (served while loaded again), miss, invalidated (an outdated entry), bypass.',
+      cached.flatMap((r) =>
+        Object.entries(r.cache!)
+          .filter(([k]) => k !== 'hitRate' && k !== 'hitLatencyMs')
+          .map(([result, n]): Row => [{ ...scope, method: r.method, route: r.route, result }, n as number]),
+      ),
+    );
+    family(
+      'poolgate_cache_hit_duration_seconds',
+      'gauge',
+      'Latency of the most recent cache hits of each route, by quantile.',
+      cached.flatMap((r) => [
+        [{ ...scope, method: r.method, route: r.route, quantile: '0.5' }, r.cache!.hitLatencyMs.p50 / 1000] as Row,
+        [{ ...scope, method: r.method, route: r.route, quantile: '0.99' }, r.cache!.hitLatencyMs.p99 / 1000] as Row,
+      ]),
+    );
+  }
+
   const p = snap.pool;
   if (p) {
     family('poolgate_pool_max_connections', 'gauge', "The pool's size now: its share of the budget less the lanes open.", [[scope, p.max]]);

@@ -5,6 +5,7 @@
  * route (a fixed ring), so memory stays bounded however long the process runs.
  */
 import type { ClientKind, PoolStats, ReplicaSetFigures } from '../db/types.js';
+import type { CacheOutcome } from '../cache/read-cache.js';
 import type { BreakerSnapshot } from '../resilience/breaker.js';
 
 export interface RequestSample {
@@ -21,6 +22,20 @@ export interface RequestSample {
   replayed?: boolean;
   /** Where there are replicas: the server its reads went to (`primary`, `replica-1` …). */
   server?: string;
+  /** On a cached route: what the read cache did. */
+  cache?: CacheOutcome;
+}
+
+/** A cached route's figures: requests by what the cache did, and how long the hits took. */
+export interface RouteCacheSnapshot {
+  hit: number;
+  stale: number;
+  miss: number;
+  invalidated: number;
+  bypass: number;
+  /** hits (fresh and stale) over all requests that could use it (everything but bypass). */
+  hitRate: number;
+  hitLatencyMs: { p50: number; p99: number };
 }
 
 export interface RouteSnapshot {
@@ -38,6 +53,7 @@ export interface RouteSnapshot {
   servers?: Record<string, number>;
   retryCount: number;
   replayCount: number;
+  cache?: RouteCacheSnapshot;
 }
 
 export interface StatsSnapshot {
@@ -54,6 +70,31 @@ export interface StatsSnapshot {
 
 const RING = 1024;
 
+/** Sorted recent samples → a quantile (0 when none). */
+function quantiles(ring: Float64Array, count: number): (p: number) => number {
+  const recent = Array.from(ring.subarray(0, Math.min(count, RING))).sort((a, b) => a - b);
+  return (p) => (recent.length === 0 ? 0 : round(recent[Math.min(recent.length - 1, Math.ceil(p * recent.length) - 1)]!));
+}
+
+class CacheStats {
+  readonly counts: Record<CacheOutcome, number> = { hit: 0, stale: 0, miss: 0, invalidated: 0, bypass: 0 };
+  #hits = 0;
+  readonly #ring = new Float64Array(RING);
+
+  add(outcome: CacheOutcome, totalMs: number): void {
+    this.counts[outcome]++;
+    if (outcome !== 'hit' && outcome !== 'stale') return;
+    this.#ring[this.#hits % RING] = totalMs;
+    this.#hits++;
+  }
+
+  snapshot(): RouteCacheSnapshot {
+    const q = quantiles(this.#ring, this.#hits);
+    const usable = this.#hits + this.counts.miss + this.counts.invalidated;
+    return { ...this.counts, hitRate: usable ? round(this.#hits / usable) : 0, hitLatencyMs: { p50: q(0.5), p99: q(0.99) } };
+  }
+}
+
 class RouteStats {
   count = 0;
   readonly statusClasses: Record<string, number> = {};
@@ -68,6 +109,7 @@ class RouteStats {
   replayCount = 0;
   readonly clients: Partial<Record<ClientKind | 'none', number>> = {};
   servers: Record<string, number> | undefined;
+  cache: CacheStats | undefined;
   readonly #ring = new Float64Array(RING);
 
   constructor(
@@ -91,11 +133,11 @@ class RouteStats {
     if (s.server !== undefined) (this.servers ??= {})[s.server] = (this.servers[s.server] ?? 0) + 1;
     this.retryCount += s.retries ?? 0;
     if (s.replayed) this.replayCount++;
+    if (s.cache) (this.cache ??= new CacheStats()).add(s.cache, s.totalMs);
   }
 
   snapshot(): RouteSnapshot {
-    const recent = Array.from(this.#ring.subarray(0, Math.min(this.count, RING))).sort((a, b) => a - b);
-    const q = (p: number) => (recent.length === 0 ? 0 : round(recent[Math.min(recent.length - 1, Math.ceil(p * recent.length) - 1)]!));
+    const q = quantiles(this.#ring, this.count);
     const n = Math.max(this.count, 1);
     return {
       method: this.method,
@@ -111,6 +153,7 @@ class RouteStats {
       ...(this.servers ? { servers: { ...this.servers } } : {}),
       retryCount: this.retryCount,
       replayCount: this.replayCount,
+      ...(this.cache ? { cache: this.cache.snapshot() } : {}),
     };
   }
 }

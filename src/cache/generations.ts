@@ -1,0 +1,128 @@
+/**
+ * Per-table generations: how a process learns, without any purge API, that a cached answer is
+ * outdated. Triggers (cache/triggers.ts) bump a table's generation inside every transaction that
+ * writes the table, at its COMMIT, so the bump is visible exactly when the write is: never before
+ * it, undone with a rollback, never lost after a COMMIT that succeeded. Each process (or edge
+ * isolate) keeps one view of all generations, read from the primary with the WAL position at
+ * which it was read, and reads it again when it is older than a quarter of the staleness bound
+ * (in the background) or than the whole bound (before serving), or when a request needs one
+ * taken after it began (a token newer than the view).
+ */
+import type { Database, QueryObserver } from '../db/types.js';
+import { hasReplayed } from '../db/consistency.js';
+
+/** The generations and the primary's WAL position, read in one statement (the position is at or past every bump it saw). */
+export const GENERATIONS_SQL = `SELECT COALESCE((SELECT json_object_agg(name, gen) FROM poolgate_cache_generations), '{}'::json) AS gens,
+  CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_insert_lsn()::text END AS lsn`;
+
+export interface GenerationView {
+  gens: Readonly<Record<string, number>>;
+  /** The primary's position when it was read: data read at or past it includes every write these generations count. */
+  lsn: string | undefined;
+  /** When the read was sent (ms, monotonic clock): the view shows every write committed before. */
+  takenAt: number;
+}
+
+export interface GenerationOptions {
+  database: Database;
+  /** The longest a committed write may go unseen by readers without its token (CACHE_MAX_STALENESS_MS). */
+  maxStalenessMs: number;
+  clock: () => number;
+  log?: (line: string) => void;
+}
+
+const OBSERVER: QueryObserver = { acquired() {}, queried() {}, served() {}, internal: true, intent: 'transactional' };
+
+/** How long the cache stays off after the generations could not be read (no table yet, the database down). */
+const RETRY_AFTER_FAILURE_MS = 5_000;
+
+export class Generations {
+  #view: GenerationView | undefined;
+  #loading: Promise<GenerationView | undefined> | undefined;
+  #loadingSince = 0;
+  #failedAt: number | undefined;
+  #logged = false;
+  refreshCount = 0;
+  errorCount = 0;
+
+  constructor(readonly options: GenerationOptions) {}
+
+  get view(): GenerationView | undefined {
+    return this.#view;
+  }
+
+  /**
+   * A view fit to serve from, or undefined when none can be had (the cache is then bypassed).
+   * `background` receives a refresh this call started but did not wait for (the edge keeps it alive).
+   * `newerThan`: the view must have been taken after this time (a token newer than the view).
+   */
+  async current(opts: { newerThan?: number; background?: (p: Promise<unknown>) => void } = {}): Promise<GenerationView | undefined> {
+    const now = this.options.clock();
+    if (this.#failedAt !== undefined && now - this.#failedAt < RETRY_AFTER_FAILURE_MS) return undefined;
+    const view = this.#view;
+    const age = view ? now - view.takenAt : Infinity;
+    const mustRefresh =
+      age >= this.options.maxStalenessMs || (opts.newerThan !== undefined && view !== undefined && view.takenAt <= opts.newerThan);
+    if (!mustRefresh) {
+      if (age >= this.options.maxStalenessMs / 4 && !this.#loading) opts.background?.(this.#refresh());
+      return view;
+    }
+    return this.#refreshAfter(opts.newerThan ?? now - this.options.maxStalenessMs);
+  }
+
+  /** A write this process saw commit at `lsn`: a view from before it is read again before it serves. */
+  noteWrite(lsn: string): void {
+    const view = this.#view;
+    if (view && !hasReplayed(view.lsn, lsn)) this.#view = { ...view, takenAt: -Infinity };
+  }
+
+  /** Joins a refresh sent after `since`, or sends one. */
+  #refreshAfter(since: number): Promise<GenerationView | undefined> {
+    if (this.#loading && this.#loadingSince > since) return this.#loading;
+    return this.#refresh();
+  }
+
+  #refresh(): Promise<GenerationView | undefined> {
+    const takenAt = this.options.clock();
+    const previous = this.#loading;
+    const loading = (async () => {
+      await previous?.catch(() => {}); // one read at a time; a later one starts after
+      return this.#read(this.options.clock());
+    })();
+    this.#loading = loading;
+    this.#loadingSince = takenAt;
+    void loading.finally(() => {
+      if (this.#loading === loading) this.#loading = undefined;
+    });
+    return loading;
+  }
+
+  async #read(takenAt: number): Promise<GenerationView | undefined> {
+    const db = this.options.database.forRequest(OBSERVER);
+    try {
+      const { rows } = await db.query<{ gens: unknown; lsn: string | null }>(GENERATIONS_SQL);
+      const raw = rows[0]?.gens;
+      const gens = (typeof raw === 'string' ? JSON.parse(raw) : (raw ?? {})) as Record<string, number>;
+      const view: GenerationView = { gens: numbers(gens), lsn: rows[0]?.lsn ?? undefined, takenAt };
+      this.refreshCount++;
+      this.#failedAt = undefined;
+      if (!this.#view || this.#view.takenAt < takenAt) this.#view = view;
+      return this.#view;
+    } catch (err) {
+      this.errorCount++;
+      this.#failedAt = this.options.clock();
+      if (!this.#logged) {
+        this.#logged = true;
+        const code = (err as { code?: unknown }).code;
+        this.options.log?.(
+          `poolgate: the read cache is bypassed: the table generations could not be read${typeof code === 'string' ? ` (${code})` : ''}; run \`poolgate migrate\` so poolgate_cache_generations exists`,
+        );
+      }
+      return undefined;
+    } finally {
+      await db.end?.();
+    }
+  }
+}
+
+const numbers = (gens: Record<string, number>) => Object.fromEntries(Object.entries(gens).map(([k, v]) => [k, Number(v)]));
