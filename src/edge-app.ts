@@ -60,7 +60,10 @@ export function createEdgeApp(config: EdgeConfig, deps: EdgeAppDeps): FetchApp {
     requestTimeoutMs: config.requestTimeoutMs,
     opsAccess: opsAccessFor({ token: config.opsToken, development: config.development, exposed: true }),
     log: deps.log,
-    cache: config.cache.enabled ? { store: edgeCacheStore(config, deps), maxStalenessMs: config.cache.maxStalenessMs } : undefined,
+    cache:
+      config.cache.enabled && deps.app.routes.some((r) => r.cache)
+        ? { store: edgeCacheStore(config, deps), maxStalenessMs: config.cache.maxStalenessMs }
+        : undefined,
     transactional: forwardTo({
       targetUrl: config.nodeFunctionUrl,
       secret: config.forwardSecret,

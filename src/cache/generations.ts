@@ -31,7 +31,21 @@ export interface GenerationOptions {
   log?: (line: string) => void;
 }
 
-const OBSERVER: QueryObserver = { acquired() {}, queried() {}, served() {}, internal: true, intent: 'transactional' };
+/**
+ * The process's own read: on the primary (internal work is never sent to a replica), one-shot where
+ * the backend has it (a lane on Node, Neon HTTP at the edge), and bounded, since readers wait on it.
+ */
+const observer = (deadline: number): QueryObserver => ({
+  acquired() {},
+  queried() {},
+  served() {},
+  internal: true,
+  intent: 'read',
+  deadline,
+});
+
+/** The longest a read of the generations may take; past it the cache stands aside for its readers. */
+const READ_TIMEOUT_MS = 2_000;
 
 /** How long the cache stays off after the generations could not be read (no table yet, the database down). */
 const RETRY_AFTER_FAILURE_MS = 5_000;
@@ -98,7 +112,7 @@ export class Generations {
   }
 
   async #read(takenAt: number): Promise<GenerationView | undefined> {
-    const db = this.options.database.forRequest(OBSERVER);
+    const db = this.options.database.forRequest(observer(takenAt + READ_TIMEOUT_MS));
     try {
       const { rows } = await db.query<{ gens: unknown; lsn: string | null }>(GENERATIONS_SQL);
       const raw = rows[0]?.gens;

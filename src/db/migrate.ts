@@ -218,11 +218,8 @@ export async function migrate(runTx: RunTransaction, app: MigratingApp): Promise
       await tx.query(MIGRATIONS_TABLE);
       await upgradeMigrationsTable(tx);
       await adoptLegacyTables(tx, fresh);
-      await tx.query(GENERATIONS_TABLE);
       const report = pending.length ? await applyPending(tx, name, pending, running) : { applied: [], warnings: [] };
-      await installTriggers(tx, cachedTables(app.routes ?? [])).catch((err: unknown) => {
-        throw isSqlError(err) ? err : new MigrationError((err as Error).message);
-      });
+      await cacheTriggers(tx, cachedTables(app.routes ?? []));
       return report;
     });
   } catch (err) {
@@ -275,6 +272,15 @@ function checkMigrations(migrations: readonly Migration[]): Migration[] {
     byId.set(id, m as Migration);
   });
   return [...byId.values()].sort((a, b) => a.id - b.id);
+}
+
+/** The read cache's generations table and triggers, where the app caches any route (none: nothing changes). */
+async function cacheTriggers(tx: Queryable, tables: readonly string[]): Promise<void> {
+  if (tables.length === 0) return;
+  await tx.query(GENERATIONS_TABLE);
+  await installTriggers(tx, tables).catch((err: unknown) => {
+    throw isSqlError(err) ? err : new MigrationError((err as Error).message);
+  });
 }
 
 const isSqlError = (err: unknown) => typeof (err as { code?: unknown }).code === 'string';

@@ -35,13 +35,15 @@ export interface NodeApp {
 
 export function createNodeApp(config: Config, options: NodeAppOptions): NodeApp {
   const { log } = options;
+  // Only an app that caches a route pays for it (the position read with each COMMIT); others see no change.
+  const cache = config.cache.enabled && options.app.routes.some((r) => r.cache) ? config.cache : undefined;
   const database = createPgDatabase(
     // With the read cache on, a write's answer carries its position: its writer's reads skip older entries.
     {
       ...config.pool,
       connectionString: options.connectionString,
       requestTimeoutMs: config.requestTimeoutMs,
-      positions: config.cache.enabled,
+      positions: cache !== undefined,
     },
     { urls: config.replicaUrls, ...config.replicas },
     { Pool: pg.Pool, Client: pg.Client, log },
@@ -73,12 +75,10 @@ export function createNodeApp(config: Config, options: NodeAppOptions): NodeApp 
     readHeader: options.readHeader,
     onClientGone: options.onClientGone,
     consistencyCookie: config.replicas.cookie,
-    cache: config.cache.enabled
-      ? {
-          store: new MemoryStore({ maxEntries: config.cache.maxEntries, maxBytes: config.cache.maxBytes }),
-          maxStalenessMs: config.cache.maxStalenessMs,
-        }
-      : undefined,
+    cache: cache && {
+      store: new MemoryStore({ maxEntries: cache.maxEntries, maxBytes: cache.maxBytes }),
+      maxStalenessMs: cache.maxStalenessMs,
+    },
   });
   return { app: buildApp(options.app, parts), database, registry, drain };
 }

@@ -129,6 +129,8 @@ export async function startEdgeStack(bundle: EdgeBundle, options: EdgeStackOptio
         NODE_FUNCTION_URL: gateway.url,
         FORWARD_SECRET: forwardSecret,
         OPS_TOKEN: EDGE_OPS_TOKEN,
+        // The edge suites test the database path under the fitness reads; the cache's own suites turn it on.
+        CACHE: 'off',
         ...replicaEnv,
       },
       logs,

@@ -59,6 +59,9 @@ export async function startTestGateway(overrides: Record<string, string> = {}, o
         // pool by other files' connections (a share that shrank mid-test reopened a connection in
         // stats.test). The budget's own tests turn it on (connection-budget.test.ts).
         POOL_BUDGET: 'off',
+        // The suites read the fitness routes to test the database path under them: GET /api/users/:id
+        // must reach the database every time. The read cache's own suites turn it on (read-cache.test.ts).
+        CACHE: 'off',
         ...overrides,
         APPLICATION_NAME: applicationName,
       },

@@ -35,14 +35,24 @@ describe.skipIf(!realPostgresUrl)('npm start with DATABASE_REPLICA_URLS (needs T
 
     const served = await waitFor(
       async () => {
-        const res = await fetch(`${edge}/api/users/${DEMO_USER_ID}`);
+        // A route the example does not cache: each read reaches a server.
+        const res = await fetch(`${edge}/api/users/${DEMO_USER_ID}/workouts`);
         await res.body?.cancel();
         expect(res.status).toBe(200);
         return /replica-1"/.test(res.headers.get('server-timing') ?? '') && res.headers.get('server-timing');
       },
       { timeoutMs: 15_000, what: 'an edge read served by replica-1' },
     );
-    expect(served).toMatch(/db;dur=[\d.]+;desc="neon-http 1q replica-1"/);
+    expect(served).toMatch(/db;dur=[\d.]+;desc="neon-http \dq replica-1"/);
+    // The cached route is served from the edge's cache once loaded (npm start shows the cache on).
+    const statuses: string[] = [];
+    for (let i = 0; i < 2; i++) {
+      const res = await fetch(`${edge}/api/users/${DEMO_USER_ID}`);
+      await res.body?.cancel();
+      statuses.push(res.headers.get('cache-status') ?? '');
+    }
+    expect(statuses[0]).toMatch(/^poolgate; fwd=(miss|stale)/);
+    expect(statuses[1]).toMatch(/^poolgate; hit/);
 
     const write = await fetch(`${edge}/api/users`, {
       method: 'POST',

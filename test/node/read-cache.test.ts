@@ -16,8 +16,8 @@ let a: TestGateway; // the writer's instance
 let b: TestGateway; // another instance on the same database, its view refreshed only every minute
 
 beforeAll(async () => {
-  a = await startTestGateway({ CACHE_MAX_STALENESS_MS: '60000' });
-  b = await startTestGateway({ CACHE_MAX_STALENESS_MS: '60000' }, { db: a.db });
+  a = await startTestGateway({ CACHE: 'on', CACHE_MAX_STALENESS_MS: '60000' });
+  b = await startTestGateway({ CACHE: 'on', CACHE_MAX_STALENESS_MS: '60000' }, { db: a.db });
 });
 
 afterAll(async () => {
@@ -88,7 +88,7 @@ describe('the read cache on Node', () => {
     const { body: user } = await createUser(a);
     await get(a, `/api/users/${user.id}`);
     await a.db.admin('UPDATE users SET name = $2 WHERE id = $1', [user.id, 'Renamed']);
-    const c = await startTestGateway({ CACHE_MAX_STALENESS_MS: '100' }, { db: a.db });
+    const c = await startTestGateway({ CACHE: 'on', CACHE_MAX_STALENESS_MS: '100' }, { db: a.db });
     try {
       await get(c, `/api/users/${user.id}`);
       await c.db.admin('UPDATE users SET name = $2 WHERE id = $1', [user.id, 'Renamed again']);
@@ -135,7 +135,7 @@ describe('the read cache on Node', () => {
     expect(miss.status).toBe(404);
     expect(miss.body.error.code).toBe('not_found');
     await a.db.admin(`INSERT INTO users (id, email, name) VALUES ($1, $2, 'Late')`, [id, `${id}@example.com`]);
-    const c = await startTestGateway({}, { db: a.db }); // a view taken after the insert
+    const c = await startTestGateway({ CACHE: 'on' }, { db: a.db }); // a view taken after the insert
     try {
       expect((await get(c, `/api/users/${id}`)).status).toBe(200);
     } finally {
@@ -223,7 +223,7 @@ describe('the fence: a fill that began before a write', () => {
   });
 
   it('stores its older answer under the older generation: no reader after the write is served it', async () => {
-    const t = await startTestGateway({ CACHE_MAX_STALENESS_MS: '50' }, { app });
+    const t = await startTestGateway({ CACHE: 'on', CACHE_MAX_STALENESS_MS: '50' }, { app });
     try {
       let loaded = nextLoad();
       const slow = get(t, '/items/1'); // reads 'old', then waits
@@ -262,7 +262,7 @@ describe('the fence: a fill that began before a write', () => {
         }),
       ],
     });
-    await expect(startTestGateway({}, { app: bad })).rejects.toThrow(/no_such_table/);
+    await expect(startTestGateway({ CACHE: 'on' }, { app: bad })).rejects.toThrow(/no_such_table/);
   });
 
   it('a policy on a transactional route is refused where it is declared', () => {
