@@ -73,11 +73,17 @@ export interface ConnStatsOptions {
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
 
+/** The consistency token's header and (CONSISTENCY_COOKIE=on) cookie for a request's position: written once, for both paths below. */
+function tokenHeaders(position: string, cookie: boolean | undefined): [string, string][] {
+  const headers: [string, string][] = [[CONSISTENCY_HEADER, formatToken({ lsn: position })]];
+  if (cookie) headers.push(['set-cookie', tokenCookie({ lsn: position })]);
+  return headers;
+}
+
 /** The consistency token on a response built before this middleware saw it (a replayed or forwarded answer keeps its own). */
 function setToken(headers: Headers, position: string, cookie: boolean | undefined): void {
   if (headers.has(CONSISTENCY_HEADER)) return;
-  headers.set(CONSISTENCY_HEADER, formatToken({ lsn: position }));
-  if (cookie) headers.append('set-cookie', tokenCookie({ lsn: position }));
+  for (const [name, value] of tokenHeaders(position, cookie)) headers.append(name, value);
 }
 
 /**
@@ -191,8 +197,7 @@ export function responseHeaders(c: Context): Record<string, string> {
   };
   const position = metrics.position;
   if (position !== undefined) {
-    headers[CONSISTENCY_HEADER] = formatToken({ lsn: position });
-    if (c.get('consistencyCookie' as never)) headers['set-cookie'] = tokenCookie({ lsn: position });
+    for (const [name, value] of tokenHeaders(position, c.get('consistencyCookie' as never) as boolean | undefined)) headers[name] = value;
   }
   return headers;
 }

@@ -167,6 +167,17 @@ describe('the read cache on Node', () => {
     expect(bad.body.error.code).toBe('invalid_consistency_token');
   });
 
+  it('a read route that opens a transaction answers without a token: it wrote nothing to wait for', async () => {
+    const { body: user } = await createUser(a);
+    await json(`${a.url}/api/workouts`, {
+      method: 'POST',
+      json: { userId: user.id, kind: 'run', startedAt: '2026-01-01T00:00:00Z', sets: [] },
+    });
+    const latest = await get(a, `/api/users/${user.id}/workouts/latest`); // db.transaction() on a read route
+    expect(latest.status).toBe(200);
+    expect(latest.headers.get('poolgate-consistency')).toBeNull();
+  });
+
   it('CACHE=off caches nothing', async () => {
     const off = await startTestGateway({ CACHE: 'off' }, { db: a.db });
     try {

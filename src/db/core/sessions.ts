@@ -127,9 +127,9 @@ export class SessionRunner {
     });
   }
 
-  /** Where a request hears the position after its writes, when positions are on and it listens. */
+  /** Where a request hears the position after its writes, when positions are on and it listens (a read route writes nothing to tell). */
   #positionTo(observer: QueryObserver): ((lsn: string | undefined) => void) | undefined {
-    if (!this.#options.positions || !observer.committed || observer.internal) return undefined;
+    if (!this.#options.positions || !observer.committed || observer.internal || observer.intent === 'read') return undefined;
     return (lsn) => lsn !== undefined && observer.committed?.(lsn);
   }
 
