@@ -128,9 +128,11 @@ export class Generations {
       if (!this.#logged) {
         this.#logged = true;
         const code = (err as { code?: unknown }).code;
-        this.options.log?.(
-          `poolgate: the read cache is bypassed: the table generations could not be read${typeof code === 'string' ? ` (${code})` : ''}; run \`poolgate migrate\` so poolgate_cache_generations exists`,
-        );
+        const why =
+          code === '42P01'
+            ? 'poolgate_cache_generations does not exist: run `poolgate migrate`'
+            : `the primary did not answer (${typeof code === 'string' ? code : 'no SQLSTATE'})`;
+        this.options.log?.(`poolgate: the read cache stands aside until the table generations can be read: ${why}`);
       }
       return undefined;
     } finally {

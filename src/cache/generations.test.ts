@@ -1,0 +1,116 @@
+/**
+ * When an instance reads the generations again (cache/generations.ts), on a fake clock and a fake
+ * primary that counts its reads. Real Postgres: test/node/read-cache.test.ts.
+ */
+import { describe, expect, it } from 'vitest';
+import type { Database, Db, QueryObserver, QueryResult } from '../db/types.js';
+import { Generations, GENERATIONS_SQL } from './generations.js';
+
+function primary() {
+  const state = {
+    reads: 0,
+    gens: { users: 1 } as Record<string, number>,
+    lsn: '0/10',
+    fail: undefined as Error | undefined,
+    observers: [] as QueryObserver[],
+  };
+  const database = {
+    kind: 'pg-pool',
+    forRequest(o: QueryObserver): Db {
+      state.observers.push(o);
+      const query = (text: string): Promise<QueryResult> => {
+        expect(text).toBe(GENERATIONS_SQL);
+        state.reads++;
+        if (state.fail) return Promise.reject(state.fail);
+        return Promise.resolve({ rows: [{ gens: { ...state.gens }, lsn: state.lsn }], rowCount: 1 });
+      };
+      return {
+        kind: 'pg-pool',
+        query: query as Db['query'],
+        readBatch: () => Promise.resolve([]),
+        transaction: (fn) => fn({ query: query as Db['query'] }),
+      };
+    },
+  } as unknown as Database;
+  return { state, database };
+}
+
+function setup(maxStalenessMs = 1000) {
+  const clock = { t: 1000 };
+  const { state, database } = primary();
+  const log: string[] = [];
+  const gens = new Generations({ database, maxStalenessMs, clock: () => clock.t, log: (l) => log.push(l) });
+  return { clock, state, gens, log };
+}
+
+describe('the generation view', () => {
+  it('is read once, then served from memory until a quarter of the bound; then read again in the background', async () => {
+    const { clock, state, gens } = setup(1000);
+    expect((await gens.current())?.gens).toEqual({ users: 1 });
+    clock.t += 200;
+    await gens.current();
+    expect(state.reads).toBe(1);
+    state.gens.users = 2;
+    clock.t += 100; // 300 ms old: past a quarter
+    const background: Promise<unknown>[] = [];
+    const served = await gens.current({ background: (p) => background.push(p) });
+    expect(served?.gens).toEqual({ users: 1 }); // served as it was…
+    expect(background).toHaveLength(1); // …while a read goes out
+    await Promise.all(background);
+    expect(gens.view?.gens).toEqual({ users: 2 });
+  });
+
+  it('past the whole bound, waits for a fresh read before serving', async () => {
+    const { clock, state, gens } = setup(1000);
+    await gens.current();
+    state.gens.users = 5;
+    clock.t += 1000;
+    expect((await gens.current())?.gens).toEqual({ users: 5 });
+    expect(state.reads).toBe(2);
+  });
+
+  it('a request that needs a view taken after it began gets one; concurrent ones share one read', async () => {
+    const { clock, state, gens } = setup(60_000);
+    await gens.current();
+    clock.t += 10;
+    const started = clock.t;
+    clock.t += 1;
+    state.gens.users = 9;
+    const [a, b] = await Promise.all([gens.current({ newerThan: started }), gens.current({ newerThan: started })]);
+    expect(a?.gens).toEqual({ users: 9 });
+    expect(b).toBe(a);
+    expect(state.reads).toBe(2);
+  });
+
+  it('noteWrite of a position past the view makes the next read wait for a fresh view; one it already has does not', async () => {
+    const { state, gens } = setup(60_000);
+    await gens.current();
+    gens.noteWrite('0/8'); // before the view's position
+    await gens.current();
+    expect(state.reads).toBe(1);
+    state.lsn = '0/20';
+    state.gens.users = 3;
+    gens.noteWrite('0/20');
+    expect((await gens.current())?.gens).toEqual({ users: 3 });
+    expect(state.reads).toBe(2);
+  });
+
+  it('reads on the primary (internal), one-shot (intent read), under a deadline', async () => {
+    const { state, gens, clock } = setup();
+    await gens.current();
+    expect(state.observers[0]).toMatchObject({ internal: true, intent: 'read', deadline: clock.t + 2000 });
+  });
+
+  it('a failed read stands the cache aside (undefined) for a while, logged once with the fix', async () => {
+    const { clock, state, gens, log } = setup();
+    state.fail = Object.assign(new Error('relation "poolgate_cache_generations" does not exist'), { code: '42P01' });
+    expect(await gens.current()).toBeUndefined();
+    expect(await gens.current()).toBeUndefined();
+    expect(state.reads).toBe(1); // not hammered
+    expect(log).toHaveLength(1);
+    expect(log[0]).toMatch(/does not exist: run `poolgate migrate`/);
+    state.fail = undefined;
+    clock.t += 5_000;
+    expect((await gens.current())?.gens).toEqual({ users: 1 });
+  });
+});
