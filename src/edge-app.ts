@@ -32,7 +32,19 @@ function edgeCacheStore(config: EdgeConfig, deps: EdgeAppDeps): CacheStore {
     maxEntries: Math.min(config.cache.maxEntries, 1000),
     maxBytes: Math.min(config.cache.maxBytes, 8 * 1024 * 1024),
   });
-  return deps.platformCache ? new TieredStore(near, new WebCacheStore(deps.platformCache)) : near;
+  return deps.platformCache
+    ? new TieredStore(near, new WebCacheStore(deps.platformCache, Date.now, cacheNamespace(deps.app, config.databaseUrl)))
+    : near;
+}
+
+/**
+ * What a platform cache shared with other deployments tells this one's entries apart by: the app
+ * and the database it reads (role, host, database; never the password). Two deployments of one app
+ * on one database share entries, rightly: their generations are the same.
+ */
+function cacheNamespace(app: PoolgateApp, databaseUrl: string): string {
+  const url = new URL(databaseUrl);
+  return `${app.name ?? ''} ${decodeURIComponent(url.username)}@${url.host}${decodeURIComponent(url.pathname)}`;
 }
 
 export function createEdgeApp(config: EdgeConfig, deps: EdgeAppDeps): FetchApp {

@@ -113,19 +113,26 @@ const KEY_ORIGIN = 'https://poolgate.cache.invalid/';
 /**
  * The platform's cache: entries as JSON responses that expire by Cache-Control at expiresAt. Shared
  * by the isolates of a location where the platform shares it; a failed match or put is a miss.
+ * The platform may share it beyond one deployment (a Cloudflare zone's `caches.default` serves
+ * every worker on the zone: production and staging, two apps), so keys carry a namespace naming
+ * the deployment's data.
  */
 export class WebCacheStore implements CacheStore {
+  readonly #origin: string;
+
   /** `cache` may still be opening (Deno's `caches.open()`); one that fails to open is no cache. */
   constructor(
     readonly cache: WebCache | Promise<WebCache>,
     readonly clock: () => number = Date.now,
+    namespace = '',
   ) {
     if (cache instanceof Promise) cache.catch(() => {}); // met (as a miss) by the first get or put
+    this.#origin = `${KEY_ORIGIN}${encodeURIComponent(namespace)}/`;
   }
 
   async get(key: string): Promise<CacheEntry | undefined> {
     try {
-      const res = await (await this.cache).match(new Request(KEY_ORIGIN + encodeURIComponent(key)));
+      const res = await (await this.cache).match(new Request(this.#origin + encodeURIComponent(key)));
       if (!res) return undefined;
       const entry = (await res.json()) as CacheEntry;
       return entry.expiresAt > this.clock() ? entry : undefined;
@@ -140,7 +147,7 @@ export class WebCacheStore implements CacheStore {
       headers: { 'content-type': 'application/json', 'cache-control': `max-age=${maxAge}` },
     });
     try {
-      await (await this.cache).put(new Request(KEY_ORIGIN + encodeURIComponent(key)), response);
+      await (await this.cache).put(new Request(this.#origin + encodeURIComponent(key)), response);
     } catch {
       // The platform refused (a limit per invocation, a full cache): the next read loads again.
     }

@@ -22,13 +22,22 @@ export interface DenoEdge {
   stop(): Promise<void>;
 }
 
+export interface DenoEdgeOptions {
+  /**
+   * Deno's DENO_DIR (default: the user's). Its web cache is what `caches.open()` opens, shared by
+   * every process that runs serve-edge.ts with the same DENO_DIR, across runs: a suite that tests
+   * the edge's read cache gives its processes a folder of its own.
+   */
+  denoDir?: string;
+}
+
 /**
  * Starts Deno on the bundle; resolves once it prints `listening <port>`.
  * @example
  * const deno = await startDenoEdge(stack.bundlePath, stack.edgeEnv);
  * … await deno.stop(); await stack.stop();
  */
-export async function startDenoEdge(bundlePath: string, env: Record<string, string>): Promise<DenoEdge> {
+export async function startDenoEdge(bundlePath: string, env: Record<string, string>, options: DenoEdgeOptions = {}): Promise<DenoEdge> {
   const output: string[] = [];
   const child = spawn(
     DENO,
@@ -48,7 +57,14 @@ export async function startDenoEdge(bundlePath: string, env: Record<string, stri
     {
       cwd: dirname(bundlePath),
       // Only what Deno itself needs, plus the edge configuration: no POOLGATE_ENV/NODE_ENV from the test run.
-      env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', NO_COLOR: '1', DENO_NO_UPDATE_CHECK: '1', ...env },
+      env: {
+        PATH: process.env.PATH ?? '',
+        HOME: process.env.HOME ?? '',
+        NO_COLOR: '1',
+        DENO_NO_UPDATE_CHECK: '1',
+        ...(options.denoDir ? { DENO_DIR: options.denoDir } : {}),
+        ...env,
+      },
       stdio: ['ignore', 'pipe', 'pipe'],
     },
   );
