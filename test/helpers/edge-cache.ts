@@ -20,9 +20,9 @@ import { waitFor } from './wait.js';
 
 /** The bindings of each instance, beside the stack's edgeEnv. */
 export const EDGE_CACHE_INSTANCES = {
-  writer: { CACHE_MAX_STALENESS_MS: '60000' },
-  reader: { CACHE_MAX_STALENESS_MS: '60000' },
-  quick: { CACHE_MAX_STALENESS_MS: '200' },
+  writer: { CACHE: 'on', CACHE_MAX_STALENESS_MS: '60000' },
+  reader: { CACHE: 'on', CACHE_MAX_STALENESS_MS: '60000' },
+  quick: { CACHE: 'on', CACHE_MAX_STALENESS_MS: '200' },
   off: { CACHE: 'off' },
 } as const;
 
