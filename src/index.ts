@@ -12,3 +12,4 @@ export type { ClientKind, Db, Queryable, QueryResult, Row, Statement, TxOptions 
 export { AppError, notFound, type ErrorCode, type FieldError } from './errors.js';
 export { openApiDocument } from './openapi.js';
 export { routeNotFound } from './routes/not-found.js';
+export type { CachePolicy } from './cache/policy.js';

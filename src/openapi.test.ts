@@ -163,6 +163,16 @@ describe('openApiDocument', () => {
     expect(created.headers['Poolgate-Consistency']).toEqual({ $ref: '#/components/headers/ConsistencyToken' });
   });
 
+  it('documents Cache-Status on cached routes only, and only when some route is cached', async () => {
+    const fitness = openApiDocument(fitnessRoutes, INFO) as any;
+    const ok = (path: string) => (fitness.paths[path].get.responses['200'] as { headers: Record<string, unknown> }).headers;
+    expect(ok('/api/users/{id}')['Cache-Status']).toEqual({ $ref: '#/components/headers/CacheStatus' });
+    expect(ok('/api/users/{id}/workouts')['Cache-Status']).toBeUndefined();
+    expect(fitness.components.headers.CacheStatus).toMatchObject({ schema: { type: 'string' } });
+    expect(doc.components.headers.CacheStatus).toBeUndefined();
+    expect((await validate(fitness)).valid).toBe(true);
+  });
+
   it('gives each operation a unique operationId derived from method and path', () => {
     const ids = Object.values(doc.paths).flatMap((item) => Object.values(item).map((o) => o.operationId));
     expect(ids).toEqual(['getApiNotebooksByNotebookIdNotes', 'postApiNotebooksByNotebookIdNotes', 'deleteApiNotesById', 'getApiPing']);

@@ -132,7 +132,7 @@ function errorSchema(): JsonObject {
   };
 }
 
-function headerComponents(transactional: boolean): Schemas {
+function headerComponents(transactional: boolean, cached: boolean): Schemas {
   const header = (description: string, schema: JsonObject): JsonObject => ({ description, schema });
   return {
     ServerTiming: header('Where the time went: `acquire` (waiting for a connection), `db` (statements), `total`.', { type: 'string' }),
@@ -140,13 +140,19 @@ function headerComponents(transactional: boolean): Schemas {
       type: 'string',
     }),
     RetryAfter: header('Seconds to wait before trying again.', { type: 'integer', minimum: 0 }),
+    ...(cached && {
+      CacheStatus: header(
+        'What the read cache did (RFC 9211): `poolgate; hit; ttl=42`, `poolgate; fwd=miss; fwd-status=200; stored`, `poolgate; fwd=stale; …` (an entry a write outdated), `poolgate; fwd=bypass` (credentials the route does not vary by).',
+        { type: 'string' },
+      ),
+    }),
     ...(transactional && {
       IdempotentReplayed: header('`true` when this is the stored response to an earlier request with the same Idempotency-Key.', {
         type: 'string',
         enum: ['true'],
       }),
       ConsistencyToken: header(
-        "Where there are read replicas: the primary's WAL position after this write (`lsn=16/B374D848`). Send it back on reads as Poolgate-Consistency to read this write.",
+        "Where there are read replicas or cached routes: the primary's WAL position after this write (`lsn=16/B374D848`). Send it back on reads as Poolgate-Consistency to read this write, from a replica or the cache.",
         { type: 'string' },
       ),
     }),
@@ -306,6 +312,7 @@ function successResponse(route: RouteSpec, context: string, schemas: Schemas): [
   const headers: JsonObject = {
     'Server-Timing': ref('headers', 'ServerTiming'),
     'X-Request-Id': ref('headers', 'RequestId'),
+    ...(route.cache && { 'Cache-Status': ref('headers', 'CacheStatus') }),
     ...(route.kind === 'transactional' && {
       'Idempotent-Replayed': ref('headers', 'IdempotentReplayed'),
       'Poolgate-Consistency': ref('headers', 'ConsistencyToken'),
@@ -372,7 +379,10 @@ export function openApiDocument(routes: readonly RouteSpec[], info: OpenApiInfo,
         ...(transactional && { IdempotencyKey: idempotencyKeyParameter() }),
         ...(routes.some((route) => route.kind === 'read') && { ConsistencyToken: consistencyParameter() }),
       },
-      headers: headerComponents(transactional),
+      headers: headerComponents(
+        transactional,
+        routes.some((route) => route.cache),
+      ),
     },
   };
 }

@@ -79,9 +79,9 @@ describe('WebCacheStore and TieredStore', () => {
     const cache = webCache();
     const store = new WebCacheStore(cache, () => 1000);
     await store.put('GET /a {"id":"1"}', entry({ expiresAt: 31_000 }));
-    const [[url, res]] = [...cache.map];
+    const [url, res] = [...cache.map][0]!;
     expect(url).toMatch(/^https:\/\/poolgate\.cache\.invalid\//);
-    expect(res!.headers.get('cache-control')).toBe('max-age=30');
+    expect(res.headers.get('cache-control')).toBe('max-age=30');
     expect(await store.get('GET /a {"id":"1"}')).toEqual(entry({ expiresAt: 31_000 }));
   });
 
