@@ -230,6 +230,17 @@ describe('the fence: a fill that began before a write', () => {
           return { status: 200, body: { ok: true } };
         },
       }),
+      route({
+        method: 'POST',
+        path: '/items/:id/fail-after-commit',
+        kind: 'transactional',
+        params: z.object({ id: z.coerce.number().int() }),
+        body: z.object({ v: z.string() }),
+        handler: async ({ db, params, body }) => {
+          await db.transaction((tx) => tx.query('UPDATE items SET v = $2 WHERE id = $1', [params.id, body.v]));
+          throw new Error('the route fails after its COMMIT');
+        },
+      }),
     ],
   });
 
@@ -256,6 +267,30 @@ describe('the fence: a fill that began before a write', () => {
       const later = await get(t, '/items/1');
       expect(later.body.v).toBe('new');
       expect(cacheStatus(later)).toMatch(/hit/);
+    } finally {
+      await t.stop();
+    }
+  });
+
+  it('a write whose request fails after its COMMIT still outdates the entries', async () => {
+    const t = await startTestGateway({ CACHE: 'on', CACHE_MAX_STALENESS_MS: '50' }, { app });
+    try {
+      const read = async () => {
+        const loaded = nextLoad();
+        const res = get(t, '/items/1');
+        await Promise.race([loaded, res]);
+        release?.();
+        return res;
+      };
+      await json(`${t.url}/items/1`, { method: 'PUT', json: { v: 'before' } });
+      await read();
+      expect(cacheStatus(await read())).toMatch(/hit/);
+      const failed = await json(`${t.url}/items/1/fail-after-commit`, { method: 'POST', json: { v: 'committed' } });
+      expect(failed.status).toBe(500);
+      await new Promise((r) => setTimeout(r, 100)); // past the bound: any view now is taken after the COMMIT
+      const after = await read();
+      expect(after.body.v).toBe('committed');
+      expect(cacheStatus(after)).toMatch(/fwd=stale/);
     } finally {
       await t.stop();
     }
