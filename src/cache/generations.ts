@@ -7,9 +7,16 @@
  * which it was read, and reads it again when it is older than a quarter of the staleness bound
  * (in the background) or than the whole bound (before serving), or when a request needs one
  * taken after it began (a token newer than the view).
+ *
+ * Whether a view saw a write is not whether its position is past the write's: the position is read
+ * after the statement's snapshot, so a COMMIT whose record is written but not yet visible (its
+ * flush, a synchronous standby) is behind the position and missing from the generations. A view
+ * saw a write when it was taken after the write was known (by time), or when the write is
+ * strictly before `seesBefore` — the position the previous read found, read before this read's
+ * snapshot.
  */
 import type { Database, QueryObserver } from '../db/types.js';
-import { hasReplayed } from '../db/consistency.js';
+import { laterLsn, lsnValue } from '../db/consistency.js';
 
 /** The generations and the primary's WAL position, read in one statement (the position is at or past every bump it saw). */
 export const GENERATIONS_SQL = `SELECT COALESCE((SELECT json_object_agg(name, gen) FROM poolgate_cache_generations), '{}'::json) AS gens,
@@ -19,6 +26,8 @@ export interface GenerationView {
   gens: Readonly<Record<string, number>>;
   /** The primary's position when it was read: data read at or past it includes every write these generations count. */
   lsn: string | undefined;
+  /** A position read before this view's snapshot (the previous read's): a write whose token is strictly before it is counted here. */
+  seesBefore: string | undefined;
   /** When the read was sent (ms, monotonic clock): the view shows every write committed before. */
   takenAt: number;
 }
@@ -59,6 +68,11 @@ export class Generations {
   refreshCount = 0;
   errorCount = 0;
 
+  /** The position the last read found: the next read's `seesBefore`. */
+  #lastLsn: string | undefined;
+  /** A write this process saw commit that the view may not count yet: when it was noted, and its position. */
+  #write: { lsn: string; at: number } | undefined;
+
   constructor(readonly options: GenerationOptions) {}
 
   get view(): GenerationView | undefined {
@@ -74,20 +88,25 @@ export class Generations {
     const now = this.options.clock();
     if (this.#failedAt !== undefined && now - this.#failedAt < RETRY_AFTER_FAILURE_MS) return undefined;
     const view = this.#view;
+    if (this.#write && view && sees(view, this.#write.lsn, this.#write.at)) this.#write = undefined;
+    const after = Math.max(opts.newerThan ?? -Infinity, this.#write?.at ?? -Infinity);
     const age = view ? now - view.takenAt : Infinity;
-    const mustRefresh =
-      age >= this.options.maxStalenessMs || (opts.newerThan !== undefined && view !== undefined && view.takenAt <= opts.newerThan);
+    const mustRefresh = age >= this.options.maxStalenessMs || (view !== undefined && view.takenAt <= after);
     if (!mustRefresh) {
       if (age >= this.options.maxStalenessMs / 4 && !this.#loading) opts.background?.(this.#refresh());
       return view;
     }
-    return this.#refreshAfter(opts.newerThan ?? now - this.options.maxStalenessMs);
+    return this.#refreshAfter(Math.max(after, now - this.options.maxStalenessMs));
   }
 
-  /** A write this process saw commit at `lsn`: a view from before it is read again before it serves. */
+  /**
+   * A write this process saw commit at `lsn`: a view that may not count it is read again before
+   * it serves, and so is one a refresh already under way brings (sent before the write was visible).
+   */
   noteWrite(lsn: string): void {
     const view = this.#view;
-    if (view && !hasReplayed(view.lsn, lsn)) this.#view = { ...view, takenAt: -Infinity };
+    if (view && isBefore(lsn, view.seesBefore)) return;
+    this.#write = { lsn: laterLsn(this.#write?.lsn, lsn) ?? lsn, at: this.options.clock() };
   }
 
   /** Joins a refresh sent after `since`, or sends one. */
@@ -113,11 +132,13 @@ export class Generations {
 
   async #read(takenAt: number): Promise<GenerationView | undefined> {
     const db = this.options.database.forRequest(observer(takenAt + READ_TIMEOUT_MS));
+    const seesBefore = this.#lastLsn; // reads run one at a time: the previous one's answer came before this snapshot
     try {
       const { rows } = await db.query<{ gens: unknown; lsn: string | null }>(GENERATIONS_SQL);
       const raw = rows[0]?.gens;
       const gens = (typeof raw === 'string' ? JSON.parse(raw) : (raw ?? {})) as Record<string, number>;
-      const view: GenerationView = { gens: numbers(gens), lsn: rows[0]?.lsn ?? undefined, takenAt };
+      const view: GenerationView = { gens: numbers(gens), lsn: rows[0]?.lsn ?? undefined, seesBefore, takenAt };
+      this.#lastLsn = laterLsn(this.#lastLsn, view.lsn);
       this.refreshCount++;
       this.#failedAt = undefined;
       if (!this.#view || this.#view.takenAt < takenAt) this.#view = view;
@@ -139,6 +160,21 @@ export class Generations {
       await db.end?.();
     }
   }
+}
+
+/**
+ * Whether `view` counts a write at `lsn` that was visible by `since` (ms, the clock's): taken
+ * after `since`, or `lsn` strictly before a position read before its snapshot.
+ */
+export function sees(view: GenerationView, lsn: string, since: number): boolean {
+  return view.takenAt > since || isBefore(lsn, view.seesBefore);
+}
+
+/** `a` strictly before `b` (equal is not enough: a COMMIT may still be becoming visible at the position after its record). */
+function isBefore(a: string, b: string | undefined): boolean {
+  const x = lsnValue(a);
+  const y = b === undefined ? undefined : lsnValue(b);
+  return x !== undefined && y !== undefined && x < y;
 }
 
 const numbers = (gens: Record<string, number>) => Object.fromEntries(Object.entries(gens).map(([k, v]) => [k, Number(v)]));

@@ -19,7 +19,7 @@ import type { Database, Db } from '../db/types.js';
 import { newMetrics, type RequestMetrics } from '../middleware/conn-stats.js';
 import type { AppEnv, RouteSpec } from '../routes/types.js';
 import { now } from '../stats/clock.js';
-import { Generations, type GenerationView } from './generations.js';
+import { Generations, sees, type GenerationView } from './generations.js';
 import type { CachePolicy } from './policy.js';
 import type { CacheEntry, CacheStore } from './store.js';
 
@@ -106,11 +106,12 @@ export class ReadCache {
     return undefined;
   }
 
-  /** A view fit for this request: one taken after its token's write, where it carries one. */
+  /** A view fit for this request: one that counts its token's write, where it carries one. */
   async #view(c: Context, metrics: RequestMetrics, token: string | undefined): Promise<GenerationView | undefined> {
     const background = (p: Promise<unknown>) => keepAlive(c, p);
     const seen = this.generations.view;
-    const behind = token !== undefined && !hasReplayed(seen?.lsn, token);
+    // The token's write was visible before this request began (its client had the token).
+    const behind = token !== undefined && !(seen && sees(seen, token, metrics.startedAt));
     const view = await this.generations.current({ background, newerThan: behind ? metrics.startedAt : undefined });
     // Still behind: the token names a position the primary has not reached (forged, or another database): no cache.
     return view && (token === undefined || hasReplayed(view.lsn, token)) ? view : undefined;
