@@ -82,17 +82,24 @@ describe('the generation view', () => {
     expect(state.reads).toBe(2);
   });
 
-  it('noteWrite of a position past the view makes the next read wait for a fresh view; one it already has does not', async () => {
-    const { state, gens } = setup(60_000);
+  it('noteWrite makes the next read wait for a view taken after it, unless the view provably counts the write', async () => {
+    const { clock, state, gens } = setup(60_000);
     await gens.current();
-    gens.noteWrite('0/8'); // before the view's position
-    await gens.current();
-    expect(state.reads).toBe(1);
+    clock.t += 1;
+    gens.noteWrite('0/8'); // the view's position (0/10) is read after its snapshot: no proof it counts 0/8
+    clock.t += 1;
     state.lsn = '0/20';
     state.gens.users = 3;
-    gens.noteWrite('0/20');
     expect((await gens.current())?.gens).toEqual({ users: 3 });
     expect(state.reads).toBe(2);
+    // This view's snapshot came after the first read's answer (0/10): a write before 0/10 is in it.
+    gens.noteWrite('0/9');
+    await gens.current();
+    expect(state.reads).toBe(2);
+    gens.noteWrite('0/10'); // at the position, not before it: may still have been becoming visible
+    clock.t += 1;
+    await gens.current();
+    expect(state.reads).toBe(3);
   });
 
   it('reads on the primary (internal), one-shot (intent read), under a deadline', async () => {
