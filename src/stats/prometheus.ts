@@ -261,6 +261,9 @@ function replicaFamilies(snap: StatsSnapshot, family: Family): void {
     'How far behind the replica was at its last look.',
     each((r) => r.lagMs / 1000),
   );
+  family('poolgate_replica_max_lag_seconds', 'gauge', 'A replica further behind than this serves no read (REPLICA_MAX_LAG_MS).', [
+    [scope, set.maxLagMs / 1000],
+  ]);
   family(
     'poolgate_replica_in_flight',
     'gauge',

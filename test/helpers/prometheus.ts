@@ -6,6 +6,8 @@
  */
 import { spawnSync } from 'node:child_process';
 import { expect } from 'vitest';
+import type { PoolStats, ReplicaSetFigures } from '../../src/db/types.js';
+import { StatsRegistry, type RequestSample } from '../../src/stats/registry.js';
 
 export interface Sample {
   name: string;
@@ -119,4 +121,75 @@ export function promtool(args: string[], input?: string): { status: number | nul
   const r = spawnSync(PROMTOOL, args, { input, encoding: 'utf8', timeout: 30_000 });
   if (r.error) throw r.error;
   return { status: r.status, output: `${r.stdout}${r.stderr}` };
+}
+
+const admission = { estimateMs: 12, shed: { wait: 1, deadline: 0, overload: 2, queue_full: 0 } };
+const pool: PoolStats = {
+  max: 8,
+  total: 6,
+  active: 5,
+  idle: 1,
+  waiting: 2,
+  openedCount: 9,
+  closedCount: 3,
+  acquisitionCount: 120,
+  reuseRate: 0.925,
+  errorCount: 1,
+  acquireTimeoutCount: 1,
+  queueRejectedCount: 0,
+  admission,
+  retryCount: 2,
+  retryDeniedCount: 0,
+  cancelledCount: 1,
+  pipeline: { lanes: 2, inFlight: 3, openedCount: 2, closedCount: 0, cancelledCount: 0, overflowCount: 4, waiting: 0, admission },
+  refused: { namedStatements: '26000' },
+  budget: { share: 10, limit: 97, reserve: 3, instances: 2, others: 4, sampledCount: 12, sampleErrorCount: 0, refusedCount: 0 },
+};
+const replicas: ReplicaSetFigures = {
+  maxLagMs: 5000,
+  onPrimary: { noReplica: 1, token: 2 },
+  tokensHonoured: 3,
+  replicas: [
+    {
+      name: 'replica-1',
+      up: true,
+      standby: true,
+      lagMs: 120,
+      inFlight: 1,
+      servedCount: 40,
+      fellBackCount: 0,
+      checkCount: 9,
+      checkErrorCount: 0,
+    },
+  ],
+};
+
+/**
+ * A registry whose snapshot has every optional part (pool with admission, lanes, budget and
+ * refusals; replicas; an open breaker; a cached route), so /metrics text rendered from it holds every
+ * family poolgate can render: 8 requests of GET /api/users/:id (0.2 ms … 30 s, one a 5 s acquire
+ * that timed out) and 5 of GET /api/exercises (hit, hit, stale, miss, bypass).
+ */
+export function everyFamilyRegistry(): StatsRegistry {
+  const reg = new StatsRegistry({
+    scope: 'node',
+    pool: () => pool,
+    replicas: () => replicas,
+    breakers: () => [{ name: 'postgres', state: 'open', openedCount: 1, rejectedCount: 7 }],
+  });
+  const base: RequestSample = {
+    method: 'GET',
+    route: '/api/users/:id',
+    status: 200,
+    totalMs: 3,
+    dbMs: 1,
+    acquireMs: 0.1,
+    queries: 1,
+    client: 'pg-pool',
+  };
+  for (const totalMs of [0.2, 0.7, 3, 30, 300, 3000, 30_000]) reg.record({ ...base, totalMs, dbMs: totalMs / 2, server: 'replica-1' });
+  reg.record({ ...base, status: 503, queries: 0, dbMs: 0, acquireMs: 5000, totalMs: 5001 });
+  for (const cache of ['hit', 'hit', 'stale', 'miss', 'bypass'] as const)
+    reg.record({ ...base, route: '/api/exercises', cache, totalMs: cache === 'miss' ? 20 : 0.3, queries: cache === 'miss' ? 1 : 0 });
+  return reg;
 }
