@@ -120,7 +120,7 @@ export function opsRoutes({ database, registry, drain, readyTimeoutMs, access = 
 
   get('/metrics', async (c) => {
     if (!(await allowed(c))) throw refuse();
-    return c.body(renderPrometheus(registry.snapshot()), 200, { 'content-type': PROMETHEUS_CONTENT_TYPE });
+    return c.body(renderPrometheus(registry.snapshot({ histograms: true })), 200, { 'content-type': PROMETHEUS_CONTENT_TYPE });
   });
   return ops;
 }

@@ -1,6 +1,11 @@
-/** Renders a stats snapshot in the Prometheus text exposition format (version 0.0.4). */
+/**
+ * Renders a stats snapshot in the Prometheus text exposition format (version 0.0.4). Latencies are
+ * histograms (cumulative buckets since start, histogram.ts), so several instances aggregate; pass a
+ * snapshot taken with `{ histograms: true }`, or the latency families come out empty.
+ */
 import type { AdmissionStats, ReplicaFigures } from '../db/types.js';
-import type { StatsSnapshot } from './registry.js';
+import { BUCKET_LABELS, type HistogramSnapshot } from './histogram.js';
+import type { RouteHistograms, StatsSnapshot } from './registry.js';
 
 const esc = (v: string) => v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
 const labels = (l: Record<string, string>) =>
@@ -41,31 +46,26 @@ export function renderPrometheus(snap: StatsSnapshot): string {
       ),
     ),
   );
-  out.push('# HELP poolgate_http_request_duration_seconds Request latency over the most recent requests of each route.');
-  out.push('# TYPE poolgate_http_request_duration_seconds summary');
-  for (const r of snap.routes) {
-    const base = { ...scope, method: r.method, route: r.route };
-    for (const [q, v] of [
-      ['0.5', r.latencyMs.p50],
-      ['0.95', r.latencyMs.p95],
-      ['0.99', r.latencyMs.p99],
-    ] as const) {
-      out.push(`poolgate_http_request_duration_seconds${labels({ ...base, quantile: q })} ${v / 1000}`);
+  const histogram = (name: string, help: string, pick: (h: RouteHistograms) => HistogramSnapshot | undefined) => {
+    out.push(`# HELP ${name} ${help}`, `# TYPE ${name} histogram`);
+    for (const r of snap.routes) {
+      const h = r.histograms && pick(r.histograms);
+      if (!h) continue;
+      const base = { ...scope, method: r.method, route: r.route };
+      BUCKET_LABELS.forEach((le, i) => out.push(`${name}_bucket${labels({ ...base, le })} ${h.cumulative[i]}`));
+      out.push(`${name}_sum${labels(base)} ${h.sumSeconds}`, `${name}_count${labels(base)} ${h.count}`);
     }
-    out.push(`poolgate_http_request_duration_seconds_sum${labels(base)} ${r.latencyMs.sum / 1000}`);
-    out.push(`poolgate_http_request_duration_seconds_count${labels(base)} ${r.count}`);
-  }
-  family(
-    'poolgate_db_time_seconds_total',
-    'counter',
-    'Time spent in database statements.',
-    per((r) => r.dbTimeMs.sum / 1000),
+  };
+  histogram('poolgate_http_request_duration_seconds', 'Request latency since start, by route pattern.', (h) => h.duration);
+  histogram(
+    'poolgate_db_time_seconds',
+    'Time a request spent in database statements, over the requests that reached the database.',
+    (h) => h.dbTime,
   );
-  family(
-    'poolgate_db_acquire_wait_seconds_total',
-    'counter',
-    'Time spent waiting for a database connection.',
-    per((r) => r.acquireWaitMs.sum / 1000),
+  histogram(
+    'poolgate_db_acquire_wait_seconds',
+    'Time a request waited for a database connection (timed-out waits included), over the requests that reached the database.',
+    (h) => h.acquireWait,
   );
   family(
     'poolgate_db_queries_total',
@@ -86,14 +86,10 @@ export function renderPrometheus(snap: StatsSnapshot): string {
           .map(([result, n]): Row => [{ ...scope, method: r.method, route: r.route, result }, n as number]),
       ),
     );
-    family(
+    histogram(
       'poolgate_cache_hit_duration_seconds',
-      'gauge',
-      'Latency of the most recent cache hits of each route, by quantile.',
-      cached.flatMap((r) => [
-        [{ ...scope, method: r.method, route: r.route, quantile: '0.5' }, r.cache!.hitLatencyMs.p50 / 1000] as Row,
-        [{ ...scope, method: r.method, route: r.route, quantile: '0.99' }, r.cache!.hitLatencyMs.p99 / 1000] as Row,
-      ]),
+      'Latency of the requests of each cached route that the cache answered (hit or stale), since start.',
+      (h) => h.cacheHit,
     );
   }
 
@@ -265,6 +261,9 @@ function replicaFamilies(snap: StatsSnapshot, family: Family): void {
     'How far behind the replica was at its last look.',
     each((r) => r.lagMs / 1000),
   );
+  family('poolgate_replica_max_lag_seconds', 'gauge', 'A replica further behind than this serves no read (REPLICA_MAX_LAG_MS).', [
+    [scope, set.maxLagMs / 1000],
+  ]);
   family(
     'poolgate_replica_in_flight',
     'gauge',

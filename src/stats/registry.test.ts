@@ -1,6 +1,7 @@
 /** The per-route stats registry: counts, status classes, clients, quantiles over a bounded ring. */
 import { describe, expect, it } from 'vitest';
 import type { PoolStats } from '../db/types.js';
+import { BUCKET_BOUNDS_MS, BUCKET_LABELS } from './histogram.js';
 import { StatsRegistry, type RequestSample } from './registry.js';
 
 const sample = (over: Partial<RequestSample> = {}): RequestSample => ({
@@ -102,5 +103,83 @@ describe('StatsRegistry', () => {
     snap.routes[0]!.clients['pg-pool'] = 99;
     expect(reg.snapshot().routes[0]!.statusClasses['2xx']).toBe(1);
     expect(reg.snapshot().routes[0]!.clients['pg-pool']).toBe(1);
+  });
+
+  describe('histograms (for /metrics)', () => {
+    const at = (label: string) => BUCKET_LABELS.indexOf(label);
+
+    it('count every request since start in cumulative buckets, a value on a bound counting in that bound', () => {
+      const reg = new StatsRegistry({ scope: 'test' });
+      for (const ms of [0, 0.5, 0.6, 1, 3, 3, 250, 10_000, 10_001, 60_000]) reg.record(sample({ totalMs: ms }));
+      const h = reg.snapshot({ histograms: true }).routes[0]!.histograms!.duration;
+      expect(BUCKET_LABELS).toEqual([
+        '0.0005',
+        '0.001',
+        '0.0025',
+        '0.005',
+        '0.01',
+        '0.025',
+        '0.05',
+        '0.1',
+        '0.25',
+        '0.5',
+        '1',
+        '2.5',
+        '5',
+        '10',
+        '+Inf',
+      ]);
+      expect(h.cumulative).toEqual([2, 4, 4, 6, 6, 6, 6, 6, 7, 7, 7, 7, 7, 8, 10]);
+      expect(h.count).toBe(10);
+      expect(h.sumSeconds).toBeCloseTo((0.5 + 0.6 + 1 + 3 + 3 + 250 + 10_000 + 10_001 + 60_000) / 1000, 9);
+      expect(h.cumulative[at('0.005')]).toBe(6);
+    });
+
+    it('keep counting past the quantile ring, in the same fixed memory', () => {
+      const reg = new StatsRegistry({ scope: 'test' });
+      for (let i = 0; i < 5000; i++) reg.record(sample({ totalMs: i < 4000 ? 1000 : 1 }));
+      const h = reg.snapshot({ histograms: true }).routes[0]!.histograms!.duration;
+      expect(h.cumulative).toHaveLength(BUCKET_BOUNDS_MS.length + 1);
+      expect(h.cumulative[at('0.001')]).toBe(1000); // the ring holds only the last 1024, all of them 1 ms
+      expect(h.cumulative[at('1')]).toBe(5000);
+      expect(h.count).toBe(5000);
+    });
+
+    it('observe DB time and acquire wait only for requests that reached the database, a timed-out wait included', () => {
+      const reg = new StatsRegistry({ scope: 'test' });
+      reg.record(sample({ dbMs: 4, acquireMs: 0.2 }));
+      reg.record(sample({ status: 400, client: 'none', queries: 0, dbMs: 0, acquireMs: 0 })); // refused before any DB work
+      reg.record(sample({ status: 503, queries: 0, dbMs: 0, acquireMs: 300 })); // gave up waiting for a connection
+      const h = reg.snapshot({ histograms: true }).routes[0]!.histograms!;
+      expect(h.duration.count).toBe(3);
+      expect(h.dbTime.count).toBe(2);
+      expect(h.dbTime.cumulative[at('0.0005')]).toBe(1);
+      expect(h.dbTime.cumulative[at('0.005')]).toBe(2);
+      expect(h.acquireWait.count).toBe(2);
+      expect(h.acquireWait.cumulative[at('0.0005')]).toBe(1);
+      expect(h.acquireWait.cumulative[at('0.25')]).toBe(1);
+      expect(h.acquireWait.cumulative[at('0.5')]).toBe(2);
+      expect(h.acquireWait.sumSeconds).toBeCloseTo(0.3002, 9);
+      expect(h.cacheHit).toBeUndefined();
+    });
+
+    it('observe cache hit latency for hits and stale answers only', () => {
+      const reg = new StatsRegistry({ scope: 'test' });
+      reg.record(sample({ cache: 'hit', totalMs: 0.3, queries: 0 }));
+      reg.record(sample({ cache: 'stale', totalMs: 2, queries: 0 }));
+      reg.record(sample({ cache: 'miss', totalMs: 40 }));
+      reg.record(sample({ cache: 'bypass', totalMs: 40 }));
+      const h = reg.snapshot({ histograms: true }).routes[0]!.histograms!.cacheHit!;
+      expect(h.count).toBe(2);
+      expect(h.cumulative[at('0.0005')]).toBe(1);
+      expect(h.cumulative[at('0.0025')]).toBe(2);
+      expect(h.cumulative.at(-1)).toBe(2);
+    });
+
+    it('stay out of /stats: a plain snapshot has none', () => {
+      const reg = new StatsRegistry({ scope: 'test' });
+      reg.record(sample({ cache: 'hit' }));
+      expect('histograms' in reg.snapshot().routes[0]!).toBe(false);
+    });
   });
 });

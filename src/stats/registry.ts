@@ -1,12 +1,14 @@
 /**
  * Per-route connection stats. One registry per process (or per isolate at the edge): the
  * middleware records one sample per request, `/stats` reads `snapshot()`, `/metrics` renders the
- * same snapshot as Prometheus text. Latency quantiles come from the most recent samples of each
- * route (a fixed ring), so memory stays bounded however long the process runs.
+ * same snapshot as Prometheus text. Latency quantiles (for people, in /stats) come from the most
+ * recent samples of each route (a fixed ring); the histograms (for Prometheus, in /metrics) count
+ * every request since start in fixed buckets (histogram.ts). Memory stays bounded either way.
  */
 import type { ClientKind, PoolStats, ReplicaSetFigures } from '../db/types.js';
 import type { CacheOutcome } from '../cache/read-cache.js';
 import type { BreakerSnapshot } from '../resilience/breaker.js';
+import { Histogram, type HistogramSnapshot } from './histogram.js';
 
 export interface RequestSample {
   method: string;
@@ -38,6 +40,18 @@ export interface RouteCacheSnapshot {
   hitLatencyMs: { p50: number; p99: number };
 }
 
+/** A route's histograms since start, for /metrics (`snapshot({ histograms: true })`); /stats has none. */
+export interface RouteHistograms {
+  /** Every request's duration. */
+  duration: HistogramSnapshot;
+  /** Requests that reached the database (ran a statement or waited for a connection): their time in statements. */
+  dbTime: HistogramSnapshot;
+  /** The same requests: their time waiting for a connection (a wait that timed out included). */
+  acquireWait: HistogramSnapshot;
+  /** On a cached route: the duration of requests the cache answered (hit and stale). */
+  cacheHit?: HistogramSnapshot;
+}
+
 export interface RouteSnapshot {
   method: string;
   route: string;
@@ -54,6 +68,7 @@ export interface RouteSnapshot {
   retryCount: number;
   replayCount: number;
   cache?: RouteCacheSnapshot;
+  histograms?: RouteHistograms;
 }
 
 export interface StatsSnapshot {
@@ -80,12 +95,14 @@ class CacheStats {
   readonly counts: Record<CacheOutcome, number> = { hit: 0, stale: 0, miss: 0, invalidated: 0, bypass: 0 };
   #hits = 0;
   readonly #ring = new Float64Array(RING);
+  readonly hitHistogram = new Histogram();
 
   add(outcome: CacheOutcome, totalMs: number): void {
     this.counts[outcome]++;
     if (outcome !== 'hit' && outcome !== 'stale') return;
     this.#ring[this.#hits % RING] = totalMs;
     this.#hits++;
+    this.hitHistogram.observe(totalMs);
   }
 
   snapshot(): RouteCacheSnapshot {
@@ -111,6 +128,9 @@ class RouteStats {
   servers: Record<string, number> | undefined;
   cache: CacheStats | undefined;
   readonly #ring = new Float64Array(RING);
+  readonly #duration = new Histogram();
+  readonly #dbTime = new Histogram();
+  readonly #acquireWait = new Histogram();
 
   constructor(
     readonly method: string,
@@ -120,6 +140,12 @@ class RouteStats {
   add(s: RequestSample): void {
     this.#ring[this.count % RING] = s.totalMs;
     this.count++;
+    this.#duration.observe(s.totalMs);
+    if (s.queries > 0 || s.acquireMs > 0) {
+      // A request that never reached the database (a 400, a cache hit, a shed) would only pile up zeros.
+      this.#dbTime.observe(s.dbMs);
+      this.#acquireWait.observe(s.acquireMs);
+    }
     const cls = `${Math.floor(s.status / 100)}xx`;
     this.statusClasses[cls] = (this.statusClasses[cls] ?? 0) + 1;
     if (s.status >= 400) this.errorCount++;
@@ -136,7 +162,16 @@ class RouteStats {
     if (s.cache) (this.cache ??= new CacheStats()).add(s.cache, s.totalMs);
   }
 
-  snapshot(): RouteSnapshot {
+  histograms(): RouteHistograms {
+    return {
+      duration: this.#duration.snapshot(),
+      dbTime: this.#dbTime.snapshot(),
+      acquireWait: this.#acquireWait.snapshot(),
+      ...(this.cache ? { cacheHit: this.cache.hitHistogram.snapshot() } : {}),
+    };
+  }
+
+  snapshot(histograms: boolean): RouteSnapshot {
     const q = quantiles(this.#ring, this.count);
     const n = Math.max(this.count, 1);
     return {
@@ -154,6 +189,7 @@ class RouteStats {
       retryCount: this.retryCount,
       replayCount: this.replayCount,
       ...(this.cache ? { cache: this.cache.snapshot() } : {}),
+      ...(histograms ? { histograms: this.histograms() } : {}),
     };
   }
 }
@@ -186,14 +222,15 @@ export class StatsRegistry {
     stats.add(sample);
   }
 
-  snapshot(): StatsSnapshot {
+  /** `histograms`: add each route's histograms (for /metrics; /stats and getStats() leave them out). */
+  snapshot({ histograms = false }: { histograms?: boolean } = {}): StatsSnapshot {
     const pool = this.options.pool?.();
     const replicas = this.options.replicas?.();
     return {
       scope: this.options.scope,
       startedAt: new Date(this.#started).toISOString(),
       uptimeSeconds: Math.round((Date.now() - this.#started) / 1000),
-      routes: [...this.#routes.values()].map((r) => r.snapshot()),
+      routes: [...this.#routes.values()].map((r) => r.snapshot(histograms)),
       ...(pool ? { pool } : {}),
       ...(replicas ? { replicas } : {}),
       breakers: this.options.breakers?.() ?? [],

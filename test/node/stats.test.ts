@@ -1,11 +1,13 @@
 /**
  * Per-route stats over real HTTP: exact counts per route pattern (never the raw URL), status
  * classes and the client that served each request; the same figures in /metrics as parseable
- * Prometheus text; a Server-Timing header on every response; and connection reuse on a warm pool.
+ * Prometheus text, latencies as histograms that `promtool check metrics` accepts; a Server-Timing
+ * header on every response; and connection reuse on a warm pool.
  */
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { json, leaksIn, seenResponses, startTestGateway, type TestGateway } from '../helpers/gateway.js';
+import { histogramSeries, onPromtool, parsePrometheus, promtool, promtoolMissing } from '../helpers/prometheus.js';
 
 let t: TestGateway;
 
@@ -28,44 +30,6 @@ interface RouteRow {
 }
 
 const routeOf = (routes: RouteRow[], method: string, route: string) => routes.find((r) => r.method === method && r.route === route);
-
-interface Sample {
-  name: string;
-  labels: Record<string, string>;
-  value: number;
-}
-
-/** A strict reader of the Prometheus text format: throws on any line it cannot read. */
-function parsePrometheus(text: string): { samples: Sample[]; types: Map<string, string> } {
-  const samples: Sample[] = [];
-  const types = new Map<string, string>();
-  const lines = text.split('\n');
-  expect(lines.at(-1)).toBe(''); // ends with a newline
-  for (const line of lines.slice(0, -1)) {
-    if (line.startsWith('# HELP ')) {
-      expect(line).toMatch(/^# HELP [a-zA-Z_:][a-zA-Z0-9_:]* \S/);
-      continue;
-    }
-    if (line.startsWith('# TYPE ')) {
-      const m = /^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|summary|histogram|untyped)$/.exec(line);
-      if (!m) throw new Error(`bad TYPE line: ${line}`);
-      types.set(m[1]!, m[2]!);
-      continue;
-    }
-    const m = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (-?(?:\d+(?:\.\d+)?(?:e[+-]?\d+)?|NaN|\+Inf|-Inf))$/.exec(line);
-    if (!m) throw new Error(`not "name{labels} value": ${JSON.stringify(line)}`);
-    const labels: Record<string, string> = {};
-    if (m[3]) {
-      const rest = m[3].replace(/([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(,|$)/g, (_all, k: string, v: string) => {
-        labels[k] = v.replace(/\\n/g, '\n').replace(/\\"/g, '"').replace(/\\\\/g, '\\');
-        return '';
-      });
-      if (rest !== '') throw new Error(`bad labels in ${JSON.stringify(line)}`);
-    }
-    samples.push({ name: m[1]!, labels, value: Number(m[4]) });
-  }
-  return { samples, types };
-}
 
 describe('a known sequence of requests on a fresh gateway', () => {
   let userId: string;
@@ -141,13 +105,47 @@ describe('a known sequence of requests on a fresh gateway', () => {
     expect(value('poolgate_pool_connections', { scope: 'node', state: 'active' })).toBe(0);
 
     expect(types.get('poolgate_http_requests_total')).toBe('counter');
-    expect(types.get('poolgate_http_request_duration_seconds')).toBe('summary');
+    expect(types.get('poolgate_http_request_duration_seconds')).toBe('histogram');
     for (const s of samples) {
-      const family = s.name.replace(/_(sum|count)$/, '');
+      const family = s.name.replace(/_(sum|count|bucket)$/, '');
       expect(types.has(s.name) || types.has(family), `${s.name} has a # TYPE`).toBe(true);
       expect(Number.isNaN(s.value), s.name).toBe(false);
       expect(s.labels.route ?? '', s.name).not.toMatch(/[0-9a-f]{8}-[0-9a-f]{4}/);
     }
+  });
+
+  it('/metrics has latencies as histograms: cumulative buckets, and _count the requests made', async () => {
+    const { samples, types } = parsePrometheus(await (await fetch(`${t.url}/metrics`)).text());
+    // Requests made per route, and how many of them reached the database (the invalid id and body did not).
+    const made = [
+      { method: 'GET', route: '/api/users/:id', requests: 6, reachedDb: 5 },
+      { method: 'POST', route: '/api/users', requests: 2, reachedDb: 1 },
+      { method: 'GET', route: '(unmatched)', requests: 1, reachedDb: 0 },
+      { method: 'GET', route: '/health', requests: 1, reachedDb: 0 },
+    ];
+    const families = {
+      poolgate_http_request_duration_seconds: 'requests',
+      poolgate_db_time_seconds: 'reachedDb',
+      poolgate_db_acquire_wait_seconds: 'reachedDb',
+    } as const;
+    for (const [name, expected] of Object.entries(families)) {
+      expect(types.get(name), name).toBe('histogram');
+      const { series, problems } = histogramSeries(samples, name);
+      expect(problems).toEqual([]);
+      for (const m of made) {
+        const s = series.find((x) => x.labels.method === m.method && x.labels.route === m.route);
+        expect(s?.count ?? 0, `${name} ${m.method} ${m.route}`).toBe(m[expected]);
+        if (s) expect(s.buckets.map(([le]) => le)).toEqual(expect.arrayContaining(['0.001', '0.1', '1', '10', '+Inf']));
+      }
+    }
+    expect(samples.some((s) => s.name.startsWith('poolgate_http_request_duration_seconds') && 'quantile' in s.labels)).toBe(false);
+  });
+
+  it.skipIf(!!promtoolMissing)(onPromtool('/metrics passes `promtool check metrics` (format and naming lint)'), async () => {
+    const text = await (await fetch(`${t.url}/metrics`)).text();
+    const { status, output } = promtool(['check', 'metrics'], text);
+    expect(output).toBe('');
+    expect(status).toBe(0);
   });
 });
 

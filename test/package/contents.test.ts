@@ -1,10 +1,10 @@
 /**
- * What `npm pack` puts into poolgate's tarball, after `npm run build`: the compiled library and
- * the bin, nothing of the development side (tests, benches, local data, sources, source maps, the
- * example app, the build script, the deploy bundles); every file the exports map and the bin
- * name, and the local topology `poolgate dev` runs; and shipped code that imports only what a
- * consumer's install has — the dependencies, the peers, Node's builtins — with the optional peers
- * (PGlite, esbuild, miniflare) reached only lazily.
+ * What `npm pack` puts into poolgate's tarball, after `npm run build`: the compiled library, the
+ * bin and the Prometheus alerting rules, nothing of the development side (tests, benches, local
+ * data, sources, source maps, the example app, the build script, the deploy bundles); every file
+ * the exports map and the bin name, and the local topology `poolgate dev` runs; and shipped code
+ * that imports only what a consumer's install has — the dependencies, the peers, Node's builtins —
+ * with the optional peers (PGlite, esbuild, miniflare) reached only lazily.
  * Imports are read with TypeScript's parser, not a regex: the JSDoc examples in the shipped
  * JavaScript say `import … from 'poolgate/…'`, and a regex would take them for imports.
  */
@@ -137,6 +137,12 @@ describe('the tarball', () => {
     const js = files.filter((f) => f.startsWith('dist/lib/') && f.endsWith('.js'));
     expect(js.length).toBeGreaterThan(20);
     for (const file of js) expect(files, `${file} has its declarations`).toContain(file.replace(/\.js$/, '.d.ts'));
+  });
+
+  it('holds the Prometheus alerting rules, and not their promtool test cases', () => {
+    expect(files).toContain('alerts/poolgate.rules.yml');
+    expect(files.filter((f) => f.startsWith('alerts/'))).toEqual(['alerts/poolgate.rules.yml']);
+    expect(files.filter((f) => f.includes('promtool'))).toEqual([]);
   });
 
   it('holds what `poolgate dev` runs: the local topology and each of its parts', () => {
