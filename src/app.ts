@@ -48,6 +48,8 @@ export interface PoolgateDeps {
   readHeader?: (c: Context, name: string) => string | undefined;
   /** Who may read /stats, /metrics and readiness details (src/routes/ops.ts). */
   opsAccess?: OpsAccess;
+  /** Serve the live dashboard at /dashboard (DASHBOARD; src/routes/dashboard/). Default off. */
+  dashboard?: boolean;
   /** A runtime's cheap "the client went away" (Node's comes from the response; default: the Request's signal). */
   onClientGone?: (c: Context, gone: () => void) => void;
   /** Transactional responses also set the consistency token as a cookie (CONSISTENCY_COOKIE=on). */
@@ -217,6 +219,7 @@ function opsApp(deps: PoolgateDeps, common: MiddlewareHandler<AppEnv>[], mounted
     drain: deps.drain,
     readyTimeoutMs: deps.readyTimeoutMs ?? 1000,
     access: deps.opsAccess,
+    dashboard: deps.dashboard,
     before: common,
   });
   if (mounted) ops.onError(answerError(deps.log ?? (() => {})));

@@ -200,6 +200,14 @@ describe('parseConfig', () => {
     expect(parseConfig({ FORWARD_SECRET: 'short', NODE_ENV: 'development' }).forwardSecret).toBe('short');
     expect(parseConfig({}).forwardSecret).toBeUndefined();
   });
+
+  it('reads DASHBOARD as on or off, on by default only in development', () => {
+    expect(parseConfig({}).dashboard).toBe(false);
+    expect(parseConfig({ POOLGATE_ENV: 'development' }).dashboard).toBe(true);
+    expect(parseConfig({ POOLGATE_ENV: 'development', DASHBOARD: 'off' }).dashboard).toBe(false);
+    expect(parseConfig({ DASHBOARD: ' On ' }).dashboard).toBe(true);
+    expect(configError(() => parseConfig({ DASHBOARD: 'yes' })).message).toBe('DASHBOARD: must be on or off, got "yes"');
+  });
 });
 
 describe('DATABASE_URL validation', () => {
@@ -239,6 +247,12 @@ describe('parseEdgeConfig', () => {
     expect(c.forwardSecret).toBe('f'.repeat(32));
     expect(JSON.stringify(c)).not.toContain('s3cret');
     expect(JSON.stringify(c)).not.toContain('f'.repeat(32));
+  });
+
+  it('reads DASHBOARD as Node does', () => {
+    expect(parseEdgeConfig(edge).dashboard).toBe(false);
+    expect(parseEdgeConfig({ ...edge, POOLGATE_ENV: 'development' }).dashboard).toBe(true);
+    expect(parseEdgeConfig({ ...edge, DASHBOARD: 'on' }).dashboard).toBe(true);
   });
 
   it('reads the result bound as Node does', () => {

@@ -134,6 +134,8 @@ export interface Config {
   readonly opsToken: string | undefined;
   /** POOLGATE_ENV=development: relaxed secret checks, ops endpoints open. */
   development: boolean;
+  /** The live dashboard at /dashboard (DASHBOARD=on|off; on by default in development). */
+  dashboard: boolean;
 }
 
 export class ConfigError extends Error {
@@ -263,6 +265,7 @@ export function parseConfig(env: Env): Config {
     forwardSecret: undefined,
     opsToken: undefined,
     development: isDevelopment(env),
+    dashboard: onOff(env, 'DASHBOARD', isDevelopment(env)),
     port: int(env, 'PORT', 8787, 0, 65535),
     host: env.HOST?.trim() || '127.0.0.1',
     pool: {
@@ -356,6 +359,8 @@ export interface EdgeConfig {
   readonly replicaUrls: readonly string[];
   replicas: ReplicaConfig;
   cache: CacheConfig;
+  /** The live dashboard at /dashboard (DASHBOARD=on|off; on by default in development). */
+  dashboard: boolean;
 }
 
 export function parseEdgeConfig(env: Env): EdgeConfig {
@@ -390,6 +395,7 @@ export function parseEdgeConfig(env: Env): EdgeConfig {
     bodyLimitBytes: int(env, 'BODY_LIMIT_BYTES', 64 * 1024, 1, 64 * 1024 * 1024),
     ...resultLimits(env),
     development,
+    dashboard: onOff(env, 'DASHBOARD', development),
     replicaUrls: [],
     replicas: replicaConfig(env),
     cache: cacheConfig(env),

@@ -71,6 +71,7 @@ export function createEdgeApp(config: EdgeConfig, deps: EdgeAppDeps): FetchApp {
     bodyLimitBytes: config.bodyLimitBytes,
     requestTimeoutMs: config.requestTimeoutMs,
     opsAccess: opsAccessFor({ token: config.opsToken, development: config.development, exposed: true }),
+    dashboard: config.dashboard,
     log: deps.log,
     cache:
       config.cache.enabled && deps.app.routes.some((r) => r.cache)

@@ -1,6 +1,6 @@
 /**
  * Operational endpoints: liveness (no I/O), readiness (a short DB ping and pool state), stats
- * JSON and Prometheus metrics. None of them names the database host, user or URL. Who may read
+ * JSON and Prometheus metrics, and the live dashboard over the stats (dashboard/). None of them names the database host, user or URL. Who may read
  * them (opsAccessFor, the one rule for every runtime): /health anyone; /stats, /metrics and
  * readiness details whoever sends OPS_TOKEN as a bearer token — and, where no token is set,
  * anyone only in development or on a Node gateway open to unsigned traffic. Readiness without the
@@ -11,6 +11,7 @@ import { register } from './register.js';
 import { AppError } from '../errors.js';
 import type { Database } from '../db/types.js';
 import type { Drain } from '../lifecycle/drain.js';
+import { DASHBOARD_CSP, dashboardFiles } from './dashboard/page.js';
 import { PROMETHEUS_CONTENT_TYPE, renderPrometheus } from '../stats/prometheus.js';
 import type { StatsRegistry } from '../stats/registry.js';
 import type { AppEnv } from './types.js';
@@ -47,6 +48,13 @@ export interface OpsOptions {
   drain?: Drain;
   readyTimeoutMs: number;
   access?: OpsAccess;
+  /**
+   * Serve the live dashboard (GET /dashboard; DASHBOARD=on|off, on by default in development). The
+   * page itself holds no figures and cannot send a bearer header from a link, so it is served
+   * wherever /stats could be read by someone — not where no one may (an exposed app outside
+   * development without OPS_TOKEN) — and asks for OPS_TOKEN when /stats answers 401.
+   */
+  dashboard?: boolean;
   /** Middleware each endpoint runs first (the request's stats), so mounting them adds nothing to other routes. */
   before?: MiddlewareHandler<AppEnv>[];
 }
@@ -70,7 +78,15 @@ function opsGuard(access: OpsAccess): (c: Context) => Promise<boolean> {
   };
 }
 
-export function opsRoutes({ database, registry, drain, readyTimeoutMs, access = {}, before = [] }: OpsOptions): Hono<AppEnv> {
+export function opsRoutes({
+  database,
+  registry,
+  drain,
+  readyTimeoutMs,
+  access = {},
+  dashboard = false,
+  before = [],
+}: OpsOptions): Hono<AppEnv> {
   const ops = new Hono<AppEnv>();
   const allowed = opsGuard(access);
   const refuse = () =>
@@ -122,5 +138,20 @@ export function opsRoutes({ database, registry, drain, readyTimeoutMs, access = 
     if (!(await allowed(c))) throw refuse();
     return c.body(renderPrometheus(registry.snapshot({ histograms: true })), 200, { 'content-type': PROMETHEUS_CONTENT_TYPE });
   });
+
+  if (dashboard) {
+    const readableBySomeone = access.token !== undefined || !access.locked;
+    for (const [path, file] of Object.entries(dashboardFiles))
+      get(path, (c) => {
+        if (!readableBySomeone) throw refuse();
+        return c.body(file.body, 200, {
+          'content-type': file.type,
+          'cache-control': file.cacheControl,
+          'content-security-policy': DASHBOARD_CSP,
+          'x-content-type-options': 'nosniff',
+          'referrer-policy': 'no-referrer',
+        });
+      });
+  }
   return ops;
 }

@@ -72,6 +72,7 @@ export function createNodeApp(config: Config, options: NodeAppOptions): NodeApp 
     log,
     verify,
     opsAccess: opsAccessFor({ token: config.opsToken, development: config.development, exposed: verify !== undefined }),
+    dashboard: config.dashboard,
     readHeader: options.readHeader,
     onClientGone: options.onClientGone,
     consistencyCookie: config.replicas.cookie,

@@ -186,7 +186,8 @@ beforeAll(async () => {
         NODE_FUNCTION_URL: `${stack.nodeUrl}/hidden-path`,
       }),
       worker('short-secret', { ...stack.edgeEnv, FORWARD_SECRET: SHORT_SECRET }),
-      worker('no-token', { ...stack.edgeEnv, OPS_TOKEN: '' }),
+      worker('no-token', { ...stack.edgeEnv, OPS_TOKEN: '', DASHBOARD: 'on' }),
+      worker('dashboard', { ...stack.edgeEnv, DASHBOARD: 'on' }),
       routed(
         worker('neon-down', {
           ...stack.edgeEnv,
@@ -494,6 +495,22 @@ describe('the edge’s figures outside development', () => {
       expect(res.body.error.message).toContain('OPS_TOKEN');
     }
     expect(Object.keys((await ask(fetcher, 'http://edge.local/health/ready')).body)).toEqual(['status']);
+    // DASHBOARD=on changes nothing there: a page whose figures no one may read is refused too.
+    const page = await ask(fetcher, 'http://edge.local/dashboard');
+    expect(page.status).toBe(401);
+    expect(page.body.error.message).toContain('OPS_TOKEN');
+  });
+
+  it('the dashboard is off by default; with DASHBOARD=on workerd serves the page and uPlot from the bundle', async () => {
+    expect((await ask(nodeFetch, `${edge}/dashboard`)).status).toBe(404);
+    const fetcher = await workerFetcher('dashboard');
+    const page = await ask(fetcher, 'http://edge.local/dashboard');
+    expect(page.status).toBe(200);
+    expect(page.headers.get('content-type')).toBe('text/html; charset=utf-8');
+    expect(page.headers.get('content-security-policy')).toContain("script-src 'self'");
+    const uplot = await ask(fetcher, 'http://edge.local/dashboard/uplot.js');
+    expect(uplot.headers.get('content-type')).toBe('text/javascript; charset=utf-8');
+    expect(uplot.text).toContain('var uPlot=');
   });
 });
 
