@@ -93,7 +93,7 @@ export class Generations {
     const age = view ? now - view.takenAt : Infinity;
     const mustRefresh = age >= this.options.maxStalenessMs || (view !== undefined && view.takenAt <= after);
     if (!mustRefresh) {
-      if (age >= this.options.maxStalenessMs / 4 && !this.#loading) opts.background?.(this.#refresh());
+      if (age >= this.options.maxStalenessMs / 4 && !this.#inFlight()) opts.background?.(this.#refresh());
       return view;
     }
     return this.#refreshAfter(Math.max(after, now - this.options.maxStalenessMs));
@@ -109,17 +109,37 @@ export class Generations {
     this.#write = { lsn: laterLsn(this.#write?.lsn, lsn) ?? lsn, at: this.options.clock() };
   }
 
-  /** Joins a refresh sent after `since`, or sends one. */
-  #refreshAfter(since: number): Promise<GenerationView | undefined> {
-    if (this.#loading && this.#loadingSince > since) return this.#loading;
-    return this.#refresh();
+  /**
+   * The refresh in flight, unless it has been in flight for the whole staleness bound. Its I/O
+   * belongs to the request that sent it, and an edge runtime cancels that I/O with its request
+   * (workerd: a client gone, a request judged hung): such a refresh never settles, and must not
+   * hold every later one (nor every later read with a token) for good. A view that late is of no
+   * use anyway.
+   */
+  #inFlight(): Promise<GenerationView | undefined> | undefined {
+    if (this.#loading && this.options.clock() - this.#loadingSince >= this.options.maxStalenessMs) return undefined;
+    return this.#loading;
   }
 
-  #refresh(): Promise<GenerationView | undefined> {
+  /** Joins a refresh sent after `since` (for what is left of the bound), or sends one. */
+  async #refreshAfter(since: number): Promise<GenerationView | undefined> {
+    const loading = this.#inFlight();
+    if (!loading || this.#loadingSince <= since) return this.#refresh();
+    const left = this.options.maxStalenessMs - (this.options.clock() - this.#loadingSince);
+    const joined = await settledWithin(loading, left);
+    return joined ? joined.value : this.#refresh({ alone: true });
+  }
+
+  /**
+   * Reads the view, after the refresh in flight (one read at a time) unless `alone`; that one is
+   * waited for within the bound. (A read alone keeps `seesBefore` sound: #lastLsn only ever holds
+   * the answer of a read that finished before this one is sent.)
+   */
+  #refresh({ alone = false } = {}): Promise<GenerationView | undefined> {
     const takenAt = this.options.clock();
-    const previous = this.#loading;
+    const previous = alone ? undefined : this.#inFlight();
     const loading = (async () => {
-      await previous?.catch(() => {}); // one read at a time; a later one starts after
+      if (previous) await settledWithin(previous, this.options.maxStalenessMs);
       return this.#read(this.options.clock());
     })();
     this.#loading = loading;
@@ -175,6 +195,27 @@ function isBefore(a: string, b: string | undefined): boolean {
   const x = lsnValue(a);
   const y = b === undefined ? undefined : lsnValue(b);
   return x !== undefined && y !== undefined && x < y;
+}
+
+/**
+ * `promise`'s value if it settles within `ms`, else undefined (a rejection counts as settling, with
+ * no view). The timer is the waiting request's own: it fires even when `promise`, another
+ * request's, never settles.
+ */
+async function settledWithin<T>(promise: Promise<T>, ms: number): Promise<{ value: T | undefined } | undefined> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<undefined>((resolve) => (timer = setTimeout(resolve, Math.max(0, ms), undefined)));
+  try {
+    return await Promise.race([
+      promise.then(
+        (value) => ({ value }),
+        () => ({ value: undefined }),
+      ),
+      late,
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 const numbers = (gens: Record<string, number>) => Object.fromEntries(Object.entries(gens).map(([k, v]) => [k, Number(v)]));
