@@ -55,7 +55,8 @@ export function keepAlive(c: Context, promise: Promise<unknown>): void {
 
 export class ReadCache {
   readonly generations: Generations;
-  readonly #revalidating = new Set<string>();
+  /** Keys being loaded again in the background, and when that began: one at a time per key, and a load the runtime cancelled (its request's I/O) stops counting at its deadline. */
+  readonly #revalidating = new Map<string, number>();
 
   constructor(readonly options: ReadCacheOptions) {
     this.generations = new Generations({
@@ -145,8 +146,10 @@ export class ReadCache {
 
   /** Loads a stale entry's answer again after the response, once per key at a time, on a Db of its own. */
   #revalidate(c: Context<AppEnv>, route: RouteSpec, policy: CachePolicy, key: string, view: GenerationView): void {
-    if (this.#revalidating.has(key)) return;
-    this.#revalidating.add(key);
+    const since = this.#revalidating.get(key);
+    if (since !== undefined && now() - since < this.options.requestTimeoutMs) return;
+    const started = now();
+    this.#revalidating.set(key, started);
     const observer = newMetrics(this.options.requestTimeoutMs);
     observer.intent = 'read';
     if (view.lsn) observer.requirePosition(view.lsn);
@@ -158,7 +161,7 @@ export class ReadCache {
         if (result.status === 200 && result.body !== undefined)
           await this.options.store.put(key, entryOf(200, JSON.stringify(result.body), storedAt, policy, view));
       } finally {
-        this.#revalidating.delete(key);
+        if (this.#revalidating.get(key) === started) this.#revalidating.delete(key);
         await db.end?.();
       }
     })();

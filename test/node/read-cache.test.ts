@@ -323,3 +323,48 @@ describe('the fence: a fill that began before a write', () => {
     ).toThrow(/only GET routes of kind 'read'/);
   });
 });
+
+describe('stale-while-revalidate', () => {
+  let loads = 0;
+  const app = defineApp({
+    name: 'swr',
+    migrations: [
+      { id: 1, name: 'things', sql: 'CREATE TABLE things (id int PRIMARY KEY, v text NOT NULL); INSERT INTO things VALUES (1, $$a$$)' },
+    ],
+    routes: [
+      route({
+        method: 'GET',
+        path: '/things/:id',
+        kind: 'read',
+        params: z.object({ id: z.coerce.number().int() }),
+        cache: { ttlSeconds: 0.3, staleWhileRevalidateSeconds: 60, tables: ['things'] },
+        handler: async ({ db, params }) => {
+          loads++;
+          const { rows } = await db.query<{ v: string }>('SELECT v FROM things WHERE id = $1', [params.id]);
+          return { status: 200, body: { v: rows[0]?.v, load: loads } };
+        },
+      }),
+    ],
+  });
+
+  it('past its ttl an entry is served once more while it is loaded again after the response; then the new load is a hit', async () => {
+    const t = await startTestGateway({ CACHE: 'on' }, { app });
+    try {
+      const first = await get(t, '/things/1');
+      expect(cacheStatus(first)).toMatch(/fwd=miss/);
+      await new Promise((r) => setTimeout(r, 400)); // past the ttl, inside stale-while-revalidate
+      const stale = await get(t, '/things/1');
+      expect(cacheStatus(stale)).toMatch(/^poolgate; hit; ttl=-\d+$/);
+      expect(stale.body).toEqual(first.body); // the old entry, served
+      const reloaded = await waitFor(async () => {
+        const res = await get(t, '/things/1');
+        return res.body.load > first.body.load && res;
+      });
+      expect(cacheStatus(reloaded)).toMatch(/^poolgate; hit; ttl=-?\d+$/); // loaded in the background, not by this request
+      const r = (await get(t, '/stats')).body.routes.find((x: { route: string }) => x.route === '/things/:id');
+      expect(r.cache.stale).toBeGreaterThanOrEqual(1);
+    } finally {
+      await t.stop();
+    }
+  });
+});
