@@ -106,7 +106,7 @@ export function connectionFindings(env: Env): { findings: Finding[]; url: string
     return {
       findings: [
         {
-          mark: 'fail',
+          mark: isDevelopment(env) ? 'warn' : 'fail',
           check,
           text: `none of ${CONNECTION_VARIABLES.join(', ')} is set: poolgate would run on the embedded PGlite (development only)`,
           fix: 'set DATABASE_URL=postgres://user:password@host:5432/database',

@@ -2,9 +2,11 @@
  * The stats view's text from a snapshot: rates from two polls, the figures as /stats gives them.
  * test/cli/stats-watch.test.ts runs the command against a real gateway.
  */
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { describe, expect, it } from 'vitest';
 import type { RouteSnapshot, StatsSnapshot } from '../stats/registry.js';
-import { renderStats, statsUrlOf } from './stats-watch.js';
+import { renderStats, statsUrlOf, watchStats } from './stats-watch.js';
 
 const route = (count: number, extra: Partial<RouteSnapshot> = {}): RouteSnapshot => ({
   method: 'GET',
@@ -80,5 +82,53 @@ describe('statsUrlOf', () => {
     expect(statsUrlOf('http://127.0.0.1:8788/ops/')).toBe('http://127.0.0.1:8788/ops/stats');
     expect(statsUrlOf('https://h/stats')).toBe('https://h/stats');
     expect(statsUrlOf('127.0.0.1:8788')).toBeUndefined();
+  });
+});
+
+async function serveSnapshots(): Promise<{ url: string; close: () => void }> {
+  let polls = 0;
+  const server = createServer((_req, res) => {
+    polls++;
+    res.setHeader('content-type', 'application/json');
+    res.end(JSON.stringify(snapshot([route(polls * 10)])));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, close: () => server.close() };
+}
+
+describe('watchStats', () => {
+  it('a stop between polls ends the wait at once (not after the interval)', async () => {
+    const { url, close } = await serveSnapshots();
+    const stop = new AbortController();
+    const writes: string[] = [];
+    const out = { write: (text: string) => writes.push(text) && setImmediate(() => stop.abort()) };
+    try {
+      expect(await watchStats({ url, watch: true, intervalMs: 3_600_000, out, err: out, signal: stop.signal })).toBe(0);
+      expect(writes).toHaveLength(1);
+    } finally {
+      close();
+    }
+  });
+
+  it('on a terminal, each poll redraws the screen; stopping ends the watch with 0', async () => {
+    const { url, close } = await serveSnapshots();
+    const stop = new AbortController();
+    const writes: string[] = [];
+    const out = {
+      isTTY: true,
+      write(text: string) {
+        writes.push(text);
+        if (writes.length === 2) stop.abort();
+      },
+    };
+    try {
+      const code = await watchStats({ url, watch: true, intervalMs: 100, out, err: out, signal: stop.signal });
+      expect(code).toBe(0);
+      expect(writes).toHaveLength(2);
+      for (const w of writes) expect(w.startsWith('\x1b[2J\x1b[H')).toBe(true);
+      expect(writes[1]).toMatch(/^GET \/api\/users\/:id +20 +\d+\.\d /m);
+    } finally {
+      close();
+    }
   });
 });
