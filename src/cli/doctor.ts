@@ -541,7 +541,8 @@ export interface DoctorOptions {
  */
 export async function runDoctor({ env, instances, app, appModule, timeoutMs = 5_000 }: DoctorOptions): Promise<Finding[]> {
   const connection = connectionFindings(env);
-  const { finding: configured, config } = configFinding(env);
+  // The configuration as it will be once DATABASE_URL is set as the line above says.
+  const { finding: configured, config } = configFinding(connection.url ? { ...env, DATABASE_URL: connection.url } : env);
   const findings: Finding[] = [...connection.findings, configured];
   const afterConnect = ['TLS', 'pooled or direct', 'connections', 'migrations', 'clock skew'];
   const skip = (checks: string[], why: string) =>
