@@ -14,7 +14,7 @@ import { connect as tcpConnect } from 'node:net';
 import pg from 'pg';
 import { ConfigError, databaseTarget, isDevelopment, parseConfig, parseEdgeConfig, type Config, type DatabaseTarget } from '../config.js';
 import { checkAppName, checksumOf, MigrationError, type MigratingApp } from '../db/migrate.js';
-import { describeStartupFailure } from '../errors.js';
+import { describeError, describeStartupFailure } from '../errors.js';
 import { MIN_SECRET_LENGTH } from '../security/forward-signature.js';
 
 type Env = Record<string, string | undefined>;
@@ -558,15 +558,20 @@ export async function runDoctor({ env, instances, app, appModule, timeoutMs = 5_
   try {
     facts = await readDatabaseFacts(url, timeoutMs, clockOffsetMs);
   } catch (err) {
-    const line =
-      describeStartupFailure(err, target) ?? `cannot use the database at ${target.host}:${target.port} (${String((err as Error).message)})`;
+    const line = describeStartupFailure(err, target) ?? `cannot use the database at ${target.host}:${target.port} (${describeError(err)})`;
     findings.push({
       mark: 'fail',
       check: 'reachability',
       text: line,
       fix: `check ${connection.from}, the host's firewall and that PostgreSQL runs`,
     });
-    skip(afterConnect, 'the database did not answer');
+    // A URL that asks for TLS from a server without it fails to connect: say that, not only "cannot connect".
+    const tls = tlsFinding(url, target, await serverOffersTls(target.host, Number(target.port), timeoutMs), undefined);
+    if (tls.mark === 'fail') findings.push(tls);
+    skip(
+      afterConnect.filter((check) => check !== 'TLS' || tls.mark !== 'fail'),
+      'the database did not answer',
+    );
     return [...findings, ...secretFindings(env)];
   }
   findings.push({ mark: 'ok', check: 'reachability', text: `connected to ${where(url)} within ${timeoutMs} ms` });

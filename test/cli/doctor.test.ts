@@ -113,6 +113,14 @@ describe('poolgate doctor', () => {
     expect(line(run, 'migrations')).toBe('- migrations: not checked (the database did not answer)');
   });
 
+  it('sslmode=require against a server that offers no TLS: ✗ TLS saying so (the shared test server runs without TLS)', async () => {
+    const run = await doctor({ DATABASE_URL: `${freshUrl}?sslmode=verify-full`, FORWARD_SECRET: SECRET });
+    expect(run.code).toBe(1);
+    expect(line(run, 'TLS')).toBe(
+      '✗ TLS: sslmode=verify-full but the server does not offer TLS: connecting fails — fix: enable TLS on the server, or use the host your provider gives for TLS',
+    );
+  });
+
   it('instances × POOL_MAX above max_connections (POOL_BUDGET=off): ✗ with a POOL_MAX that fits', async () => {
     const settings = await fresh.admin(
       "SELECT current_setting('max_connections')::int AS max, current_setting('superuser_reserved_connections')::int AS reserved",
