@@ -1,5 +1,6 @@
 /**
- * The `poolgate` command (package.json "bin" → src/bin/poolgate.mjs → here). Exit codes: 0 done,
+ * The `poolgate` command (package.json "bin" → src/bin/poolgate.mjs → here); `stats` and `doctor`
+ * live in cli/. Exit codes: 0 done,
  * 1 the command failed (one line on stderr saying why), 2 the command line itself is wrong (one
  * line naming the problem, then the usage). Commands load only what they use, so `--help` and a
  * typo answer at once.
@@ -22,6 +23,15 @@ commands:
                              edge in workerd (EDGE_PORT, 8787); needs esbuild and miniflare installed
   neon-proxy --database-url <url> [--port 4444] [--host 127.0.0.1] [--verbose]
                              a local Neon-compatible proxy in front of PostgreSQL
+  stats <url> [--watch] [--interval <ms>] [--token <OPS_TOKEN>]
+                             a running gateway's /stats as text: per route rate, p50/p99, DB time,
+                             acquire wait, clients; pool, breakers, cache hits; --watch refreshes
+                             every --interval ms (2000) until Ctrl-C; the token defaults to OPS_TOKEN
+  doctor [--app <module>] [--instances <n>]
+                             check this environment as the gateway reads it and the database it names
+                             (connection variables, reachability, TLS, pooler, max_connections vs
+                             instances × POOL_MAX, migrations, clock skew, FORWARD_SECRET); a checklist
+                             with a fix per line, exit 1 if any ✗
   help                       show this text
 
 options:
@@ -34,9 +44,10 @@ options:
 
 /** Where the command writes its own lines, and what it reads; `serve`, `dev` and `neon-proxy` log to the console as they always do. */
 export interface CliIo {
-  stdout: { write(text: string): unknown };
+  /** `isTTY`: `stats --watch` redraws the screen on a terminal. */
+  stdout: { write(text: string): unknown; isTTY?: boolean };
   stderr: { write(text: string): unknown };
-  /** The environment `migrate` and `neon-proxy` read (`serve` and `dev` read process.env); default: process.env. */
+  /** The environment `migrate`, `doctor`, `stats` (OPS_TOKEN) and `neon-proxy` read (`serve` and `dev` read process.env); default: process.env. */
   env?: Record<string, string | undefined>;
   /** Where `--app` paths start from; default: process.cwd(). */
   cwd?: string;
@@ -85,6 +96,10 @@ export async function runCli(argv: string[], io: CliIo = { stdout: process.stdou
       case 'dev':
         await devCommand(command.app, io);
         return 0;
+      case 'stats':
+        return await statsCommand(command, io);
+      case 'doctor':
+        return await doctorCommand(command, io);
     }
   } catch (err) {
     if (!(err instanceof CommandError)) throw err;
@@ -93,14 +108,57 @@ export async function runCli(argv: string[], io: CliIo = { stdout: process.stdou
   }
 }
 
-type Command = { name: 'help' | 'version' } | { name: 'migrate'; app: string | undefined } | { name: 'serve' | 'dev'; app: string };
+type Command =
+  | { name: 'help' | 'version' }
+  | { name: 'migrate'; app: string | undefined }
+  | { name: 'serve' | 'dev'; app: string }
+  | StatsCommand
+  | DoctorCommand;
+
+interface StatsCommand {
+  name: 'stats';
+  url: string;
+  watch: boolean;
+  intervalMs: number;
+  token: string | undefined;
+}
+
+interface DoctorCommand {
+  name: 'doctor';
+  app: string | undefined;
+  instances: number;
+}
+
+/** Which options each command takes (--help and --version go with any). */
+const COMMAND_OPTIONS: Record<string, string[]> = {
+  migrate: ['app'],
+  serve: ['app'],
+  dev: ['app'],
+  stats: ['watch', 'interval', 'token'],
+  doctor: ['app', 'instances'],
+};
+
+/** A whole number in [min, max] given to `option`, or a UsageError naming it. */
+function wholeNumber(option: string, raw: string, min: number, max: number): number {
+  if (!/^\d+$/.test(raw) || Number(raw) < min || Number(raw) > max)
+    throw new UsageError(`${option} must be a whole number from ${min} to ${max}, got "${raw}"`);
+  return Number(raw);
+}
 
 function parseCommand(argv: string[]): Command {
   let parsed;
   try {
     parsed = parseArgs({
       args: argv,
-      options: { app: { type: 'string' }, help: { type: 'boolean', short: 'h' }, version: { type: 'boolean', short: 'v' } },
+      options: {
+        app: { type: 'string' },
+        watch: { type: 'boolean' },
+        interval: { type: 'string' },
+        token: { type: 'string' },
+        instances: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+        version: { type: 'boolean', short: 'v' },
+      },
       strict: true,
       allowPositionals: true,
     });
@@ -114,10 +172,32 @@ function parseCommand(argv: string[]): Command {
   if (values.help || name === 'help') return { name: 'help' };
   if (values.version) return { name: 'version' };
   if (name === undefined) throw new UsageError('no command given');
-  if (name !== 'migrate' && name !== 'serve' && name !== 'dev') throw new UsageError(`unknown command "${name}"`);
-  if (rest.length > 0) throw new UsageError(`unexpected argument "${rest[0]}" after ${name}`);
+  const allowed = Object.hasOwn(COMMAND_OPTIONS, name) ? COMMAND_OPTIONS[name] : undefined;
+  if (!allowed) throw new UsageError(`unknown command "${name}"`);
+  const foreign = Object.keys(values).find((option) => option !== 'help' && option !== 'version' && !allowed.includes(option));
+  if (foreign) throw new UsageError(`${name} takes no --${foreign}`);
   if (values.app === '') throw new UsageError('--app needs a module path');
+  if (name === 'stats') {
+    const [url, ...more] = rest;
+    if (url === undefined) throw new UsageError("stats needs the gateway's URL (e.g. poolgate stats http://127.0.0.1:8788)");
+    if (more.length > 0) throw new UsageError(`unexpected argument "${more[0]}" after stats <url>`);
+    return {
+      name,
+      url,
+      watch: values.watch ?? false,
+      intervalMs: values.interval === undefined ? 2_000 : wholeNumber('--interval', values.interval, 100, 3_600_000),
+      token: values.token,
+    };
+  }
+  if (rest.length > 0) throw new UsageError(`unexpected argument "${rest[0]}" after ${name}`);
+  if (name === 'doctor')
+    return {
+      name,
+      app: values.app,
+      instances: values.instances === undefined ? 1 : wholeNumber('--instances', values.instances, 1, 100_000),
+    };
   if (name === 'migrate') return { name, app: values.app };
+  if (name !== 'serve' && name !== 'dev') throw new UsageError(`unknown command "${name}"`);
   if (values.app === undefined) throw new UsageError(`${name} needs --app <module> (the app to ${name === 'serve' ? 'serve' : 'run'})`);
   return { name, app: values.app };
 }
@@ -138,6 +218,36 @@ async function migrateCommand(appModule: string | undefined, io: CliIo): Promise
   // Warnings go to stderr and the command still succeeds: an edited applied migration is never run again.
   for (const warning of report.warnings) io.stderr.write(`poolgate: warning: ${warning}\n`);
   return report.applied.length ? `poolgate: applied migrations ${report.applied.join(', ')}` : 'poolgate: schema up to date';
+}
+
+/** `poolgate stats <url>`: once, or until SIGINT/SIGTERM with --watch. */
+async function statsCommand(command: StatsCommand, io: CliIo): Promise<number> {
+  const { watchStats } = await import('./cli/stats-watch.js');
+  const stop = new AbortController();
+  const onSignal = () => stop.abort();
+  process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
+  try {
+    return await watchStats({
+      url: command.url,
+      token: command.token ?? ((io.env ?? process.env).OPS_TOKEN?.trim() || undefined),
+      watch: command.watch,
+      intervalMs: command.intervalMs,
+      out: io.stdout,
+      err: io.stderr,
+      signal: stop.signal,
+    });
+  } finally {
+    process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+  }
+}
+
+/** `poolgate doctor`: the checklist on stdout; exit 1 when any check failed. */
+async function doctorCommand(command: DoctorCommand, io: CliIo): Promise<number> {
+  const app = command.app === undefined ? undefined : await loadApp(command.app, io.cwd ?? process.cwd());
+  const { exitCodeOf, formatFindings, runDoctor } = await import('./cli/doctor.js');
+  const findings = await runDoctor({ env: io.env ?? process.env, instances: command.instances, app, appModule: command.app });
+  io.stdout.write(formatFindings(findings, command.instances));
+  return exitCodeOf(findings);
 }
 
 /** `runGateway` starts the gateway from the environment, handles SIGTERM/SIGINT and exits 1 on a failed start. */

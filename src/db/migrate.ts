@@ -232,7 +232,7 @@ export async function migrate(runTx: RunTransaction, app: MigratingApp): Promise
 }
 
 /** sha256 (hex) of a step's SQL, line endings taken as \n (a CRLF checkout is no edit). */
-async function checksumOf(sql: string): Promise<string> {
+export async function checksumOf(sql: string): Promise<string> {
   const digest = await crypto.subtle.digest('SHA-256', new TextEncoder().encode(sql.replaceAll('\r\n', '\n')));
   return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, '0')).join('');
 }

@@ -123,7 +123,7 @@ describe('poolgate (the bin)', () => {
     expect(run.code, run.stderr).toBe(0);
     expect(run.stderr).toBe('');
     expect(run.stdout).toMatch(/^usage: poolgate <command> \[options\]\n/);
-    for (const command of ['migrate', 'serve', 'dev', 'neon-proxy', 'help'])
+    for (const command of ['migrate', 'serve', 'dev', 'neon-proxy', 'stats', 'doctor', 'help'])
       expect(run.stdout).toMatch(new RegExp(`^  ${command}\\b`, 'm'));
   });
 
