@@ -46,7 +46,9 @@ const tracerProvider = new TracerProvider({ spanProcessors: [new SimpleSpanProce
 const reader = new TestReader();
 const meterProvider = new MeterProvider({ readers: [reader] });
 
+/** The Node gateway the edge forwards to (signed forwards only), and one on the same database taking plain requests. */
 let t: TestGateway;
+let direct: TestGateway;
 let proxy: NeonProxy;
 let edge: FetchApp;
 const forwardSecret = randomBytes(32).toString('base64url');
@@ -55,7 +57,8 @@ beforeAll(async () => {
   trace.setGlobalTracerProvider(tracerProvider);
   metrics.setGlobalMeterProvider(meterProvider);
   propagation.setGlobalPropagator(new W3CTraceContextPropagator());
-  t = await startTestGateway({ FORWARD_SECRET: forwardSecret });
+  direct = await startTestGateway();
+  t = await startTestGateway({ FORWARD_SECRET: forwardSecret }, { db: direct.db });
   proxy = await startNeonProxy({ databaseUrls: [t.db.url], port: 0, host: '127.0.0.1', log: () => {} });
   useNeonProxy(proxy);
   edge = createEdgeApp(
@@ -74,6 +77,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await proxy?.close();
   await t?.stop();
+  await direct?.stop();
   trace.disable();
   metrics.disable();
   propagation.disable();
@@ -88,8 +92,19 @@ const parentOf = (s: ReadableSpan) => s.parentSpanContext?.spanId;
 const childrenOf = (parent: ReadableSpan) => spans().filter((s) => parentOf(s) === parent.spanContext().spanId);
 const serverSpans = (name: string) => spans().filter((s) => s.kind === SpanKind.SERVER && s.name === name);
 
-async function createUser(email: string): Promise<{ status: number; body: { id: string } }> {
-  return json(`${t.url}/api/users`, { method: 'POST', json: { email, name: 'Traced' } });
+/** A user created on the plain gateway. */
+const createUser = (email: string) => json<{ id: string }>(`${direct.url}/api/users`, { method: 'POST', json: { email, name: 'Traced' } });
+
+/** A user created through the edge (its gateway takes signed forwards only). */
+async function createUserAtEdge(email: string): Promise<{ status: number; body: { id: string } }> {
+  const res = await edge.fetch(
+    new Request('http://edge.test/api/users', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ email, name: 'Traced' }),
+    }),
+  );
+  return { status: res.status, body: (await res.json()) as { id: string } };
 }
 
 describe('the Node gateway', () => {
@@ -99,7 +114,7 @@ describe('the Node gateway', () => {
     exporter.reset();
 
     const id = created.body.id;
-    expect((await json(`${t.url}/api/users/${id}`)).status).toBe(200);
+    expect((await json(`${direct.url}/api/users/${id}`)).status).toBe(200);
 
     const [server, ...others] = serverSpans('GET /api/users/:id');
     expect(others).toEqual([]);
@@ -162,14 +177,7 @@ describe('the Node gateway', () => {
 
 describe('a write at the edge, forwarded to the Node function', () => {
   it("puts both sides' spans in ONE trace: edge SERVER → forward CLIENT → Node SERVER → database spans", async () => {
-    const res = await edge.fetch(
-      new Request('http://edge.test/api/users', {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ email: `otel-edge-${randomUUID()}@example.com`, name: 'Forwarded' }),
-      }),
-    );
-    expect(res.status).toBe(201);
+    expect((await createUserAtEdge(`otel-edge-${randomUUID()}@example.com`)).status).toBe(201);
 
     const [edgeServer, nodeServer, ...more] = serverSpans('POST /api/users').sort((a, b) => (parentOf(a) ? 1 : 0) - (parentOf(b) ? 1 : 0));
     expect(more).toEqual([]);
