@@ -2,8 +2,9 @@
  * What poolgate's OpenTelemetry calls cost one request when no SDK is registered: the request
  * span (the api's no-op), three statements (startDbCall → nothing) and the span's end, against the
  * same loop without them, in this run. Prints ns per request and the bytes it allocates (heap
- * growth over a run short enough for no scavenge: --max-semi-space-size).
- * Run: node --expose-gc --max-semi-space-size=256 --import tsx bench/otel-noop.ts
+ * growth over a run short enough for no scavenge: --max-semi-space-size), and, as a yardstick run
+ * alongside, one crypto.randomUUID() (what every request without an x-request-id pays already).
+ * Run: node_modules/.bin/node --expose-gc --max-semi-space-size=256 --import tsx bench/otel-noop.ts
  */
 import { endRequestSpan, startDbCall, startRequestSpan } from '../src/stats/otel.js';
 import { now } from '../src/stats/clock.js';
@@ -29,6 +30,11 @@ function without(): void {
   for (let q = 0; q < 3; q++) sink += q;
 }
 
+/** A reference of what every request costs already: its request id (connStats makes one when none came). */
+function requestId(): void {
+  sink += crypto.randomUUID().length;
+}
+
 function measure(fn: () => void): { ns: number; bytes: number } {
   for (let i = 0; i < 20_000; i++) fn(); // warm up
   (globalThis as { gc?: () => void }).gc?.();
@@ -41,7 +47,9 @@ function measure(fn: () => void): { ns: number; bytes: number } {
 
 const base = measure(without);
 const otel = measure(withOtel);
+const uuid = measure(requestId);
 console.log(
   `no SDK: ${otel.ns.toFixed(1)} ns/request with the OpenTelemetry calls vs ${base.ns.toFixed(1)} without (+${(otel.ns - base.ns).toFixed(1)} ns); ` +
-    `~${otel.bytes.toFixed(0)} B/request allocated vs ~${base.bytes.toFixed(0)} (sink ${sink > 0})`,
+    `~${otel.bytes.toFixed(0)} B/request allocated vs ~${base.bytes.toFixed(0)}; ` +
+    `that is ${((otel.ns - base.ns) / uuid.ns).toFixed(2)}× one crypto.randomUUID() (${uuid.ns.toFixed(1)} ns) (sink ${sink > 0})`,
 );

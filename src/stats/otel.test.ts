@@ -14,9 +14,10 @@ afterEach(() => {
 });
 
 describe('without an SDK', () => {
-  it('a request span is the api no-op, and its statements make nothing at all', () => {
+  it('every request gets the one shared non-recording span, and its statements make nothing at all', () => {
     const span = startRequestSpan('GET', {}, NO_HEADERS, { url: 'http://x/a' });
     expect(span.isRecording()).toBe(false);
+    expect(startRequestSpan('POST', {}, NO_HEADERS, { url: 'http://x/b' })).toBe(span); // nothing allocated per request
     expect(startDbCall({ span }, 'SELECT 1', 'postgres')).toBeUndefined();
     expect(startDbCall({}, 'SELECT 1', 'postgres')).toBeUndefined();
     const headers = new Headers();

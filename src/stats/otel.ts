@@ -5,7 +5,7 @@
  * forward's own CLIENT span at the edge with the W3C trace context injected into it, and the
  * database client metrics (`db.client.operation.duration`, `db.client.connection.*`).
  *
- * The cost without an SDK: the api's own no-op span per request (one object), nothing per statement.
+ * The cost without an SDK: a few global reads per request, nothing allocated (not even the api's no-op span).
  * Database spans are made only under a recording request span, so a request span sampled out (or
  * the no-op one) costs its statements one property read; metrics are recorded only while the
  * global meter provider is not the api's no-op one (checked per call: one global lookup, so an SDK
@@ -13,6 +13,8 @@
  */
 import {
   createNoopMeter,
+  INVALID_SPAN_CONTEXT,
+  ProxyTracerProvider,
   metrics,
   propagation,
   ROOT_CONTEXT,
@@ -32,17 +34,26 @@ import {
 } from '@opentelemetry/api';
 
 const SCOPE = 'poolgate';
-let tracing: { provider: TracerProvider; tracer: Tracer } | undefined;
+let cachedTracer: { provider: TracerProvider; tracer: Tracer } | undefined;
 
 /**
  * poolgate's tracer from the provider registered now. Without an SDK that is the api's proxy,
  * whose tracer follows a provider registered later and allocates nothing while there is none;
  * looked up per use (one global read) since `trace.disable()` replaces the proxy itself.
  */
+/** The one span of every request while no tracer provider is registered: not even the api's no-op span per request. */
+const NO_SPAN = trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
+
+/** False while no tracer provider is registered (the api's proxy has no delegate): one global read, nothing allocated. */
+function tracing(): boolean {
+  const provider = trace.getTracerProvider();
+  return !(provider instanceof ProxyTracerProvider) || provider.getDelegateTracer(SCOPE) !== undefined;
+}
+
 function tracer(): Tracer {
   const provider = trace.getTracerProvider();
-  if (tracing?.provider !== provider) tracing = { provider, tracer: provider.getTracer(SCOPE) };
-  return tracing.tracer;
+  if (cachedTracer?.provider !== provider) cachedTracer = { provider, tracer: provider.getTracer(SCOPE) };
+  return cachedTracer.tracer;
 }
 const SERVER: SpanOptions = { kind: SpanKind.SERVER };
 const CLIENT: SpanOptions = { kind: SpanKind.CLIENT };
@@ -55,6 +66,7 @@ const CLIENT: SpanOptions = { kind: SpanKind.CLIENT };
  * Its name is the method until the route is known (endRequestSpan names it `GET /api/users/:id`).
  */
 export function startRequestSpan<C>(method: string, carrier: C, getter: TextMapGetter<C>, request: { readonly url: string }): Span {
+  if (!tracing()) return NO_SPAN;
   const parent = propagation.extract(ROOT_CONTEXT, carrier, getter);
   const span = tracer().startSpan(method, SERVER, parent);
   if (span.isRecording()) {
