@@ -4,6 +4,7 @@
  * only ever see `Db`, a per-request view that reports acquire waits and query times to that
  * request's observer.
  */
+import type { Span } from '@opentelemetry/api';
 import type { BreakerSnapshot } from '../resilience/breaker.js';
 
 export type ClientKind = 'pg-pool' | 'pg-pipeline' | 'neon-http' | 'neon-ws' | 'forwarded';
@@ -70,6 +71,8 @@ export interface QueryObserver {
   committed?(lsn: string): void;
   /** The position the request's client asked its reads to have seen (its consistency token); none: any replica in bounds. */
   readonly consistency?: string;
+  /** The request's OpenTelemetry span (conn-stats): each database call is a child span of it while it records (stats/otel.ts). */
+  readonly span?: Span;
 }
 
 export interface PoolStats {

@@ -3,11 +3,13 @@
  * acquire and query is attributed to it), then records one sample per request against the
  * route pattern and answers with a `Server-Timing` header of that request's own figures.
  */
+import type { Span, TextMapGetter } from '@opentelemetry/api';
 import type { Context, MiddlewareHandler } from 'hono';
 import { CONSISTENCY_HEADER, formatToken, laterLsn, parseToken, tokenCookie, tokenFromCookie } from '../db/consistency.js';
 import type { CacheOutcome } from '../cache/read-cache.js';
 import type { ClientKind, Database, Db, QueryObserver } from '../db/types.js';
 import { now } from '../stats/clock.js';
+import { endRequestSpan, startRequestSpan } from '../stats/otel.js';
 import type { StatsRegistry } from '../stats/registry.js';
 
 export interface RequestMetrics extends QueryObserver {
@@ -111,6 +113,7 @@ class Metrics implements RequestMetrics {
   position?: string;
   tokenSent?: () => string | undefined;
   cache?: CacheOutcome;
+  span?: Span;
   #consistency: { lsn: string } | undefined | null = null;
 
   constructor(requestTimeoutMs?: number) {
@@ -209,8 +212,13 @@ export const connStats = ({
   readHeader,
   onClientGone,
   consistencyCookie,
-}: ConnStatsOptions): MiddlewareHandler<{ Variables: ConnStatsVariables }> =>
-  async function connStats(c, next) {
+}: ConnStatsOptions): MiddlewareHandler<{ Variables: ConnStatsVariables }> => {
+  // The caller's trace context (traceparent), read only by a registered propagator.
+  const traceHeaders: TextMapGetter<Context<{ Variables: ConnStatsVariables }>> = {
+    keys: () => [],
+    get: (c, name) => (readHeader ? readHeader(c, name) : c.req.header(name)),
+  };
+  return async function connStats(c, next) {
     if (c.get('metrics')) return next(); // installed twice: the outer one records
     const header = (name: string) => (readHeader ? readHeader(c, name) : c.req.header(name));
     const incoming = header('x-request-id');
@@ -222,6 +230,7 @@ export const connStats = ({
     else metrics.signal = c.req.raw.signal;
     c.set('requestId', requestId);
     c.set('metrics', metrics);
+    const span = (metrics.span = startRequestSpan(c.req.method, c, traceHeaders, c.req));
     const db = database.forRequest(metrics);
     c.set('db', db);
     try {
@@ -257,5 +266,7 @@ export const connStats = ({
         res.headers.set('x-request-id', requestId);
         if (metrics.position !== undefined) setToken(res.headers, metrics.position, consistencyCookie);
       }
+      endRequestSpan(span, c.req.method, c.get('routePattern'), res.status);
     }
   };
+};

@@ -4,6 +4,12 @@
  * key travel; the response comes back as it was. A forward that provably never reached the Node
  * function (connection refused) answers 503 + Retry-After; one that timed out answers 504, since
  * the write may or may not have happened — it is never retried blindly here.
+ *
+ * A traced request's forward is a CLIENT span, its W3C trace context (`traceparent`, `tracestate`)
+ * written into the forward's headers, so the Node function's spans join the same trace. The
+ * signature does not cover those headers, by design: they choose only which trace the Node side's
+ * spans are filed under, never what it does, and a hop in between (a proxy, a platform's tracing)
+ * may rewrite them; anyone able to alter them in flight can alter no signed part of the request.
  */
 import type { Context, Handler } from 'hono';
 import { AppError } from '../errors.js';
@@ -12,6 +18,7 @@ import { cutShort, withAbort, type Deadline, type FireReason } from '../db/core/
 import { RetryBudget, withRetry } from '../resilience/retry.js';
 import { createForwardSigner, SIGNATURE_HEADER } from '../security/forward-signature.js';
 import { now } from '../stats/clock.js';
+import { endForwardSpan, startForwardSpan } from '../stats/otel.js';
 import type { AppEnv, RouteSpec } from '../routes/types.js';
 import { takeBody } from '../routes/input.js';
 
@@ -60,11 +67,14 @@ export const forwardTo = (options: ForwardOptions) => {
       const body = c.req.method === 'GET' || c.req.method === 'HEAD' ? EMPTY : await takeBody(c);
       const headers = forwardHeaders(c);
       const hasKey = headers.has('idempotency-key');
+      const span = startForwardSpan(metrics.span, c.req.method, base + url.pathname, headers);
+      let status: number | undefined;
+      let failed: unknown;
       const started = now();
       // One bound for every attempt: the forward timeout, inside the request's own deadline.
       const bound: Deadline = { deadline: Math.min(metrics.deadline ?? Infinity, started + options.timeoutMs), signal: metrics.signal };
       try {
-        return await withRetry(
+        const res = await withRetry(
           async () => {
             // A fresh nonce per attempt: the Node side refuses a signature it has seen.
             headers.set(
@@ -84,10 +94,14 @@ export const forwardTo = (options: ForwardOptions) => {
             onRetry: () => metrics.retried?.(),
           },
         );
+        status = res.status;
+        return res;
       } catch (err) {
+        failed = err;
         throw toForwardError(err);
       } finally {
         metrics.timings.push({ name: 'forward', durMs: now() - started });
+        endForwardSpan(span, status, failed);
       }
     };
 };

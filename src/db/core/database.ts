@@ -9,6 +9,7 @@ import type { GateOptions } from '../../resilience/gate.js';
 import { RetryBudget } from '../../resilience/retry.js';
 import { ShedLog } from '../../resilience/shed-log.js';
 import { now } from '../../stats/clock.js';
+import { observePool, type PoolFiguresSource } from '../../stats/otel.js';
 import type {
   ClientKind,
   Database,
@@ -65,6 +66,9 @@ export class CoreDatabase implements Database {
   readonly oneShot: OneShotRunner | undefined;
   readonly #budget: RetryBudget;
   readonly #shedLog: ShedLog | undefined;
+  /** What the OpenTelemetry connection gauges read (held here: they hold it weakly), and its unregister call. */
+  readonly #poolFigures: PoolFiguresSource | undefined;
+  readonly #unobserve: (() => void) | undefined;
   #closing: Promise<void> | undefined;
 
   constructor(options: CoreOptions) {
@@ -94,6 +98,10 @@ export class CoreDatabase implements Database {
       });
     // A reads-only one-shot connector serves beside the sessions; the backend is the sessions'.
     this.kind = (options.oneShot?.readsOnly ? options.sessions : undefined)?.kind ?? (options.oneShot ?? options.sessions)!.kind;
+    if (this.sessions) {
+      this.#poolFigures = { name: this.sessions.connector.upstream, figures: () => this.stats() };
+      this.#unobserve = observePool(this.#poolFigures);
+    }
   }
 
   forRequest(observer: QueryObserver): Db {
@@ -163,6 +171,7 @@ export class CoreDatabase implements Database {
   close(): Promise<void> {
     this.oneShot?.close();
     this.#shedLog?.close();
+    this.#unobserve?.();
     return (this.#closing ??= Promise.all([this.sessions?.close(), this.oneShot?.connector.close?.()]).then(() => {}));
   }
 
@@ -289,6 +298,7 @@ class RequestDb implements Db {
       deadline: o.deadline,
       signal: o.signal,
       internal: o.internal,
+      span: o.span,
       acquired: (waitMs, opened) => o.acquired(waitMs, opened),
       served: (kind) => o.served(kind),
       retried: o.retried && (() => o.retried!()),

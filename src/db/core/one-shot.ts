@@ -11,6 +11,7 @@ import { createBreaker, type Breaker, type BreakerTuning } from '../../resilienc
 import { admissionOf, Gate, priorityOf, type GateOptions, type Release, type ShedReason } from '../../resilience/gate.js';
 import { RetryBudget, withRetry } from '../../resilience/retry.js';
 import { now } from '../../stats/clock.js';
+import { recordWait, startDbCall } from '../../stats/otel.js';
 import type { AdmissionStats, QueryObserver, QueryResult, Statement, TxOptions } from '../types.js';
 import type { OneShotConnector } from './connector.js';
 import { cutShort, remainingMs, withAbort } from './deadline.js';
@@ -44,7 +45,7 @@ export class OneShotRunner {
 
   query(observer: QueryObserver, statement: Statement): Promise<QueryResult> {
     return this.#admitted(observer, () =>
-      withRetry(() => this.#timed(observer, 1, (signal) => this.connector.query(statement, signal)), {
+      withRetry(() => this.#timed(observer, statement.text, 1, (signal) => this.connector.query(statement, signal)), {
         scope: observer.intent === 'read' ? 'read' : 'write',
         budget: this.#options.budget,
         deadline: observer.deadline,
@@ -57,7 +58,7 @@ export class OneShotRunner {
   /** A batch is one transaction: it runs again, whole, where a transaction would (40001/40P01, or marked rerunnable). */
   batch(observer: QueryObserver, statements: readonly Statement[], options: TxOptions): Promise<QueryResult[]> {
     return this.#admitted(observer, () =>
-      withRetry(() => this.#timed(observer, statements.length, (signal) => this.connector.batch(statements, options, signal)), {
+      withRetry(() => this.#timed(observer, statements, statements.length, (signal) => this.connector.batch(statements, options, signal)), {
         scope: 'transaction',
         budget: this.#options.budget,
         deadline: observer.deadline,
@@ -94,17 +95,27 @@ export class OneShotRunner {
   }
 
   /** Times the round trip itself: a call refused before one (deadline, client gone, breaker) ran no statement. */
-  #timed<T>(observer: QueryObserver, statements: number, run: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  #timed<T>(
+    observer: QueryObserver,
+    what: string | readonly Statement[],
+    statements: number,
+    run: (signal: AbortSignal) => Promise<T>,
+  ): Promise<T> {
     return withAbort(observer, this.#options.timeoutMs, (signal) =>
       this.breaker.execute(async () => {
+        const call = startDbCall(observer, what, this.connector.upstream);
         const started = now();
+        let failed: unknown;
         try {
           return await run(signal);
         } catch (err) {
+          failed = err ?? new Error('undefined thrown');
           // Aborted because the client left: neutral for the breaker (a deadline still counts).
           throw observer.signal?.aborted ? cutShort('aborted', observer, err) : err;
         } finally {
-          observer.queried(now() - started, statements);
+          const ms = now() - started;
+          observer.queried(ms, statements);
+          call?.end(ms, failed);
         }
       }),
     );
@@ -122,7 +133,9 @@ export class OneShotRunner {
     const admitted = gate.acquire({ remainingMs: remainingMs(observer), signal: observer.signal, priority: priorityOf(observer) });
     if (!queued) return admitted;
     return admitted.then((release) => {
-      observer.acquired(now() - started, false);
+      const waitMs = now() - started;
+      observer.acquired(waitMs, false);
+      if (!observer.internal) recordWait(this.connector.upstream, waitMs);
       return release;
     });
   }

@@ -9,6 +9,7 @@ import { createBreaker, type Breaker, type BreakerTuning } from '../../resilienc
 import { admissionOf, Gate, priorityOf, type GateOptions, type Release, type ShedReason } from '../../resilience/gate.js';
 import { isRetryable, RetryBudget, withRetry, type RetryScope } from '../../resilience/retry.js';
 import { now } from '../../stats/clock.js';
+import { recordUse, recordWait, startDbCall } from '../../stats/otel.js';
 import type { AdmissionStats, QueryObserver, QueryResult, Queryable, TxOptions } from '../types.js';
 import { POSITION_SQL, positionOf } from '../consistency.js';
 import type { Checkout, PoolFigures, Session, SessionConnector, SessionSource } from './connector.js';
@@ -51,15 +52,28 @@ interface OnSession extends Queryable {
  * stops nothing, so the next statement must not start). A caller's transaction control is refused
  * before it is sent (statement-kind.ts); the process's own work (migrations) runs its SQL as is.
  */
-function instrument(session: Session, observer: QueryObserver, inTransaction: boolean, cut: () => FireReason | undefined): OnSession {
-  const timed = async <T>(run: () => Promise<T>): Promise<T> => {
+function instrument(
+  session: Session,
+  observer: QueryObserver,
+  inTransaction: boolean,
+  cut: () => FireReason | undefined,
+  pool: string,
+): OnSession {
+  const timed = async <T>(text: string, run: () => Promise<T>): Promise<T> => {
     const why = cut();
     if (why) throw cutShort(why, observer);
+    const call = startDbCall(observer, text, pool);
     const started = now();
+    let failed: unknown;
     try {
       return await run();
+    } catch (err) {
+      failed = err ?? new Error('undefined thrown');
+      throw err;
     } finally {
-      observer.queried(now() - started);
+      const ms = now() - started;
+      observer.queried(ms);
+      call?.end(ms, failed);
     }
   };
   const script = observer.internal === true;
@@ -67,14 +81,14 @@ function instrument(session: Session, observer: QueryObserver, inTransaction: bo
     async query<R>(text: string, params?: readonly unknown[]): Promise<QueryResult<R>> {
       if (!script) refuseTransactionControl(text, inTransaction);
       try {
-        return (await timed(() => session.query(text, params, script))) as QueryResult<R>;
+        return (await timed(text, () => session.query(text, params, script))) as QueryResult<R>;
       } catch (err) {
         throw asRefused(err);
       }
     },
-    begin: (options) => timed(() => session.begin(options)),
-    commit: (options) => timed(() => session.commit(options)),
-    position: async () => positionOf(await timed(() => session.query(POSITION_SQL))),
+    begin: (options) => timed('BEGIN', () => session.begin(options)),
+    commit: (options) => timed('COMMIT', () => session.commit(options)),
+    position: async () => positionOf(await timed(POSITION_SQL, () => session.query(POSITION_SQL))),
   };
 }
 
@@ -227,7 +241,9 @@ export class SessionRunner {
       this.acquisitionCount++;
       if (checkout.opened) this.openedOnAcquireCount++;
     }
-    observer.acquired(now() - started, checkout.opened);
+    const waitMs = now() - started;
+    observer.acquired(waitMs, checkout.opened);
+    if (!observer.internal) recordWait(this.connector.upstream, waitMs);
     return checkout;
   }
 
@@ -239,8 +255,9 @@ export class SessionRunner {
       session.cancel();
     });
     let discard = false;
+    const heldFrom = now();
     try {
-      return await work(instrument(session, observer, inTransaction, () => fired));
+      return await work(instrument(session, observer, inTransaction, () => fired, this.connector.upstream));
     } catch (err) {
       const why = watch.disarm();
       // A cancelled session is not rolled back and reused: a late cancel could hit the next request.
@@ -252,6 +269,7 @@ export class SessionRunner {
       throw err;
     } finally {
       session.release(discard || watch.disarm() !== undefined);
+      if (!observer.internal) recordUse(this.connector.upstream, now() - heldFrom);
     }
   }
 
