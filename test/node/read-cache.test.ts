@@ -358,7 +358,7 @@ describe('stale-while-revalidate', () => {
       expect(stale.body).toEqual(first.body); // the old entry, served
       const reloaded = await waitFor(async () => {
         const res = await get(t, '/things/1');
-        return res.body.load > first.body.load && res;
+        return res.body.load > first.body.load ? res : undefined;
       });
       expect(cacheStatus(reloaded)).toMatch(/^poolgate; hit; ttl=-?\d+$/); // loaded in the background, not by this request
       const r = (await get(t, '/stats')).body.routes.find((x: { route: string }) => x.route === '/things/:id');
