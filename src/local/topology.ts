@@ -155,7 +155,7 @@ export async function startTopology(env: Env, log: (line: string) => void, optio
     checkpoint();
     // Read replicas (opt-in, with DATABASE_URL): the edge reads from them through the same proxy.
     const replicaUrls = gateway.config.replicaUrls;
-    const proxy = await startProxy([databaseUrl, ...replicaUrls], ports, gateway.config.logLevel, parts);
+    const proxy = await startProxy([databaseUrl, ...replicaUrls], ports, proxyLogLevel(gateway.config.logLevel), parts);
     checkpoint();
     const bindings = {
       DATABASE_URL: databaseUrl,
@@ -406,3 +406,7 @@ async function stopAndExit(topology: Topology): Promise<never> {
   console.log(clean ? 'poolgate: stopped' : 'poolgate: stopped, not cleanly (see above)');
   process.exit(clean ? 0 : 1);
 }
+
+/** The proxy knows three levels: its `info` is refusals and failures, so warn and error keep them. */
+const proxyLogLevel = (level: Config['logLevel']): NeonProxyOptions['logLevel'] =>
+  level === 'silent' ? 'silent' : level === 'trace' || level === 'debug' ? 'debug' : 'info';

@@ -9,6 +9,7 @@ import type { CacheOutcome } from '../cache/read-cache.js';
 import type { ClientKind, Database, Db, QueryObserver } from '../db/types.js';
 import { now } from '../stats/clock.js';
 import type { StatsRegistry } from '../stats/registry.js';
+import type { RequestLog } from '../log/request-log.js';
 
 export interface RequestMetrics extends QueryObserver {
   readonly startedAt: number;
@@ -45,6 +46,8 @@ export interface RequestMetrics extends QueryObserver {
   requirePosition(lsn: string): void;
   /** What the read cache did for it, on a cached route. */
   cache?: CacheOutcome;
+  /** Set by the error mapping: the answer's error code, and a 5xx's cause (for the log, never the caller). */
+  failure?: { code: string; cause?: string };
 }
 
 export interface ConnStatsVariables {
@@ -69,6 +72,8 @@ export interface ConnStatsOptions {
   onClientGone?: (c: Context, gone: () => void) => void;
   /** Transactional responses also set the consistency token as a cookie (CONSISTENCY_COOKIE=on). */
   consistencyCookie?: boolean;
+  /** Each request's log line (every one at debug; failed or slow ones, bounded, at info). */
+  requestLog?: RequestLog;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
@@ -111,6 +116,7 @@ class Metrics implements RequestMetrics {
   position?: string;
   tokenSent?: () => string | undefined;
   cache?: CacheOutcome;
+  failure?: { code: string; cause?: string };
   #consistency: { lsn: string } | undefined | null = null;
 
   constructor(requestTimeoutMs?: number) {
@@ -209,6 +215,7 @@ export const connStats = ({
   readHeader,
   onClientGone,
   consistencyCookie,
+  requestLog,
 }: ConnStatsOptions): MiddlewareHandler<{ Variables: ConnStatsVariables }> =>
   async function connStats(c, next) {
     if (c.get('metrics')) return next(); // installed twice: the outer one records
@@ -249,6 +256,21 @@ export const connStats = ({
         retries: metrics.retries,
         replayed: metrics.replayed,
         server: metrics.server,
+        cache: metrics.cache,
+      });
+      requestLog?.record({
+        requestId,
+        method: c.req.method,
+        route: c.get('routePattern') ?? '(unmatched)',
+        status: res.status,
+        durationMs: totalMs,
+        dbMs: metrics.dbMs,
+        acquireMs: metrics.acquireMs,
+        client: metrics.client,
+        queries: metrics.queries,
+        retries: metrics.retries,
+        code: metrics.failure?.code,
+        cause: metrics.failure?.cause,
         cache: metrics.cache,
       });
       if (!metrics.headersWritten) {
