@@ -193,6 +193,8 @@ function gatewayEnv(env: Env, databaseUrl: string, claim: PortClaim, forwardSecr
     PORT: String(claim.port),
     FORWARD_SECRET: forwardSecret,
     SEED: embedded ? 'true' : env.SEED,
+    // Development, at a terminal or piped: the gateway's lines read like the topology's own (LOG_FORMAT=json for JSON).
+    LOG_FORMAT: env.LOG_FORMAT || 'pretty',
     // A development topology: the gateway's /stats and /metrics stay readable without OPS_TOKEN.
     POOLGATE_ENV: env.POOLGATE_ENV ?? 'development',
   };

@@ -83,10 +83,12 @@ describe('lines', () => {
     });
   });
 
-  it('pretty: clock, level, message, then key=value', () => {
-    expect(
-      prettyLine({ time: at.toISOString(), level: 'info', msg: 'ready', url: 'http://127.0.0.1:1', note: 'two words', gone: undefined }),
-    ).toBe('14:05:09.123 INFO  ready  url=http://127.0.0.1:1 note="two words"');
+  it('pretty: the message as it reads, WARN/ERROR in front, the fields only at debug and trace', () => {
+    const base = { time: at.toISOString(), event: 'x', msg: 'ready', url: 'http://127.0.0.1:1', note: 'two words', gone: undefined };
+    expect(prettyLine({ ...base, level: 'info' })).toBe('ready');
+    expect(prettyLine({ ...base, level: 'warn' })).toBe('WARN ready');
+    expect(prettyLine({ ...base, level: 'error' })).toBe('ERROR ready');
+    expect(prettyLine({ ...base, level: 'debug' })).toBe('ready  url=http://127.0.0.1:1 note="two words"');
   });
 
   it('the edge writes the same records as JSON lines on console.log', () => {

@@ -73,15 +73,20 @@ export const jsonLine = (record: LogRecord): string => JSON.stringify(record, js
 
 const LABEL: Record<EntryLevel, string> = { trace: 'TRACE', debug: 'DEBUG', info: 'INFO ', warn: 'WARN ', error: 'ERROR' };
 
-/** One record for a person at a terminal: `14:05:09.123 INFO  msg key=value …`. */
+/**
+ * One record for a person at a terminal (`npm start`): its message as it reads — every message is
+ * written to stand on its own — with `WARN ` / `ERROR ` in front when it is one; at debug and trace
+ * the fields follow as key=value.
+ */
 export function prettyLine(record: LogRecord): string {
-  const { time, level, msg, ...fields } = record;
-  const clock = time.slice(11, 23);
+  const { time: _time, level, msg, event: _event, ...fields } = record;
+  const prefix = level === 'warn' || level === 'error' ? `${LABEL[level].trim()} ` : '';
+  if (level !== 'debug' && level !== 'trace') return `${prefix}${msg}`;
   const rest = Object.entries(fields)
     .filter(([, v]) => v !== undefined)
     .map(([k, v]) => `${k}=${typeof v === 'string' && !/[\s"=]/.test(v) ? v : JSON.stringify(v, jsonValue)}`)
     .join(' ');
-  return `${clock} ${LABEL[level] ?? level} ${msg}${rest ? `  ${rest}` : ''}`;
+  return `${msg}${rest ? `  ${rest}` : ''}`;
 }
 
 /**

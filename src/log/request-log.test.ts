@@ -77,6 +77,15 @@ describe('RequestLog', () => {
     expect(records).toHaveLength(3);
   });
 
+  it('a request after the interval has ended writes the summary first, even when the timer never fired (an edge isolate)', () => {
+    const { records, requests } = setup('info');
+    requests.record(entry({ status: 500 }));
+    vi.setSystemTime(Date.now() + 10_000); // the clock moves on, the timer does not run
+    requests.record(entry({ status: 500 }));
+    expect(records.map((r) => r.event)).toEqual(['request', 'requests', 'request']);
+    expect(records[1]).toMatchObject({ total: 1, '5xx': 1 });
+  });
+
   it('writes no summary while there are no requests, and close() writes what is counted; twice is harmless', async () => {
     const { records, requests } = setup('info');
     await vi.advanceTimersByTimeAsync(60_000);

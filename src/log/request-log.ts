@@ -5,7 +5,8 @@
  * one `requests` line per interval sums them up (how many, by status class, how many not written).
  * A burst of 237 shed requests is then two lines, not 237: the log must not become the next
  * bottleneck of an overload. The first request of a quiet spell arms one timer (unref'd, cleared
- * on close); no requests, no line.
+ * on close); no requests, no line. An edge isolate may drop a timer with the request that set it,
+ * so a request that comes after the interval's end writes the summary first.
  */
 import { logs, type EntryLevel, type Log } from './logger.js';
 
@@ -47,6 +48,7 @@ export class RequestLog {
   #seen = new Set<string>();
   #counts = { total: 0, '2xx': 0, '3xx': 0, '4xx': 0, '5xx': 0, slow: 0, unwritten: 0 };
   #timer: ReturnType<typeof setTimeout> | undefined;
+  #endsAt = 0;
   #closed = false;
 
   constructor({ log, slowMs = 1000, intervalMs = 60_000 }: RequestLogOptions) {
@@ -63,6 +65,7 @@ export class RequestLog {
 
   record(entry: RequestEntry): void {
     if (this.#closed || !this.active) return;
+    if (this.#timer !== undefined && Date.now() >= this.#endsAt) this.flush();
     const failed = entry.status >= 500;
     const slow = entry.durationMs >= this.#slowMs;
     this.#count(entry.status, slow);
@@ -108,6 +111,7 @@ export class RequestLog {
     c[cls]++;
     if (slow) c.slow++;
     if (this.#timer) return;
+    this.#endsAt = Date.now() + this.#intervalMs;
     this.#timer = setTimeout(() => this.flush(), this.#intervalMs);
     (this.#timer as { unref?: () => void }).unref?.();
   }

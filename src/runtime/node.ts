@@ -83,7 +83,11 @@ export async function startGateway(
   const config = parseConfig(env);
   const log = nodeLog({ level: config.logLevel, format: config.logFormat, sink: options.log });
   // What it runs with, secrets left out: they are non-enumerable (config.ts), and the database is named by describeDatabase.
-  log('poolgate: configuration', { event: 'config', database: describeDatabase(config.databaseUrl), config });
+  log(`poolgate: configuration (${describeDatabase(config.databaseUrl)}): ${JSON.stringify(config)}`, {
+    event: 'config',
+    database: describeDatabase(config.databaseUrl),
+    config,
+  });
 
   let embedded: EmbeddedPostgres | undefined;
   let connectionString = config.databaseUrl;
