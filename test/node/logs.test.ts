@@ -73,7 +73,8 @@ describe('at LOG_LEVEL=debug', () => {
     });
     // The closing summary, and the pool's connections closed when it ended.
     expect(lines.some((l) => l.event === 'requests' && l.total === 2)).toBe(true);
-    expect(lines.some((l) => l.event === 'connection.closed')).toBe(true);
+    // (the pool ends within the gateway's bounded while, or just after it on a slow embedded database)
+    await waitFor(() => parsed(t.logs).some((l) => l.event === 'connection.closed'), { what: 'a connection.closed line' });
   });
 });
 
@@ -84,30 +85,42 @@ describe('at LOG_LEVEL=info, under an overload burst', () => {
     const u = await json(`${t.url}/api/users`, { method: 'POST', json: { email: `logs-${randomUUID()}@example.com`, name: 'Logs' } });
     expect(u.status).toBe(201);
     const locker: pg.Client = await adminClient(t.db);
-    let statuses: number[];
+    let codes: string[];
     try {
       await locker.query('BEGIN');
       await locker.query('LOCK TABLE users IN ACCESS EXCLUSIVE MODE');
       const slow = json(`${t.url}/api/users/${u.body.id}`);
       await waitFor(() => t.gateway.database.stats()!.active === 1, { what: 'the slow request to hold the connection' });
       const burst = await Promise.all(Array.from({ length: 237 }, () => json(`${t.url}/api/users/${u.body.id}`)));
-      statuses = burst.map((r) => r.status);
+      expect(burst.map((r) => r.status)).toEqual(Array(237).fill(503));
+      codes = burst.map((r) => r.body.error.code as string);
       await locker.query('COMMIT');
       expect((await slow).status).toBe(200);
     } finally {
       await locker.query('ROLLBACK').catch(() => {});
       await locker.end();
     }
-    const shed = statuses.filter((s) => s === 503).length;
-    expect(shed).toBe(237); // one waited and timed out, the others were refused at once
+    // Those that found the one queue place free waited and timed out; the others were refused at once.
+    const refused = codes.filter((c) => c === 'overloaded').length;
+    expect(refused + codes.filter((c) => c === 'pool_exhausted').length).toBe(237);
+    expect(refused).toBeGreaterThan(200);
     await t.stop();
 
     const lines = parsed(t.logs);
     const requestLines = lines.filter((l) => l.event === 'request');
-    // One line per kind (overloaded, pool_exhausted), the rest counted in the summary.
-    expect(requestLines.map((l) => l.code).sort()).toEqual(['overloaded', 'pool_exhausted']);
+    // One line per kind (overloaded, pool_exhausted), the rest counted in the summary; the held
+    // request may have its own line too, as a slow one.
+    expect(
+      requestLines
+        .filter((l) => l.status === 503)
+        .map((l) => l.code)
+        .sort(),
+    ).toEqual(['overloaded', 'pool_exhausted']);
+    expect(requestLines.filter((l) => l.status !== 503)).toEqual(
+      requestLines.length === 3 ? [expect.objectContaining({ status: 200, level: 'warn' })] : [],
+    );
     expect(lines.filter((l) => l.event === 'shed')).toEqual([
-      expect.objectContaining({ level: 'warn', shed: { pool: expect.objectContaining({ total: 236 }) } }),
+      expect.objectContaining({ level: 'warn', shed: { pool: expect.objectContaining({ total: refused }) } }),
     ]);
     expect(lines.filter((l) => l.event === 'requests')).toEqual([expect.objectContaining({ level: 'warn', '5xx': 237, unwritten: 235 })]);
     expect(lines.length).toBeLessThan(20);
