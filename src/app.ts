@@ -17,7 +17,7 @@ import { CONSISTENCY_HEADER, parseToken } from './db/consistency.js';
 import { claimNonce } from './idempotency/nonces.js';
 import { describeError, toAppError } from './errors.js';
 import type { Drain } from './lifecycle/drain.js';
-import { connStats, requestIdOf, responseHeaders } from './middleware/conn-stats.js';
+import { connStats, requestIdOf, responseHeaders, type RequestMetrics } from './middleware/conn-stats.js';
 import { checkKey, IDEMPOTENCY_HEADER, REPLAYED_HEADER, requestHash, runIdempotent } from './idempotency/idempotency.js';
 import type { AppEnv, RouteResult, RouteSpec } from './routes/types.js';
 import { jsonBody, parseWith, takeBody } from './routes/input.js';
@@ -25,6 +25,8 @@ import { register } from './routes/register.js';
 import { routeNotFound } from './routes/not-found.js';
 import { opsRoutes, type OpsAccess } from './routes/ops.js';
 import type { StatsRegistry } from './stats/registry.js';
+import type { Log } from './log/logger.js';
+import { RequestLog } from './log/request-log.js';
 
 export interface PoolgateDeps {
   database: Database;
@@ -32,7 +34,13 @@ export interface PoolgateDeps {
   bodyLimitBytes: number;
   readyTimeoutMs?: number;
   drain?: Drain;
-  log?: (line: string) => void;
+  /** Where poolgate's log lines go (src/log/logger.ts); none: nothing is logged. */
+  log?: Log;
+  /**
+   * The per-request lines and their interval summary (src/log/request-log.ts); default: one over
+   * `log`. The runtime entries pass their own, so that shutting down flushes its counts.
+   */
+  requestLog?: RequestLog;
   /**
    * How a transactional route is served. Omitted on Node (the route runs here, on the pool);
    * the edge passes the signed forwarder.
@@ -153,8 +161,9 @@ async function onlyErrors(_c: Context, next: () => Promise<void>): Promise<void>
 }
 
 /** The middleware every part of poolgate runs first: errors as JSON, the request's stats and Db. */
-function commonMiddleware(deps: PoolgateDeps): MiddlewareHandler<AppEnv>[] {
+function commonMiddleware(deps: Parts): MiddlewareHandler<AppEnv>[] {
   const stats = connStats({
+    requestLog: deps.requestLog,
     registry: deps.registry,
     database: deps.database,
     requestTimeoutMs: deps.requestTimeoutMs ?? 15_000,
@@ -165,15 +174,31 @@ function commonMiddleware(deps: PoolgateDeps): MiddlewareHandler<AppEnv>[] {
   return [onlyErrors, stats];
 }
 
-/** The one mapping of errors to responses: JSON with a stable code; 5xx logged with its cause, never answered with it. */
-function answerError(log: (line: string) => void): ErrorHandler<AppEnv> {
+/**
+ * The one mapping of errors to responses: JSON with a stable code; a 5xx's cause is logged, never
+ * answered. The request's own line carries both (conn-stats → RequestLog, bounded under load);
+ * only an error outside it (no metrics: it never ran) is logged here.
+ */
+function answerError(log: Log | undefined): ErrorHandler<AppEnv> {
   return (err, c) => {
     const appErr = toAppError(err);
-    if (appErr.status >= 500) {
-      const cause = appErr.extra.cause ?? err;
-      const detail = cause instanceof Error && !('code' in cause) ? `${cause.name}: ${cause.message}` : describeError(cause);
-      log(`request ${requestIdOf(c)} ${c.req.method} ${c.get('routePattern') ?? c.req.path} → ${appErr.status} ${appErr.code} (${detail})`);
-    }
+    const cause = appErr.status >= 500 ? describeCause(appErr.extra.cause ?? err) : undefined;
+    const metrics = c.get('metrics') as RequestMetrics | undefined;
+    if (metrics) metrics.failure = { code: appErr.code, cause };
+    else if (cause !== undefined)
+      log?.(
+        `request ${requestIdOf(c)} ${c.req.method} ${c.req.path} → ${appErr.status} ${appErr.code} (${cause})`,
+        {
+          event: 'request',
+          requestId: requestIdOf(c),
+          method: c.req.method,
+          route: c.req.path,
+          status: appErr.status,
+          code: appErr.code,
+          cause,
+        },
+        'error',
+      );
     const res = appErr.toResponse(requestIdOf(c));
     // The rest of an oversized body is never read and the server closes the socket soon after:
     // a keep-alive client must not send its next request on it (that request would be lost).
@@ -181,6 +206,9 @@ function answerError(log: (line: string) => void): ErrorHandler<AppEnv> {
     return res;
   };
 }
+
+const describeCause = (cause: unknown): string =>
+  cause instanceof Error && !('code' in cause) ? `${cause.name}: ${cause.message}` : describeError(cause);
 
 function routesApp(routes: readonly RouteSpec[], deps: Parts, common: MiddlewareHandler<AppEnv>[], mounted: boolean): Hono<AppEnv> {
   const app = new Hono<AppEnv>();
@@ -208,11 +236,11 @@ function routesApp(routes: readonly RouteSpec[], deps: Parts, common: Middleware
   }
   // Mounted in the application's own app, the part answers its own errors. Inside the whole app
   // the app's handler does (a part's own handler would wrap every middleware of every route).
-  if (mounted) app.onError(answerError(deps.log ?? (() => {})));
+  if (mounted) app.onError(answerError(deps.log));
   return app;
 }
 
-function opsApp(deps: PoolgateDeps, common: MiddlewareHandler<AppEnv>[], mounted: boolean): Hono<AppEnv> {
+function opsApp(deps: Parts, common: MiddlewareHandler<AppEnv>[], mounted: boolean): Hono<AppEnv> {
   const ops = opsRoutes({
     database: deps.database,
     registry: deps.registry,
@@ -222,7 +250,7 @@ function opsApp(deps: PoolgateDeps, common: MiddlewareHandler<AppEnv>[], mounted
     dashboard: deps.dashboard,
     before: common,
   });
-  if (mounted) ops.onError(answerError(deps.log ?? (() => {})));
+  if (mounted) ops.onError(answerError(deps.log));
   return ops;
 }
 
@@ -242,7 +270,7 @@ function wholeApp(routes: readonly RouteSpec[], deps: Parts, options: { openapi?
     });
   }
   app.notFound(routeNotFound(app));
-  app.onError(answerError(deps.log ?? (() => {})));
+  app.onError(answerError(deps.log));
   return app;
 }
 
@@ -251,7 +279,8 @@ function wholeApp(routes: readonly RouteSpec[], deps: Parts, options: { openapi?
  * @example const pg = createPoolgate({ database, registry, bodyLimitBytes: 65536 }); app.route('/', pg.routes(myRoutes));
  */
 export function createPoolgate(options: PoolgateDeps): Poolgate {
-  const deps: Parts = { ...options, readCache: readCacheFor(options) };
+  const requestLog = options.requestLog ?? (options.log && new RequestLog({ log: options.log }));
+  const deps: Parts = { ...options, requestLog, readCache: readCacheFor(options) };
   return {
     runtime: deps.transactional ? 'edge' : 'node',
     routes: (routes) => routesApp(routes, deps, commonMiddleware(deps), true),

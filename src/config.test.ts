@@ -35,6 +35,37 @@ describe('parseConfig', () => {
     });
     expect(c.bodyLimitBytes).toBe(64 * 1024);
     expect(c.logLevel).toBe('info');
+    expect(c.logFormat).toBe('auto');
+    expect(c.logSlowMs).toBe(1000);
+  });
+
+  it.each([
+    ['trace', 'trace'],
+    ['debug', 'debug'],
+    ['info', 'info'],
+    ['warn', 'warn'],
+    ['WARNING', 'warn'],
+    ['error', 'error'],
+    [' silent ', 'silent'],
+  ])('takes LOG_LEVEL=%j as %s, on Node and at the edge', (raw, level) => {
+    expect(parseConfig({ LOG_LEVEL: raw }).logLevel).toBe(level);
+    const edge = parseEdgeConfig({
+      DATABASE_URL: 'postgres://u@h/db',
+      NODE_FUNCTION_URL: 'http://127.0.0.1:1',
+      POOLGATE_ENV: 'development',
+      LOG_LEVEL: raw,
+    });
+    expect(edge.logLevel).toBe(level);
+  });
+
+  it('names every level LOG_LEVEL takes when it refuses one', () => {
+    expect(configError(() => parseConfig({ LOG_LEVEL: 'loud' })).message).toBe(
+      'LOG_LEVEL: must be one of trace, debug, info, warn, error, silent, got "loud"',
+    );
+  });
+
+  it.each(['json', 'pretty', 'auto'] as const)('takes LOG_FORMAT=%s', (format) => {
+    expect(parseConfig({ LOG_FORMAT: format.toUpperCase() }).logFormat).toBe(format);
   });
 
   it('reads every pool variable', () => {
@@ -137,6 +168,9 @@ describe('parseConfig', () => {
     ['BODY_LIMIT_BYTES', 'lots'],
     ['SHUTDOWN_TIMEOUT_MS', '-5'],
     ['LOG_LEVEL', 'loud'],
+    ['LOG_LEVEL', 'fatal'],
+    ['LOG_FORMAT', 'xml'],
+    ['LOG_SLOW_MS', '0'],
     ['APPLICATION_NAME', 'x'.repeat(64)],
     ['APPLICATION_NAME', 'tab\tname'],
     ['PG_PREPARED_STATEMENTS', 'yes'],

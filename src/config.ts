@@ -6,6 +6,7 @@
 import { SLOW_READ_MS } from './db/connectors/lane-latency.js';
 import { MIN_SECRET_LENGTH } from './security/forward-signature.js';
 import { AppError } from './errors.js';
+import { LOG_LEVELS, parseLogLevel, type LogLevel } from './log/logger.js';
 
 export interface PoolConfig {
   max: number;
@@ -127,7 +128,12 @@ export interface Config {
   requestTimeoutMs: number;
   /** Folder of the embedded database's data files. */
   embeddedDataDir: string;
-  logLevel: 'silent' | 'info' | 'debug';
+  /** LOG_LEVEL: trace, debug, info (default), warn, error or silent. */
+  logLevel: LogLevel;
+  /** LOG_FORMAT: json, pretty, or auto (the default: pretty on a terminal, JSON otherwise). */
+  logFormat: LogFormat;
+  /** LOG_SLOW_MS: a request at least this slow is logged at info (default 1000). */
+  logSlowMs: number;
   /** When set, API routes only accept requests signed by the edge with this secret. Non-enumerable. */
   readonly forwardSecret: string | undefined;
   /** Bearer token for /stats, /metrics and readiness details (OPS_TOKEN). Non-enumerable. */
@@ -249,10 +255,7 @@ export function parseConfig(env: Env): Config {
   if (!/^[\x20-\x7e]{1,63}$/.test(applicationName)) {
     throw new ConfigError('APPLICATION_NAME', 'must be 1 to 63 printable ASCII characters');
   }
-  const logLevel = (env.LOG_LEVEL?.trim() || 'info') as Config['logLevel'];
-  if (!['silent', 'info', 'debug'].includes(logLevel)) {
-    throw new ConfigError('LOG_LEVEL', `must be silent, info or debug, got "${logLevel}"`);
-  }
+  const { logLevel, logFormat, logSlowMs } = logConfig(env);
 
   const replicas = replicaUrls(env);
   if (replicas.length > 0 && databaseUrl === undefined)
@@ -297,6 +300,8 @@ export function parseConfig(env: Env): Config {
     requestTimeoutMs: int(env, 'REQUEST_TIMEOUT_MS', 15_000, 1, 3_600_000),
     embeddedDataDir: env.EMBEDDED_DATA_DIR?.trim() || '.data/pglite',
     logLevel,
+    logFormat,
+    logSlowMs,
   };
   // A connect must not outlive the request that waits for it.
   config.pool.connectionTimeoutMs = Math.min(config.pool.connectionTimeoutMs, config.requestTimeoutMs);
@@ -335,6 +340,19 @@ const resultLimits = (env: Env) => ({
   resultMaxBytes: int(env, 'RESULT_MAX_BYTES', RESULT_MAX_BYTES, 1, 4 * 1024 * 1024 * 1024),
 });
 
+export type LogFormat = 'json' | 'pretty' | 'auto';
+
+/** LOG_LEVEL, LOG_FORMAT and LOG_SLOW_MS, the same on Node and at the edge. */
+export function logConfig(env: Env): { logLevel: LogLevel; logFormat: LogFormat; logSlowMs: number } {
+  const rawLevel = env.LOG_LEVEL?.trim() || 'info';
+  const logLevel = parseLogLevel(rawLevel);
+  if (!logLevel) throw new ConfigError('LOG_LEVEL', `must be one of ${LOG_LEVELS.join(', ')}, got "${rawLevel}"`);
+  const logFormat = (env.LOG_FORMAT?.trim().toLowerCase() || 'auto') as LogFormat;
+  if (!['json', 'pretty', 'auto'].includes(logFormat))
+    throw new ConfigError('LOG_FORMAT', `must be json, pretty or auto, got "${env.LOG_FORMAT?.trim()}"`);
+  return { logLevel, logFormat, logSlowMs: int(env, 'LOG_SLOW_MS', 1000, 1, 3_600_000) };
+}
+
 /** Configuration of the edge app (workerd, Netlify Edge), read from that runtime's env. */
 export interface EdgeConfig {
   /** The Neon (or local proxy's) database URL. Non-enumerable. */
@@ -361,6 +379,9 @@ export interface EdgeConfig {
   cache: CacheConfig;
   /** The live dashboard at /dashboard (DASHBOARD=on|off; on by default in development). */
   dashboard: boolean;
+  /** As on Node: LOG_LEVEL, LOG_SLOW_MS (the edge always writes JSON). */
+  logLevel: LogLevel;
+  logSlowMs: number;
 }
 
 export function parseEdgeConfig(env: Env): EdgeConfig {
@@ -383,6 +404,7 @@ export function parseEdgeConfig(env: Env): EdgeConfig {
   const neonProxyUrl = env.NEON_PROXY_URL?.trim() || undefined;
   if (neonProxyUrl) httpUrl('NEON_PROXY_URL', neonProxyUrl);
   const forwardSecret = secret(env, development, true) ?? 'poolgate-development-only-forward-secret';
+  const log = logConfig(env);
   const config: EdgeConfig = {
     databaseUrl: '',
     nodeFunctionUrl,
@@ -399,6 +421,8 @@ export function parseEdgeConfig(env: Env): EdgeConfig {
     replicaUrls: [],
     replicas: replicaConfig(env),
     cache: cacheConfig(env),
+    logLevel: log.logLevel,
+    logSlowMs: log.logSlowMs,
   };
   Object.defineProperty(config, 'databaseUrl', { value: databaseUrl, enumerable: false, writable: false });
   Object.defineProperty(config, 'replicaUrls', { value: replicaUrls(env), enumerable: false, writable: false });

@@ -3,6 +3,9 @@
  * per-request WebSocket pool), transactional routes forwarded, signed, to the Node function.
  * Runtime entries build it once per isolate and keep it; its stats are that isolate's own.
  */
+import { logBreakerChanges } from './resilience/breaker.js';
+import { consoleLog, type Log } from './log/logger.js';
+import { RequestLog } from './log/request-log.js';
 import type * as Neon from '@neondatabase/serverless';
 import { buildApp, createPoolgate } from './app.js';
 import type { EdgeConfig } from './config.js';
@@ -19,7 +22,8 @@ export interface EdgeAppDeps {
   /** Names the isolate in /stats and /metrics, e.g. "workerd isolate". */
   scope: string;
   fetch?: typeof fetch;
-  log?: (line: string) => void;
+  /** Where log lines go; default: JSON lines on console.log at LOG_LEVEL (src/log/logger.ts). */
+  log?: Log;
   /** This runtime's "the fetch never sent its request" (src/runtime/fetch-errors.ts). */
   neverSent?: (err: unknown) => boolean;
   /** The platform's Cache API, where the runtime has one (workerd: caches.default); the read cache keeps an in-isolate LRU in front of it. */
@@ -49,17 +53,18 @@ function cacheNamespace(app: PoolgateApp, databaseUrl: string): string {
 
 export function createEdgeApp(config: EdgeConfig, deps: EdgeAppDeps): FetchApp {
   if (config.neonProxyUrl) useLocalNeonProxy(deps.driver.neonConfig, config.neonProxyUrl);
+  const log = deps.log ?? consoleLog(config.logLevel);
   const database = createNeonReplicatedDatabase(
     {
       connectionString: config.databaseUrl,
       driver: deps.driver,
       queryTimeoutMs: config.queryTimeoutMs,
       resultLimits: { maxRows: config.resultMaxRows, maxBytes: config.resultMaxBytes },
-      log: deps.log,
+      log,
     },
     { urls: config.replicaUrls, ...config.replicas },
   );
-  const forwarder = createForwardBreaker();
+  const forwarder = createForwardBreaker(logBreakerChanges(log));
   const registry = new StatsRegistry({
     scope: deps.scope,
     breakers: () => [...database.breakers(), forwarder.snapshot()],
@@ -72,7 +77,8 @@ export function createEdgeApp(config: EdgeConfig, deps: EdgeAppDeps): FetchApp {
     requestTimeoutMs: config.requestTimeoutMs,
     opsAccess: opsAccessFor({ token: config.opsToken, development: config.development, exposed: true }),
     dashboard: config.dashboard,
-    log: deps.log,
+    log,
+    requestLog: new RequestLog({ log, slowMs: config.logSlowMs }),
     cache:
       config.cache.enabled && deps.app.routes.some((r) => r.cache)
         ? { store: edgeCacheStore(config, deps), maxStalenessMs: config.cache.maxStalenessMs }

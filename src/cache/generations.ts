@@ -15,6 +15,7 @@
  * strictly before `seesBefore` — the position the previous read found, read before this read's
  * snapshot.
  */
+import type { Log } from '../log/logger.js';
 import type { Database, QueryObserver } from '../db/types.js';
 import { laterLsn, lsnValue } from '../db/consistency.js';
 
@@ -37,7 +38,7 @@ export interface GenerationOptions {
   /** The longest a committed write may go unseen by readers without its token (CACHE_MAX_STALENESS_MS). */
   maxStalenessMs: number;
   clock: () => number;
-  log?: (line: string) => void;
+  log?: Log;
 }
 
 /**
@@ -173,7 +174,11 @@ export class Generations {
           code === '42P01'
             ? 'poolgate_cache_generations does not exist: run `poolgate migrate`'
             : `the primary did not answer (${typeof code === 'string' ? code : 'no SQLSTATE'})`;
-        this.options.log?.(`poolgate: the read cache stands aside until the table generations can be read: ${why}`);
+        this.options.log?.(
+          `poolgate: the read cache stands aside until the table generations can be read: ${why}`,
+          { event: 'cache.aside' },
+          'warn',
+        );
       }
       return undefined;
     } finally {

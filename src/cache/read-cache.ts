@@ -13,6 +13,7 @@
  * generations it claims; a load that began before a write carries the older generations and
  * cannot pass for newer, whenever it is stored (the fence).
  */
+import type { Log } from '../log/logger.js';
 import type { Context } from 'hono';
 import { CONSISTENCY_COOKIE, hasReplayed } from '../db/consistency.js';
 import type { Database, Db } from '../db/types.js';
@@ -33,7 +34,7 @@ export interface ReadCacheOptions {
   maxStalenessMs: number;
   /** The deadline of a background load (stale-while-revalidate). */
   requestTimeoutMs: number;
-  log?: (line: string) => void;
+  log?: Log;
 }
 
 /** What the route answers: status and the JSON text of its body, the same whether cached or loaded. */

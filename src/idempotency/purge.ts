@@ -3,6 +3,7 @@
  * most every `intervalMs`, never two at once. The Node gateway runs it on a timer; a Netlify
  * function, which has no life between invocations, asks on each invocation whether one is due.
  */
+import type { Log } from '../log/logger.js';
 import type { Database, QueryObserver } from '../db/types.js';
 import { describeError } from '../errors.js';
 import { now } from '../stats/clock.js';
@@ -13,11 +14,11 @@ const INTERNAL: QueryObserver = { acquired() {}, queried() {}, served() {}, inte
 export class IdempotencyPurger {
   readonly #database: Database;
   readonly #intervalMs: number;
-  readonly #log: (line: string) => void;
+  readonly #log: Log;
   #lastAt: number;
   #running: Promise<void> | undefined;
 
-  constructor(database: Database, intervalMs: number, log: (line: string) => void) {
+  constructor(database: Database, intervalMs: number, log: Log) {
     this.#database = database;
     this.#intervalMs = intervalMs;
     this.#log = log;
@@ -30,8 +31,13 @@ export class IdempotencyPurger {
     this.#lastAt = now();
     this.#running = purgeExpiredKeys(this.#database.forRequest(INTERNAL))
       .then(
-        (n) => void (n > 0 && this.#log(`poolgate: purged ${n} expired idempotency records`)),
-        (err) => this.#log(`poolgate: purging idempotency records failed (${describeError(err)}); will retry`),
+        (n) => void (n > 0 && this.#log(`poolgate: purged ${n} expired idempotency records`, { event: 'idempotency.purged', count: n })),
+        (err) =>
+          this.#log(
+            `poolgate: purging idempotency records failed (${describeError(err)}); will retry`,
+            { event: 'idempotency.purge_failed' },
+            'warn',
+          ),
       )
       .finally(() => (this.#running = undefined));
     return this.#running;

@@ -155,7 +155,7 @@ export async function startTopology(env: Env, log: (line: string) => void, optio
     checkpoint();
     // Read replicas (opt-in, with DATABASE_URL): the edge reads from them through the same proxy.
     const replicaUrls = gateway.config.replicaUrls;
-    const proxy = await startProxy([databaseUrl, ...replicaUrls], ports, gateway.config.logLevel, parts);
+    const proxy = await startProxy([databaseUrl, ...replicaUrls], ports, proxyLogLevel(gateway.config.logLevel), parts);
     checkpoint();
     const bindings = {
       DATABASE_URL: databaseUrl,
@@ -193,6 +193,8 @@ function gatewayEnv(env: Env, databaseUrl: string, claim: PortClaim, forwardSecr
     PORT: String(claim.port),
     FORWARD_SECRET: forwardSecret,
     SEED: embedded ? 'true' : env.SEED,
+    // Development, at a terminal or piped: the gateway's lines read like the topology's own (LOG_FORMAT=json for JSON).
+    LOG_FORMAT: env.LOG_FORMAT || 'pretty',
     // A development topology: the gateway's /stats and /metrics stay readable without OPS_TOKEN.
     POOLGATE_ENV: env.POOLGATE_ENV ?? 'development',
   };
@@ -406,3 +408,7 @@ async function stopAndExit(topology: Topology): Promise<never> {
   console.log(clean ? 'poolgate: stopped' : 'poolgate: stopped, not cleanly (see above)');
   process.exit(clean ? 0 : 1);
 }
+
+/** The proxy knows three levels: its `info` is refusals and failures, so warn and error keep them. */
+const proxyLogLevel = (level: Config['logLevel']): NeonProxyOptions['logLevel'] =>
+  level === 'silent' ? 'silent' : level === 'trace' || level === 'debug' ? 'debug' : 'info';

@@ -11,6 +11,7 @@ import type { ClientKind, Database, Db, QueryObserver } from '../db/types.js';
 import { now } from '../stats/clock.js';
 import { endRequestSpan, startRequestSpan } from '../stats/otel.js';
 import type { StatsRegistry } from '../stats/registry.js';
+import type { RequestLog } from '../log/request-log.js';
 
 export interface RequestMetrics extends QueryObserver {
   readonly startedAt: number;
@@ -47,6 +48,8 @@ export interface RequestMetrics extends QueryObserver {
   requirePosition(lsn: string): void;
   /** What the read cache did for it, on a cached route. */
   cache?: CacheOutcome;
+  /** Set by the error mapping: the answer's error code, and a 5xx's cause (for the log, never the caller). */
+  failure?: { code: string; cause?: string };
 }
 
 export interface ConnStatsVariables {
@@ -71,6 +74,8 @@ export interface ConnStatsOptions {
   onClientGone?: (c: Context, gone: () => void) => void;
   /** Transactional responses also set the consistency token as a cookie (CONSISTENCY_COOKIE=on). */
   consistencyCookie?: boolean;
+  /** Each request's log line (every one at debug; failed or slow ones, bounded, at info). */
+  requestLog?: RequestLog;
 }
 
 const REQUEST_ID = /^[\w.:-]{1,128}$/;
@@ -114,6 +119,7 @@ class Metrics implements RequestMetrics {
   tokenSent?: () => string | undefined;
   cache?: CacheOutcome;
   span?: Span;
+  failure?: { code: string; cause?: string };
   #consistency: { lsn: string } | undefined | null = null;
 
   constructor(requestTimeoutMs?: number) {
@@ -212,6 +218,7 @@ export const connStats = ({
   readHeader,
   onClientGone,
   consistencyCookie,
+  requestLog,
 }: ConnStatsOptions): MiddlewareHandler<{ Variables: ConnStatsVariables }> => {
   // The caller's trace context (traceparent), read only by a registered propagator.
   const traceHeaders: TextMapGetter<Context<{ Variables: ConnStatsVariables }>> = {
@@ -258,6 +265,21 @@ export const connStats = ({
         retries: metrics.retries,
         replayed: metrics.replayed,
         server: metrics.server,
+        cache: metrics.cache,
+      });
+      requestLog?.record({
+        requestId,
+        method: c.req.method,
+        route: c.get('routePattern') ?? '(unmatched)',
+        status: res.status,
+        durationMs: totalMs,
+        dbMs: metrics.dbMs,
+        acquireMs: metrics.acquireMs,
+        client: metrics.client,
+        queries: metrics.queries,
+        retries: metrics.retries,
+        code: metrics.failure?.code,
+        cause: metrics.failure?.cause,
         cache: metrics.cache,
       });
       if (!metrics.headersWritten) {

@@ -13,7 +13,7 @@
  */
 import type { Context, Handler } from 'hono';
 import { AppError } from '../errors.js';
-import { createBreaker, type Breaker } from '../resilience/breaker.js';
+import { createBreaker, type Breaker, type BreakerOptions } from '../resilience/breaker.js';
 import { cutShort, withAbort, type Deadline, type FireReason } from '../db/core/deadline.js';
 import { RetryBudget, withRetry } from '../resilience/retry.js';
 import { createForwardSigner, SIGNATURE_HEADER } from '../security/forward-signature.js';
@@ -43,8 +43,11 @@ export interface ForwardOptions {
 class Unreachable extends Error {}
 
 /** The forwarder's breaker: counts unreachable and timed-out forwards, not the Node side's own answers. */
-export const createForwardBreaker = () =>
-  createBreaker('forwarder', { isFailure: (e) => e instanceof Unreachable || (e instanceof AppError && e.code === 'upstream_timeout') });
+export const createForwardBreaker = (onChange?: BreakerOptions['onChange']) =>
+  createBreaker('forwarder', {
+    isFailure: (e) => e instanceof Unreachable || (e instanceof AppError && e.code === 'upstream_timeout'),
+    onChange,
+  });
 
 const PASS_REQUEST_HEADERS = ['content-type', 'idempotency-key', 'accept'];
 const DROP_RESPONSE_HEADERS = new Set(['connection', 'keep-alive', 'transfer-encoding', 'content-length', 'server-timing', 'x-request-id']);

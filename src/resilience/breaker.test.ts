@@ -2,7 +2,8 @@ import { describe, expect, it } from 'vitest';
 import type { OneShotConnector, SessionConnector } from '../db/core/connector.js';
 import { createDatabase } from '../db/core/database.js';
 import { AppError } from '../errors.js';
-import { createBreaker, probeDelayMs, type BreakerTuning } from './breaker.js';
+import { createBreaker, logBreakerChanges, probeDelayMs, type BreakerTuning } from './breaker.js';
+import { createLog, type LogRecord } from '../log/logger.js';
 
 const counted = Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' });
 const notCounted = Object.assign(new Error('duplicate key'), { code: '23505' });
@@ -30,6 +31,34 @@ function openFor(b: ReturnType<typeof setup>): number {
 }
 
 describe('createBreaker', () => {
+  it('tells each transition once (opened, half-open, closed; reopened for longer), logged as breaker lines with the cause', async () => {
+    const records: LogRecord[] = [];
+    const b = setup(2, { onChange: logBreakerChanges(createLog('info', (r) => records.push(r))) });
+    await b.ok();
+    await b.fail();
+    expect(records).toEqual([]);
+    await b.fail();
+    for (let i = 0; i < 5; i++) await b.fail(); // rejected while open: no further line
+    b.advance(250);
+    await b.fail(); // the probe fails: open again, for twice as long
+    b.advance(500);
+    await b.ok();
+    await b.ok();
+    expect(records.map((r) => [r.level, r.state, r.probeAfterMs, r.failedProbes])).toEqual([
+      ['warn', 'open', 250, 0],
+      ['info', 'half-open', undefined, 0],
+      ['warn', 'open', 500, 1],
+      ['info', 'half-open', undefined, 1],
+      ['info', 'closed', undefined, 1],
+    ]);
+    expect(records[0]).toMatchObject({
+      event: 'breaker',
+      breaker: 'pg',
+      cause: 'Error ECONNREFUSED',
+      msg: 'poolgate: breaker pg opened (Error ECONNREFUSED); next probe in 250 ms',
+    });
+  });
+
   it('work our side abandoned (client gone, shutting down) neither counts nor resets the count', async () => {
     const b = setup(3);
     const abandon = (code: 'client_closed' | 'shutting_down') =>

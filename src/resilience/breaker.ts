@@ -15,6 +15,8 @@
  */
 import { AppError } from '../errors.js';
 import { now as monotonic } from '../stats/clock.js';
+import { describeError } from '../errors.js';
+import type { Log } from '../log/logger.js';
 
 export type BreakerState = 'closed' | 'open' | 'half-open';
 
@@ -30,6 +32,37 @@ export interface BreakerOptions {
   now?: () => number;
   /** Uniform in [0, 1): the jitter. */
   random?: () => number;
+  /** Told of each transition (for the log): opened (again), probing, closed. */
+  onChange?: (change: BreakerChange) => void;
+}
+
+export interface BreakerChange {
+  name: string;
+  to: BreakerState;
+  /** Opened: the wait before the next probe, and the failure that opened it. */
+  probeAfterMs?: number;
+  cause?: unknown;
+  /** Probes failed in a row so far. */
+  failedProbes: number;
+}
+
+/**
+ * An onChange that writes each transition as a `breaker` line (opened: warn; probing, closed: info).
+ * At most a few per probe wait: never one per request.
+ */
+export function logBreakerChanges(log: Log, next?: (change: BreakerChange) => void): (change: BreakerChange) => void {
+  return (change) => {
+    next?.(change);
+    const { name, to, probeAfterMs, failedProbes } = change;
+    const cause = change.cause === undefined ? undefined : describeError(change.cause);
+    const msg =
+      to === 'open'
+        ? `poolgate: breaker ${name} opened (${cause}); next probe in ${probeAfterMs} ms`
+        : to === 'half-open'
+          ? `poolgate: breaker ${name} half-open; probing`
+          : `poolgate: breaker ${name} closed`;
+    log(msg, { event: 'breaker', breaker: name, state: to, probeAfterMs, failedProbes, cause }, to === 'open' ? 'warn' : 'info');
+  };
 }
 
 /** Everything but what counts as a failure: what a Database's owner may tune (tests fake the clock). */
@@ -82,11 +115,14 @@ export function createBreaker(name: string, options: BreakerOptions): Breaker {
 
   // The jitter is drawn here, once per opening, so that state() depends on the clock alone.
   const open = () => {
-    probeAt = now() + probeDelayMs(failedProbes, baseMs, capMs, random);
+    const probeAfterMs = probeDelayMs(failedProbes, baseMs, capMs, random);
+    probeAt = now() + probeAfterMs;
     openedCount++;
+    options.onChange?.({ name, to: 'open', probeAfterMs, cause: lastFailure, failedProbes });
   };
 
   const close = () => {
+    if (probeAt !== undefined) options.onChange?.({ name, to: 'closed', failedProbes });
     failures = 0;
     failedProbes = 0;
     probeAt = undefined;
@@ -121,7 +157,10 @@ export function createBreaker(name: string, options: BreakerOptions): Breaker {
       const s = state();
       if (s === 'open' || (s === 'half-open' && probing)) throw refuse();
       const probe = s === 'half-open';
-      if (probe) probing = true;
+      if (probe) {
+        probing = true;
+        options.onChange?.({ name, to: 'half-open', failedProbes });
+      }
       try {
         const result = await fn();
         close();

@@ -5,9 +5,10 @@
  * fires, the counts since are written on one line and reset. Nothing shed, nothing written.
  */
 import type { ShedReason } from './gate.js';
+import type { Log } from '../log/logger.js';
 
 export interface ShedLogOptions {
-  log: (line: string) => void;
+  log: Log;
   /** How often at most a line is written (default 10 s). */
   intervalMs?: number;
 }
@@ -15,7 +16,7 @@ export interface ShedLogOptions {
 const REASONS: readonly ShedReason[] = ['wait', 'deadline', 'overload', 'queue_full'];
 
 export class ShedLog {
-  readonly #log: (line: string) => void;
+  readonly #log: Log;
   readonly #intervalMs: number;
   /** Counts since the last line, per admission path ('pool', 'lanes') and reason. */
   #counts = new Map<string, Record<ShedReason, number>>();
@@ -43,12 +44,18 @@ export class ShedLog {
     clearTimeout(this.#timer);
     this.#timer = undefined;
     if (this.#counts.size === 0) return;
+    const shed: Record<string, Record<ShedReason, number> & { total: number }> = {};
     const parts = [...this.#counts].map(([path, c]) => {
       const total = REASONS.reduce((n, r) => n + c[r], 0);
+      shed[path] = { ...c, total };
       return `${path} ${total} (${REASONS.map((r) => `${r} ${c[r]}`).join(', ')})`;
     });
     this.#counts = new Map();
-    this.#log(`poolgate: shed requests with 503 overloaded in the last ${Math.round(this.#intervalMs / 1000)} s: ${parts.join('; ')}`);
+    this.#log(
+      `poolgate: shed requests with 503 overloaded in the last ${Math.round(this.#intervalMs / 1000)} s: ${parts.join('; ')}`,
+      { event: 'shed', intervalMs: this.#intervalMs, shed },
+      'warn',
+    );
   }
 
   /** Writes what is counted and stops; later sheds are not logged. Harmless twice. */

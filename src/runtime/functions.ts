@@ -16,6 +16,7 @@
  * a connection finish, waiting ones are refused (`shutting_down`), the pool ends, and the process
  * then dies of the signal as it would have without the listener.
  */
+import { nodeLog } from './node-log.js';
 import { neon, neonConfig, type NeonQueryFunction } from '@neondatabase/serverless';
 import pg from 'pg';
 import { createClient } from '../client.js';
@@ -106,7 +107,11 @@ export function createNodeClient(options: NodeClientOptions = {}): NodeClient {
   const env = options.env ?? process.env;
   const connectionString = connectionStringOf(options, env);
   const config = parseConfig({ ...env, DATABASE_URL: connectionString });
-  const log = config.logLevel === 'silent' ? undefined : (line: string) => console.warn(line);
+  // On stderr: a library's lines stay out of the application's own stdout.
+  const log =
+    config.logLevel === 'silent'
+      ? undefined
+      : nodeLog({ level: config.logLevel, format: config.logFormat, sink: (line) => console.warn(line) });
   const database = createPgDatabase(
     { ...config.pool, connectionString, requestTimeoutMs: config.requestTimeoutMs },
     { urls: config.replicaUrls, ...config.replicas },

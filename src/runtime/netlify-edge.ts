@@ -43,7 +43,6 @@ export function createEdgeFunction(app: PoolgateApp): EdgeFunction {
       driver,
       neverSent: denoNeverSent,
       scope: 'netlify-edge isolate',
-      log: (line) => console.log(line),
       platformCache: openCache(),
     }),
   );

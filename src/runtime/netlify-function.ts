@@ -11,6 +11,7 @@
  * NODE_FUNCTION_URL + `/api/…`. A `config.path` would replace that URL (Netlify serves such a
  * function only at its path), so export none; the prefix is stripped whatever the file is named.
  */
+import { nodeLog } from './node-log.js';
 import { buildOnce, ConfigError, parseConfig } from '../config.js';
 import type { FetchApp, PoolgateApp } from '../definition.js';
 import { IdempotencyPurger } from '../idempotency/purge.js';
@@ -39,7 +40,7 @@ function build(app: PoolgateApp): Instance {
   const config = parseConfig(process.env);
   if (!config.databaseUrl) throw new ConfigError('DATABASE_URL', 'is required for the Node function');
   if (!config.forwardSecret) throw new ConfigError('FORWARD_SECRET', 'is required for the Node function');
-  const log = config.logLevel === 'silent' ? () => {} : (line: string) => console.log(line);
+  const log = nodeLog({ level: config.logLevel, format: config.logFormat });
   const built = createNodeApp(config, { app, scope: 'netlify-function instance', connectionString: config.databaseUrl, log });
   // The platform's stop signal: finish what is in flight (bounded), end the pool, then exit as SIGTERM would.
   process.once('SIGTERM', () => {

@@ -14,6 +14,8 @@ import { verifyForward } from '../middleware/verify-forward.js';
 import { opsAccessFor } from '../routes/ops.js';
 import type { FetchApp, PoolgateApp } from '../definition.js';
 import { StatsRegistry } from '../stats/registry.js';
+import type { Log } from '../log/logger.js';
+import { RequestLog } from '../log/request-log.js';
 
 export interface NodeAppOptions {
   /** The application: its routes (and its own Hono app, if it brings one). */
@@ -21,7 +23,7 @@ export interface NodeAppOptions {
   /** Names this process in /stats and /metrics. */
   scope: string;
   connectionString: string;
-  log: (line: string) => void;
+  log: Log;
   readHeader?: (c: Context, name: string) => string | undefined;
   onClientGone?: (c: Context, gone: () => void) => void;
 }
@@ -31,6 +33,8 @@ export interface NodeApp {
   database: PgPoolDatabase;
   registry: StatsRegistry;
   drain: Drain;
+  /** Per-request lines and their summary: closed (flushed) at shutdown. */
+  requestLog: RequestLog;
 }
 
 export function createNodeApp(config: Config, options: NodeAppOptions): NodeApp {
@@ -60,9 +64,12 @@ export function createNodeApp(config: Config, options: NodeAppOptions): NodeApp 
       ? undefined
       : verifyForward({
           secret: config.forwardSecret,
-          onReject: (reason) => log(`poolgate: refused an unsigned or bad forward (${reason})`),
+          onReject: (reason) =>
+            log(`poolgate: refused an unsigned or bad forward (${reason})`, { event: 'forward.refused', reason }, 'warn'),
         });
+  const requestLog = new RequestLog({ log, slowMs: config.logSlowMs });
   const parts = createPoolgate({
+    requestLog,
     database,
     registry,
     drain,
@@ -81,5 +88,5 @@ export function createNodeApp(config: Config, options: NodeAppOptions): NodeApp 
       maxStalenessMs: cache.maxStalenessMs,
     },
   });
-  return { app: buildApp(options.app, parts), database, registry, drain };
+  return { app: buildApp(options.app, parts), database, registry, drain, requestLog };
 }

@@ -18,6 +18,8 @@ import type { PoolgateApp } from '../definition.js';
 import { IdempotencyPurger } from '../idempotency/purge.js';
 import type { EmbeddedPostgres } from '../local/embedded.js';
 import { createNodeApp } from './node-app.js';
+import { nodeLog } from './node-log.js';
+import type { Log } from '../log/logger.js';
 
 export interface Gateway {
   readonly url: string;
@@ -25,6 +27,8 @@ export interface Gateway {
   readonly config: Config;
   readonly database: PgPoolDatabase;
   readonly registry: StatsRegistry;
+  /** Its log (LOG_LEVEL, LOG_FORMAT): what the embedding process writes about it goes here too. */
+  readonly log: Log;
   /**
    * Drains in-flight requests (up to the shutdown timeout, or `drainTimeoutMs` when what is left of
    * a larger stop's deadline is less), ends the pool, stops the embedded DB. Idempotent.
@@ -33,6 +37,10 @@ export interface Gateway {
 }
 
 export interface GatewayOptions {
+  /**
+   * Where the log's lines go, one string each (JSON, or pretty with LOG_FORMAT=pretty), filtered
+   * by LOG_LEVEL; default: stdout.
+   */
   log?: (line: string) => void;
 }
 
@@ -73,7 +81,13 @@ export async function startGateway(
   options: GatewayOptions = {},
 ): Promise<Gateway> {
   const config = parseConfig(env);
-  const log = options.log ?? (config.logLevel === 'silent' ? () => {} : (line: string) => console.log(line));
+  const log = nodeLog({ level: config.logLevel, format: config.logFormat, sink: options.log });
+  // What it runs with, secrets left out: they are non-enumerable (config.ts), and the database is named by describeDatabase.
+  log(`poolgate: configuration (${describeDatabase(config.databaseUrl)}): ${JSON.stringify(config)}`, {
+    event: 'config',
+    database: describeDatabase(config.databaseUrl),
+    config,
+  });
 
   let embedded: EmbeddedPostgres | undefined;
   let connectionString = config.databaseUrl;
@@ -83,7 +97,10 @@ export async function startGateway(
     // One backend serves every connection there: a lane's read batch would share it with others' statements.
     config.pool.pipelineLanes = 0;
     config.pool.budget.mode = 'off'; // one process on its own embedded server: nothing to share
-    log(`poolgate: embedded PGlite on 127.0.0.1:${embedded.port} (data in ${config.embeddedDataDir})`);
+    log(`poolgate: embedded PGlite on 127.0.0.1:${embedded.port} (data in ${config.embeddedDataDir})`, {
+      event: 'embedded.started',
+      port: embedded.port,
+    });
   }
 
   const built = createNodeApp(config, { app, scope: 'node', connectionString, log, readHeader, onClientGone });
@@ -94,11 +111,11 @@ export async function startGateway(
     const setup = database.forRequest({ acquired() {}, queried() {}, served() {}, internal: true });
     const runTx = <T>(fn: (tx: Queryable) => Promise<T>) => setup.transaction(fn);
     const { applied, warnings } = await migrate(runTx, app);
-    if (applied.length) log(`poolgate: applied migrations ${applied.join(', ')}`);
-    for (const warning of warnings) log(`poolgate: warning: ${warning}`);
+    if (applied.length) log(`poolgate: applied migrations ${applied.join(', ')}`, { event: 'migrations.applied', applied });
+    for (const warning of warnings) log(`poolgate: warning: ${warning}`, { event: 'migrations.warning' }, 'warn');
     if (app.seed && (embedded || env.SEED === 'true')) {
       const seeded = await runTx((tx) => app.seed!(tx));
-      if (seeded) log(`poolgate: ${seeded}`);
+      if (seeded) log(`poolgate: ${seeded}`, { event: 'seeded' });
     }
     await database.warm(config.pool.min);
 
@@ -129,6 +146,7 @@ export async function startGateway(
   const url = `http://${config.host}:${port}`;
   log(
     `poolgate: Node gateway on ${url} → ${describeDatabase(config.databaseUrl)} (Node ${process.version}, pool max ${config.pool.max}, ${config.pool.min} warm${config.forwardSecret ? ', signed forwards only' : ''})`,
+    { event: 'gateway.started', url, node: process.version },
   );
 
   const stopPurging = new IdempotencyPurger(database, config.idempotencyPurgeIntervalMs, log).start();
@@ -149,10 +167,11 @@ export async function startGateway(
       // A database that no longer answers must not hold the exit: the pool gets a bounded while.
       await Promise.race([database.close(), new Promise((resolve) => setTimeout(resolve, POOL_END_MS).unref())]);
       await embedded?.stop();
+      built.requestLog.close();
       return { drained };
     })());
 
-  return { url, port, config, database, registry, close };
+  return { url, port, config, database, registry, log, close };
 }
 
 /**
@@ -224,18 +243,19 @@ export async function runGateway(app: PoolgateApp): Promise<void> {
   }
   let signals = 0;
   const onSignal = (signal: string) => {
+    const { log } = gateway;
     if (signals++ > 0) {
-      console.log(`poolgate: ${signal} again; already shutting down`);
+      log(`poolgate: ${signal} again; already shutting down`, { event: 'gateway.signal', signal });
       return;
     }
-    console.log(`poolgate: ${signal}, draining (up to ${gateway.config.shutdownTimeoutMs} ms)`);
+    log(`poolgate: ${signal}, draining (up to ${gateway.config.shutdownTimeoutMs} ms)`, { event: 'gateway.signal', signal });
     gateway.close().then(
       ({ drained }) => {
-        console.log(`poolgate: stopped${drained ? '' : ' (drain deadline passed)'}`);
+        log(`poolgate: stopped${drained ? '' : ' (drain deadline passed)'}`, { event: 'gateway.stopped', drained });
         process.exit(0);
       },
       (err) => {
-        console.error(`poolgate: shutdown failed (${describeError(err)})`);
+        log(`poolgate: shutdown failed (${describeError(err)})`, { event: 'gateway.stopped', error: describeError(err) }, 'error');
         process.exit(1);
       },
     );

@@ -32,7 +32,6 @@ export function createWorker(app: PoolgateApp): Worker {
       app,
       driver,
       scope: 'workerd isolate',
-      log: (line) => console.log(line),
       platformCache: workerdCache(),
     }),
   );

@@ -188,6 +188,6 @@ describe.skipIf(!realPostgresUrl)(suiteName, () => {
     expect((await ledger.verify(db, g.applicationName)).problems).toEqual([]);
     expect(max).toBeLessThanOrEqual(POOL_MAX);
     expect(g.output.join('')).toMatch(/SIGTERM, draining/);
-    expect(g.output.join('')).toMatch(/poolgate: stopped\n/);
+    expect(g.output.join('')).toMatch(/"msg":"poolgate: stopped"}\n/);
   });
 });

@@ -95,6 +95,7 @@ export async function startEdgeStack(bundle: EdgeBundle, options: EdgeStackOptio
         POOL_MAX: '5',
         POOL_MIN: '1',
         SHUTDOWN_TIMEOUT_MS: '5000',
+        LOG_FORMAT: 'json',
         FORWARD_SECRET: forwardSecret,
         APPLICATION_NAME: applicationName,
         ...replicaEnv,

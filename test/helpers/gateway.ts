@@ -18,7 +18,7 @@ export interface TestGateway {
   gateway: Gateway;
   /** The application_name the gateway's connections carry (unique per gateway). */
   applicationName: string;
-  /** Lines the gateway logged. */
+  /** Lines the gateway logged: one JSON object each (see src/log/logger.ts). */
   logs: string[];
   /** Closes the gateway (if not closed yet), then drops the database unless it was passed in. */
   stop(): Promise<void>;
@@ -51,7 +51,9 @@ export async function startTestGateway(overrides: Record<string, string> = {}, o
         DATABASE_URL: db.url,
         PORT: '0',
         HOST: '127.0.0.1',
-        LOG_LEVEL: 'silent',
+        // Lines go to `logs`, never to the terminal: info and above, as JSON (what production writes).
+        LOG_LEVEL: 'info',
+        LOG_FORMAT: 'json',
         POOL_MAX: '5',
         POOL_MIN: '1',
         SHUTDOWN_TIMEOUT_MS: '5000',

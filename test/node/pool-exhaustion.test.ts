@@ -120,9 +120,15 @@ describe('one connection, held by a slow request', () => {
 
   it('the shed request is logged in one summary line, written at the latest when the gateway stops', async () => {
     await t.stop();
-    const lines = t.logs.filter((l) => l.includes('shed requests'));
+    const lines = t.logs
+      .map((l) => JSON.parse(l) as { msg: string; level: string; event?: string })
+      .filter((l) => l.msg.includes('shed requests'));
     expect(lines).toEqual([
-      'poolgate: shed requests with 503 overloaded in the last 10 s: pool 1 (wait 0, deadline 0, overload 0, queue_full 1)',
+      expect.objectContaining({
+        level: 'warn',
+        event: 'shed',
+        msg: 'poolgate: shed requests with 503 overloaded in the last 10 s: pool 1 (wait 0, deadline 0, overload 0, queue_full 1)',
+      }),
     ]);
   });
 });

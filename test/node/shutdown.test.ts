@@ -176,7 +176,7 @@ describe.skipIf(!realPostgresUrl)(suiteName, () => {
       new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no exit; stdout: ${stdout}`)), 20_000)),
     ]);
     expect(exit).toEqual({ code: 0, signal: null });
-    expect(stdout).toMatch(/poolgate: stopped\n/);
+    expect(stdout).toMatch(/"msg":"poolgate: stopped"}\n/);
     expect(stderr).toBe('');
     await waitFor(async () => (await backendsOf(db, applicationName)).length === 0, { what: 'no connection left on the server' });
   });

@@ -4,6 +4,7 @@
  * key sent on a fresh connection — no session, no auth, outside any pool's max, and forwarded by
  * PgBouncer and Neon's pooler. The server then fails the running statement with 57014.
  */
+import type { Log } from '../../log/logger.js';
 import { describeError } from '../../errors.js';
 
 /**
@@ -34,13 +35,19 @@ export function sendCancelRequest(
   Client: new (config: { connectionString: string }) => unknown,
   connectionString: string,
   target: unknown,
-  log: (line: string) => void = () => {},
+  log: Log = () => {},
 ): void {
   const { processID, secretKey } = target as Backend;
   if (processID === undefined) return;
   const sender = new Client({ connectionString }) as CancelSender;
   const con = sender.connection;
-  con.on('error', (err) => log(`poolgate: a cancel request failed (${describeError(err)})`));
+  con.on('error', (err) =>
+    log(
+      `poolgate: a cancel request failed (${describeError(err)})`,
+      { event: 'connection.cancel_failed', error: describeError(err) },
+      'warn',
+    ),
+  );
   con.once('connect', () => con.cancel(processID, secretKey));
   con.connect(sender.port, sender.host);
 }

@@ -10,6 +10,7 @@
  * Neon's own response cap (10 MiB; HTTP 507, answered as result_too_large), and rows past
  * RESULT_MAX_ROWS are refused once it is parsed; RESULT_MAX_BYTES is not counted there.
  */
+import type { Log } from '../../log/logger.js';
 import type * as Neon from '@neondatabase/serverless';
 import { describeError } from '../../errors.js';
 import { createDatabase, type CoreDatabase } from '../core/database.js';
@@ -37,7 +38,7 @@ export type NeonDriver = Pick<typeof Neon, 'neon' | 'Pool' | 'Client'>;
 export interface NeonConnectorOptions {
   connectionString: string;
   driver: NeonDriver;
-  log?: (line: string) => void;
+  log?: Log;
   /** RESULT_MAX_ROWS / RESULT_MAX_BYTES (default: config's); see the module header for Neon HTTP. */
   resultLimits?: ResultLimits;
   /** Appended to the breakers' names (`neon-http-replica-1`): a replica's breakers are its own. */
@@ -97,7 +98,12 @@ export function neonHttpConnector(options: NeonConnectorOptions): OneShotConnect
 
 export function neonWsConnector(options: NeonConnectorOptions): SessionConnector {
   const log = options.log ?? (() => {});
-  const onError = (err: unknown) => log(`poolgate: neon websocket error (${describeError(err)}); the connection will be discarded`);
+  const onError = (err: unknown) =>
+    log(
+      `poolgate: neon websocket error (${describeError(err)}); the connection will be discarded`,
+      { event: 'connection.errored', upstream: 'neon', error: describeError(err) },
+      'warn',
+    );
   return {
     kind: 'neon-ws',
     upstream: `neon-ws${options.upstreamSuffix ?? ''}`,
@@ -110,7 +116,11 @@ export function neonWsConnector(options: NeonConnectorOptions): SessionConnector
           () => void commits.delete(settled),
           (err: unknown) => {
             commits.delete(settled);
-            log(`poolgate: a read-only transaction's COMMIT failed (${describeError(err)})`);
+            log(
+              `poolgate: a read-only transaction's COMMIT failed (${describeError(err)})`,
+              { event: 'commit.failed', error: describeError(err) },
+              'warn',
+            );
           },
         );
         commits.add(settled);

@@ -15,6 +15,7 @@
  * 53300 anyway (peers started together and saw each other late) shrinks the share to what the
  * instance holds, and the connect waits for one of those instead (pg-pool.ts).
  */
+import type { Log } from '../../log/logger.js';
 import { now } from '../../stats/clock.js';
 import type { BudgetFigures } from '../types.js';
 
@@ -109,7 +110,7 @@ export interface ConnectionBudgetOptions extends BudgetRules {
   canLook: () => boolean;
   /** Called whenever the share changes. */
   onShare: (share: number) => void;
-  log?: (line: string) => void;
+  log?: Log;
 }
 
 export class ConnectionBudget {
@@ -162,7 +163,11 @@ export class ConnectionBudget {
         (err: unknown) => {
           this.#sampleErrorCount++;
           if (!this.#loggedError)
-            this.#o.log?.(`poolgate: the connection budget could not read pg_stat_activity (${String(err)}); keeping share ${this.#share}`);
+            this.#o.log?.(
+              `poolgate: the connection budget could not read pg_stat_activity (${String(err)}); keeping share ${this.#share}`,
+              { event: 'budget.unreadable' },
+              'warn',
+            );
           this.#loggedError = true;
           if (this.#sampledCount === 0 && cannotLook(err)) this.#set(this.#o.poolMax); // no budget, as before
         },
@@ -199,7 +204,11 @@ export class ConnectionBudget {
     // counts is then not ours to split, so no budget (as POOL_BUDGET=off), said once.
     if (!(this.#o.instanceId in view.instances)) {
       if (!this.#loggedBlind)
-        this.#o.log?.('poolgate: the connection budget does not see this instance in pg_stat_activity (a pooler in between?); no budget');
+        this.#o.log?.(
+          'poolgate: the connection budget does not see this instance in pg_stat_activity (a pooler in between?); no budget',
+          { event: 'budget.off' },
+          'warn',
+        );
       this.#loggedBlind = true;
       this.#view = { ...this.#view, instances: 0 };
       this.#set(this.#o.poolMax);

@@ -27,6 +27,7 @@
  * Errors after which a lane statement provably applied nothing are marked rerunnable here, by
  * SQLSTATE (see appliedNothing); the lane that gave them is retired when its state is suspect.
  */
+import type { Log } from '../../log/logger.js';
 import type pg from 'pg';
 import { describeError, isConnectionError } from '../../errors.js';
 import { markRerunnable } from '../../resilience/retry.js';
@@ -78,7 +79,7 @@ export interface LaneSlots {
 
 export interface PgPipelineDriver {
   Client: new (config: pg.ClientConfig & { pipeline?: boolean }) => pg.Client;
-  log?: (line: string) => void;
+  log?: Log;
 }
 
 /**
@@ -137,7 +138,11 @@ class Lane {
     this.client = new driver.Client(config);
     this.client.on('error', (err) => {
       this.retired = true;
-      driver.log?.(`poolgate: pipelined db connection error (${describeError(err)}); it will be replaced`);
+      driver.log?.(
+        `poolgate: pipelined db connection error (${describeError(err)}); it will be replaced`,
+        { event: 'connection.errored', upstream: 'lanes', error: describeError(err) },
+        'warn',
+      );
     });
     this.client.on('end', () => {
       this.retired = true;

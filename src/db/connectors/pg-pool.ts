@@ -5,6 +5,7 @@
  * deadlines, named prepared statements (parsed and planned once per connection), and the pool's
  * own figures. The `pg` module is passed in: nothing here imports it.
  */
+import { logs, type EntryLevel, type Log } from '../../log/logger.js';
 import type pg from 'pg';
 import { PREPARED_STATEMENTS_MAX, RESULT_MAX_BYTES, RESULT_MAX_ROWS, type PoolConfig } from '../../config.js';
 import { describeError } from '../../errors.js';
@@ -63,8 +64,12 @@ export interface PgDriver {
   Pool: new (config: pg.PoolConfig) => pg.Pool;
   /** Sends CancelRequests (a protocol message on a fresh socket, no session or auth needed). */
   Client: new (config: pg.ClientConfig) => pg.Client;
-  log?: (line: string) => void;
+  /** Connection events (opened, closed, errored, terminated, cancelled) and what the source refused. */
+  log?: Log;
 }
+
+/** SQLSTATEs of a backend ended by the server (pg_terminate_backend, a crash or a shutdown), not by a fault of ours. */
+const TERMINATED = new Set(['57P01', '57P02', '57P03']);
 
 export class PgPoolConnector implements SessionConnector {
   readonly kind = 'pg-pool';
@@ -121,7 +126,10 @@ export class PgPoolConnector implements SessionConnector {
       },
     });
     this.pool.on('connect', (client) => this.#adopt(client));
-    this.pool.on('remove', () => void this.#closedCount++);
+    this.pool.on('remove', () => {
+      this.#closedCount++;
+      this.#connectionEvent('closed', 'info');
+    });
     // Required (an unheard 'error' crashes the process) but silent: the client's listener logged it.
     this.pool.on('error', () => {});
     this.#source = { acquire: (deadline) => this.#acquire(deadline) };
@@ -263,11 +271,14 @@ export class PgPoolConnector implements SessionConnector {
   #adopt(client: pg.PoolClient): void {
     this.#openedCount++;
     this.#fresh.add(client);
+    this.#connectionEvent('opened', 'info');
     // For the client's whole life: pg-pool listens only while a client is idle, so an error on a
     // checked-out client (backend terminated mid-request) would otherwise be unhandled.
     client.on('error', (err) => {
       this.#errorCount++;
-      this.#driver.log?.(`poolgate: db client error (${describeError(err)}); the connection will be discarded`);
+      const code = (err as { code?: unknown }).code;
+      const terminated = typeof code === 'string' && TERMINATED.has(code);
+      this.#connectionEvent(terminated ? 'terminated' : 'errored', 'warn', describeError(err), `; the connection will be discarded`);
     });
   }
 
@@ -355,7 +366,23 @@ export class PgPoolConnector implements SessionConnector {
     return this.statements.run(client, text, params, autocommit, exec);
   }
 
+  /**
+   * One connection event as a line: `connection.<what>`, with the upstream and the pool's counts
+   * after it. Bounded by connection churn (at most the pool's size per database restart), not by requests.
+   */
+  #connectionEvent(what: string, level: EntryLevel, error?: string, tail = ''): void {
+    const log = this.#driver.log;
+    if (!log || !logs(log, level)) return;
+    const { totalCount: total, idleCount: idle, waitingCount: waiting } = this.pool;
+    log(
+      `poolgate: db connection ${what}${error ? ` (${error})` : ''}${tail}`,
+      { event: `connection.${what}`, upstream: this.upstream, error, total, idle, waiting },
+      level,
+    );
+  }
+
   #sendCancel(client: PoolClient): void {
+    this.#connectionEvent('cancelled', 'debug');
     sendCancelRequest(this.#driver.Client, this.#options.connectionString, client, this.#driver.log);
   }
 }

@@ -8,6 +8,7 @@
  * until refused; from then on this source does without it, says so in one log line, and /stats
  * and /metrics show what was refused and the SQLSTATE that said so. Nothing here sends a statement.
  */
+import type { Log } from '../../log/logger.js';
 import type pg from 'pg';
 import type { RefusedFeatures } from '../types.js';
 import { isNamedStatementRefused, isStartupRefused } from './driver-errors.js';
@@ -30,11 +31,11 @@ const SAID: Record<Feature, { what: string; why: string; instead: string }> = {
 
 export class SourceSupport {
   readonly #refused: RefusedFeatures = {};
-  readonly #log: (line: string) => void;
+  readonly #log: Log;
   /** The connect without statement_timeout that decides whether it was refused, shared by the connects that failed meanwhile. */
   #startupCheck: Promise<boolean> | undefined;
 
-  constructor(log: (line: string) => void = () => {}) {
+  constructor(log: Log = () => {}) {
     this.#log = log;
   }
 
@@ -84,7 +85,7 @@ export class SourceSupport {
     if (this.#refused[feature] !== undefined) return;
     this.#refused[feature] = code;
     const { what, why, instead } = SAID[feature];
-    this.#log(`poolgate: the database refused ${what} (${code}: ${why}); ${instead}`);
+    this.#log(`poolgate: the database refused ${what} (${code}: ${why}); ${instead}`, { event: 'source.refused', code }, 'warn');
   }
 }
 

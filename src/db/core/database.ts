@@ -3,6 +3,8 @@
  * one-shot connector (Neon HTTP), or both. Each request gets a `Db` that routes its calls —
  * one-shot where the backend has it, sessions for transactions — and reports to its observer.
  */
+import type { Log } from '../../log/logger.js';
+import { logBreakerChanges } from '../../resilience/breaker.js';
 import { AppError } from '../../errors.js';
 import type { BreakerSnapshot, BreakerTuning } from '../../resilience/breaker.js';
 import type { GateOptions } from '../../resilience/gate.js';
@@ -41,7 +43,7 @@ export interface CoreOptions {
   oneShotTimeoutMs?: number;
   budget?: RetryBudget;
   /** Where the admission gates' shed summary goes, one line per interval (resilience/shed-log.ts); none: not logged. */
-  log?: (line: string) => void;
+  log?: Log;
   /** Applied to the breakers the runners create (threshold, probe schedule; tests pass a fake clock). */
   breaker?: BreakerTuning;
   /** Tell requests the WAL position after their writes (a primary with replicas: the consistency token; see SessionRunner). */
@@ -50,6 +52,10 @@ export interface CoreOptions {
 
 const READ_BATCH: TxOptions = { isolation: 'repeatable read', readOnly: true };
 const PING_OBSERVER = { acquired() {}, queried() {}, served() {}, internal: true } satisfies QueryObserver;
+
+/** The caller's breaker tuning, with its transitions logged when there is a log. */
+const breakerTuning = (options: CoreOptions): BreakerTuning | undefined =>
+  options.log ? { ...options.breaker, onChange: logBreakerChanges(options.log, options.breaker?.onChange) } : options.breaker;
 
 /**
  * @example
@@ -82,7 +88,7 @@ export class CoreDatabase implements Database {
         onShed: shedLog && ((reason) => shedLog.count('pool', reason)),
         sessionStatementTimeoutMs: options.sessionStatementTimeoutMs,
         budget: this.#budget,
-        breakerOptions: options.breaker,
+        breakerOptions: breakerTuning(options),
         positions: options.positions,
       });
     this.oneShot =
@@ -94,7 +100,7 @@ export class CoreDatabase implements Database {
         budget: this.#budget,
         // One upstream, one breaker: both paths open and close it.
         breaker: this.sessions?.connector.upstream === options.oneShot.upstream ? this.sessions.breaker : undefined,
-        breakerOptions: options.breaker,
+        breakerOptions: breakerTuning(options),
       });
     // A reads-only one-shot connector serves beside the sessions; the backend is the sessions'.
     this.kind = (options.oneShot?.readsOnly ? options.sessions : undefined)?.kind ?? (options.oneShot ?? options.sessions)!.kind;

@@ -18,6 +18,7 @@
  * it. A replica that restarts can come back behind where it was; its connections fail then,
  * which takes it out until a new look.
  */
+import type { Log } from '../../log/logger.js';
 import { AppError, isConnectionError } from '../../errors.js';
 import { now } from '../../stats/clock.js';
 import { hasReplayed } from '../consistency.js';
@@ -63,7 +64,7 @@ export interface ReplicaOptions {
   maxLagMs: number;
   /** How often each replica is looked at (REPLICA_CHECK_INTERVAL_MS). */
   checkIntervalMs: number;
-  log?: (line: string) => void;
+  log?: Log;
 }
 
 /** A replica's breaker probes at least every second: a replica that is back takes reads again soon (the primary serves meanwhile). */
