@@ -82,12 +82,6 @@ export async function startGateway(
 ): Promise<Gateway> {
   const config = parseConfig(env);
   const log = nodeLog({ level: config.logLevel, format: config.logFormat, sink: options.log });
-  // What it runs with, secrets left out: they are non-enumerable (config.ts), and the database is named by describeDatabase.
-  log(`poolgate: configuration (${describeDatabase(config.databaseUrl)}): ${JSON.stringify(config)}`, {
-    event: 'config',
-    database: describeDatabase(config.databaseUrl),
-    config,
-  });
 
   let embedded: EmbeddedPostgres | undefined;
   let connectionString = config.databaseUrl;
@@ -144,6 +138,13 @@ export async function startGateway(
 
   const port = (server.address() as AddressInfo).port;
   const url = `http://${config.host}:${port}`;
+  // What it runs with, once it runs (a start-up that fails is one line naming the fix, nothing before it);
+  // secrets left out: they are non-enumerable (config.ts), and the database is named by describeDatabase.
+  log(`poolgate: configuration (${describeDatabase(config.databaseUrl)}): ${JSON.stringify(config)}`, {
+    event: 'config',
+    database: describeDatabase(config.databaseUrl),
+    config,
+  });
   log(
     `poolgate: Node gateway on ${url} → ${describeDatabase(config.databaseUrl)} (Node ${process.version}, pool max ${config.pool.max}, ${config.pool.min} warm${config.forwardSecret ? ', signed forwards only' : ''})`,
     { event: 'gateway.started', url, node: process.version },
