@@ -360,7 +360,8 @@ describe('the Node gateway at start', () => {
     const own = await createTestDatabase('poolgate_migrate_apps');
     const env = { DATABASE_URL: own.url, PORT: '0', HOST: '127.0.0.1' };
     const lines: string[] = [];
-    const log = (line: string) => void lines.push(line);
+    // Log lines are JSON objects (LOG_FORMAT=auto off a terminal): the words are their msg.
+    const log = (line: string) => void lines.push((JSON.parse(line) as { msg: string }).msg);
     try {
       expect((await runMigrations({ DATABASE_URL: own.url }, fitness)).applied).toEqual([1]);
       const gateway = await startGateway(notesApp(notes), env, { log });
