@@ -293,6 +293,38 @@ describe('Gate admission by predicted wait', () => {
     expect(gate.estimate().waitMs).toBeGreaterThan(40); // (6.5 × 0.9 + 300) ÷ (6.5 × 0.9 + 1) ms a place
   });
 
+  it("the event loop's busy time is not the pool's: a hand-over the loop delayed by 300 ms leaves the estimate at 1 ms a place", async () => {
+    const loop = { busy: 0, busyMs: () => loop.busy };
+    const gate = newGate({ permits: 1, queueMax: 100_000, timeoutMs: 1_000, loop });
+    await learnDrain(gate, 1, 1);
+    const holder = await gate.acquire();
+    const next = track(gate.acquire());
+    await vi.advanceTimersByTimeAsync(300);
+    loop.busy += 299; // the loop ran callbacks (a burst's arrivals) for all but 1 ms of it
+    holder();
+    await flush();
+    expect(next.settled).toBe(true);
+    const waiters = queueOf(gate, 900); // the last predicted at 900 places × about 1 ms
+    await flush();
+    expect(waiters.some((w) => w.settled)).toBe(false);
+    expect(gate.estimate().waitMs).toBeLessThan(1_000);
+    expect(gate.shedCounts.wait).toBe(0);
+  });
+
+  it('… and the same 300 ms with the loop idle is the pool draining slowly: the estimate rises and the newcomer far back is shed', async () => {
+    const gate = newGate({ permits: 1, queueMax: 100_000, timeoutMs: 1_000, loop: { busyMs: () => 0 } });
+    await learnDrain(gate, 1, 1);
+    const holder = await gate.acquire();
+    track(gate.acquire());
+    await vi.advanceTimersByTimeAsync(300);
+    holder();
+    await flush();
+    queueOf(gate, 900);
+    await flush();
+    expect(gate.estimate().waitMs).toBeGreaterThan(1_000);
+    expect(gate.shedCounts.wait).toBeGreaterThan(0);
+  });
+
   it('after a quiet spell, the next waiter served sets the estimate: old slowness does not linger', async () => {
     const gate = newGate({ permits: 1, queueMax: 100_000, timeoutMs: 10_000 });
     await learnDrain(gate, 1, 100);

@@ -10,10 +10,13 @@
  * early; `queueMax` is only a memory bound. Waiters still give up at their timeout, when the
  * estimate was wrong.
  *
- * The time per place is measured from waiters served (their wait ÷ their place at joining), not
- * derived from hold times: a burst of arrivals keeps the event loop from running releases, so
- * holds measured then look 50× their usual length although the queue drains as fast as ever. It
- * is kept per permit (a place takes a hold ÷ the permits), so a pool that grows (a budget's share
+ * The time per place is measured from the queue moving (the time between hand-overs), not derived
+ * from hold times: a burst of arrivals keeps the event loop from running releases, so holds
+ * measured then look 50× their usual length although the queue drains as fast as ever. For the
+ * same reason the time the event loop was busy meanwhile (`loop`: parsing a burst's arrivals, a GC
+ * pause, being descheduled in the middle of a callback) is taken out: it is the process's time, not
+ * the resource's, and read as drain it would shed a burst the pool serves in a second. It is kept
+ * per permit (a place takes a hold ÷ the permits), so a pool that grows (a budget's share
  * widening at a flood's start) predicts from its size now, not from the waits of its smaller self.
  * Before any waiter was served nothing is known and the queue is admitted (its timeout still
  * bounds it), unless every holder has held for more than STALL_MS. A waiter that timed out
@@ -48,11 +51,18 @@ export interface GateOptions {
    * stands in both): there it sheds requests their deadlines would have served.
    */
   overloadShedding?: boolean;
+  /** The event loop's busy time, taken out of the measured drain (a Node backend passes the process's). */
+  loop?: LoopMeter;
   /** The clock (tests pass a fake one). */
   now?: () => number;
 }
 
 export type Priority = 'high' | 'normal';
+
+/** The event loop's busy time so far, in ms (Node: its event-loop utilisation's `active`). */
+export interface LoopMeter {
+  busyMs(): number;
+}
 
 /** Why a request was refused without waiting. */
 export type ShedReason = 'wait' | 'deadline' | 'overload' | 'queue_full';
@@ -133,6 +143,8 @@ export class Gate {
    * causes.
    */
   #baselineHoldMs: number | undefined;
+  /** When the queue last moved (or formed), and the loop's busy time then; undefined while it is empty. */
+  #moved: { at: number; busyMs: number } | undefined;
   /** High grants in a row while reads waited (see the header). */
   #highRun = 0;
   readonly shedCounts: Record<ShedReason, number> = { wait: 0, deadline: 0, overload: 0, queue_full: 0 };
@@ -224,13 +236,13 @@ export class Gate {
         timer: setTimeout(() => {
           leave();
           this.timedOutCount++;
-          this.#served(waiter, this.#now() - started);
+          this.#learn(this.#now() - started, waiter.place);
           reject(new PoolExhaustedError(this.#now() - started));
         }, timeoutMs),
       };
       (waiter.timer as { unref?: () => void }).unref?.();
       signal?.addEventListener('abort', onAbort, { once: true });
-      if (this.waiting === 0) this.#queueSince = started;
+      if (this.waiting === 0) this.#queueFormed(started);
       queue.push(waiter);
     });
   }
@@ -245,7 +257,7 @@ export class Gate {
     for (let next = this.#free > 0 ? this.#next() : undefined; next; next = this.#free > 0 ? this.#next() : undefined) {
       this.#free--;
       clearTimeout(next.timer);
-      // Not counted in the drain: its wait ended because the pool grew, not because places drained.
+      this.#movedOn(false); // not counted: its wait ended because the pool grew, not because places drained
       next.resolve(this.#releaser());
     }
     this.#emptied();
@@ -255,6 +267,7 @@ export class Gate {
   close(err: Error = new AppError(503, 'shutting_down', 'The server is shutting down.', { retryAfterSec: 1 })): void {
     this.#closedWith ??= err;
     this.#queueSince = undefined;
+    this.#moved = undefined;
     for (const w of [...this.#queues.high.splice(0), ...this.#queues.normal.splice(0)]) {
       clearTimeout(w.timer);
       w.reject(this.#closedWith);
@@ -292,7 +305,31 @@ export class Gate {
   }
 
   #emptied(): void {
-    if (this.waiting === 0) this.#queueSince = undefined;
+    if (this.waiting > 0) return;
+    this.#queueSince = undefined;
+    this.#moved = undefined;
+  }
+
+  /** The first waiter joined: the queue stands from now. */
+  #queueFormed(at: number): void {
+    this.#queueSince = at;
+    this.#moved = { at, busyMs: this.#busyMs() };
+  }
+
+  #busyMs(): number {
+    return this.#opts.loop?.busyMs() ?? 0;
+  }
+
+  /**
+   * The queue moved one place (a waiter was handed a permit): the time since it last moved, less
+   * the event loop's busy time meanwhile, is what that place took. `counted: false` (a pool that
+   * grew) moves the mark without a sample.
+   */
+  #movedOn(counted = true): void {
+    const at = this.#now();
+    const busyMs = this.#busyMs();
+    if (counted && this.#moved) this.#learn(Math.max(0, at - this.#moved.at - (busyMs - this.#moved.busyMs)), 1);
+    this.#moved = { at, busyMs };
   }
 
   /** A hold ended: the averages learn it, unless its work failed (a fast failure is not a fast answer). */
@@ -324,12 +361,12 @@ export class Gate {
     return age > STALL_MS ? age : 0;
   }
 
-  /** A waiter left the queue served, or timed out (then `waitedMs` is a lower bound: counted as is). */
-  #served(waiter: Waiter, waitedMs: number): void {
+  /** `places` drained in `ms` (a waiter that timed out: its whole wait, its place then, a lower bound counted as is). */
+  #learn(ms: number, places: number): void {
     const at = this.#now();
     const keep = DRAIN_DECAY * 2 ** (-(at - this.#drain.at) / DRAIN_HALF_LIFE_MS);
-    this.#drain.permitMs = this.#drain.permitMs * keep + waitedMs * Math.max(1, this.#opts.permits);
-    this.#drain.places = this.#drain.places * keep + waiter.place;
+    this.#drain.permitMs = this.#drain.permitMs * keep + ms * Math.max(1, this.#opts.permits);
+    this.#drain.places = this.#drain.places * keep + places;
     this.#drain.at = at;
   }
 
@@ -353,10 +390,10 @@ export class Gate {
       this.#grantedAt.delete(grant);
       this.#held(this.#now() - grant.at, ok);
       const next = this.#free >= 0 ? this.#next() : undefined; // shrunk below its holders: this permit is given back
+      if (next) this.#movedOn();
       this.#emptied();
       if (next) {
         clearTimeout(next.timer);
-        this.#served(next, this.#now() - next.joinedAt);
         next.resolve(this.#releaser());
       } else {
         this.#free++;

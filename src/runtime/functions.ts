@@ -36,6 +36,7 @@ import { useLocalNeonProxy } from '../db/connectors/neon.js';
 import { createPgDatabase } from '../db/connectors/pg-pool.js';
 import type { QueryResult, Row, Statement } from '../db/types.js';
 import type { StatsSnapshot } from '../stats/registry.js';
+import { nodeLoop } from './node-loop.js';
 
 export { AppError, toAppError } from '../errors.js';
 export { ConfigError } from '../config.js';
@@ -115,7 +116,7 @@ export function createNodeClient(options: NodeClientOptions = {}): NodeClient {
   const database = createPgDatabase(
     { ...config.pool, connectionString, requestTimeoutMs: config.requestTimeoutMs },
     { urls: config.replicaUrls, ...config.replicas },
-    { Pool: pg.Pool, Client: pg.Client, log },
+    { Pool: pg.Pool, Client: pg.Client, log, loop: nodeLoop },
   );
   let neonClient: NeonQueryFunction<false, false> | undefined;
   let removeSignals: (() => void) | undefined;

@@ -12,6 +12,7 @@ import { createPgPoolDatabase } from '../db/connectors/pg-pool.js';
 import { migrate, MigrationError, type MigratingApp, type MigrationReport } from '../db/migrate.js';
 import { describeStartupFailure } from '../errors.js';
 import { StartupError } from './node.js';
+import { nodeLoop } from './node-loop.js';
 
 /**
  * Applies poolgate's tables and `app`'s pending migrations; returns the ids applied and a warning
@@ -26,7 +27,7 @@ export async function runMigrations(env: Record<string, string | undefined>, app
   const database = createPgPoolDatabase(
     // One connection, out of POOL_RESERVE (what the gateways leave for migrations): outside the budget.
     { ...config.pool, min: 0, max: 1, pipelineLanes: 0, budget: undefined, connectionString: config.databaseUrl },
-    { Pool: pg.Pool, Client: pg.Client },
+    { Pool: pg.Pool, Client: pg.Client, loop: nodeLoop },
   );
   try {
     const db = database.forRequest({ acquired() {}, queried() {}, served() {}, internal: true });

@@ -16,6 +16,7 @@ import type { FetchApp, PoolgateApp } from '../definition.js';
 import { StatsRegistry } from '../stats/registry.js';
 import type { Log } from '../log/logger.js';
 import { RequestLog } from '../log/request-log.js';
+import { nodeLoop } from './node-loop.js';
 
 export interface NodeAppOptions {
   /** The application: its routes (and its own Hono app, if it brings one). */
@@ -50,7 +51,7 @@ export function createNodeApp(config: Config, options: NodeAppOptions): NodeApp 
       positions: cache !== undefined,
     },
     { urls: config.replicaUrls, ...config.replicas },
-    { Pool: pg.Pool, Client: pg.Client, log },
+    { Pool: pg.Pool, Client: pg.Client, log, loop: nodeLoop },
   );
   const registry = new StatsRegistry({
     scope: options.scope,

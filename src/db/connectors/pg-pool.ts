@@ -12,6 +12,7 @@ import { describeError } from '../../errors.js';
 import { createDatabase, type CoreDatabase } from '../core/database.js';
 import { Replica, REPLICA_BREAKER, ReplicatedDatabase } from '../core/replicas.js';
 import type { BreakerTuning } from '../../resilience/breaker.js';
+import type { LoopMeter } from '../../resilience/gate.js';
 import type { PoolFigures, Session, SessionConnector, SessionSource } from '../core/connector.js';
 import type { Database, QueryResult } from '../types.js';
 import { CANCEL_GRACE_MS, sendCancelRequest } from './cancel.js';
@@ -66,6 +67,8 @@ export interface PgDriver {
   Client: new (config: pg.ClientConfig) => pg.Client;
   /** Connection events (opened, closed, errored, terminated, cancelled) and what the source refused. */
   log?: Log;
+  /** The event loop's busy time: admission takes it out of the queue's measured drain (runtime/node-loop.ts). */
+  loop?: LoopMeter;
 }
 
 /** SQLSTATEs of a backend ended by the server (pg_terminate_backend, a crash or a shutdown), not by a fault of ours. */
@@ -436,12 +439,14 @@ export function createPgPoolDatabase(options: PgPoolConnectorOptions, driver: Pg
       queueMax: options.queueMax,
       timeoutMs: options.acquireTimeoutMs,
       overloadShedding: options.overloadShedding,
+      loop: driver.loop,
     },
     admission: {
       permits: connector.pool.options.max,
       queueMax: options.queueMax,
       timeoutMs: options.acquireTimeoutMs,
       overloadShedding: options.overloadShedding,
+      loop: driver.loop,
     },
     sessionStatementTimeoutMs: connector.sessionStatementTimeoutMs,
     log: driver.log,
