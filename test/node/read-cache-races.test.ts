@@ -22,6 +22,7 @@ import { z } from 'zod';
 import pg from 'pg';
 import { defineApp, route } from '../../src/index.js';
 import { json, startTestGateway, waitFor, type TestGateway } from '../helpers/gateway.js';
+import { itemsApp } from '../helpers/items-app.js';
 import { servedBy } from '../helpers/edge-replicas.js';
 import { privatePostgresAvailable, privateTestDatabase, startPrivatePostgres, type PrivatePostgres } from '../helpers/private-postgres.js';
 import { startReplicaSet, type ReplicaSet } from '../helpers/private-replicas.js';
@@ -113,42 +114,10 @@ const percentile = (sorted: number[], p: number) =>
 describe('the fill race, one step at a time', () => {
   // A cached read that, when the test arms it, waits after its query until the test lets it go.
   let gate: { entered: () => void; release?: () => void } | undefined;
-  const gated = defineApp({
-    name: 'gated',
-    migrations: [
-      {
-        id: 1,
-        name: 'items',
-        sql: `CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL); INSERT INTO items VALUES (1, 'old'), (2, 'other')`,
-      },
-    ],
-    routes: [
-      route({
-        method: 'GET',
-        path: '/items/:id',
-        kind: 'read',
-        params: z.object({ id: z.coerce.number().int() }),
-        cache: { ttlSeconds: 300, tables: ['items'] },
-        handler: async ({ db, params }) => {
-          const { rows } = await db.query<{ v: string }>('SELECT v FROM items WHERE id = $1', [params.id]);
-          const g = gate;
-          gate = undefined;
-          if (g) await new Promise<void>((resolve) => ((g.release = resolve), g.entered()));
-          return { status: 200, body: { v: rows[0]?.v } };
-        },
-      }),
-      route({
-        method: 'PUT',
-        path: '/items/:id',
-        kind: 'transactional',
-        params: z.object({ id: z.coerce.number().int() }),
-        body: z.object({ v: z.string() }),
-        handler: async ({ db, params, body }) => {
-          await db.transaction((tx) => tx.query('UPDATE items SET v = $2 WHERE id = $1', [params.id, body.v]));
-          return { status: 200, body: { ok: true } };
-        },
-      }),
-    ],
+  const gated = itemsApp('gated', async () => {
+    const g = gate;
+    gate = undefined;
+    if (g) await new Promise<void>((resolve) => ((g.release = resolve), g.entered()));
   });
 
   it('a fill that read before a write and stores after the view has the write does not pass for new: the next read loads again', async () => {

@@ -11,6 +11,7 @@ import { z } from 'zod';
 import { defineApp, route } from '../../src/index.js';
 
 import { json, startTestGateway, waitFor, type TestGateway } from '../helpers/gateway.js';
+import { itemsApp } from '../helpers/items-app.js';
 
 let a: TestGateway; // the writer's instance
 let b: TestGateway; // another instance on the same database, its view refreshed only every minute
@@ -198,51 +199,14 @@ describe('the fence: a fill that began before a write', () => {
   let entered: () => void = () => {};
   /** Resolves once the next load has read its row and waits. */
   const nextLoad = () => new Promise<void>((r) => (entered = r));
-  const app = defineApp({
-    name: 'fence',
-    migrations: [
-      { id: 1, name: 'items', sql: 'CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL); INSERT INTO items VALUES (1, $$old$$)' },
-    ],
-    routes: [
-      route({
-        method: 'GET',
-        path: '/items/:id',
-        kind: 'read',
-        params: z.object({ id: z.coerce.number().int() }),
-        cache: { ttlSeconds: 300, tables: ['items'] },
-        handler: async ({ db, params }) => {
-          const { rows } = await db.query<{ v: string }>('SELECT v FROM items WHERE id = $1', [params.id]);
-          await new Promise<void>((resolve) => {
-            release = resolve;
-            entered();
-          });
-          return { status: 200, body: { v: rows[0]?.v } };
-        },
+  const app = itemsApp(
+    'fence',
+    () =>
+      new Promise<void>((resolve) => {
+        release = resolve;
+        entered();
       }),
-      route({
-        method: 'PUT',
-        path: '/items/:id',
-        kind: 'transactional',
-        params: z.object({ id: z.coerce.number().int() }),
-        body: z.object({ v: z.string() }),
-        handler: async ({ db, params, body }) => {
-          await db.transaction((tx) => tx.query('UPDATE items SET v = $2 WHERE id = $1', [params.id, body.v]));
-          return { status: 200, body: { ok: true } };
-        },
-      }),
-      route({
-        method: 'POST',
-        path: '/items/:id/fail-after-commit',
-        kind: 'transactional',
-        params: z.object({ id: z.coerce.number().int() }),
-        body: z.object({ v: z.string() }),
-        handler: async ({ db, params, body }) => {
-          await db.transaction((tx) => tx.query('UPDATE items SET v = $2 WHERE id = $1', [params.id, body.v]));
-          throw new Error('the route fails after its COMMIT');
-        },
-      }),
-    ],
-  });
+  );
 
   it('stores its older answer under the older generation: no reader after the write is served it', async () => {
     const t = await startTestGateway({ CACHE: 'on', CACHE_MAX_STALENESS_MS: '50' }, { app });
