@@ -10,13 +10,14 @@
  * early; `queueMax` is only a memory bound. Waiters still give up at their timeout, when the
  * estimate was wrong.
  *
- * The time per place is measured from the queue moving (the time between hand-overs), not derived
- * from hold times: a burst of arrivals keeps the event loop from running releases, so holds
- * measured then look 50× their usual length although the queue drains as fast as ever. For the
- * same reason the time the event loop was busy meanwhile (`loop`: parsing a burst's arrivals, a GC
- * pause, being descheduled in the middle of a callback) is taken out: it is the process's time, not
- * the resource's, and read as drain it would shed a burst the pool serves in a second. It is kept
- * per permit (a place takes a hold ÷ the permits), so a pool that grows (a budget's share
+ * The time per place is measured from waiters served (their wait ÷ their place at joining), not
+ * derived from hold times: a burst of arrivals keeps the event loop from running releases, so
+ * holds measured then look 50× their usual length although the queue drains as fast as ever. A
+ * wait during which the event loop was busy nearly all the time (`loop`: a burst's arrivals parsed
+ * on a CPU-starved machine, a GC pause, a long synchronous task) measured the process, not the
+ * resource, and counts without that busy time; a wait the loop was partly busy in counts whole (the
+ * pool sets the pace while the loop works beside it: 50 ms queries at 5× their capacity keep the
+ * loop a fifth busy). It is kept per permit (a place takes a hold ÷ the permits), so a pool that grows (a budget's share
  * widening at a flood's start) predicts from its size now, not from the waits of its smaller self.
  * Before any waiter was served nothing is known and the queue is admitted (its timeout still
  * bounds it), unless every holder has held for more than STALL_MS. A waiter that timed out
@@ -51,7 +52,7 @@ export interface GateOptions {
    * stands in both): there it sheds requests their deadlines would have served.
    */
   overloadShedding?: boolean;
-  /** The event loop's busy time, taken out of the measured drain (a Node backend passes the process's). */
+  /** The event loop's busy time (a Node backend passes the process's): a wait it filled is the process's, not the resource's. */
   loop?: LoopMeter;
   /** The clock (tests pass a fake one). */
   now?: () => number;
@@ -90,11 +91,18 @@ interface Waiter {
   /** When it joined, and its place then (1 = next). */
   joinedAt: number;
   place: number;
+  /** The loop's busy time when it joined. */
+  busyAt: number;
   resolve(release: Release): void;
   reject(err: Error): void;
   timer: ReturnType<typeof setTimeout>;
 }
 
+/**
+ * A wait with the event loop busy for at least this share of it was the process's: seen here, a
+ * CPU-starved burst's waits were busy throughout (1.0), a database-bound overload's about 0.2.
+ */
+const LOOP_SATURATED = 0.8;
 /** Weight of the newest hold in the recent-hold average: about the last ten holds count. */
 const HOLD_ALPHA = 0.2;
 /** How much of the measured drain each served waiter keeps: about the last ten count, by their places … */
@@ -143,8 +151,6 @@ export class Gate {
    * causes.
    */
   #baselineHoldMs: number | undefined;
-  /** When the queue last moved (or formed), and the loop's busy time then; undefined while it is empty. */
-  #moved: { at: number; busyMs: number } | undefined;
   /** High grants in a row while reads waited (see the header). */
   #highRun = 0;
   readonly shedCounts: Record<ShedReason, number> = { wait: 0, deadline: 0, overload: 0, queue_full: 0 };
@@ -228,6 +234,7 @@ export class Gate {
       const waiter: Waiter = {
         joinedAt: started,
         place,
+        busyAt: this.#busyMs(),
         resolve: (release) => {
           signal?.removeEventListener('abort', onAbort);
           resolve(release);
@@ -236,13 +243,13 @@ export class Gate {
         timer: setTimeout(() => {
           leave();
           this.timedOutCount++;
-          this.#learn(this.#now() - started, waiter.place);
+          this.#served(waiter, this.#now() - started);
           reject(new PoolExhaustedError(this.#now() - started));
         }, timeoutMs),
       };
       (waiter.timer as { unref?: () => void }).unref?.();
       signal?.addEventListener('abort', onAbort, { once: true });
-      if (this.waiting === 0) this.#queueFormed(started);
+      if (this.waiting === 0) this.#queueSince = started;
       queue.push(waiter);
     });
   }
@@ -257,7 +264,7 @@ export class Gate {
     for (let next = this.#free > 0 ? this.#next() : undefined; next; next = this.#free > 0 ? this.#next() : undefined) {
       this.#free--;
       clearTimeout(next.timer);
-      this.#movedOn(false); // not counted: its wait ended because the pool grew, not because places drained
+      // Not counted in the drain: its wait ended because the pool grew, not because places drained.
       next.resolve(this.#releaser());
     }
     this.#emptied();
@@ -267,7 +274,6 @@ export class Gate {
   close(err: Error = new AppError(503, 'shutting_down', 'The server is shutting down.', { retryAfterSec: 1 })): void {
     this.#closedWith ??= err;
     this.#queueSince = undefined;
-    this.#moved = undefined;
     for (const w of [...this.#queues.high.splice(0), ...this.#queues.normal.splice(0)]) {
       clearTimeout(w.timer);
       w.reject(this.#closedWith);
@@ -305,31 +311,7 @@ export class Gate {
   }
 
   #emptied(): void {
-    if (this.waiting > 0) return;
-    this.#queueSince = undefined;
-    this.#moved = undefined;
-  }
-
-  /** The first waiter joined: the queue stands from now. */
-  #queueFormed(at: number): void {
-    this.#queueSince = at;
-    this.#moved = { at, busyMs: this.#busyMs() };
-  }
-
-  #busyMs(): number {
-    return this.#opts.loop?.busyMs() ?? 0;
-  }
-
-  /**
-   * The queue moved one place (a waiter was handed a permit): the time since it last moved, less
-   * the event loop's busy time meanwhile, is what that place took. `counted: false` (a pool that
-   * grew) moves the mark without a sample.
-   */
-  #movedOn(counted = true): void {
-    const at = this.#now();
-    const busyMs = this.#busyMs();
-    if (counted && this.#moved) this.#learn(Math.max(0, at - this.#moved.at - (busyMs - this.#moved.busyMs)), 1);
-    this.#moved = { at, busyMs };
+    if (this.waiting === 0) this.#queueSince = undefined;
   }
 
   /** A hold ended: the averages learn it, unless its work failed (a fast failure is not a fast answer). */
@@ -339,6 +321,17 @@ export class Gate {
     if (this.waiting > 0 || this.overloaded) return; // not unloaded: its hold may include the load's own slowdown
     this.#baselineHoldMs =
       this.#baselineHoldMs === undefined ? heldMs : this.#baselineHoldMs + HOLD_ALPHA * (heldMs - this.#baselineHoldMs);
+  }
+
+  #busyMs(): number {
+    return this.#opts.loop?.busyMs() ?? 0;
+  }
+
+  /** A served waiter's wait: whole, unless the loop was saturated meanwhile (then less its busy time). */
+  #drainedMs(waiter: Waiter): number {
+    const waitedMs = this.#now() - waiter.joinedAt;
+    const busyMs = this.#busyMs() - waiter.busyAt;
+    return busyMs >= LOOP_SATURATED * waitedMs ? Math.max(0, waitedMs - busyMs) : waitedMs;
   }
 
   #placeOf(priority: Priority): number {
@@ -361,12 +354,12 @@ export class Gate {
     return age > STALL_MS ? age : 0;
   }
 
-  /** `places` drained in `ms` (a waiter that timed out: its whole wait, its place then, a lower bound counted as is). */
-  #learn(ms: number, places: number): void {
+  /** A waiter left the queue served, or timed out (then `waitedMs` is a lower bound: counted as is). */
+  #served(waiter: Waiter, waitedMs: number): void {
     const at = this.#now();
     const keep = DRAIN_DECAY * 2 ** (-(at - this.#drain.at) / DRAIN_HALF_LIFE_MS);
-    this.#drain.permitMs = this.#drain.permitMs * keep + ms * Math.max(1, this.#opts.permits);
-    this.#drain.places = this.#drain.places * keep + places;
+    this.#drain.permitMs = this.#drain.permitMs * keep + waitedMs * Math.max(1, this.#opts.permits);
+    this.#drain.places = this.#drain.places * keep + waiter.place;
     this.#drain.at = at;
   }
 
@@ -390,10 +383,10 @@ export class Gate {
       this.#grantedAt.delete(grant);
       this.#held(this.#now() - grant.at, ok);
       const next = this.#free >= 0 ? this.#next() : undefined; // shrunk below its holders: this permit is given back
-      if (next) this.#movedOn();
       this.#emptied();
       if (next) {
         clearTimeout(next.timer);
+        this.#served(next, this.#drainedMs(next));
         next.resolve(this.#releaser());
       } else {
         this.#free++;

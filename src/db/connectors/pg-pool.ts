@@ -67,7 +67,7 @@ export interface PgDriver {
   Client: new (config: pg.ClientConfig) => pg.Client;
   /** Connection events (opened, closed, errored, terminated, cancelled) and what the source refused. */
   log?: Log;
-  /** The event loop's busy time: admission takes it out of the queue's measured drain (runtime/node-loop.ts). */
+  /** The event loop's busy time: admission does not read a wait it filled as the pool's (runtime/node-loop.ts). */
   loop?: LoopMeter;
 }
 
