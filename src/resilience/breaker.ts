@@ -13,9 +13,8 @@
  * did not), but this one derives its state from timestamps with an injectable clock and reports
  * straight into /stats — the small part poolgate needs, without a timer or a dependency.
  */
-import { AppError } from '../errors.js';
+import { AppError, describeError } from '../errors.js';
 import { now as monotonic } from '../stats/clock.js';
-import { describeError } from '../errors.js';
 import type { Log } from '../log/logger.js';
 
 export type BreakerState = 'closed' | 'open' | 'half-open';

@@ -11,10 +11,11 @@ import { createBreaker, type Breaker, type BreakerTuning } from '../../resilienc
 import { admissionOf, Gate, priorityOf, type GateOptions, type Release, type ShedReason } from '../../resilience/gate.js';
 import { RetryBudget, withRetry } from '../../resilience/retry.js';
 import { now } from '../../stats/clock.js';
-import { recordWait, startDbCall } from '../../stats/otel.js';
+import { recordWait } from '../../stats/otel.js';
 import type { AdmissionStats, QueryObserver, QueryResult, Statement, TxOptions } from '../types.js';
 import type { OneShotConnector } from './connector.js';
 import { cutShort, remainingMs, withAbort } from './deadline.js';
+import { roundTrip } from './round-trip.js';
 
 export interface OneShotRunnerOptions {
   /** Upper bound for one round trip, inside the request's deadline. */
@@ -103,19 +104,11 @@ export class OneShotRunner {
   ): Promise<T> {
     return withAbort(observer, this.#options.timeoutMs, (signal) =>
       this.breaker.execute(async () => {
-        const call = startDbCall(observer, what, this.connector.upstream);
-        const started = now();
-        let failed: unknown;
         try {
-          return await run(signal);
+          return await roundTrip(observer, what, this.connector.upstream, () => run(signal), statements);
         } catch (err) {
-          failed = err ?? new Error('undefined thrown');
           // Aborted because the client left: neutral for the breaker (a deadline still counts).
           throw observer.signal?.aborted ? cutShort('aborted', observer, err) : err;
-        } finally {
-          const ms = now() - started;
-          observer.queried(ms, statements);
-          call?.end(ms, failed);
         }
       }),
     );

@@ -9,12 +9,13 @@ import { createBreaker, type Breaker, type BreakerTuning } from '../../resilienc
 import { admissionOf, Gate, priorityOf, type GateOptions, type Release, type ShedReason } from '../../resilience/gate.js';
 import { isRetryable, RetryBudget, withRetry, type RetryScope } from '../../resilience/retry.js';
 import { now } from '../../stats/clock.js';
-import { recordUse, recordWait, startDbCall } from '../../stats/otel.js';
+import { recordUse, recordWait } from '../../stats/otel.js';
 import type { AdmissionStats, QueryObserver, QueryResult, Queryable, TxOptions } from '../types.js';
 import { POSITION_SQL, positionOf } from '../consistency.js';
 import type { Checkout, PoolFigures, Session, SessionConnector, SessionSource } from './connector.js';
 import { asRefused, refuseTransactionControl } from './statement-kind.js';
 import { cutShort, remainingMs, watchDeadline, type FireReason } from './deadline.js';
+import { roundTrip } from './round-trip.js';
 
 export interface SessionRunnerOptions {
   /** Bounded wait and queue in front of a shared pool; none for a pool of one request's own. */
@@ -62,19 +63,7 @@ function instrument(
   const timed = async <T>(text: string, run: () => Promise<T>): Promise<T> => {
     const why = cut();
     if (why) throw cutShort(why, observer);
-    const call = startDbCall(observer, text, pool);
-    const started = now();
-    let failed: unknown;
-    try {
-      return await run();
-    } catch (err) {
-      failed = err ?? new Error('undefined thrown');
-      throw err;
-    } finally {
-      const ms = now() - started;
-      observer.queried(ms);
-      call?.end(ms, failed);
-    }
+    return roundTrip(observer, text, pool, run);
   };
   const script = observer.internal === true;
   return {
