@@ -133,10 +133,14 @@ export function failureKind(err: unknown): FailureKind | undefined {
   return (err as { [FAILURE_KIND]?: FailureKind } | undefined)?.[FAILURE_KIND];
 }
 
-const codeOfError = (err: unknown) => {
+/** A driver error's code (SQLSTATE or system code), or '' when it has none. */
+export const codeOfError = (err: unknown): string => {
   const code = (err as DriverError | undefined)?.code;
   return typeof code === 'string' ? code : '';
 };
+
+/** A backend ended by the server (pg_terminate_backend, a crash, a shutdown: 57P01–57P03), not by a fault of ours. */
+export const isServerTermination = (err: unknown): boolean => /^57P0[123]$/.test(codeOfError(err));
 
 /** True when the error says the connection itself failed (not the SQL): by SQLSTATE, system code, or the connector's classification. */
 export function isConnectionError(err: unknown): boolean {
@@ -209,11 +213,6 @@ const STARTUP_HINTS = new Map<string, Hint>([
   ['53300', (at) => `the database at ${at} has no connection slot free (53300); lower POOL_MAX or raise the server's max_connections`],
 ]);
 
-const codeOf = (err: unknown) => {
-  const code = (err as DriverError | undefined)?.code;
-  return typeof code === 'string' ? code : '';
-};
-
 /**
  * The start-up line for a failure to use the database, naming the cause and the fix; undefined when
  * the cause is not the database's. Behind an open breaker it names what opened the breaker (a bare
@@ -222,7 +221,7 @@ const codeOf = (err: unknown) => {
 export function describeStartupFailure(err: unknown, target: DatabaseTarget | undefined): string | undefined {
   if (!target) return undefined;
   const cause = rootCause(err);
-  const code = codeOf(cause);
+  const code = codeOfError(cause);
   const at = `${target.host}:${target.port}`;
   const hint = STARTUP_HINTS.get(code);
   if (hint) return hint(at, target, code);

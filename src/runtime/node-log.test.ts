@@ -31,6 +31,17 @@ describe('nodeLog', () => {
     expect(JSON.parse(lines({ level: 'info', format: 'json', tty: true })[0]!)).toMatchObject({ msg: 'poolgate: hello' });
   });
 
+  it("a sink of the embedder's (GatewayOptions.log) gets JSON at LOG_FORMAT=auto, even when this process's stdout is a terminal", () => {
+    const was = Object.getOwnPropertyDescriptor(process.stdout, 'isTTY');
+    Object.defineProperty(process.stdout, 'isTTY', { value: true, configurable: true });
+    try {
+      expect(JSON.parse(lines({ level: 'info', format: 'auto' })[0]!)).toMatchObject({ msg: 'poolgate: hello' });
+    } finally {
+      if (was) Object.defineProperty(process.stdout, 'isTTY', was);
+      else delete (process.stdout as { isTTY?: boolean }).isTTY;
+    }
+  });
+
   it('writes nothing at silent', () => {
     expect(lines({ level: 'silent', format: 'json' })).toEqual([]);
   });

@@ -2,7 +2,7 @@
  * The Node side's `Log` (src/log/logger.ts): one JSON object per line through pino (synchronous
  * writes to stdout, so a line written just before exit is not lost), or, for a person at a
  * terminal, one readable line each. LOG_FORMAT=auto (the default) picks pretty when stdout is a TTY.
- * The edge writes the same records with console.log (src/runtime/edge-log.ts).
+ * The edge writes the same records with console.log (consoleLog, src/log/logger.ts).
  */
 import { pino, type DestinationStream } from 'pino';
 import { createLog, prettyLine, type Log, type LogLevel, type LogRecord } from '../log/logger.js';
@@ -13,14 +13,14 @@ export interface NodeLogOptions {
   format: LogFormat;
   /** Where lines go, one string each without its newline (tests); default: stdout. */
   sink?: (line: string) => void;
-  /** Whether stdout is a terminal (LOG_FORMAT=auto); default: process.stdout.isTTY. */
+  /** Whether the output is a terminal (LOG_FORMAT=auto); default: process.stdout.isTTY, or false with a sink. */
   tty?: boolean;
 }
 
 /**
  * @example const log = nodeLog({ level: config.logLevel, format: config.logFormat }); log('ready', { event: 'gateway.started', url });
  */
-export function nodeLog({ level, format, sink, tty = process.stdout.isTTY === true }: NodeLogOptions): Log {
+export function nodeLog({ level, format, sink, tty = !sink && process.stdout.isTTY === true }: NodeLogOptions): Log {
   if (level === 'silent') return createLog('silent', () => {});
   if (format === 'pretty' || (format === 'auto' && tty)) {
     const write = sink ?? ((line: string) => void process.stdout.write(`${line}\n`));

@@ -140,13 +140,10 @@ export async function startGateway(
   const url = `http://${config.host}:${port}`;
   // What it runs with, once it runs (a start-up that fails is one line naming the fix, nothing before it);
   // secrets left out: they are non-enumerable (config.ts), and the database is named by describeDatabase.
-  log(`poolgate: configuration (${describeDatabase(config.databaseUrl)}): ${JSON.stringify(config)}`, {
-    event: 'config',
-    database: describeDatabase(config.databaseUrl),
-    config,
-  });
+  const target = describeDatabase(config.databaseUrl);
+  log(`poolgate: configuration (${target}): ${JSON.stringify(config)}`, { event: 'config', database: target, config });
   log(
-    `poolgate: Node gateway on ${url} → ${describeDatabase(config.databaseUrl)} (Node ${process.version}, pool max ${config.pool.max}, ${config.pool.min} warm${config.forwardSecret ? ', signed forwards only' : ''})`,
+    `poolgate: Node gateway on ${url} → ${target} (Node ${process.version}, pool max ${config.pool.max}, ${config.pool.min} warm${config.forwardSecret ? ', signed forwards only' : ''})`,
     { event: 'gateway.started', url, node: process.version },
   );
 
@@ -166,9 +163,12 @@ export async function startGateway(
       await stopped;
       clearTimeout(cut);
       // A database that no longer answers must not hold the exit: the pool gets a bounded while.
-      await Promise.race([database.close(), new Promise((resolve) => setTimeout(resolve, POOL_END_MS).unref())]);
-      await embedded?.stop();
-      built.requestLog.close();
+      try {
+        await Promise.race([database.close(), new Promise((resolve) => setTimeout(resolve, POOL_END_MS).unref())]);
+        await embedded?.stop();
+      } finally {
+        built.requestLog.close(); // its last summary, whatever the database did
+      }
       return { drained };
     })());
 

@@ -32,15 +32,11 @@ import {
   type Tracer,
   type TracerProvider,
 } from '@opentelemetry/api';
+import { codeOfError } from '../errors.js';
 
 const SCOPE = 'poolgate';
 let cachedTracer: { provider: TracerProvider; tracer: Tracer } | undefined;
 
-/**
- * poolgate's tracer from the provider registered now. Without an SDK that is the api's proxy,
- * whose tracer follows a provider registered later and allocates nothing while there is none;
- * looked up per use (one global read) since `trace.disable()` replaces the proxy itself.
- */
 /** The one span of every request while no tracer provider is registered: not even the api's no-op span per request. */
 const NO_SPAN = trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
 
@@ -50,6 +46,11 @@ function tracing(): boolean {
   return !(provider instanceof ProxyTracerProvider) || provider.getDelegateTracer(SCOPE) !== undefined;
 }
 
+/**
+ * poolgate's tracer from the provider registered now. Without an SDK that is the api's proxy,
+ * whose tracer follows a provider registered later and allocates nothing while there is none;
+ * looked up per use (one global read) since `trace.disable()` replaces the proxy itself.
+ */
 function tracer(): Tracer {
   const provider = trace.getTracerProvider();
   if (cachedTracer?.provider !== provider) cachedTracer = { provider, tracer: provider.getTracer(SCOPE) };
@@ -226,9 +227,7 @@ export function sqlState(err: unknown): string | undefined {
 }
 
 function errorName(err: unknown): string {
-  const code = (err as { code?: unknown } | undefined)?.code;
-  if (typeof code === 'string' && code) return code;
-  return err instanceof Error ? err.name : '_OTHER';
+  return codeOfError(err) || (err instanceof Error ? err.name : '_OTHER');
 }
 
 // ---- Metrics ---------------------------------------------------------------------------------------

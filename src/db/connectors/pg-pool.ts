@@ -8,7 +8,7 @@
 import { logs, type EntryLevel, type Log } from '../../log/logger.js';
 import type pg from 'pg';
 import { PREPARED_STATEMENTS_MAX, RESULT_MAX_BYTES, RESULT_MAX_ROWS, type PoolConfig } from '../../config.js';
-import { describeError } from '../../errors.js';
+import { describeError, isServerTermination } from '../../errors.js';
 import { createDatabase, type CoreDatabase } from '../core/database.js';
 import { Replica, REPLICA_BREAKER, ReplicatedDatabase } from '../core/replicas.js';
 import type { BreakerTuning } from '../../resilience/breaker.js';
@@ -70,9 +70,6 @@ export interface PgDriver {
   /** The event loop's busy time: admission does not read a wait it filled as the pool's (runtime/node-loop.ts). */
   loop?: LoopMeter;
 }
-
-/** SQLSTATEs of a backend ended by the server (pg_terminate_backend, a crash or a shutdown), not by a fault of ours. */
-const TERMINATED = new Set(['57P01', '57P02', '57P03']);
 
 export class PgPoolConnector implements SessionConnector {
   readonly kind = 'pg-pool';
@@ -279,9 +276,12 @@ export class PgPoolConnector implements SessionConnector {
     // checked-out client (backend terminated mid-request) would otherwise be unhandled.
     client.on('error', (err) => {
       this.#errorCount++;
-      const code = (err as { code?: unknown }).code;
-      const terminated = typeof code === 'string' && TERMINATED.has(code);
-      this.#connectionEvent(terminated ? 'terminated' : 'errored', 'warn', describeError(err), `; the connection will be discarded`);
+      this.#connectionEvent(
+        isServerTermination(err) ? 'terminated' : 'errored',
+        'warn',
+        describeError(err),
+        `; the connection will be discarded`,
+      );
     });
   }
 
