@@ -70,6 +70,15 @@ describe('renderStats', () => {
     expect(second).toMatch(/^GET \/api\/users\/:id +150 +25\.0 .* 75% +pg-pipeline 150$/m);
   });
 
+  it('across a restart (another start, or a counter that went down) the rate is -, never negative', () => {
+    const at = new Date('2026-12-07T14:01:00Z');
+    const later = new Date(at.getTime() + 2_000);
+    const before = { snapshot: snapshot([route(100)]), at };
+    const restarted = { ...snapshot([route(4)]), startedAt: '2026-12-07T14:00:59.000Z' };
+    expect(renderStats(restarted, later, 'http://g', before)).toMatch(/^GET \/api\/users\/:id +4 +- /m);
+    expect(renderStats(snapshot([route(4)]), later, 'http://g', before)).toMatch(/^GET \/api\/users\/:id +4 +- /m);
+  });
+
   it('no routes yet, no pool: said so', () => {
     const s = { ...snapshot([]), pool: undefined };
     expect(renderStats(s, new Date(), 'http://edge')).toMatch(/pool +\(none: this runtime keeps no pool\)[\s\S]*\(no requests yet\)/);
@@ -82,6 +91,8 @@ describe('statsUrlOf', () => {
     expect(statsUrlOf('http://127.0.0.1:8788/ops/')).toBe('http://127.0.0.1:8788/ops/stats');
     expect(statsUrlOf('https://h/stats')).toBe('https://h/stats');
     expect(statsUrlOf('127.0.0.1:8788')).toBeUndefined();
+    // printed with every poll: no credentials, no query
+    expect(statsUrlOf('http://ops:secret@127.0.0.1:8788/?token=t')).toBe('http://127.0.0.1:8788/stats');
   });
 });
 
@@ -97,6 +108,26 @@ async function serveSnapshots(): Promise<{ url: string; close: () => void }> {
 }
 
 describe('watchStats', () => {
+  it('JSON with routes but not the rest of a snapshot is the not-poolgate line and exit 1, not a stack trace', async () => {
+    const server = createServer((_req, res) => res.end('{"routes":[]}'));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    const errors: string[] = [];
+    try {
+      const code = await watchStats({
+        url,
+        watch: false,
+        intervalMs: 1_000,
+        out: { write: () => {} },
+        err: { write: (t: string) => errors.push(t) },
+      });
+      expect(code).toBe(1);
+      expect(errors).toEqual([`poolgate: ${url}/stats did not answer poolgate's stats JSON; is this a poolgate gateway?\n`]);
+    } finally {
+      server.close();
+    }
+  });
+
   it('a stop between polls ends the wait at once (not after the interval)', async () => {
     const { url, close } = await serveSnapshots();
     const stop = new AbortController();

@@ -4,7 +4,8 @@
  * time between the two polls (none on the first). On a terminal each poll redraws the screen; into
  * a pipe or a file each poll is one block after a blank line. A failure is one line naming the fix.
  */
-import type { StatsSnapshot } from '../stats/registry.js';
+import { perSecond, sameProcess } from '../stats/rates.js';
+import type { RouteSnapshot, StatsSnapshot } from '../stats/registry.js';
 
 export interface StatsWatchOptions {
   /** The gateway's base URL (its /stats is fetched), or the /stats URL itself. */
@@ -57,8 +58,11 @@ export async function fetchStats(statsUrl: string, token: string | undefined, ti
   } catch {
     // reported below
   }
-  throw new StatsFetchError(`poolgate: ${statsUrl} did not answer poolgate's stats JSON; is this a poolgate gateway?`);
+  throw notStats(statsUrl);
 }
+
+const notStats = (statsUrl: string) =>
+  new StatsFetchError(`poolgate: ${statsUrl} did not answer poolgate's stats JSON; is this a poolgate gateway?`);
 
 /** `http://host:8788` or `http://host:8788/stats` → the /stats URL; undefined when no http(s) URL. */
 export function statsUrlOf(raw: string): string | undefined {
@@ -69,6 +73,9 @@ export function statsUrlOf(raw: string): string | undefined {
     return undefined;
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') return undefined;
+  // The URL is printed with every poll and error: no credentials or query in it (fetch refuses a
+  // URL with credentials anyway; the token goes in a header).
+  url.username = url.password = url.search = '';
   if (!url.pathname.endsWith('/stats')) url.pathname = `${url.pathname.replace(/\/+$/, '')}/stats`;
   return url.toString();
 }
@@ -88,25 +95,14 @@ export function renderStats(snapshot: StatsSnapshot, at: Date, source: string, p
   lines.push(
     `breakers  ${snapshot.breakers.length ? snapshot.breakers.map((b) => `${b.name} ${b.state}${b.openedCount ? ` (opened ${b.openedCount}×)` : ''}`).join('  ') : 'none'}`,
   );
-  const seconds = previous ? (at.getTime() - previous.at.getTime()) / 1000 : 0;
-  const before = new Map(previous?.snapshot.routes.map((r) => [`${r.method} ${r.route}`, r.count]));
+  // Across a restart (another process answered) the counters began again: no rates for that poll.
+  const since = previous && sameProcess(previous.snapshot, snapshot) ? previous : undefined;
+  const seconds = since ? (at.getTime() - since.at.getTime()) / 1000 : 0;
+  const before = new Map(since?.snapshot.routes.map((r) => [`${r.method} ${r.route}`, r.count]));
   const rows = snapshot.routes.map((r) => {
-    const rate = previous && seconds > 0 ? ((r.count - (before.get(`${r.method} ${r.route}`) ?? 0)) / seconds).toFixed(1) : '-';
-    const clients = Object.entries(r.clients)
-      .map(([kind, n]) => `${kind} ${n}`)
-      .join(', ');
-    return [
-      `${r.method} ${r.route}`,
-      String(r.count),
-      rate,
-      fixed(r.latencyMs.p50),
-      fixed(r.latencyMs.p99),
-      fixed(r.dbTimeMs.mean),
-      fixed(r.acquireWaitMs.mean),
-      String(r.errorCount),
-      r.cache ? `${Math.round(r.cache.hitRate * 100)}%` : '-',
-      clients || '-',
-    ];
+    // A route absent from the previous poll had no requests before it.
+    const rate = since && perSecond(r.count, before.get(`${r.method} ${r.route}`) ?? 0, seconds);
+    return row(r, rate === undefined ? '-' : rate.toFixed(1));
   });
   lines.push('', ...table(['route', 'count', 'rate/s', 'p50 ms', 'p99 ms', 'db ms', 'wait ms', 'errors', 'cache hit', 'clients'], rows));
   lines.push('(db ms and wait ms: means per request; rate: requests per second since the previous poll)');
@@ -114,6 +110,25 @@ export function renderStats(snapshot: StatsSnapshot, at: Date, source: string, p
 }
 
 const fixed = (ms: number) => ms.toFixed(2);
+
+/** A route's cells, its rate already written. */
+function row(r: RouteSnapshot, rate: string): string[] {
+  const clients = Object.entries(r.clients)
+    .map(([kind, n]) => `${kind} ${n}`)
+    .join(', ');
+  return [
+    `${r.method} ${r.route}`,
+    String(r.count),
+    rate,
+    fixed(r.latencyMs.p50),
+    fixed(r.latencyMs.p99),
+    fixed(r.dbTimeMs.mean),
+    fixed(r.acquireWaitMs.mean),
+    String(r.errorCount),
+    r.cache ? `${Math.round(r.cache.hitRate * 100)}%` : '-',
+    clients || '-',
+  ];
+}
 
 /** Columns padded to their widest cell; numbers right-aligned, text left-aligned. */
 function table(header: string[], rows: string[][]): string[] {
@@ -147,7 +162,7 @@ export async function watchStats(options: StatsWatchOptions): Promise<number> {
     try {
       const snapshot = await fetchStats(statsUrl, token, timeoutMs);
       const at = new Date();
-      const text = renderStats(snapshot, at, source, previous);
+      const text = rendered(snapshot, at, source, previous, statsUrl);
       out.write(watch && out.isTTY ? `${CLEAR}${text}` : poll > 0 ? `\n${text}` : text);
       previous = { snapshot, at };
     } catch (e) {
@@ -158,6 +173,21 @@ export async function watchStats(options: StatsWatchOptions): Promise<number> {
     if (!watch || signal?.aborted) return 0;
     const stopped = await sleep(intervalMs, signal);
     if (stopped) return 0;
+  }
+}
+
+/** renderStats, or the not-poolgate error when the JSON lacked what it reads (a stack trace is never the answer). */
+function rendered(
+  snapshot: StatsSnapshot,
+  at: Date,
+  source: string,
+  previous: Parameters<typeof renderStats>[3],
+  statsUrl: string,
+): string {
+  try {
+    return renderStats(snapshot, at, source, previous);
+  } catch {
+    throw notStats(statsUrl);
   }
 }
 

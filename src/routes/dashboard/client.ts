@@ -15,6 +15,7 @@
  */
 import type UPlot from 'uplot';
 import type { RouteSnapshot, StatsSnapshot } from '../../stats/registry.js';
+import { perSecond, sameProcess } from '../../stats/rates.js';
 
 const Plot = (globalThis as unknown as { uPlot: typeof UPlot }).uPlot;
 
@@ -61,7 +62,7 @@ function routeSeries(key: string) {
     p50.push(now ? now.latencyMs.p50 : null);
     p99.push(now ? now.latencyMs.p99 : null);
     // A route absent from the previous poll had no requests before this interval.
-    if (!now || i === 0 || !sameProcess(i) || seconds <= 0 || (before && now.count < before.count)) {
+    if (!now || i === 0 || !samePoll(i) || seconds <= 0 || (before && now.count < before.count)) {
       rate.push(null);
       db.push(null);
       acquire.push(null);
@@ -75,21 +76,17 @@ function routeSeries(key: string) {
   return { rate, p50, p99, db, acquire };
 }
 
-/** Two polls answered by the same process (or isolate): same scope and start. */
-const sameProcess = (i: number) =>
-  points[i]!.stats.scope === points[i - 1]!.stats.scope && points[i]!.stats.startedAt === points[i - 1]!.stats.startedAt;
+/** Polls i - 1 and i were answered by the same process (stats/rates.ts). */
+const samePoll = (i: number) => sameProcess(points[i]!.stats, points[i - 1]!.stats);
 
 const round = (x: number) => Math.round(x * 1000) / 1000;
 
 /** The per-second rate of a counter between polls; null across a restart or a missing figure. */
 function counterRate(read: (s: StatsSnapshot) => number | undefined): Value[] {
   return points.map((p, i) => {
-    if (i === 0 || !sameProcess(i)) return null;
-    const now = read(p.stats);
-    const before = read(points[i - 1]!.stats);
-    const seconds = p.t - points[i - 1]!.t;
-    if (now === undefined || before === undefined || now < before || seconds <= 0) return null;
-    return round((now - before) / seconds);
+    if (i === 0 || !samePoll(i)) return null;
+    const rate = perSecond(read(p.stats), read(points[i - 1]!.stats), p.t - points[i - 1]!.t);
+    return rate === undefined ? null : round(rate);
   });
 }
 
