@@ -65,6 +65,14 @@ describe('connections against max_connections', () => {
     expect(budgetFinding(server, { max: 10, budget: budget('auto') }, 5, false).mark).toBe('ok');
   });
 
+  it("POOL_BUDGET=<n> is judged by the gateway's own share rule: 5 × POOL_MAX 10 within a budget of 50 is ok (the reserve is the server's business then)", () => {
+    expect(budgetFinding(server, { max: 10, budget: budget(50) }, 5, false)).toMatchObject({ mark: 'ok' });
+    expect(budgetFinding(server, { max: 11, budget: budget(50) }, 5, false)).toMatchObject({
+      mark: 'warn',
+      text: expect.stringMatching(/about 10 per instance/),
+    });
+  });
+
   it('POOL_BUDGET=<n> above the server limit fails; behind a pooler the server limit is not the one', () => {
     expect(budgetFinding(server, { max: 5, budget: budget(200) }, 1, false).mark).toBe('fail');
     expect(budgetFinding(server, { max: 20, budget: budget('off') }, 50, true)).toMatchObject({

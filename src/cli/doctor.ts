@@ -14,6 +14,7 @@ import { connect as tcpConnect } from 'node:net';
 import pg from 'pg';
 import { ConfigError, databaseTarget, isDevelopment, parseConfig, parseEdgeConfig, type Config, type DatabaseTarget } from '../config.js';
 import { checkAppName, checksumOf, MigrationError, type MigratingApp } from '../db/migrate.js';
+import { shareOf } from '../db/connectors/pg-budget.js';
 import { describeError, describeStartupFailure } from '../errors.js';
 import { MIN_SECRET_LENGTH } from '../security/forward-signature.js';
 
@@ -256,7 +257,6 @@ export function budgetFinding(
       fix: `set POOL_MAX=${Math.max(1, perInstance)} (or fewer), or POOL_BUDGET=auto (instances share what the server allows), or raise max_connections`,
     };
   }
-  const budget = mode === 'auto' ? available : mode;
   if (typeof mode === 'number' && mode > available)
     return {
       mark: 'fail',
@@ -264,22 +264,32 @@ export function budgetFinding(
       text: `POOL_BUDGET=${mode} > ${limit}: the budget promises connections the server refuses${inUse}`,
       fix: `set POOL_BUDGET=${available} or less, or POOL_BUDGET=auto`,
     };
-  const share = Math.floor((budget - reserve) / instances);
-  if (share < 1)
+  // The gateway's own rule (pg-budget.ts), for `instances` fresh instances and nobody else connected.
+  const planned = shareOf(
+    {
+      maxConnections: available,
+      superuserReserved: 0,
+      clients: 0,
+      instances: Object.fromEntries(Array.from({ length: instances }, (_, i) => [`i${i}`, 0])),
+    },
+    { instanceId: 'i0', reserve, poolMax: pool.max, total: mode === 'auto' ? undefined : mode },
+  );
+  const budget = mode === 'auto' ? `${limit}, less POOL_RESERVE ${reserve}` : `POOL_BUDGET ${mode}`;
+  if (planned.available < instances)
     return {
       mark: 'fail',
       check,
-      text: `${sum}, but the budget (${budget} less POOL_RESERVE ${reserve}) leaves under one connection per instance`,
+      text: `${sum}, but the budget (${budget}) leaves under one connection per instance`,
       fix: 'raise max_connections (or POOL_BUDGET), lower POOL_RESERVE, or put a pooler in front',
     };
-  if (demand > budget - reserve)
+  if (demand > planned.available)
     return {
       mark: 'warn',
       check,
-      text: `${sum} > the budget (${mode === 'auto' ? limit : `POOL_BUDGET ${mode}`}, less POOL_RESERVE ${reserve}): POOL_BUDGET=${mode} shares it, about ${share} per instance instead of ${pool.max}${inUse}`,
-      fix: `expect the share, not POOL_MAX, under load; set POOL_MAX=${share} to say so, or raise max_connections`,
+      text: `${sum} > the budget (${budget}): POOL_BUDGET=${mode} shares it, about ${planned.share} per instance instead of ${pool.max}${inUse}`,
+      fix: `expect the share, not POOL_MAX, under load; set POOL_MAX=${planned.share} to say so, or raise max_connections`,
     };
-  return { mark: 'ok', check, text: `${sum} ≤ the budget (${limit}, less POOL_RESERVE ${reserve}; POOL_BUDGET=${mode})${inUse}` };
+  return { mark: 'ok', check, text: `${sum} ≤ the budget (${budget}; POOL_BUDGET=${mode})${inUse}` };
 }
 
 /** poolgate's tables, and the app's migrations against poolgate_migrations. */

@@ -18,7 +18,7 @@ const rules = { instanceId: 'a', reserve: 3, poolMax: 20 };
 describe('shareOf', () => {
   it('splits the limit less the reserve and the others evenly between the instances seen', () => {
     // 40 − 3 superuser − 3 reserve − 2 others = 32, four instances holding 2 each: 8 each.
-    expect(shareOf(view(10, { a: 2, b: 2, c: 2, d: 2 }), rules)).toEqual({ share: 8, limit: 37, instances: 4, others: 2 });
+    expect(shareOf(view(10, { a: 2, b: 2, c: 2, d: 2 }), rules)).toEqual({ share: 8, limit: 37, available: 32, instances: 4, others: 2 });
   });
 
   it('counts this instance even before it has a backend, and never goes above POOL_MAX or below 1', () => {

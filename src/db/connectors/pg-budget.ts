@@ -22,6 +22,7 @@ import type { BudgetFigures } from '../types.js';
 /** What one look at pg_stat_activity saw. */
 export interface ServerView {
   maxConnections: number;
+  /** Slots an ordinary client cannot take: superuser_reserved_connections, plus reserved_connections (PostgreSQL 16+). */
   superuserReserved: number;
   /** Client backends on the whole server (every database, every user), ours included. */
   clients: number;
@@ -45,7 +46,10 @@ export interface BudgetRules {
  * right now; at least 1, at most POOL_MAX.
  * @example shareOf({ maxConnections: 40, superuserReserved: 3, clients: 10, instances: { a: 2, b: 2 } }, { instanceId: 'a', reserve: 3, poolMax: 20 })
  */
-export function shareOf(view: ServerView, rules: BudgetRules): { share: number; limit: number; instances: number; others: number } {
+export function shareOf(
+  view: ServerView,
+  rules: BudgetRules,
+): { share: number; limit: number; available: number; instances: number; others: number } {
   const limit = rules.total ?? view.maxConnections - view.superuserReserved;
   const ours = Object.values(view.instances).reduce((n, c) => n + c, 0);
   const others = Math.max(0, view.clients - ours);
@@ -56,7 +60,7 @@ export function shareOf(view: ServerView, rules: BudgetRules): { share: number; 
   const mine = view.instances[rules.instanceId] ?? 0;
   const free = Math.max(0, available - ours);
   const share = Math.max(1, Math.min(rules.poolMax, fair, mine + free));
-  return { share, limit, instances, others };
+  return { share, limit, available, instances, others };
 }
 
 /** 53300 too_many_connections: the server (or the role, or the database) has no slot for one more. */
@@ -94,7 +98,8 @@ export const SERVER_VIEW_SQL = `WITH a AS (
   SELECT substring(application_name from '${ID_PATTERN.source}') AS id
   FROM pg_stat_activity WHERE backend_type = 'client backend')
 SELECT current_setting('max_connections')::int AS max_connections,
-  current_setting('superuser_reserved_connections')::int AS superuser_reserved,
+  current_setting('superuser_reserved_connections')::int
+    + coalesce(current_setting('reserved_connections', true)::int, 0) AS superuser_reserved,
   (SELECT count(*)::int FROM a) AS clients,
   (SELECT coalesce(json_object_agg(id, n), '{}'::json) FROM (SELECT id, count(*)::int AS n FROM a WHERE id IS NOT NULL GROUP BY id) g) AS instances`;
 
