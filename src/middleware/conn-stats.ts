@@ -253,42 +253,46 @@ export const connStats = ({
       }
       const totalMs = now() - metrics.startedAt;
       const res = c.res;
-      registry.record({
-        method: c.req.method,
-        route: c.get('routePattern') ?? '(unmatched)',
-        status: res.status,
-        totalMs,
-        dbMs: metrics.dbMs,
-        acquireMs: metrics.acquireMs,
-        queries: metrics.queries,
-        client: metrics.client,
-        retries: metrics.retries,
-        replayed: metrics.replayed,
-        server: metrics.server,
-        cache: metrics.cache,
-      });
-      requestLog?.record({
-        requestId,
-        method: c.req.method,
-        route: c.get('routePattern') ?? '(unmatched)',
-        status: res.status,
-        durationMs: totalMs,
-        dbMs: metrics.dbMs,
-        acquireMs: metrics.acquireMs,
-        client: metrics.client,
-        queries: metrics.queries,
-        retries: metrics.retries,
-        code: metrics.failure?.code,
-        cause: metrics.failure?.cause,
-        cache: metrics.cache,
-      });
-      if (!metrics.headersWritten) {
-        // Errors, ops endpoints, forwarded answers: the response exists already.
-        res.headers.set('server-timing', serverTiming(metrics, totalMs));
-        res.headers.set('x-request-id', requestId);
-        if (metrics.position !== undefined) setToken(res.headers, metrics.position, consistencyCookie);
+      try {
+        registry.record({
+          method: c.req.method,
+          route: c.get('routePattern') ?? '(unmatched)',
+          status: res.status,
+          totalMs,
+          dbMs: metrics.dbMs,
+          acquireMs: metrics.acquireMs,
+          queries: metrics.queries,
+          client: metrics.client,
+          retries: metrics.retries,
+          replayed: metrics.replayed,
+          server: metrics.server,
+          cache: metrics.cache,
+        });
+        if (requestLog?.active)
+          requestLog.record({
+            requestId,
+            method: c.req.method,
+            route: c.get('routePattern') ?? '(unmatched)',
+            status: res.status,
+            durationMs: totalMs,
+            dbMs: metrics.dbMs,
+            acquireMs: metrics.acquireMs,
+            client: metrics.client,
+            queries: metrics.queries,
+            retries: metrics.retries,
+            code: metrics.failure?.code,
+            cause: metrics.failure?.cause,
+            cache: metrics.cache,
+          });
+        if (!metrics.headersWritten) {
+          // Errors, ops endpoints, forwarded answers: the response exists already.
+          res.headers.set('server-timing', serverTiming(metrics, totalMs));
+          res.headers.set('x-request-id', requestId);
+          if (metrics.position !== undefined) setToken(res.headers, metrics.position, consistencyCookie);
+        }
+      } finally {
+        endRequestSpan(span, c.req.method, c.get('routePattern'), res.status); // ended whatever the bookkeeping did
       }
-      endRequestSpan(span, c.req.method, c.get('routePattern'), res.status);
     }
   };
 };
